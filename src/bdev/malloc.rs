@@ -1,0 +1,194 @@
+//! The malloc bdev: a RAM disk in one page-aligned region.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{
+    blocks_for_size, check_block_size, Bdev, BdevChannel, BdevError, ChannelContext, IoRequest,
+    IoStatus, IoType, SlotCompletion, SubmitError,
+};
+use crate::mem::DmaRegion;
+
+/// Largest RAM disk we create.
+pub const MAX_MALLOC_BYTES: u64 = 64 << 30;
+
+/// `bdev_malloc_create`'s parameters, as SPDK names them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MallocCreateParams {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub num_blocks: u64,
+    pub block_size: u64,
+    #[serde(default)]
+    pub uuid: Option<Uuid>,
+    #[serde(default)]
+    pub optimal_io_boundary: u32,
+    #[serde(default)]
+    pub md_size: u32,
+    #[serde(default)]
+    pub md_interleave: bool,
+    #[serde(default)]
+    pub dif_type: u32,
+    #[serde(default)]
+    pub dif_is_head_of_md: bool,
+    #[serde(default)]
+    pub physical_block_size: Option<u64>,
+}
+
+pub struct MallocBdev {
+    name: String,
+    uuid: Uuid,
+    block_size: u32,
+    num_blocks: u64,
+    memory: Arc<DmaRegion>,
+}
+
+impl MallocBdev {
+    /// `name` must already be chosen (SPDK picks `MallocN` when the caller gives none).
+    pub fn create(name: &str, p: &MallocCreateParams) -> Result<MallocBdev, BdevError> {
+        let block_size = check_block_size(p.block_size)?;
+        if p.num_blocks == 0 {
+            return Err(BdevError::ZeroSize);
+        }
+        if p.md_size != 0 || p.dif_type != 0 {
+            return Err(BdevError::Unsupported(
+                "malloc bdev: metadata (md_size) and DIF are not supported".into(),
+            ));
+        }
+        super::check_name(name)?;
+        let bytes = p
+            .num_blocks
+            .checked_mul(block_size as u64)
+            .filter(|&b| b <= MAX_MALLOC_BYTES)
+            .ok_or_else(|| {
+                BdevError::Unsupported(format!(
+                    "malloc bdev of {} blocks is larger than the {MAX_MALLOC_BYTES}-byte limit",
+                    p.num_blocks
+                ))
+            })?;
+        let memory = DmaRegion::new(bytes as usize, false).map_err(|e| BdevError::Io {
+            path: format!("malloc bdev {name}"),
+            source: e,
+        })?;
+        Ok(MallocBdev {
+            name: name.to_string(),
+            uuid: p.uuid.unwrap_or_else(Uuid::new_v4),
+            block_size,
+            num_blocks: p.num_blocks,
+            memory: Arc::new(memory),
+        })
+    }
+
+    pub fn with_size(name: &str, size_bytes: u64, block_size: u64) -> Result<MallocBdev, BdevError> {
+        let bs = check_block_size(block_size)?;
+        MallocBdev::create(
+            name,
+            &MallocCreateParams {
+                name: Some(name.to_string()),
+                num_blocks: blocks_for_size(size_bytes, bs)?,
+                block_size,
+                uuid: None,
+                optimal_io_boundary: 0,
+                md_size: 0,
+                md_interleave: false,
+                dif_type: 0,
+                dif_is_head_of_md: false,
+                physical_block_size: None,
+            },
+        )
+    }
+}
+
+impl Bdev for MallocBdev {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+    fn product_name(&self) -> &'static str {
+        "Malloc disk"
+    }
+    fn supports(&self, _io_type: IoType) -> bool {
+        true
+    }
+    fn create_channel(&self, ctx: &ChannelContext) -> Result<Box<dyn BdevChannel>, BdevError> {
+        Ok(Box::new(MallocChannel {
+            memory: self.memory.clone(),
+            block_size: self.block_size as usize,
+            pending: Vec::with_capacity(ctx.queue_depth as usize),
+        }))
+    }
+    fn config_json(&self) -> Value {
+        json!({
+            "method": "bdev_malloc_create",
+            "params": {
+                "name": self.name,
+                "num_blocks": self.num_blocks,
+                "block_size": self.block_size,
+                "uuid": self.uuid.to_string(),
+            }
+        })
+    }
+}
+
+struct MallocChannel {
+    memory: Arc<DmaRegion>,
+    block_size: usize,
+    pending: Vec<SlotCompletion>,
+}
+
+impl BdevChannel for MallocChannel {
+    fn submit(&mut self, slot: u32, req: &IoRequest<'_>) -> Result<(), SubmitError> {
+        let start = req.offset_blocks as usize * self.block_size;
+        let len = req.num_blocks as usize * self.block_size;
+        // The bdev layer checked offset+len against the bdev, and the region is that large.
+        debug_assert!(req.io_type == IoType::Flush || self.memory.len() >= start + len);
+        // SAFETY: in bounds (above). Like a real device, two channels writing the same blocks
+        // at once leave them with one of the two contents; callers order conflicting I/O.
+        let disk = unsafe { self.memory.as_ptr().add(start) };
+        match req.io_type {
+            IoType::Read | IoType::Write => {
+                let mut at = 0usize;
+                for v in req.iovs {
+                    // SAFETY: `disk+at .. +v.len()` stays within `len` because the iovecs sum to
+                    // `len` (checked by the bdev layer); the iovec is ours until completion.
+                    unsafe {
+                        if req.io_type == IoType::Read {
+                            std::ptr::copy_nonoverlapping(disk.add(at), v.addr(), v.len());
+                        } else {
+                            std::ptr::copy_nonoverlapping(v.addr(), disk.add(at), v.len());
+                        }
+                    }
+                    at += v.len();
+                }
+                debug_assert_eq!(at, len);
+            }
+            IoType::Unmap | IoType::WriteZeroes => {
+                // SAFETY: in bounds, as above.
+                unsafe { std::ptr::write_bytes(disk, 0, len) };
+            }
+            IoType::Flush => {}
+        }
+        debug_assert!(self.pending.len() < self.pending.capacity());
+        self.pending.push(SlotCompletion {
+            slot,
+            status: IoStatus::Success,
+        });
+        Ok(())
+    }
+
+    fn poll(&mut self, done: &mut Vec<SlotCompletion>) {
+        done.append(&mut self.pending);
+    }
+}

@@ -1,0 +1,98 @@
+//! The bdevs of one appliance, by name. Control path only: nothing here is on the I/O path.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use super::{BdevError, BdevIoStat, ChannelContext, IoChannel};
+use super::{check_name, Bdev};
+
+/// Most bdevs one appliance may have.
+pub const MAX_BDEVS: usize = 65_536;
+
+#[derive(Clone)]
+pub struct BdevEntry {
+    pub bdev: Arc<dyn Bdev>,
+    pub iostat: Arc<BdevIoStat>,
+}
+
+impl BdevEntry {
+    /// Opens a channel on the calling reactor.
+    pub fn open_channel(&self, ctx: &ChannelContext) -> Result<IoChannel, BdevError> {
+        IoChannel::open(self.bdev.as_ref(), self.iostat.clone(), ctx)
+    }
+}
+
+#[derive(Default)]
+pub struct BdevRegistry {
+    bdevs: RwLock<BTreeMap<String, BdevEntry>>,
+}
+
+impl BdevRegistry {
+    pub fn new() -> BdevRegistry {
+        BdevRegistry::default()
+    }
+
+    pub fn register(&self, bdev: Arc<dyn Bdev>) -> Result<BdevEntry, BdevError> {
+        let name = bdev.name().to_string();
+        check_name(&name)?;
+        let mut map = self.bdevs.write().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(&name) {
+            return Err(BdevError::Exists(name));
+        }
+        if map.len() >= MAX_BDEVS {
+            return Err(BdevError::Unsupported(format!(
+                "the appliance already has {MAX_BDEVS} bdevs"
+            )));
+        }
+        let entry = BdevEntry {
+            bdev,
+            iostat: Arc::new(BdevIoStat::default()),
+        };
+        map.insert(name, entry.clone());
+        Ok(entry)
+    }
+
+    pub fn get(&self, name: &str) -> Option<BdevEntry> {
+        self.bdevs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Removes a bdev; channels already open keep it alive until they close.
+    pub fn remove(&self, name: &str) -> Result<BdevEntry, BdevError> {
+        self.bdevs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .ok_or_else(|| BdevError::NotFound(name.to_string()))
+    }
+
+    /// Every bdev, in name order.
+    pub fn list(&self) -> Vec<BdevEntry> {
+        self.bdevs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Flushes every bdev from outside the I/O path (at shutdown). Returns the failures.
+    pub fn flush_all(&self) -> Vec<(String, BdevError)> {
+        self.list()
+            .into_iter()
+            .filter_map(|e| {
+                e.bdev
+                    .flush_sync()
+                    .err()
+                    .map(|err| (e.bdev.name().to_string(), err))
+            })
+            .collect()
+    }
+}

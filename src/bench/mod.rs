@@ -1,0 +1,399 @@
+//! `unblend bench`: unblend's bdevperf. Runs a workload on every selected reactor, each on its
+//! own channel with `queue_depth` I/Os in flight, and reports IOPS, bandwidth and latency.
+
+mod job;
+pub mod pattern;
+pub mod report;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use thiserror::Error;
+
+use crate::bdev::malloc::MallocBdev;
+use crate::bdev::null::NullBdev;
+use crate::bdev::uring::{UringBdev, UringCreateParams};
+use crate::bdev::{Bdev, BdevEntry, BdevError, BdevRegistry, ChannelContext};
+use crate::config::{self, parse_size, ConfigError};
+use crate::mem::{self, BufferPoolConfig};
+use crate::reactor::{CpuMask, IdlePolicy, PollerKind, ReactorConfig, ReactorSet};
+
+use job::{Job, JobPlan};
+pub use report::BenchReport;
+
+/// Limits on the options, checked before anything starts.
+pub const MAX_QUEUE_DEPTH: u32 = 4096;
+pub const MAX_IO_BYTES: u64 = 16 << 20;
+pub const MAX_SECONDS: u64 = 86_400;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    RandRead,
+    RandWrite,
+    Read,
+    Write,
+    /// Sequential, mixed by `read_percent`.
+    Rw,
+    /// Random, mixed by `read_percent`.
+    RandRw,
+    Verify,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "randread" => Workload::RandRead,
+            "randwrite" => Workload::RandWrite,
+            "read" => Workload::Read,
+            "write" => Workload::Write,
+            "rw" => Workload::Rw,
+            "randrw" => Workload::RandRw,
+            "verify" => Workload::Verify,
+            other => {
+                return Err(format!(
+                "workload {other:?} is not one of randread, randwrite, read, write, rw, randrw, verify"
+            ))
+            }
+        })
+    }
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::RandRead => "randread",
+            Workload::RandWrite => "randwrite",
+            Workload::Read => "read",
+            Workload::Write => "write",
+            Workload::Rw => "rw",
+            Workload::RandRw => "randrw",
+            Workload::Verify => "verify",
+        }
+    }
+}
+
+/// Where the bench's bdev comes from.
+#[derive(Debug, Clone)]
+pub enum BdevSource {
+    /// `null:size=1G[,bs=4096][,zero=0]`, `malloc:size=…`, `uring:path=…[,size=…][,bs=…][,sqpoll=1]`.
+    Spec(String),
+    /// A bdev named in an SPDK JSON config.
+    FromConfig { config: PathBuf, name: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub bdev: BdevSource,
+    pub queue_depth: u32,
+    pub io_bytes: u64,
+    pub cpumask: CpuMask,
+    pub seconds: u64,
+    pub workload: Workload,
+    pub read_percent: u8,
+    pub idle: IdlePolicy,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyFailure {
+    pub lba: u64,
+    pub byte_in_block: usize,
+    pub expected: u64,
+    pub found: u64,
+}
+
+pub struct JobResult {
+    pub reactor: usize,
+    pub core: usize,
+    pub ios: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub elapsed_ns: u64,
+    pub histogram: Histogram<u64>,
+    pub verify_failure: Option<VerifyFailure>,
+}
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// Bad options or a bad bdev: exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Bdev(#[from] BdevError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The run itself went wrong: exit code 1.
+    #[error("{0}")]
+    Run(String),
+}
+
+impl BenchError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BenchError::Run(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+fn spec_fields(spec: &str) -> Result<(String, Vec<(String, String)>), BenchError> {
+    let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    let mut fields = Vec::new();
+    for part in rest.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            BenchError::Usage(format!("bdev spec {spec:?}: {part:?} is not key=value"))
+        })?;
+        fields.push((k.to_string(), v.to_string()));
+    }
+    Ok((kind.to_string(), fields))
+}
+
+/// Builds the bench's bdev from a `--bdev` spec.
+pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
+    let (kind, fields) = spec_fields(spec)?;
+    let mut size = None;
+    let mut bs: u64 = 4096;
+    let mut path = None;
+    let mut sqpoll = false;
+    let mut bs_given = false;
+    let mut zero_reads = true;
+    for (k, v) in &fields {
+        match k.as_str() {
+            "size" => size = Some(parse_size(v).map_err(BenchError::Usage)?),
+            "bs" | "block_size" => {
+                bs = parse_size(v).map_err(BenchError::Usage)?;
+                bs_given = true;
+            }
+            "path" | "filename" if kind == "uring" => path = Some(v.clone()),
+            "zero" if kind == "null" => zero_reads = !matches!(v.as_str(), "0" | "false" | "no"),
+            "sqpoll" if kind == "uring" => sqpoll = matches!(v.as_str(), "1" | "true" | "yes"),
+            other => {
+                return Err(BenchError::Usage(format!(
+                    "bdev spec {spec:?}: unknown key {other:?} for a {kind} bdev"
+                )))
+            }
+        }
+    }
+    let need_size = || {
+        size.ok_or_else(|| BenchError::Usage(format!("bdev spec {spec:?} needs size=…")))
+    };
+    Ok(match kind.as_str() {
+        "null" => {
+            let mut null = NullBdev::with_size("bench_null", need_size()?, bs)?;
+            null.set_zero_reads(zero_reads);
+            Arc::new(null)
+        }
+        "malloc" => Arc::new(MallocBdev::with_size("bench_malloc", need_size()?, bs)?),
+        "uring" => {
+            let path = path.ok_or_else(|| {
+                BenchError::Usage(format!("bdev spec {spec:?} needs path=…"))
+            })?;
+            Arc::new(UringBdev::create(&UringCreateParams {
+                name: "bench_uring".into(),
+                filename: path,
+                block_size: bs_given.then_some(bs),
+                uuid: None,
+                size_bytes: size,
+                sqpoll,
+            })?)
+        }
+        other => {
+            return Err(BenchError::Usage(format!(
+                "unknown bdev type {other:?} (expected null, malloc or uring)"
+            )))
+        }
+    })
+}
+
+fn resolve_bdev(source: &BdevSource) -> Result<BdevEntry, BenchError> {
+    let registry = BdevRegistry::new();
+    match source {
+        BdevSource::Spec(spec) => Ok(registry.register(bdev_from_spec(spec)?)?),
+        BdevSource::FromConfig { config: path, name } => {
+            let cfg = config::load_file(path)?;
+            config::apply(&cfg, &registry)?;
+            registry.get(name).ok_or_else(|| {
+                BenchError::Usage(format!(
+                    "config {} has no bdev named {name:?}",
+                    path.display()
+                ))
+            })
+        }
+    }
+}
+
+/// Runs the benchmark to completion and returns its report.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+    if opts.queue_depth == 0 || opts.queue_depth > MAX_QUEUE_DEPTH {
+        return Err(BenchError::Usage(format!(
+            "queue depth {} is outside 1..={MAX_QUEUE_DEPTH}",
+            opts.queue_depth
+        )));
+    }
+    if opts.seconds == 0 || opts.seconds > MAX_SECONDS {
+        return Err(BenchError::Usage(format!(
+            "time {} s is outside 1..={MAX_SECONDS}",
+            opts.seconds
+        )));
+    }
+    if opts.read_percent > 100 {
+        return Err(BenchError::Usage(format!(
+            "read percent {} is above 100",
+            opts.read_percent
+        )));
+    }
+    let entry = resolve_bdev(&opts.bdev)?;
+    let bdev = entry.bdev.clone();
+    let block_size = bdev.block_size() as u64;
+    if opts.io_bytes == 0 || opts.io_bytes % block_size != 0 || opts.io_bytes > MAX_IO_BYTES {
+        return Err(BenchError::Usage(format!(
+            "I/O size {} is not a multiple of the block size {block_size} between {block_size} and {MAX_IO_BYTES}",
+            opts.io_bytes
+        )));
+    }
+    let blocks_per_io = opts.io_bytes / block_size;
+    let total_units = bdev.num_blocks() / blocks_per_io;
+    let cores = opts.cpumask.cores().to_vec();
+    let n = cores.len() as u64;
+    let striped = matches!(
+        opts.workload,
+        Workload::Read | Workload::Write | Workload::Rw | Workload::Verify
+    );
+    let min_units = if opts.workload == Workload::Verify {
+        (opts.queue_depth as u64 + 1) * if striped { n } else { 1 }
+    } else {
+        n
+    };
+    if total_units < min_units {
+        return Err(BenchError::Usage(format!(
+            "bdev {} holds {total_units} I/Os of {} bytes; this job needs at least {min_units}",
+            bdev.name(),
+            opts.io_bytes
+        )));
+    }
+
+    let buf_bytes = opts.io_bytes.div_ceil(4096) * 4096;
+    let pool_config = BufferPoolConfig {
+        buf_bytes: buf_bytes as usize,
+        count: opts.queue_depth as usize,
+        try_hugepages: true,
+    };
+    let pool_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let pe = pool_error.clone();
+    let reactors = ReactorSet::start(ReactorConfig {
+        cpumask: opts.cpumask.clone(),
+        idle: opts.idle,
+        thread_init: Some(Arc::new(move |_| {
+            if let Err(e) = mem::init_thread_pool(pool_config) {
+                *pe.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+        })),
+    })
+    .map_err(|e| BenchError::Run(e.to_string()))?;
+    let handle = reactors.handle();
+
+    let (tx, rx) = mpsc::channel();
+    let mut progress = Vec::new();
+    for (reactor, &core) in cores.iter().enumerate() {
+        let (first_unit, units) = if striped {
+            let per = total_units / n;
+            (reactor as u64 * per, per)
+        } else {
+            (0, total_units)
+        };
+        let plan = JobPlan {
+            reactor,
+            core,
+            workload: opts.workload,
+            read_percent: opts.read_percent,
+            queue_depth: opts.queue_depth,
+            blocks_per_io,
+            first_unit,
+            units,
+            duration_ns: opts.seconds * 1_000_000_000,
+            seed: opts.seed,
+        };
+        let counter = Arc::new(AtomicU64::new(0));
+        progress.push(counter.clone());
+        let tx = tx.clone();
+        let entry = entry.clone();
+        let sent = handle.send(reactor, move |r| {
+            let setup = || -> Result<Job, String> {
+                let pool = mem::thread_pool().ok_or("reactor has no buffer pool")?;
+                let channel = entry
+                    .open_channel(&ChannelContext {
+                        queue_depth: plan.queue_depth,
+                        buffers: Some(pool.clone()),
+                    })
+                    .map_err(|e| e.to_string())?;
+                Job::new(plan, channel, pool, counter, tx.clone())
+            };
+            match setup() {
+                Ok(mut job) => {
+                    r.register_poller("bench_job", PollerKind::Io, 0, move |ctx| job.poll(ctx));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        if let Err(e) = sent {
+            handle.request_stop();
+            reactors.join();
+            return Err(BenchError::Run(e.to_string()));
+        }
+    }
+    drop(tx);
+
+    let started = Instant::now();
+    let show_progress = opts.progress && std::io::stdout().is_terminal();
+    let mut results = Vec::with_capacity(cores.len());
+    let mut failure = None;
+    while results.len() + failure.iter().count() < cores.len() {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(Ok(r)) => results.push(r),
+            Ok(Err(e)) => {
+                failure = Some(e);
+                handle.request_stop();
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if show_progress {
+                    let ios: u64 = progress.iter().map(|c| c.load(Relaxed)).sum();
+                    let secs = started.elapsed().as_secs_f64();
+                    let iops = ios as f64 / secs;
+                    print!(
+                        "\r[{secs:5.1} s] {:>12.0} IOPS {:>10.2} MiB/s   ",
+                        iops,
+                        iops * opts.io_bytes as f64 / (1 << 20) as f64
+                    );
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if show_progress {
+        println!();
+    }
+    handle.request_stop();
+    reactors.join();
+    if let Some(e) = pool_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(BenchError::Run(format!("buffer pool: {e}")));
+    }
+    if let Some(e) = failure {
+        return Err(BenchError::Run(e));
+    }
+    if results.len() != cores.len() {
+        return Err(BenchError::Run("a bench job ended without a result".into()));
+    }
+    results.sort_by_key(|r| r.reactor);
+    Ok(BenchReport::new(opts, bdev.as_ref(), results))
+}

@@ -1,0 +1,177 @@
+//! The `unblend` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use unblend::bench::{self, BdevSource, BenchOptions, Workload};
+use unblend::config::parse_size;
+use unblend::reactor::{available_cores, CpuMask, IdlePolicy};
+use unblend::serve::{self, ServeOptions};
+
+#[derive(Parser)]
+#[command(name = "unblend", version, about = "A polled-mode, log-structured storage appliance for VMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot the appliance and run until SIGINT/SIGTERM.
+    Serve {
+        /// SPDK-format JSON config to apply at boot; without it, an embedded default.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Cores to run reactors on: a hex mask (0x3) or a list (0,1 or 0-3).
+        #[arg(short = 'm', long = "cpumask")]
+        cpumask: Option<String>,
+        /// busy: poll forever; adaptive: sleep when idle.
+        #[arg(long, default_value = "adaptive")]
+        idle: IdlePolicy,
+    },
+    /// Run the bdevperf-style benchmark.
+    Bench {
+        /// null:size=1G[,bs=4096][,zero=0] | malloc:size=… | uring:path=…[,size=…][,bs=…][,sqpoll=1],
+        /// or the name of a bdev in --config.
+        #[arg(long)]
+        bdev: String,
+        /// SPDK-format JSON config that creates the bdev named by --bdev.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Queue depth per core.
+        #[arg(short = 'q', default_value_t = 128)]
+        queue_depth: u32,
+        /// I/O size (4096, 4k, 128K, ...).
+        #[arg(short = 'o', default_value = "4096")]
+        io_size: String,
+        /// randread, randwrite, read, write, rw, randrw, verify.
+        #[arg(short = 'w', default_value = "randread")]
+        workload: Workload,
+        /// Read percentage for rw and randrw.
+        #[arg(short = 'M', default_value_t = 50)]
+        read_percent: u8,
+        /// Seconds to run.
+        #[arg(short = 't', default_value_t = 10)]
+        seconds: u64,
+        /// Cores to run on (hex mask or list); default: the first available core.
+        #[arg(short = 'm', long = "cpumask")]
+        cpumask: Option<String>,
+        #[arg(long, default_value = "busy")]
+        idle: IdlePolicy,
+        /// Seed for random offsets and the verify pattern.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("unblend: error: {msg}");
+    ExitCode::from(2)
+}
+
+fn cpumask_or(text: Option<&str>, default_all: bool) -> Result<CpuMask, String> {
+    let avail = available_cores();
+    if avail.is_empty() {
+        return Err("this process may run on no core".into());
+    }
+    match text {
+        Some(t) => CpuMask::parse(t, &avail).map_err(|e| e.to_string()),
+        None if default_all => {
+            let list: Vec<String> = avail.iter().map(|c| c.to_string()).collect();
+            CpuMask::parse(&list.join(","), &avail).map_err(|e| e.to_string())
+        }
+        None => Ok(CpuMask::single(avail[0])),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UNBLEND_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            cpumask,
+            idle,
+        } => {
+            let cpumask = match cpumask_or(cpumask.as_deref(), true) {
+                Ok(m) => m,
+                Err(e) => return usage_error(e),
+            };
+            match serve::run(ServeOptions {
+                config,
+                cpumask,
+                idle,
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => usage_error(e),
+            }
+        }
+        Command::Bench {
+            bdev,
+            config,
+            queue_depth,
+            io_size,
+            workload,
+            read_percent,
+            seconds,
+            cpumask,
+            idle,
+            seed,
+            json,
+        } => {
+            let cpumask = match cpumask_or(cpumask.as_deref(), false) {
+                Ok(m) => m,
+                Err(e) => return usage_error(e),
+            };
+            let io_bytes = match parse_size(&io_size) {
+                Ok(b) => b,
+                Err(e) => return usage_error(e),
+            };
+            let source = match config {
+                Some(config) => BdevSource::FromConfig { config, name: bdev },
+                None => BdevSource::Spec(bdev),
+            };
+            let opts = BenchOptions {
+                bdev: source,
+                queue_depth,
+                io_bytes,
+                cpumask,
+                seconds,
+                workload,
+                read_percent,
+                idle,
+                seed,
+                progress: !json,
+            };
+            match bench::run(&opts) {
+                Ok(report) => {
+                    if json {
+                        println!("{}", report.to_json());
+                    } else {
+                        print!("{}", report.to_text());
+                    }
+                    if let Some(f) = report.failure() {
+                        eprintln!("unblend: error: {f}");
+                        return ExitCode::from(1);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("unblend: error: {e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! An eventfd that a sleeping reactor waits on and message senders write to.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+pub struct WakeFd {
+    fd: OwnedFd,
+}
+
+impl WakeFd {
+    pub fn new() -> io::Result<WakeFd> {
+        // SAFETY: eventfd has no memory-safety preconditions; we check its result.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        Ok(WakeFd {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+        })
+    }
+
+    /// Makes the next (or current) `wait` return.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64. EAGAIN (counter saturated) still leaves the
+        // fd readable, which is all a wake needs, so the result is deliberately ignored.
+        unsafe {
+            libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8);
+        }
+    }
+
+    /// Waits until woken or until `timeout_ms` passes, then clears the counter.
+    pub fn wait(&self, timeout_ms: i32) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd. EINTR just ends the wait early, which is harmless.
+        let ready = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if ready > 0 {
+            let mut counter: u64 = 0;
+            // SAFETY: reads 8 bytes into a live u64; the fd is non-blocking.
+            unsafe {
+                libc::read(self.fd.as_raw_fd(), (&mut counter as *mut u64).cast(), 8);
+            }
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn wake_before_wait_returns_at_once() {
+        let w = WakeFd::new().unwrap();
+        w.wake();
+        let t = Instant::now();
+        w.wait(5_000);
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn wait_times_out() {
+        let w = WakeFd::new().unwrap();
+        let t = Instant::now();
+        w.wait(20);
+        assert!(t.elapsed() >= Duration::from_millis(15));
+    }
+}
