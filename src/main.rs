@@ -11,7 +11,11 @@ use unblend::reactor::{available_cores, CpuMask, IdlePolicy};
 use unblend::serve::{self, ServeOptions};
 
 #[derive(Parser)]
-#[command(name = "unblend", version, about = "A polled-mode, log-structured storage appliance for VMs")]
+#[command(
+    name = "unblend",
+    version,
+    about = "A polled-mode, log-structured storage appliance for VMs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -171,7 +171,9 @@ pub enum BdevError {
     SizeNotMultiple { size_bytes: u64, block_size: u32 },
     #[error("size must be at least one block")]
     ZeroSize,
-    #[error("bdev name {0:?} is empty, too long, or has characters other than letters, digits and ._-:")]
+    #[error(
+        "bdev name {0:?} is empty, too long, or has characters other than letters, digits and ._-:"
+    )]
     BadName(String),
     #[error("a bdev named {0:?} already exists")]
     Exists(String),
@@ -300,7 +302,10 @@ mod tests {
         assert_eq!(check_block_size(512).unwrap(), 512);
         assert_eq!(check_block_size(4096).unwrap(), 4096);
         for bad in [0, 256, 1000, 3000, 1 << 20] {
-            assert!(matches!(check_block_size(bad), Err(BdevError::BadBlockSize(_))));
+            assert!(matches!(
+                check_block_size(bad),
+                Err(BdevError::BadBlockSize(_))
+            ));
         }
     }
 
@@ -320,5 +325,62 @@ mod tests {
         assert!(check_name("lvs/vol").is_err());
         assert!(check_name("").is_err());
         assert!(check_name(&"x".repeat(256)).is_err());
+    }
+}
+
+/// Helpers for the modules' unit tests: run one request to completion on a channel.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use std::sync::Arc;
+
+    pub fn open(bdev: Arc<dyn Bdev>, queue_depth: u32, pool: Option<Rc<BufferPool>>) -> IoChannel {
+        let reg = BdevRegistry::new();
+        let entry = reg.register(bdev).unwrap();
+        entry
+            .open_channel(&ChannelContext {
+                queue_depth,
+                buffers: pool,
+            })
+            .unwrap()
+    }
+
+    /// Submits one request and polls until it completes (at most ~10 s).
+    pub fn run(
+        ch: &mut IoChannel,
+        io_type: IoType,
+        offset_blocks: u64,
+        num_blocks: u64,
+        iovs: &[IoVec],
+    ) -> IoStatus {
+        ch.submit(
+            &IoRequest {
+                io_type,
+                offset_blocks,
+                num_blocks,
+                iovs,
+                fua: false,
+                tag: 99,
+            },
+            0,
+        )
+        .unwrap();
+        let mut out = Vec::with_capacity(ch.queue_depth() as usize);
+        for _ in 0..1_000_000 {
+            ch.poll(1, &mut out);
+            if let Some(c) = out.pop() {
+                assert_eq!(c.tag, 99);
+                assert_eq!(c.io_type, io_type);
+                return c.status;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(10));
+        }
+        panic!("request never completed");
+    }
+
+    /// An iovec over a Vec's bytes.
+    pub fn iov(v: &mut [u8]) -> IoVec {
+        // SAFETY: the tests keep the Vec alive and untouched until `run` returns.
+        unsafe { IoVec::from_raw(v.as_mut_ptr(), v.len()) }
     }
 }

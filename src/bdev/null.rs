@@ -144,3 +144,109 @@ impl BdevChannel for NullChannel {
         done.append(&mut self.pending);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bdev::testing::{iov, open, run};
+    use std::sync::Arc;
+
+    #[test]
+    fn reads_zeroes_and_checks_ranges() {
+        let mut ch = open(
+            Arc::new(NullBdev::with_size("n", 1 << 20, 4096).unwrap()),
+            4,
+            None,
+        );
+        let mut buf = vec![0xffu8; 8192];
+        assert_eq!(
+            run(&mut ch, IoType::Read, 10, 2, &[iov(&mut buf)]),
+            IoStatus::Success
+        );
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(
+            run(&mut ch, IoType::Write, 0, 2, &[iov(&mut buf)]),
+            IoStatus::Success
+        );
+        assert_eq!(run(&mut ch, IoType::Flush, 0, 0, &[]), IoStatus::Success);
+        let req = IoRequest {
+            io_type: IoType::Read,
+            offset_blocks: 255,
+            num_blocks: 2,
+            iovs: &[iov(&mut buf)],
+            fua: false,
+            tag: 0,
+        };
+        assert!(matches!(
+            ch.submit(&req, 0),
+            Err(SubmitError::OutOfRange { .. })
+        ));
+        let short = IoRequest {
+            offset_blocks: 0,
+            num_blocks: 3,
+            ..req
+        };
+        assert!(matches!(
+            ch.submit(&short, 0),
+            Err(SubmitError::IovMismatch { .. })
+        ));
+        assert_eq!(ch.in_flight(), 0);
+    }
+
+    #[test]
+    fn zero_reads_off_leaves_buffers_alone() {
+        let mut null = NullBdev::with_size("n", 1 << 20, 4096).unwrap();
+        null.set_zero_reads(false);
+        let mut ch = open(Arc::new(null), 4, None);
+        let mut buf = vec![0xabu8; 4096];
+        assert_eq!(
+            run(&mut ch, IoType::Read, 0, 1, &[iov(&mut buf)]),
+            IoStatus::Success
+        );
+        assert!(buf.iter().all(|&b| b == 0xab));
+    }
+
+    #[test]
+    fn queue_full_is_reported_not_overrun() {
+        let mut ch = open(
+            Arc::new(NullBdev::with_size("n", 1 << 20, 4096).unwrap()),
+            2,
+            None,
+        );
+        let req = IoRequest {
+            io_type: IoType::Flush,
+            offset_blocks: 0,
+            num_blocks: 0,
+            iovs: &[],
+            fua: false,
+            tag: 0,
+        };
+        ch.submit(&req, 0).unwrap();
+        ch.submit(&req, 0).unwrap();
+        assert_eq!(ch.submit(&req, 0), Err(SubmitError::QueueFull(2)));
+        let mut out = Vec::with_capacity(2);
+        assert_eq!(ch.poll(5, &mut out), 2);
+        assert!(out.iter().all(|c| c.latency_ns == 5));
+    }
+
+    #[test]
+    fn bad_params_are_refused() {
+        let p = |num_blocks, block_size| NullCreateParams {
+            name: "n".into(),
+            num_blocks,
+            block_size,
+            uuid: None,
+            md_size: 0,
+            dif_type: 0,
+            physical_block_size: None,
+        };
+        assert!(NullBdev::create(&p(0, 512)).is_err());
+        assert!(NullBdev::create(&p(8, 520)).is_err());
+        assert!(NullBdev::create(&NullCreateParams {
+            md_size: 8,
+            ..p(8, 512)
+        })
+        .is_err());
+        assert!(NullBdev::create(&p(8, 512)).is_ok());
+    }
+}

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use super::{BdevError, BdevIoStat, ChannelContext, IoChannel};
 use super::{check_name, Bdev};
+use super::{BdevError, BdevIoStat, ChannelContext, IoChannel};
 
 /// Most bdevs one appliance may have.
 pub const MAX_BDEVS: usize = 65_536;

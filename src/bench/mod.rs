@@ -79,15 +79,17 @@ impl Workload {
 }
 
 /// Where the bench's bdev comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum BdevSource {
     /// `null:size=1G[,bs=4096][,zero=0]`, `malloc:size=…`, `uring:path=…[,size=…][,bs=…][,sqpoll=1]`.
     Spec(String),
     /// A bdev named in an SPDK JSON config.
     FromConfig { config: PathBuf, name: String },
+    /// A bdev already built by the caller (tests, and later the RPC's perform_tests).
+    Entry(BdevEntry),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BenchOptions {
     pub bdev: BdevSource,
     pub queue_depth: u32,
@@ -181,9 +183,8 @@ pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
             }
         }
     }
-    let need_size = || {
-        size.ok_or_else(|| BenchError::Usage(format!("bdev spec {spec:?} needs size=…")))
-    };
+    let need_size =
+        || size.ok_or_else(|| BenchError::Usage(format!("bdev spec {spec:?} needs size=…")));
     Ok(match kind.as_str() {
         "null" => {
             let mut null = NullBdev::with_size("bench_null", need_size()?, bs)?;
@@ -192,9 +193,8 @@ pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
         }
         "malloc" => Arc::new(MallocBdev::with_size("bench_malloc", need_size()?, bs)?),
         "uring" => {
-            let path = path.ok_or_else(|| {
-                BenchError::Usage(format!("bdev spec {spec:?} needs path=…"))
-            })?;
+            let path =
+                path.ok_or_else(|| BenchError::Usage(format!("bdev spec {spec:?} needs path=…")))?;
             Arc::new(UringBdev::create(&UringCreateParams {
                 name: "bench_uring".into(),
                 filename: path,
@@ -216,6 +216,7 @@ fn resolve_bdev(source: &BdevSource) -> Result<BdevEntry, BenchError> {
     let registry = BdevRegistry::new();
     match source {
         BdevSource::Spec(spec) => Ok(registry.register(bdev_from_spec(spec)?)?),
+        BdevSource::Entry(entry) => Ok(entry.clone()),
         BdevSource::FromConfig { config: path, name } => {
             let cfg = config::load_file(path)?;
             config::apply(&cfg, &registry)?;

@@ -143,9 +143,9 @@ pub fn create_bdev(
                 .unwrap_or_else(|| next_free_name(registry, "Malloc"));
             Arc::new(MallocBdev::create(&name, &p)?)
         }
-        "bdev_uring_create" => Arc::new(UringBdev::create(&params_of::<UringCreateParams>(
-            params,
-        )?)?),
+        "bdev_uring_create" => {
+            Arc::new(UringBdev::create(&params_of::<UringCreateParams>(params)?)?)
+        }
         "bdev_aio_create" => Arc::new(UringBdev::create_aio(&params_of::<AioCreateParams>(
             params,
         )?)?),
@@ -253,7 +253,10 @@ mod tests {
             &serde_json::json!({"name":"x","num_blocks":1,"block_size":512,"bogus":1}),
         )
         .unwrap_err();
-        assert!(matches!(e, CallError::InvalidParams(ref m) if m.contains("bogus")), "{e}");
+        assert!(
+            matches!(e, CallError::InvalidParams(ref m) if m.contains("bogus")),
+            "{e}"
+        );
         let e = create_bdev(&reg, "bdev_frob_create", &Value::Null).unwrap_err();
         assert!(matches!(e, CallError::UnknownMethod(_)));
     }
@@ -262,6 +265,8 @@ mod tests {
     fn malformed_text_is_refused() {
         assert!(parse("{").is_err());
         assert!(parse(r#"{"subsystems":5}"#).is_err());
-        assert!(parse(r#"{"subsystems":[{"subsystem":"bdev","config":[{"params":{}}]}]}"#).is_err());
+        assert!(
+            parse(r#"{"subsystems":[{"subsystem":"bdev","config":[{"params":{}}]}]}"#).is_err()
+        );
     }
 }

@@ -17,7 +17,9 @@ pub const MAX_POOL_BYTES: usize = 1 << 30;
 pub enum PoolError {
     #[error("buffer size {0} is not a non-zero multiple of 4096")]
     BadBufferSize(usize),
-    #[error("a pool of {count} buffers of {buf_bytes} bytes exceeds the {MAX_POOL_BYTES}-byte limit")]
+    #[error(
+        "a pool of {count} buffers of {buf_bytes} bytes exceeds the {MAX_POOL_BYTES}-byte limit"
+    )]
     TooLarge { count: usize, buf_bytes: usize },
     #[error("cannot map buffer memory: {0}")]
     Map(#[from] std::io::Error),
@@ -132,7 +134,11 @@ impl BufferPool {
             "buffer returned to the wrong pool"
         );
         let mut on_loan = self.on_loan.borrow_mut();
-        assert!(on_loan[buf.index as usize], "buffer {} returned twice", buf.index);
+        assert!(
+            on_loan[buf.index as usize],
+            "buffer {} returned twice",
+            buf.index
+        );
         on_loan[buf.index as usize] = false;
         self.free.borrow_mut().push(buf.index);
     }

@@ -74,7 +74,9 @@ impl DmaRegion {
     pub fn contains(&self, addr: *const u8, len: usize) -> bool {
         let start = self.ptr.as_ptr() as usize;
         let a = addr as usize;
-        a >= start && a.checked_add(len).is_some_and(|end| end <= start + self.len)
+        a >= start
+            && a.checked_add(len)
+                .is_some_and(|end| end <= start + self.len)
     }
 }
 

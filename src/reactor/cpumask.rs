@@ -70,10 +70,7 @@ impl CpuMask {
                 return Err(malformed("hex mask is empty or too long"));
             }
             for (nibble_index, c) in hex.chars().rev().enumerate() {
-                let nibble = c
-                    .to_digit(16)
-                    .ok_or_else(|| malformed("not a hex digit"))?
-                    as usize;
+                let nibble = c.to_digit(16).ok_or_else(|| malformed("not a hex digit"))? as usize;
                 for bit in 0..4 {
                     if nibble & (1 << bit) != 0 {
                         cores.push(nibble_index * 4 + bit);
@@ -165,7 +162,10 @@ mod tests {
     #[test]
     fn lists_and_ranges() {
         assert_eq!(CpuMask::parse("0,1", AVAIL).unwrap().cores(), &[0, 1]);
-        assert_eq!(CpuMask::parse("[0,2-3]", AVAIL).unwrap().cores(), &[0, 2, 3]);
+        assert_eq!(
+            CpuMask::parse("[0,2-3]", AVAIL).unwrap().cores(),
+            &[0, 2, 3]
+        );
         assert_eq!(CpuMask::parse("1-2,1", AVAIL).unwrap().cores(), &[1, 2]);
     }
 
@@ -178,12 +178,30 @@ mod tests {
 
     #[test]
     fn bad_masks() {
-        assert!(matches!(CpuMask::parse("", AVAIL), Err(CpumaskError::Empty(_))));
-        assert!(matches!(CpuMask::parse("0x0", AVAIL), Err(CpumaskError::Empty(_))));
-        assert!(matches!(CpuMask::parse("0xZ", AVAIL), Err(CpumaskError::Malformed { .. })));
-        assert!(matches!(CpuMask::parse("3-1", AVAIL), Err(CpumaskError::Malformed { .. })));
-        assert!(matches!(CpuMask::parse("0,,1", AVAIL), Err(CpumaskError::Malformed { .. })));
-        assert!(matches!(CpuMask::parse("0,99999", AVAIL), Err(CpumaskError::Malformed { .. })));
+        assert!(matches!(
+            CpuMask::parse("", AVAIL),
+            Err(CpumaskError::Empty(_))
+        ));
+        assert!(matches!(
+            CpuMask::parse("0x0", AVAIL),
+            Err(CpumaskError::Empty(_))
+        ));
+        assert!(matches!(
+            CpuMask::parse("0xZ", AVAIL),
+            Err(CpumaskError::Malformed { .. })
+        ));
+        assert!(matches!(
+            CpuMask::parse("3-1", AVAIL),
+            Err(CpumaskError::Malformed { .. })
+        ));
+        assert!(matches!(
+            CpuMask::parse("0,,1", AVAIL),
+            Err(CpumaskError::Malformed { .. })
+        ));
+        assert!(matches!(
+            CpuMask::parse("0,99999", AVAIL),
+            Err(CpumaskError::Malformed { .. })
+        ));
         assert!(matches!(
             CpuMask::parse("0x10", AVAIL),
             Err(CpumaskError::NoSuchCore { core: 4, .. })

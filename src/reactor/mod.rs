@@ -55,7 +55,9 @@ impl std::str::FromStr for IdlePolicy {
         match s {
             "busy" => Ok(IdlePolicy::Busy),
             "adaptive" => Ok(IdlePolicy::Adaptive),
-            other => Err(format!("idle policy {other:?} is neither \"busy\" nor \"adaptive\"")),
+            other => Err(format!(
+                "idle policy {other:?} is neither \"busy\" nor \"adaptive\""
+            )),
         }
     }
 }
@@ -544,7 +546,10 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(5)).unwrap();
             total += sent.elapsed();
         }
-        assert!(total < Duration::from_millis(150), "5 wake-ups took {total:?}");
+        assert!(
+            total < Duration::from_millis(150),
+            "5 wake-ups took {total:?}"
+        );
         r.request_stop();
         set.join();
     }

@@ -1,0 +1,320 @@
+//! The `unblend` binary, end to end: bad input is refused cleanly with exit code 2, the bench
+//! verifies data on malloc and uring bdevs, and `serve` boots and stops on a signal.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn unblend(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unblend"))
+        .args(args)
+        .env("UNBLEND_LOG", "warn")
+        .output()
+        .expect("run unblend")
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    // CARGO_TARGET_TMPDIR is on the build's filesystem, which supports O_DIRECT (tmpfs may not).
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Exit code 2, exactly one line on stderr that names the problem, and no panic.
+fn assert_refused(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "want one error line, got: {stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "error {:?} does not mention {needle:?}",
+        lines[0]
+    );
+}
+
+fn bench(args: &[&str]) -> Output {
+    let mut all = vec!["bench", "-t", "1"];
+    all.extend_from_slice(args);
+    unblend(&all)
+}
+
+#[test]
+fn missing_file_is_refused() {
+    assert_refused(
+        &bench(&["--bdev", "uring:path=/nonexistent/unblend.img"]),
+        "does not exist",
+    );
+    assert_refused(
+        &unblend(&["serve", "--config", "/nonexistent/unblend.json"]),
+        "does not exist",
+    );
+    assert_refused(
+        &bench(&["--config", "/nonexistent/c.json", "--bdev", "M0"]),
+        "does not exist",
+    );
+}
+
+#[test]
+fn size_not_a_block_multiple_is_refused() {
+    assert_refused(&bench(&["--bdev", "null:size=1000"]), "not a multiple");
+    assert_refused(
+        &bench(&["--bdev", "malloc:size=6000,bs=4096"]),
+        "not a multiple",
+    );
+}
+
+#[test]
+fn bad_block_sizes_are_refused() {
+    assert_refused(
+        &bench(&["--bdev", "null:size=1M,bs=1000"]),
+        "block size 1000",
+    );
+    assert_refused(&bench(&["--bdev", "null:size=1M,bs=256"]), "block size 256");
+}
+
+#[test]
+fn unknown_bdev_type_is_refused() {
+    assert_refused(&bench(&["--bdev", "frob:size=1M"]), "unknown bdev type");
+}
+
+#[test]
+fn cpumask_naming_a_missing_core_is_refused() {
+    assert_refused(
+        &bench(&["--bdev", "null:size=1M", "-m", "0x80000000"]),
+        "core 31",
+    );
+    assert_refused(
+        &bench(&["--bdev", "null:size=1M", "-m", "0,512"]),
+        "core 512",
+    );
+    assert_refused(&unblend(&["serve", "-m", "0x0"]), "selects no core");
+}
+
+#[test]
+fn malformed_config_is_refused() {
+    let dir = tmp_dir("malformed_config");
+    let bad_json = dir.join("bad.json");
+    std::fs::write(&bad_json, "{\"subsystems\": [").unwrap();
+    let s = bad_json.to_str().unwrap();
+    assert_refused(
+        &unblend(&["serve", "--config", s]),
+        "not a valid SPDK JSON config",
+    );
+    assert_refused(
+        &bench(&["--config", s, "--bdev", "M0"]),
+        "not a valid SPDK JSON config",
+    );
+    let bad_entry = dir.join("entry.json");
+    std::fs::write(
+        &bad_entry,
+        r#"{"subsystems":[{"subsystem":"bdev","config":[
+            {"method":"bdev_malloc_create","params":{"name":"M0","num_blocks":64,"block_size":512}},
+            {"method":"bdev_null_create","params":{"name":"N0","num_blocks":64,"block_size":4096,"colour":"red"}}]}]}"#,
+    )
+    .unwrap();
+    assert_refused(
+        &unblend(&["serve", "--config", bad_entry.to_str().unwrap()]),
+        "bdev[1] (bdev_null_create)",
+    );
+}
+
+#[test]
+fn bad_bench_options_are_refused() {
+    assert_refused(
+        &bench(&["--bdev", "null:size=1M", "-q", "0"]),
+        "queue depth",
+    );
+    assert_refused(
+        &bench(&["--bdev", "null:size=1M", "-o", "1000"]),
+        "I/O size",
+    );
+    assert_refused(
+        &bench(&["--bdev", "null:size=1M", "-o", "8k", "-M", "101"]),
+        "read percent",
+    );
+    let out = bench(&["--bdev", "null:size=1M", "-w", "scramble"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn verify_passes_on_malloc() {
+    let out = bench(&[
+        "--bdev",
+        "malloc:size=64M",
+        "-w",
+        "verify",
+        "-q",
+        "16",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(v["total"]["ios"].as_u64().unwrap() > 1000, "{v}");
+    assert!(v["verify_failure"].is_null());
+}
+
+#[test]
+fn verify_passes_on_uring_file_with_two_reactors() {
+    let dir = tmp_dir("verify_uring");
+    let img = dir.join("disk.img");
+    let spec = format!("uring:path={},size=64M", img.display());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mask = if cores >= 2 { "0x3" } else { "0x1" };
+    let out = bench(&[
+        "--bdev", &spec, "-w", "verify", "-q", "32", "-o", "16k", "-m", mask, "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(v["total"]["ios"].as_u64().unwrap() > 100, "{v}");
+    assert_eq!(
+        v["cores"].as_array().unwrap().len(),
+        if cores >= 2 { 2 } else { 1 }
+    );
+    // The file was created and preallocated to the asked size.
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 20);
+}
+
+#[test]
+fn bench_json_has_the_documented_shape() {
+    let out = bench(&[
+        "--bdev",
+        "null:size=1G",
+        "-w",
+        "randrw",
+        "-M",
+        "70",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["mean", "p50", "p99", "p999", "max"] {
+        assert!(
+            v["total"]["lat_us"][key].is_number(),
+            "missing lat_us.{key}: {v}"
+        );
+    }
+    assert!(v["total"]["iops"].as_f64().unwrap() > 0.0);
+    assert!(v["total"]["mibps"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["cores"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn bench_reads_a_bdev_from_a_config() {
+    let dir = tmp_dir("bench_config");
+    let cfg = dir.join("c.json");
+    std::fs::write(
+        &cfg,
+        r#"{"subsystems":[{"subsystem":"bdev","config":[
+            {"method":"bdev_malloc_create","params":{"name":"M0","num_blocks":16384,"block_size":4096}}]}]}"#,
+    )
+    .unwrap();
+    let out = bench(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--bdev",
+        "M0",
+        "-w",
+        "verify",
+        "-q",
+        "8",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_refused(
+        &bench(&["--config", cfg.to_str().unwrap(), "--bdev", "M9"]),
+        "no bdev named \"M9\"",
+    );
+}
+
+/// Starts `unblend serve`, waits for it to say it runs, sends `signal`, and checks a clean exit.
+fn serve_and_stop(extra: &[&str], signal: i32) -> String {
+    let mut args = vec!["serve"];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
+        .args(&args)
+        .env("UNBLEND_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !banner.contains("running;") {
+        assert!(
+            Instant::now() < deadline,
+            "serve never said it runs: {banner}"
+        );
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("serve exited early: {banner}");
+        }
+        banner.push_str(&line);
+    }
+    // SAFETY: kill(2) on the child's pid.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "serve exited with {status}: {banner}{rest}"
+    );
+    assert!(rest.contains("stopped cleanly"), "{rest}");
+    banner
+}
+
+#[test]
+fn serve_boots_the_default_and_stops_on_sigterm() {
+    let banner = serve_and_stop(&[], libc::SIGTERM);
+    assert!(banner.contains("embedded default"), "{banner}");
+    assert!(banner.contains("bdev Malloc0"), "{banner}");
+}
+
+#[test]
+fn serve_boots_a_config_and_stops_on_sigint() {
+    let dir = tmp_dir("serve_config");
+    let cfg = dir.join("c.json");
+    let img = dir.join("u.img");
+    // Preallocate the file for the uring bdev.
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"subsystems":[{{"subsystem":"bdev","config":[
+            {{"method":"bdev_null_create","params":{{"name":"N0","num_blocks":1024,"block_size":4096}}}},
+            {{"method":"bdev_uring_create","params":{{"name":"U0","filename":"{}","block_size":4096}}}}]}}]}}"#,
+            img.display()
+        ),
+    )
+    .unwrap();
+    let banner = serve_and_stop(
+        &["--config", cfg.to_str().unwrap(), "-m", "0x1"],
+        libc::SIGINT,
+    );
+    assert!(banner.contains("bdev N0"), "{banner}");
+    assert!(
+        banner.contains("bdev U0: URING bdev, 2048 blocks"),
+        "{banner}"
+    );
+}
