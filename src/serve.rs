@@ -103,7 +103,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
                 b.product_name(),
                 b.num_blocks(),
                 b.block_size(),
-                b.num_blocks() * b.block_size() as u64 >> 20,
+                (b.num_blocks() * b.block_size() as u64) >> 20,
                 b.uuid()
             );
         }

@@ -270,7 +270,7 @@ pub fn blocks_for_size(size_bytes: u64, block_size: u32) -> Result<u64, BdevErro
     if size_bytes == 0 {
         return Err(BdevError::ZeroSize);
     }
-    if size_bytes % block_size as u64 != 0 {
+    if !size_bytes.is_multiple_of(block_size as u64) {
         return Err(BdevError::SizeNotMultiple {
             size_bytes,
             block_size,

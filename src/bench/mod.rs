@@ -253,7 +253,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let entry = resolve_bdev(&opts.bdev)?;
     let bdev = entry.bdev.clone();
     let block_size = bdev.block_size() as u64;
-    if opts.io_bytes == 0 || opts.io_bytes % block_size != 0 || opts.io_bytes > MAX_IO_BYTES {
+    if opts.io_bytes == 0 || !opts.io_bytes.is_multiple_of(block_size) || opts.io_bytes > MAX_IO_BYTES {
         return Err(BenchError::Usage(format!(
             "I/O size {} is not a multiple of the block size {block_size} between {block_size} and {MAX_IO_BYTES}",
             opts.io_bytes

@@ -85,7 +85,7 @@ pub struct BufferPool {
 
 impl BufferPool {
     pub fn new(config: BufferPoolConfig) -> Result<BufferPool, PoolError> {
-        if config.buf_bytes == 0 || config.buf_bytes % PAGE_BYTES != 0 {
+        if config.buf_bytes == 0 || !config.buf_bytes.is_multiple_of(PAGE_BYTES) {
             return Err(PoolError::BadBufferSize(config.buf_bytes));
         }
         let total = config
