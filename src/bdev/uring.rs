@@ -270,7 +270,16 @@ impl UringChannel {
         if bdev.sqpoll {
             builder.setup_sqpoll(1000);
         } else {
-            builder.setup_single_issuer().setup_coop_taskrun();
+            // Cooperative task running: the kernel posts completions when we next enter it
+            // instead of interrupting the reactor, and raises IORING_SQ_TASKRUN so that `poll`
+            // knows an enter is due even with nothing to submit.
+            // Deferred task running: completions are posted only when we enter with GETEVENTS,
+            // in our own context, never by interrupting the reactor.
+            builder
+                .setup_single_issuer()
+                .setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .setup_defer_taskrun();
         }
         let ring = builder
             .build(entries)
@@ -401,7 +410,13 @@ impl BdevChannel for UringChannel {
     }
 
     fn poll(&mut self, done: &mut Vec<SlotCompletion>) {
-        if self.unsubmitted > 0 {
+        // One enter per pass at most: to submit what was queued, or to let the kernel post
+        // completions it holds as task work (IORING_SQ_TASKRUN) or after a CQ overflow.
+        let need_enter = self.unsubmitted > 0 || {
+            let sq = self.ring.submission();
+            sq.taskrun() || sq.cq_overflow()
+        };
+        if need_enter {
             match self.ring.submit() {
                 Ok(_) => self.unsubmitted = 0,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
