@@ -25,6 +25,7 @@ fn message_between_reactors(c: &mut Criterion) {
     let set = ReactorSet::start(ReactorConfig {
         cpumask: mask,
         idle: IdlePolicy::Busy,
+        idle_spin_passes: 1,
         thread_init: None,
     })
     .unwrap();

@@ -74,6 +74,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let reactors = ReactorSet::start(ReactorConfig {
         cpumask: opts.cpumask.clone(),
         idle: opts.idle,
+        idle_spin_passes: crate::reactor::IDLE_PASSES_BEFORE_SLEEP,
         thread_init: Some(Arc::new(|reactor| {
             if let Err(e) = mem::init_thread_pool(BufferPoolConfig::default()) {
                 tracing::error!(reactor, "no buffer pool for this reactor: {e}");

@@ -318,3 +318,46 @@ fn serve_boots_a_config_and_stops_on_sigint() {
         "{banner}"
     );
 }
+
+#[test]
+fn adaptive_reactor_sleeping_on_uring_io_is_woken_by_completions() {
+    // With a 1-pass spin the reactor sleeps whenever it waits for the disk; only the io_uring
+    // eventfd wakes it. Without that wake-up each I/O would wait out a 100 ms sleep.
+    let dir = tmp_dir("adaptive_uring");
+    let spec = format!("uring:path={},size=16M", dir.join("d.img").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_unblend"))
+        .args([
+            "bench", "-t", "1", "--bdev", &spec, "-w", "verify", "-q", "4", "--idle", "adaptive",
+            "--json",
+        ])
+        .env("UNBLEND_LOG", "warn")
+        .env("UNBLEND_IDLE_SPIN_PASSES", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ios = v["total"]["ios"].as_u64().unwrap();
+    assert!(
+        ios > 200,
+        "only {ios} I/Os in 1 s: completions did not wake the reactor"
+    );
+}
+
+#[test]
+fn uring_with_sqpoll_verifies() {
+    let dir = tmp_dir("sqpoll");
+    let spec = format!(
+        "uring:path={},size=16M,sqpoll=1",
+        dir.join("d.img").display()
+    );
+    let out = bench(&["--bdev", &spec, "-w", "verify", "-q", "8"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
+
 use super::iostat::{BdevIoStat, ChannelStats};
 use super::{
     Bdev, BdevChannel, BdevError, ChannelContext, IoRequest, IoStatus, IoType, SlotCompletion,
@@ -38,7 +40,7 @@ pub struct IoChannel {
     slots: Box<[Slot]>,
     free_slots: Vec<u32>,
     done: Vec<SlotCompletion>,
-    stats: Arc<ChannelStats>,
+    stats: Arc<CachePadded<ChannelStats>>,
     iostat: Arc<BdevIoStat>,
     queue_depth: u32,
 }

@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use crossbeam_utils::CachePadded;
+
 use serde::Serialize;
 
 use super::IoType;
@@ -99,24 +101,25 @@ pub const MAX_CHANNELS_PER_BDEV: usize = 1024;
 
 #[derive(Default)]
 pub struct BdevIoStat {
-    live: Mutex<Vec<Arc<ChannelStats>>>,
+    live: Mutex<Vec<Arc<CachePadded<ChannelStats>>>>,
     retired: Mutex<IoStatTotals>,
 }
 
 impl BdevIoStat {
     /// Adds a channel's counters (control path: called when a channel opens).
-    pub(super) fn attach(&self) -> Option<Arc<ChannelStats>> {
+    pub(super) fn attach(&self) -> Option<Arc<CachePadded<ChannelStats>>> {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         if live.len() >= MAX_CHANNELS_PER_BDEV {
             return None;
         }
-        let stats = Arc::new(ChannelStats::default());
+        // Padded: channels on different reactors must not share a cache line.
+        let stats = Arc::new(CachePadded::new(ChannelStats::default()));
         live.push(stats.clone());
         Some(stats)
     }
 
     /// Folds a closing channel's counters into the retired totals.
-    pub(super) fn detach(&self, stats: &Arc<ChannelStats>) {
+    pub(super) fn detach(&self, stats: &Arc<CachePadded<ChannelStats>>) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pos) = live.iter().position(|s| Arc::ptr_eq(s, stats)) {
             live.swap_remove(pos);

@@ -287,6 +287,12 @@ impl UringChannel {
         ring.submitter()
             .register_files(&[bdev.file.as_raw_fd()])
             .map_err(|e| BdevError::Channel(format!("io_uring register_files: {e}")))?;
+        // Completions wake the reactor if it went to sleep while waiting for them.
+        if let Some(fd) = crate::reactor::current_wake_fd() {
+            if let Err(e) = ring.submitter().register_eventfd(fd) {
+                tracing::debug!("io_uring register_eventfd: {e}");
+            }
+        }
         let mut fixed = None;
         if let Some(pool) = &ctx.buffers {
             let region = pool.region();

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 
 use super::pattern;
@@ -70,7 +71,7 @@ pub struct Job {
     elapsed_ns: u64,
     winding_down: bool,
     failure: Option<VerifyFailure>,
-    progress: Arc<AtomicU64>,
+    progress: Arc<CachePadded<AtomicU64>>,
     report: Option<Sender<Result<JobResult, String>>>,
 }
 
@@ -79,7 +80,7 @@ impl Job {
         plan: JobPlan,
         channel: IoChannel,
         pool: Rc<BufferPool>,
-        progress: Arc<AtomicU64>,
+        progress: Arc<CachePadded<AtomicU64>>,
         report: Sender<Result<JobResult, String>>,
     ) -> Result<Job, String> {
         let qd = plan.queue_depth as usize;

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 use thiserror::Error;
 
@@ -253,7 +254,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let entry = resolve_bdev(&opts.bdev)?;
     let bdev = entry.bdev.clone();
     let block_size = bdev.block_size() as u64;
-    if opts.io_bytes == 0 || !opts.io_bytes.is_multiple_of(block_size) || opts.io_bytes > MAX_IO_BYTES {
+    if opts.io_bytes == 0
+        || !opts.io_bytes.is_multiple_of(block_size)
+        || opts.io_bytes > MAX_IO_BYTES
+    {
         return Err(BenchError::Usage(format!(
             "I/O size {} is not a multiple of the block size {block_size} between {block_size} and {MAX_IO_BYTES}",
             opts.io_bytes
@@ -291,6 +295,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let reactors = ReactorSet::start(ReactorConfig {
         cpumask: opts.cpumask.clone(),
         idle: opts.idle,
+        idle_spin_passes: std::env::var("UNBLEND_IDLE_SPIN_PASSES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(crate::reactor::IDLE_PASSES_BEFORE_SLEEP),
         thread_init: Some(Arc::new(move |_| {
             if let Err(e) = mem::init_thread_pool(pool_config) {
                 *pe.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
@@ -321,7 +329,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             duration_ns: opts.seconds * 1_000_000_000,
             seed: opts.seed,
         };
-        let counter = Arc::new(AtomicU64::new(0));
+        let counter = Arc::new(CachePadded::new(AtomicU64::new(0)));
         progress.push(counter.clone());
         let tx = tx.clone();
         let entry = entry.clone();

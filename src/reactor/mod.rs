@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
 use thiserror::Error;
 
 pub use cpumask::{available_cores, CpuMask, CpumaskError};
@@ -24,6 +25,19 @@ pub use stats::ReactorStatsSnapshot;
 use poller::Poller;
 use stats::ReactorStats;
 use wake::WakeFd;
+
+thread_local! {
+    /// The eventfd that wakes the reactor running on this thread (-1 off a reactor thread).
+    static CURRENT_WAKE_FD: std::cell::Cell<i32> = const { std::cell::Cell::new(-1) };
+}
+
+/// The eventfd that wakes the calling thread's reactor from an adaptive sleep, if the caller
+/// runs on a reactor. An I/O module registers it (io_uring's `register_eventfd`) so that a
+/// completion wakes a reactor that went to sleep while waiting for it.
+pub fn current_wake_fd() -> Option<i32> {
+    let fd = CURRENT_WAKE_FD.with(|c| c.get());
+    (fd >= 0).then_some(fd)
+}
 
 /// Work sent to a reactor; it runs on that reactor's thread with the reactor borrowed mutably.
 pub type Message = Box<dyn FnOnce(&mut Reactor) + Send>;
@@ -90,6 +104,8 @@ pub type ThreadInit = Arc<dyn Fn(usize) + Send + Sync>;
 pub struct ReactorConfig {
     pub cpumask: CpuMask,
     pub idle: IdlePolicy,
+    /// Idle passes in a row before an adaptive reactor sleeps (`IDLE_PASSES_BEFORE_SLEEP`).
+    pub idle_spin_passes: u32,
     pub thread_init: Option<ThreadInit>,
 }
 
@@ -99,12 +115,14 @@ struct Mailbox {
     wake: WakeFd,
 }
 
+/// Per-reactor state is cache-padded so that reactors never write to one cache line.
 struct Shared {
-    mailboxes: Box<[Mailbox]>,
-    stats: Box<[ReactorStats]>,
+    mailboxes: Box<[CachePadded<Mailbox>]>,
+    stats: Box<[CachePadded<ReactorStats>]>,
     cores: Vec<usize>,
     stop: AtomicBool,
     idle: IdlePolicy,
+    idle_spin_passes: u32,
     epoch: Instant,
 }
 
@@ -192,18 +210,22 @@ impl ReactorSet {
         let cores = config.cpumask.cores().to_vec();
         let mut mailboxes = Vec::with_capacity(cores.len());
         for _ in &cores {
-            mailboxes.push(Mailbox {
+            mailboxes.push(CachePadded::new(Mailbox {
                 queue: ArrayQueue::new(MAILBOX_CAPACITY),
                 sleeping: AtomicBool::new(false),
                 wake: WakeFd::new()?,
-            });
+            }));
         }
         let shared = Arc::new(Shared {
             mailboxes: mailboxes.into_boxed_slice(),
-            stats: cores.iter().map(|_| ReactorStats::default()).collect(),
+            stats: cores
+                .iter()
+                .map(|_| CachePadded::new(ReactorStats::default()))
+                .collect(),
             cores: cores.clone(),
             stop: AtomicBool::new(false),
             idle: config.idle,
+            idle_spin_passes: config.idle_spin_passes.max(1),
             epoch: Instant::now(),
         });
         let handle = Reactors { shared };
@@ -386,13 +408,15 @@ impl Reactor {
     }
 
     fn run(mut self) {
-        let stats = &self.handle.shared.stats[self.index] as *const ReactorStats;
+        let stats = &*self.handle.shared.stats[self.index] as *const ReactorStats;
         // SAFETY: `stats` points into `Shared`, which `self.handle` keeps alive for the whole of
         // this function; the raw pointer only spares a re-borrow of `self` inside the loop.
         let stats = unsafe { &*stats };
         let adaptive = self.handle.shared.idle == IdlePolicy::Adaptive;
         let mut idle_passes: u32 = 0;
         let mut stop_started_ns: Option<u64> = None;
+        CURRENT_WAKE_FD.with(|c| c.set(self.mailbox().wake.raw_fd()));
+        let spin_passes = self.handle.shared.idle_spin_passes;
         self.now_ns = self.clock();
         loop {
             let now = self.clock();
@@ -433,11 +457,13 @@ impl Reactor {
                 }
                 continue;
             }
-            if busy || outstanding {
+            // In adaptive mode, I/O in flight (`outstanding`) does not keep the reactor awake:
+            // modules with slow completions register the reactor's wake eventfd.
+            if busy || (outstanding && !adaptive) {
                 idle_passes = 0;
             } else if adaptive {
                 idle_passes += 1;
-                if idle_passes >= IDLE_PASSES_BEFORE_SLEEP {
+                if idle_passes >= spin_passes {
                     idle_passes = 0;
                     self.sleep();
                 }
@@ -465,6 +491,7 @@ mod tests {
         ReactorSet::start(ReactorConfig {
             cpumask: mask,
             idle,
+            idle_spin_passes: IDLE_PASSES_BEFORE_SLEEP,
             thread_init: None,
         })
         .unwrap()
