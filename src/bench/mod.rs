@@ -22,7 +22,7 @@ use crate::bdev::uring::{UringBdev, UringCreateParams};
 use crate::bdev::{Bdev, BdevEntry, BdevError, BdevRegistry, ChannelContext};
 use crate::config::{self, parse_size, ConfigError};
 use crate::mem::{self, BufferPoolConfig};
-use crate::reactor::{CpuMask, IdlePolicy, PollerKind, ReactorConfig, ReactorSet};
+use crate::reactor::{CpuMask, IdlePolicy, PollerKind, ReactorConfig, ReactorSet, Reactors};
 
 use job::{Job, JobPlan};
 pub use report::BenchReport;
@@ -231,8 +231,8 @@ fn resolve_bdev(source: &BdevSource) -> Result<BdevEntry, BenchError> {
     }
 }
 
-/// Runs the benchmark to completion and returns its report.
-pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+/// Checks the options that do not depend on the bdev.
+fn check_options(opts: &BenchOptions) -> Result<(), BenchError> {
     if opts.queue_depth == 0 || opts.queue_depth > MAX_QUEUE_DEPTH {
         return Err(BenchError::Usage(format!(
             "queue depth {} is outside 1..={MAX_QUEUE_DEPTH}",
@@ -251,8 +251,18 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             opts.read_percent
         )));
     }
-    let entry = resolve_bdev(&opts.bdev)?;
-    let bdev = entry.bdev.clone();
+    Ok(())
+}
+
+/// How the bdev is cut into I/O units and shared among `cores` jobs.
+struct Layout {
+    blocks_per_io: u64,
+    total_units: u64,
+    striped: bool,
+}
+
+fn layout(opts: &BenchOptions, bdev: &dyn Bdev, cores: u64) -> Result<Layout, BenchError> {
+    check_options(opts)?;
     let block_size = bdev.block_size() as u64;
     if opts.io_bytes == 0
         || !opts.io_bytes.is_multiple_of(block_size)
@@ -265,16 +275,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let blocks_per_io = opts.io_bytes / block_size;
     let total_units = bdev.num_blocks() / blocks_per_io;
-    let cores = opts.cpumask.cores().to_vec();
-    let n = cores.len() as u64;
     let striped = matches!(
         opts.workload,
         Workload::Read | Workload::Write | Workload::Rw | Workload::Verify
     );
     let min_units = if opts.workload == Workload::Verify {
-        (opts.queue_depth as u64 + 1) * if striped { n } else { 1 }
+        (opts.queue_depth as u64 + 1) * if striped { cores } else { 1 }
     } else {
-        n
+        cores
     };
     if total_units < min_units {
         return Err(BenchError::Usage(format!(
@@ -283,7 +291,189 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             opts.io_bytes
         )));
     }
+    Ok(Layout {
+        blocks_per_io,
+        total_units,
+        striped,
+    })
+}
 
+/// Jobs started on running reactors; collect their results with `poll` or `wait`.
+pub struct RunningBench {
+    opts: BenchOptions,
+    bdev: Arc<dyn Bdev>,
+    rx: mpsc::Receiver<Result<JobResult, String>>,
+    progress: Vec<Arc<CachePadded<AtomicU64>>>,
+    expected: usize,
+    results: Vec<JobResult>,
+    failure: Option<String>,
+    failures: usize,
+    started: Instant,
+}
+
+impl RunningBench {
+    /// Takes whatever results have arrived; true once every job has reported.
+    pub fn poll(&mut self) -> bool {
+        while let Ok(r) = self.rx.try_recv() {
+            self.take(r);
+        }
+        self.is_done()
+    }
+
+    fn take(&mut self, r: Result<JobResult, String>) {
+        match r {
+            Ok(r) => self.results.push(r),
+            Err(e) => {
+                self.failures += 1;
+                self.failure.get_or_insert(e);
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.results.len() + self.failures >= self.expected
+    }
+
+    /// I/Os completed so far, over all jobs.
+    pub fn ios_so_far(&self) -> u64 {
+        self.progress.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Blocks until every job reports (or one fails), showing progress once a second.
+    fn wait(&mut self, show_progress: bool) {
+        while !self.is_done() {
+            match self.rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(r) => self.take(r),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if show_progress {
+                        let secs = self.elapsed().as_secs_f64();
+                        let iops = self.ios_so_far() as f64 / secs;
+                        print!(
+                            "\r[{secs:5.1} s] {:>12.0} IOPS {:>10.2} MiB/s   ",
+                            iops,
+                            iops * self.opts.io_bytes as f64 / (1 << 20) as f64
+                        );
+                        use std::io::Write;
+                        let _ = std::io::stdout().flush();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if show_progress {
+            println!();
+        }
+    }
+
+    /// The report, once every job has reported.
+    pub fn report(&mut self) -> Result<BenchReport, BenchError> {
+        if let Some(e) = &self.failure {
+            return Err(BenchError::Run(e.clone()));
+        }
+        if self.results.len() != self.expected {
+            return Err(BenchError::Run("a bench job ended without a result".into()));
+        }
+        self.results.sort_by_key(|r| r.reactor);
+        Ok(BenchReport::new(
+            &self.opts,
+            self.bdev.as_ref(),
+            std::mem::take(&mut self.results),
+        ))
+    }
+}
+
+/// Starts one job per reactor in `reactors` (indices into the running set) on `entry`.
+/// Each reactor must have a buffer pool with at least `queue_depth` buffers of the I/O size.
+pub fn start_jobs(
+    handle: &Reactors,
+    reactors: &[usize],
+    entry: &BdevEntry,
+    opts: &BenchOptions,
+) -> Result<RunningBench, BenchError> {
+    let bdev = entry.bdev.clone();
+    let n = reactors.len() as u64;
+    if n == 0 {
+        return Err(BenchError::Usage("no reactor to run the bench on".into()));
+    }
+    let layout = layout(opts, bdev.as_ref(), n)?;
+    let (tx, rx) = mpsc::channel();
+    let mut progress = Vec::new();
+    for (job_index, &reactor) in reactors.iter().enumerate() {
+        let (first_unit, units) = if layout.striped {
+            let per = layout.total_units / n;
+            (job_index as u64 * per, per)
+        } else {
+            (0, layout.total_units)
+        };
+        let plan = JobPlan {
+            reactor,
+            core: handle.core(reactor),
+            workload: opts.workload,
+            read_percent: opts.read_percent,
+            queue_depth: opts.queue_depth,
+            blocks_per_io: layout.blocks_per_io,
+            first_unit,
+            units,
+            duration_ns: opts.seconds * 1_000_000_000,
+            seed: opts.seed,
+        };
+        let counter = Arc::new(CachePadded::new(AtomicU64::new(0)));
+        progress.push(counter.clone());
+        let tx = tx.clone();
+        let entry = entry.clone();
+        handle
+            .send(reactor, move |r| {
+                let setup = || -> Result<Job, String> {
+                    let pool = mem::thread_pool().ok_or("reactor has no buffer pool")?;
+                    let channel = entry
+                        .open_channel(&ChannelContext {
+                            queue_depth: plan.queue_depth,
+                            buffers: Some(pool.clone()),
+                        })
+                        .map_err(|e| e.to_string())?;
+                    Job::new(plan, channel, pool, counter, tx.clone())
+                };
+                match setup() {
+                    Ok(mut job) => {
+                        let registered = r.register_poller(
+                            "bench_job",
+                            PollerKind::Io,
+                            0,
+                            move |ctx| job.poll(ctx),
+                        );
+                        if !registered {
+                            let _ = tx.send(Err("reactor has too many pollers".into()));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| BenchError::Run(e.to_string()))?;
+    }
+    Ok(RunningBench {
+        opts: opts.clone(),
+        bdev,
+        rx,
+        progress,
+        expected: reactors.len(),
+        results: Vec::new(),
+        failure: None,
+        failures: 0,
+        started: Instant::now(),
+    })
+}
+
+/// Runs the benchmark on reactors of its own and returns its report.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+    check_options(opts)?;
+    let entry = resolve_bdev(&opts.bdev)?;
+    layout(opts, entry.bdev.as_ref(), opts.cpumask.cores().len() as u64)?;
     let buf_bytes = opts.io_bytes.div_ceil(4096) * 4096;
     let pool_config = BufferPoolConfig {
         buf_bytes: buf_bytes as usize,
@@ -307,102 +497,20 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     })
     .map_err(|e| BenchError::Run(e.to_string()))?;
     let handle = reactors.handle();
-
-    let (tx, rx) = mpsc::channel();
-    let mut progress = Vec::new();
-    for (reactor, &core) in cores.iter().enumerate() {
-        let (first_unit, units) = if striped {
-            let per = total_units / n;
-            (reactor as u64 * per, per)
-        } else {
-            (0, total_units)
-        };
-        let plan = JobPlan {
-            reactor,
-            core,
-            workload: opts.workload,
-            read_percent: opts.read_percent,
-            queue_depth: opts.queue_depth,
-            blocks_per_io,
-            first_unit,
-            units,
-            duration_ns: opts.seconds * 1_000_000_000,
-            seed: opts.seed,
-        };
-        let counter = Arc::new(CachePadded::new(AtomicU64::new(0)));
-        progress.push(counter.clone());
-        let tx = tx.clone();
-        let entry = entry.clone();
-        let sent = handle.send(reactor, move |r| {
-            let setup = || -> Result<Job, String> {
-                let pool = mem::thread_pool().ok_or("reactor has no buffer pool")?;
-                let channel = entry
-                    .open_channel(&ChannelContext {
-                        queue_depth: plan.queue_depth,
-                        buffers: Some(pool.clone()),
-                    })
-                    .map_err(|e| e.to_string())?;
-                Job::new(plan, channel, pool, counter, tx.clone())
-            };
-            match setup() {
-                Ok(mut job) => {
-                    r.register_poller("bench_job", PollerKind::Io, 0, move |ctx| job.poll(ctx));
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        });
-        if let Err(e) = sent {
+    let all: Vec<usize> = (0..handle.count()).collect();
+    let mut running = match start_jobs(&handle, &all, &entry, opts) {
+        Ok(r) => r,
+        Err(e) => {
             handle.request_stop();
             reactors.join();
-            return Err(BenchError::Run(e.to_string()));
+            return Err(e);
         }
-    }
-    drop(tx);
-
-    let started = Instant::now();
-    let show_progress = opts.progress && std::io::stdout().is_terminal();
-    let mut results = Vec::with_capacity(cores.len());
-    let mut failure = None;
-    while results.len() + failure.iter().count() < cores.len() {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(Ok(r)) => results.push(r),
-            Ok(Err(e)) => {
-                failure = Some(e);
-                handle.request_stop();
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if show_progress {
-                    let ios: u64 = progress.iter().map(|c| c.load(Relaxed)).sum();
-                    let secs = started.elapsed().as_secs_f64();
-                    let iops = ios as f64 / secs;
-                    print!(
-                        "\r[{secs:5.1} s] {:>12.0} IOPS {:>10.2} MiB/s   ",
-                        iops,
-                        iops * opts.io_bytes as f64 / (1 << 20) as f64
-                    );
-                    use std::io::Write;
-                    let _ = std::io::stdout().flush();
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    if show_progress {
-        println!();
-    }
+    };
+    running.wait(opts.progress && std::io::stdout().is_terminal());
     handle.request_stop();
     reactors.join();
     if let Some(e) = pool_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(BenchError::Run(format!("buffer pool: {e}")));
     }
-    if let Some(e) = failure {
-        return Err(BenchError::Run(e));
-    }
-    if results.len() != cores.len() {
-        return Err(BenchError::Run("a bench job ended without a result".into()));
-    }
-    results.sort_by_key(|r| r.reactor);
-    Ok(BenchReport::new(opts, bdev.as_ref(), results))
+    running.report()
 }

@@ -269,6 +269,8 @@ pub struct Reactor {
     handle: Reactors,
     pollers: Vec<Poller>,
     now_ns: u64,
+    /// Scratch list of pollers' wake fds, reused by every sleep.
+    sleep_fds: Vec<std::os::fd::RawFd>,
 }
 
 impl Reactor {
@@ -278,6 +280,7 @@ impl Reactor {
             handle,
             pollers: Vec::with_capacity(64),
             now_ns: 0,
+            sleep_fds: Vec::with_capacity(16),
         }
     }
 
@@ -303,6 +306,19 @@ impl Reactor {
         period_us: u64,
         run: impl FnMut(&PollContext) -> PollStatus + 'static,
     ) -> bool {
+        self.register_poller_with_wake_fd(name, kind, period_us, None, run)
+    }
+
+    /// Registers a poller whose work arrives on `wake_fd` (a socket or epoll descriptor): an
+    /// adaptive reactor sleeps until that fd is readable instead of waking for the timer.
+    pub fn register_poller_with_wake_fd(
+        &mut self,
+        name: impl Into<String>,
+        kind: PollerKind,
+        period_us: u64,
+        wake_fd: Option<std::os::fd::RawFd>,
+        run: impl FnMut(&PollContext) -> PollStatus + 'static,
+    ) -> bool {
         if self.pollers.len() >= MAX_POLLERS {
             return false;
         }
@@ -312,6 +328,7 @@ impl Reactor {
             kind,
             period_ns,
             next_run_ns: self.now_ns.saturating_add(period_ns),
+            wake_fd,
             run: Box::new(run),
         });
         true
@@ -384,13 +401,16 @@ impl Reactor {
     fn next_timer_ns(&self) -> Option<u64> {
         self.pollers
             .iter()
-            .filter(|p| p.period_ns != 0)
+            .filter(|p| p.period_ns != 0 && p.wake_fd.is_none())
             .map(|p| p.next_run_ns.saturating_sub(self.now_ns))
             .min()
     }
 
-    fn sleep(&self) {
-        let mailbox = self.mailbox();
+    fn sleep(&mut self) {
+        self.sleep_fds.clear();
+        self.sleep_fds
+            .extend(self.pollers.iter().filter_map(|p| p.wake_fd));
+        let mailbox = &self.handle.shared.mailboxes[self.index];
         mailbox.sleeping.store(true, Ordering::Relaxed);
         // Pairs with the fence in `Reactors::send`.
         fence(Ordering::SeqCst);
@@ -401,7 +421,7 @@ impl Reactor {
             };
             if timeout_ms > 0 {
                 self.handle.shared.stats[self.index].record_sleep();
-                mailbox.wake.wait(timeout_ms);
+                mailbox.wake.wait_with(&self.sleep_fds, timeout_ms);
             }
         }
         mailbox.sleeping.store(false, Ordering::Relaxed);

@@ -40,5 +40,8 @@ pub(super) struct Poller {
     pub kind: PollerKind,
     pub period_ns: u64,
     pub next_run_ns: u64,
+    /// A descriptor that becomes readable when this poller has work; a sleeping reactor waits
+    /// on it too, and the poller's timer does not cut the sleep short.
+    pub wake_fd: Option<std::os::fd::RawFd>,
     pub run: PollFn,
 }

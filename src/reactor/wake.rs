@@ -32,14 +32,26 @@ impl WakeFd {
 
     /// Waits until woken or until `timeout_ms` passes, then clears the counter.
     pub fn wait(&self, timeout_ms: i32) {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
+        self.wait_with(&[], timeout_ms);
+    }
+
+    /// Like `wait`, but also returns when any of `others` becomes readable (a poller's
+    /// socket or epoll fd). Their readiness is left for their pollers to consume.
+    pub fn wait_with(&self, others: &[RawFd], timeout_ms: i32) {
+        const MAX_FDS: usize = 16;
+        let mut pfds = [libc::pollfd {
+            fd: -1,
             events: libc::POLLIN,
             revents: 0,
-        };
-        // SAFETY: one valid pollfd. EINTR just ends the wait early, which is harmless.
-        let ready = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if ready > 0 {
+        }; MAX_FDS];
+        pfds[0].fd = self.fd.as_raw_fd();
+        let n = 1 + others.len().min(MAX_FDS - 1);
+        for (slot, &fd) in pfds[1..n].iter_mut().zip(others) {
+            slot.fd = fd;
+        }
+        // SAFETY: `n` initialised pollfds. EINTR just ends the wait early, which is harmless.
+        let ready = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
+        if ready > 0 && pfds[0].revents != 0 {
             let mut counter: u64 = 0;
             // SAFETY: reads 8 bytes into a live u64; the fd is non-blocking.
             unsafe {
