@@ -6,4 +6,5 @@ pub mod bench;
 pub mod config;
 pub mod mem;
 pub mod reactor;
+pub mod rpc;
 pub mod serve;

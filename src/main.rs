@@ -34,6 +34,27 @@ enum Command {
         /// busy: poll forever; adaptive: sleep when idle.
         #[arg(long, default_value = "adaptive")]
         idle: IdlePolicy,
+        /// JSON-RPC Unix socket.
+        #[arg(short = 'r', long = "rpc-socket", default_value = unblend::rpc::DEFAULT_SOCKET)]
+        rpc_socket: PathBuf,
+        /// Start with only startup RPC methods live, until framework_start_init.
+        #[arg(long)]
+        wait_for_rpc: bool,
+    },
+    /// Call a JSON-RPC method on a running appliance.
+    Rpc {
+        /// JSON-RPC Unix socket.
+        #[arg(short = 's', long = "socket", default_value = unblend::rpc::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Params as one JSON object.
+        #[arg(short = 'j', long = "json")]
+        json: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(short = 't', long = "timeout", default_value_t = 60)]
+        timeout: u64,
+        method: String,
+        /// Params as key=value (a value that parses as JSON is taken as JSON, else a string).
+        args: Vec<String>,
     },
     /// Run the bdevperf-style benchmark.
     Bench {
@@ -94,19 +115,27 @@ fn cpumask_or(text: Option<&str>, default_all: bool) -> Result<CpuMask, String> 
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("UNBLEND_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNBLEND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
+    let set_log_level: unblend::rpc::SetLogLevel = Box::new(move |level: &str| {
+        reload
+            .modify(|f| *f = tracing_subscriber::EnvFilter::new(level))
+            .map_err(|e| e.to_string())
+    });
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {
             config,
             cpumask,
             idle,
+            rpc_socket,
+            wait_for_rpc,
         } => {
             let cpumask = match cpumask_or(cpumask.as_deref(), true) {
                 Ok(m) => m,
@@ -116,11 +145,21 @@ fn main() -> ExitCode {
                 config,
                 cpumask,
                 idle,
+                rpc_socket,
+                wait_for_rpc,
+                set_log_level,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => usage_error(e),
             }
         }
+        Command::Rpc {
+            socket,
+            json,
+            timeout,
+            method,
+            args,
+        } => rpc_command(&socket, json, timeout, &method, &args),
         Command::Bench {
             bdev,
             config,
@@ -176,6 +215,52 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code() as u8)
                 }
             }
+        }
+    }
+}
+
+/// `unblend rpc`: one call, the result pretty-printed, a JSON-RPC error shown plainly.
+fn rpc_command(
+    socket: &std::path::Path,
+    json: Option<String>,
+    timeout: u64,
+    method: &str,
+    args: &[String],
+) -> ExitCode {
+    use unblend::rpc::client::{ClientError, RpcClient};
+    let mut params = match json {
+        Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) => return usage_error("-j takes a JSON object"),
+            Err(e) => return usage_error(format!("-j is not valid JSON: {e}")),
+        },
+        None => serde_json::json!({}),
+    };
+    for arg in args {
+        let Some((k, v)) = arg.split_once('=') else {
+            return usage_error(format!("argument {arg:?} is not key=value"));
+        };
+        let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::json!(v));
+        params[k] = value;
+    }
+    let params = (params.as_object().is_some_and(|o| !o.is_empty())).then_some(params);
+    let result = RpcClient::connect(socket, std::time::Duration::from_secs(timeout))
+        .and_then(|mut c| c.call(method, params));
+    match result {
+        Ok(v) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::Rpc { code, message }) => {
+            eprintln!("unblend: {method} failed: JSON-RPC error {code}: {message}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("unblend: error: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -10,7 +10,9 @@ use crate::bdev::malloc::MallocBdev;
 use crate::bdev::{BdevError, BdevRegistry};
 use crate::config::{self, ConfigError};
 use crate::mem::{self, BufferPoolConfig};
-use crate::reactor::{CpuMask, IdlePolicy, ReactorConfig, ReactorError, ReactorSet};
+use crate::reactor::{CpuMask, IdlePolicy, PollerKind, ReactorConfig, ReactorError, ReactorSet};
+use crate::rpc::methods::{RpcContext, RpcState};
+use crate::rpc::{bind_socket, RpcServer, RpcSetupError, SetLogLevel};
 
 /// Size of the embedded default's RAM disk.
 pub const DEFAULT_MALLOC_BYTES: u64 = 64 << 20;
@@ -19,6 +21,12 @@ pub struct ServeOptions {
     pub config: Option<PathBuf>,
     pub cpumask: CpuMask,
     pub idle: IdlePolicy,
+    /// The JSON-RPC socket.
+    pub rpc_socket: PathBuf,
+    /// Boot with only startup RPC methods live until `framework_start_init`.
+    pub wait_for_rpc: bool,
+    /// Changes the log filter (for `log_set_print_level`).
+    pub set_log_level: SetLogLevel,
 }
 
 #[derive(Debug, Error)]
@@ -31,6 +39,8 @@ pub enum ServeError {
     Reactor(#[from] ReactorError),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Rpc(#[from] RpcSetupError),
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it starts later),
@@ -60,11 +70,20 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let signals = block_stop_signals()?;
     let registry = Arc::new(BdevRegistry::new());
+    // Bind first: a second appliance on the same socket must fail before it touches anything.
+    let listener = bind_socket(&opts.rpc_socket)?;
+    let mut pending_config = None;
     let made: Vec<String> = match &opts.config {
         Some(path) => {
             let cfg = config::load_file(path)?;
-            config::apply(&cfg, &registry)?
+            if opts.wait_for_rpc {
+                pending_config = Some(cfg);
+                Vec::new()
+            } else {
+                config::apply(&cfg, &registry)?
+            }
         }
+        None if opts.wait_for_rpc => Vec::new(),
         None => {
             let bdev = MallocBdev::with_size("Malloc0", DEFAULT_MALLOC_BYTES, 4096)?;
             registry.register(Arc::new(bdev))?;
@@ -83,6 +102,40 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     })?;
     let handle = reactors.handle();
 
+    let ctx = RpcContext {
+        registry: registry.clone(),
+        reactors: handle.clone(),
+        state: if opts.wait_for_rpc {
+            RpcState::Startup
+        } else {
+            RpcState::Runtime
+        },
+        set_log_level: opts.set_log_level,
+        log_level: "NOTICE".into(),
+        pending_config,
+        bench: None,
+        last_bench_report: None,
+        kill_signal: None,
+        started: std::time::Instant::now(),
+    };
+    let mut server = RpcServer::new(&opts.rpc_socket, listener, ctx)?;
+    let wake_fd = server.wake_fd();
+    handle.send(0, move |r| {
+        r.register_poller_with_wake_fd(
+            "rpc",
+            PollerKind::Service,
+            crate::rpc::POLL_PERIOD_US,
+            Some(wake_fd),
+            move |_| {
+                if server.poll() {
+                    crate::reactor::PollStatus::Busy
+                } else {
+                    crate::reactor::PollStatus::Idle
+                }
+            },
+        );
+    })?;
+
     let cores: Vec<String> = opts.cpumask.cores().iter().map(|c| c.to_string()).collect();
     println!(
         "unblend {}: {} reactor(s) on core(s) {} ({}), idle policy {}",
@@ -92,9 +145,11 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         opts.cpumask.to_hex(),
         opts.idle.as_str()
     );
-    match &opts.config {
-        Some(p) => println!("applied config {}", p.display()),
-        None => println!("no --config given: booted the embedded default"),
+    println!("JSON-RPC on {} (SPDK method names)", opts.rpc_socket.display());
+    match (&opts.config, opts.wait_for_rpc) {
+        (_, true) => println!("--wait-for-rpc: only startup methods are live until framework_start_init"),
+        (Some(p), false) => println!("applied config {}", p.display()),
+        (None, false) => println!("no --config given: booted the embedded default"),
     }
     for name in &made {
         if let Some(e) = registry.get(name) {
@@ -109,7 +164,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
             );
         }
     }
-    println!("running; stop with Ctrl-C or SIGTERM");
+    println!("running; stop with Ctrl-C, SIGTERM or spdk_kill_instance");
 
     let sig = wait_for_signal(&signals);
     tracing::info!(signal = sig, "stopping");

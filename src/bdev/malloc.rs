@@ -37,6 +37,10 @@ pub struct MallocCreateParams {
     pub dif_is_head_of_md: bool,
     #[serde(default)]
     pub physical_block_size: Option<u64>,
+    #[serde(default)]
+    pub dif_pi_format: Option<u32>,
+    #[serde(default)]
+    pub numa_id: Option<i32>,
 }
 
 pub struct MallocBdev {
@@ -102,6 +106,8 @@ impl MallocBdev {
                 dif_type: 0,
                 dif_is_head_of_md: false,
                 physical_block_size: None,
+                dif_pi_format: None,
+                numa_id: None,
             },
         )
     }

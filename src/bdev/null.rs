@@ -25,6 +25,21 @@ pub struct NullCreateParams {
     pub dif_type: u32,
     #[serde(default)]
     pub physical_block_size: Option<u64>,
+    /// SPDK's protection-information and alignment hints, accepted and ignored (no DIF here).
+    #[serde(default)]
+    pub dif_is_head_of_md: bool,
+    #[serde(default)]
+    pub dif_pi_format: Option<u32>,
+    #[serde(default)]
+    pub preferred_write_alignment: Option<u32>,
+    #[serde(default)]
+    pub preferred_write_granularity: Option<u32>,
+    #[serde(default)]
+    pub optimal_write_size: Option<u32>,
+    #[serde(default)]
+    pub preferred_unmap_alignment: Option<u32>,
+    #[serde(default)]
+    pub preferred_unmap_granularity: Option<u32>,
 }
 
 pub struct NullBdev {
@@ -74,6 +89,13 @@ impl NullBdev {
             md_size: 0,
             dif_type: 0,
             physical_block_size: None,
+            dif_is_head_of_md: false,
+            dif_pi_format: None,
+            preferred_write_alignment: None,
+            preferred_write_granularity: None,
+            optimal_write_size: None,
+            preferred_unmap_alignment: None,
+            preferred_unmap_granularity: None,
         })
     }
 }
@@ -239,6 +261,13 @@ mod tests {
             md_size: 0,
             dif_type: 0,
             physical_block_size: None,
+            dif_is_head_of_md: false,
+            dif_pi_format: None,
+            preferred_write_alignment: None,
+            preferred_write_granularity: None,
+            optimal_write_size: None,
+            preferred_unmap_alignment: None,
+            preferred_unmap_granularity: None,
         };
         assert!(NullBdev::create(&p(0, 512)).is_err());
         assert!(NullBdev::create(&p(8, 520)).is_err());

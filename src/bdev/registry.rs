@@ -13,6 +13,8 @@ pub const MAX_BDEVS: usize = 65_536;
 pub struct BdevEntry {
     pub bdev: Arc<dyn Bdev>,
     pub iostat: Arc<BdevIoStat>,
+    /// Registration order, so that a saved config recreates bdevs in the order they came.
+    pub created_seq: u64,
 }
 
 impl BdevEntry {
@@ -25,6 +27,7 @@ impl BdevEntry {
 #[derive(Default)]
 pub struct BdevRegistry {
     bdevs: RwLock<BTreeMap<String, BdevEntry>>,
+    next_seq: std::sync::atomic::AtomicU64,
 }
 
 impl BdevRegistry {
@@ -47,6 +50,9 @@ impl BdevRegistry {
         let entry = BdevEntry {
             bdev,
             iostat: Arc::new(BdevIoStat::default()),
+            created_seq: self
+                .next_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         map.insert(name, entry.clone());
         Ok(entry)
@@ -81,6 +87,13 @@ impl BdevRegistry {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Every bdev, in the order it was registered.
+    pub fn list_in_creation_order(&self) -> Vec<BdevEntry> {
+        let mut all = self.list();
+        all.sort_by_key(|e| e.created_seq);
+        all
     }
 
     /// Flushes every bdev from outside the I/O path (at shutdown). Returns the failures.

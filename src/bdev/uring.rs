@@ -56,6 +56,9 @@ pub struct AioCreateParams {
     pub fallocate: bool,
     #[serde(default)]
     pub uuid: Option<Uuid>,
+    /// RWF_NOWAIT for block devices; accepted, not used (io_uring does not block the reactor).
+    #[serde(default)]
+    pub nowait: bool,
 }
 
 pub struct UringBdev {

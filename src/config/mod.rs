@@ -110,13 +110,26 @@ fn is_ignored_option_method(method: &str) -> bool {
     method.ends_with("_set_options") || method == "bdev_wait_for_examine"
 }
 
+/// Decodes params into `T`; the error message names the param at fault, e.g.
+/// `num_blocks: invalid type: string "x", expected u64`.
+pub fn decode_params<T: for<'de> Deserialize<'de>>(params: &Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(params).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
+}
+
 fn params_of<T: for<'de> Deserialize<'de>>(params: &Value) -> Result<T, CallError> {
     let params = if params.is_null() {
         &Value::Object(Default::default())
     } else {
         params
     };
-    serde_json::from_value(params.clone()).map_err(|e| CallError::InvalidParams(e.to_string()))
+    decode_params(params).map_err(CallError::InvalidParams)
 }
 
 /// The first free `{prefix}{n}` name.

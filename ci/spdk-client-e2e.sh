@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# SPDK's own client (`spdk-rpc`, PyPI package `spdk`) drives a live unblend end to end:
+# create malloc/null/uring bdevs, list them, iostat, methods, reactors, save_config, restart
+# from the saved file and compare, load_config into a --wait-for-rpc appliance, delete.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-target/venv}
+[ -x "$VENV/bin/spdk-rpc" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q spdk; }
+RPC="$VENV/bin/spdk-rpc"
+UB=${UNBLEND_BIN:-target/release/unblend}
+[ -x "$UB" ] || cargo build --release --quiet
+W=$(mktemp -d -p "$PWD/target" e2e.XXXXXX)   # under target/: O_DIRECT needs a disk filesystem
+SOCK="$W/unblend.sock"
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+start() { # start ARGS...: boots unblend and waits for its socket
+  UNBLEND_LOG=warn "$UB" serve -r "$SOCK" "$@" >>"$W/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do "$RPC" -s "$SOCK" spdk_get_version >/dev/null 2>&1 && return; sleep 0.1; done
+  cat "$W/serve.log"; fail "unblend did not start"
+}
+stop() { # stop via SPDK's kill method; the appliance must exit 0
+  "$RPC" -s "$SOCK" spdk_kill_instance SIGTERM >/dev/null
+  wait "$pid" || fail "unblend exited non-zero after spdk_kill_instance"
+  pid=""
+}
+
+start
+"$RPC" -s "$SOCK" bdev_malloc_create -b M0 64 512 >/dev/null
+"$RPC" -s "$SOCK" bdev_null_create N0 128 4096 >/dev/null
+fallocate -l 64M "$W/u0.img"
+"$RPC" -s "$SOCK" bdev_uring_create "$W/u0.img" U0 4096 >/dev/null
+
+sizes=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -c '[.[] | [.name, .block_size, .num_blocks]] | sort')
+want='[["M0",512,131072],["Malloc0",4096,16384],["N0",4096,32768],["U0",4096,16384]]'
+[ "$sizes" = "$want" ] || fail "bdev_get_bdevs sizes: $sizes, want $want"
+
+"$RPC" -s "$SOCK" bdev_get_iostat | jq -e '.bdevs | length == 4' >/dev/null || fail "bdev_get_iostat"
+"$RPC" -s "$SOCK" rpc_get_methods | jq -e 'index("bdev_uring_create") != null' >/dev/null || fail "rpc_get_methods"
+"$RPC" -s "$SOCK" framework_get_reactors | jq -e '.reactors | length >= 1' >/dev/null || fail "framework_get_reactors"
+
+before=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -S 'sort_by(.name)')
+"$RPC" -s "$SOCK" save_config > "$W/saved.json"
+stop
+
+start --config "$W/saved.json"
+after=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -S 'sort_by(.name)')
+[ "$before" = "$after" ] || { diff <(echo "$before") <(echo "$after") >&2; fail "restart from save_config changed bdev_get_bdevs"; }
+
+"$RPC" -s "$SOCK" bdev_malloc_delete M0
+"$RPC" -s "$SOCK" bdev_get_bdevs | jq -e 'map(.name) | index("M0") == null' >/dev/null || fail "M0 still listed after delete"
+stop
+
+# load_config into an appliance started with --wait-for-rpc (SPDK's startup/runtime states).
+start --wait-for-rpc
+if "$RPC" -s "$SOCK" bdev_get_bdevs >/dev/null 2>&1; then fail "runtime method accepted before framework_start_init"; fi
+"$RPC" -s "$SOCK" load_config -j "$W/saved.json"
+loaded=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -S 'sort_by(.name)')
+[ "$before" = "$loaded" ] || fail "load_config did not recreate the same bdevs"
+stop
+echo "spdk-client-e2e: OK (spdk $("$VENV/bin/pip" show spdk | awk '/^Version/ {print $2}'))"

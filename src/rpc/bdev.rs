@@ -1,0 +1,202 @@
+//! Bdev methods: create and delete per module, list, iostat.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::methods::RpcContext;
+use super::protocol::{params, RpcError};
+use crate::bdev::{bdev_info_json, BdevError, IoType};
+use crate::config;
+
+fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value, RpcError> {
+    let empty = Value::Object(Default::default());
+    let p = match p {
+        None | Some(Value::Null) => &empty,
+        Some(p) => p,
+    };
+    let name = config::create_bdev(&ctx.registry, method, p)?
+        .ok_or_else(|| RpcError::internal(format!("{method} created nothing")))?;
+    tracing::info!(bdev = %name, "{method}");
+    Ok(json!(name))
+}
+
+pub fn bdev_malloc_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    create(ctx, "bdev_malloc_create", p)
+}
+pub fn bdev_null_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    create(ctx, "bdev_null_create", p)
+}
+pub fn bdev_uring_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    create(ctx, "bdev_uring_create", p)
+}
+pub fn bdev_aio_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    create(ctx, "bdev_aio_create", p)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByName {
+    name: String,
+}
+
+/// Deletes a bdev only if it belongs to the module named by the method (SPDK's behaviour).
+fn delete(ctx: &mut RpcContext, p: Option<&Value>, product: &str) -> Result<Value, RpcError> {
+    let p: ByName = params(p)?;
+    match ctx.registry.get(&p.name) {
+        Some(e) if e.bdev.product_name() == product => {
+            ctx.registry.remove(&p.name)?;
+            tracing::info!(bdev = %p.name, "deleted");
+            Ok(json!(true))
+        }
+        _ => Err(BdevError::NotFound(p.name).into()),
+    }
+}
+
+pub fn bdev_malloc_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    delete(ctx, p, "Malloc disk")
+}
+pub fn bdev_null_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    delete(ctx, p, "Null disk")
+}
+pub fn bdev_uring_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    delete(ctx, p, "URING bdev")
+}
+pub fn bdev_aio_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    delete(ctx, p, "AIO disk")
+}
+
+/// SPDK's options, checked for type and then ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct SetOptions {
+    #[serde(default)]
+    bdev_io_pool_size: Option<u64>,
+    #[serde(default)]
+    bdev_io_cache_size: Option<u64>,
+    #[serde(default)]
+    bdev_auto_examine: Option<bool>,
+    #[serde(default)]
+    iobuf_small_cache_size: Option<u64>,
+    #[serde(default)]
+    iobuf_large_cache_size: Option<u64>,
+}
+
+/// Accepted for SPDK configs; unblend sizes its pools per reactor and has nothing to set.
+pub fn bdev_set_options(_: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    let _: SetOptions = params(p)?;
+    Ok(json!(true))
+}
+
+/// Accepted for SPDK configs: unblend examines nothing, so there is nothing to wait for.
+pub fn bdev_wait_for_examine(_: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NoParams {}
+    let _: NoParams = params(p)?;
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetBdevs {
+    #[serde(default)]
+    name: Option<String>,
+    /// Milliseconds to wait for the bdev to appear; bdevs appear synchronously here.
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+pub fn bdev_get_bdevs(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    let p: GetBdevs = params(p)?;
+    let _ = p.timeout;
+    match p.name {
+        Some(name) => {
+            let e = ctx
+                .registry
+                .get(&name)
+                .ok_or(BdevError::NotFound(name))?;
+            Ok(json!([bdev_info_json(e.bdev.as_ref())]))
+        }
+        None => Ok(Value::Array(
+            ctx.registry
+                .list()
+                .iter()
+                .map(|e| bdev_info_json(e.bdev.as_ref()))
+                .collect(),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetIostat {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    names: Option<Vec<String>>,
+    #[serde(default)]
+    per_channel: bool,
+    #[serde(default)]
+    reset_mode: Option<String>,
+}
+
+pub fn bdev_get_iostat(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    let p: GetIostat = params(p)?;
+    if p.per_channel {
+        return Err(RpcError::invalid_params(
+            "per_channel: per-channel statistics are not supported",
+        ));
+    }
+    if let Some(mode) = &p.reset_mode {
+        if mode != "none" {
+            return Err(RpcError::invalid_params(format!(
+                "reset_mode: {mode:?} is not supported (only \"none\")"
+            )));
+        }
+    }
+    let mut wanted: Vec<String> = p.names.unwrap_or_default();
+    wanted.extend(p.name);
+    let entries = if wanted.is_empty() {
+        ctx.registry.list()
+    } else {
+        wanted
+            .iter()
+            .map(|n| ctx.registry.get(n).ok_or(BdevError::NotFound(n.clone())))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let bdevs: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let t = e.iostat.totals();
+            let op = |t2: IoType| t.get(t2);
+            let (r, w, u, f, z) = (
+                op(IoType::Read),
+                op(IoType::Write),
+                op(IoType::Unmap),
+                op(IoType::Flush),
+                op(IoType::WriteZeroes),
+            );
+            json!({
+                "name": e.bdev.name(),
+                "bytes_read": r.bytes, "num_read_ops": r.ops,
+                "bytes_written": w.bytes, "num_write_ops": w.ops,
+                "bytes_unmapped": u.bytes, "num_unmap_ops": u.ops,
+                "bytes_copied": 0, "num_copy_ops": 0,
+                "num_flush_ops": f.ops, "num_write_zeroes_ops": z.ops,
+                "read_latency_ticks": r.latency_sum_ns, "max_read_latency_ticks": r.latency_max_ns,
+                "write_latency_ticks": w.latency_sum_ns, "max_write_latency_ticks": w.latency_max_ns,
+                "unmap_latency_ticks": u.latency_sum_ns, "max_unmap_latency_ticks": u.latency_max_ns,
+                "io_error": {
+                    "read": r.errors, "write": w.errors, "unmap": u.errors,
+                    "flush": f.errors, "write_zeroes": z.errors,
+                },
+            })
+        })
+        .collect();
+    Ok(json!({
+        "tick_rate": 1_000_000_000u64,
+        "ticks": ctx.started.elapsed().as_nanos() as u64,
+        "bdevs": bdevs,
+    }))
+}

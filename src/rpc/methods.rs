@@ -1,0 +1,135 @@
+//! The method table: every RPC's name, the states it may run in, and its handler.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::protocol::{RpcError, INVALID_STATE};
+use super::{bdev, bench, framework};
+use crate::bdev::BdevRegistry;
+use crate::bench::RunningBench;
+use crate::config::SpdkConfig;
+use crate::reactor::Reactors;
+
+/// SPDK's RPC states: before `framework_start_init` (only with `--wait-for-rpc`), and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcState {
+    Startup,
+    Runtime,
+}
+
+/// In which states a method may be called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    Startup,
+    Runtime,
+    Both,
+}
+
+impl Allowed {
+    fn permits(self, state: RpcState) -> bool {
+        matches!(
+            (self, state),
+            (Allowed::Both, _)
+                | (Allowed::Startup, RpcState::Startup)
+                | (Allowed::Runtime, RpcState::Runtime)
+        )
+    }
+}
+
+/// Changes the log filter; set up by `main`, which owns the subscriber.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
+/// Everything a handler may touch. Lives on reactor 0, inside the RPC server's poller.
+pub struct RpcContext {
+    pub registry: Arc<BdevRegistry>,
+    pub reactors: Reactors,
+    pub state: RpcState,
+    pub set_log_level: SetLogLevel,
+    pub log_level: String,
+    /// A config to apply at `framework_start_init` (booted with `--wait-for-rpc`).
+    pub pending_config: Option<SpdkConfig>,
+    pub bench: Option<RunningBench>,
+    pub last_bench_report: Option<Value>,
+    /// Signal to raise once the current responses are written (`spdk_kill_instance`).
+    pub kill_signal: Option<i32>,
+    pub started: Instant,
+}
+
+pub type Handler = fn(&mut RpcContext, Option<&Value>) -> Result<Value, RpcError>;
+
+pub struct Method {
+    pub name: &'static str,
+    pub allowed: Allowed,
+    pub handler: Handler,
+}
+
+const fn m(name: &'static str, allowed: Allowed, handler: Handler) -> Method {
+    Method {
+        name,
+        allowed,
+        handler,
+    }
+}
+
+/// Every method, in the order `rpc_get_methods` lists them.
+pub static METHODS: &[Method] = &[
+    m("rpc_get_methods", Allowed::Both, framework::rpc_get_methods),
+    m("spdk_get_version", Allowed::Both, framework::spdk_get_version),
+    m("framework_start_init", Allowed::Startup, framework::framework_start_init),
+    m("framework_wait_init", Allowed::Both, framework::framework_wait_init),
+    m("framework_get_subsystems", Allowed::Both, framework::framework_get_subsystems),
+    m("framework_get_config", Allowed::Both, framework::framework_get_config),
+    m("framework_get_reactors", Allowed::Runtime, framework::framework_get_reactors),
+    m("thread_get_stats", Allowed::Runtime, framework::thread_get_stats),
+    m("log_set_print_level", Allowed::Both, framework::log_set_print_level),
+    m("log_get_print_level", Allowed::Both, framework::log_get_print_level),
+    m("spdk_kill_instance", Allowed::Both, framework::spdk_kill_instance),
+    m("bdev_set_options", Allowed::Startup, bdev::bdev_set_options),
+    m("bdev_wait_for_examine", Allowed::Runtime, bdev::bdev_wait_for_examine),
+    m("bdev_get_bdevs", Allowed::Runtime, bdev::bdev_get_bdevs),
+    m("bdev_get_iostat", Allowed::Runtime, bdev::bdev_get_iostat),
+    m("bdev_malloc_create", Allowed::Runtime, bdev::bdev_malloc_create),
+    m("bdev_malloc_delete", Allowed::Runtime, bdev::bdev_malloc_delete),
+    m("bdev_null_create", Allowed::Runtime, bdev::bdev_null_create),
+    m("bdev_null_delete", Allowed::Runtime, bdev::bdev_null_delete),
+    m("bdev_uring_create", Allowed::Runtime, bdev::bdev_uring_create),
+    m("bdev_uring_delete", Allowed::Runtime, bdev::bdev_uring_delete),
+    m("bdev_aio_create", Allowed::Runtime, bdev::bdev_aio_create),
+    m("bdev_aio_delete", Allowed::Runtime, bdev::bdev_aio_delete),
+    m("unblend_bench_start", Allowed::Runtime, bench::unblend_bench_start),
+    m("unblend_bench_results", Allowed::Runtime, bench::unblend_bench_results),
+];
+
+impl Method {
+    pub fn allowed_in(&self, state: RpcState) -> bool {
+        self.allowed.permits(state)
+    }
+}
+
+pub fn find(name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|m| m.name == name)
+}
+
+/// Runs `method` in the current state, with SPDK's errors for a wrong state.
+pub fn call(ctx: &mut RpcContext, method: &str, params: Option<&Value>) -> Result<Value, RpcError> {
+    let m = find(method).ok_or_else(RpcError::method_not_found)?;
+    if !m.allowed.permits(ctx.state) {
+        return Err(RpcError::new(
+            INVALID_STATE,
+            match ctx.state {
+                RpcState::Startup => {
+                    "Method may only be called after framework is initialized using \
+                     framework_start_init RPC."
+                }
+                RpcState::Runtime => {
+                    "Method may only be called before framework is initialized. Use \
+                     --wait-for-rpc command line parameter and then issue this RPC before \
+                     the framework_start_init RPC."
+                }
+            },
+        ));
+    }
+    (m.handler)(ctx, params)
+}

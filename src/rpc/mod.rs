@@ -1,0 +1,487 @@
+//! The JSON-RPC 2.0 server on a Unix socket, owned and polled by reactor 0.
+//!
+//! No thread per client: one epoll set holds the listener and every connection, and a poller
+//! on reactor 0 drains it every 100 µs (an adaptive reactor sleeps on the epoll fd instead).
+//! Requests are JSON values back to back on the stream (`framing`); a JSON array is a batch.
+//! Every connection has bounded input and output buffers; a client that sends garbage is
+//! answered with a parse error and dropped, and a client that does not read its responses is
+//! dropped once its backlog passes the bound. Nothing a client sends can panic or stall the
+//! reactor.
+
+pub mod bdev;
+pub mod bench;
+pub mod client;
+pub mod framework;
+pub mod framing;
+pub mod methods;
+pub mod protocol;
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use thiserror::Error;
+
+use framing::{FrameError, FrameScanner};
+use methods::{RpcContext, RpcState};
+use protocol::{parse_request, response, RpcError};
+
+pub use methods::SetLogLevel;
+
+pub const DEFAULT_SOCKET: &str = "/var/tmp/unblend.sock";
+/// Clients connected at once; more are accepted and closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Largest single request (or batch).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Responses a connection may have waiting to be read before it is dropped.
+pub const MAX_PENDING_OUTPUT_BYTES: usize = 64 << 20;
+/// Above this backlog a connection's requests are not read until it drains (backpressure).
+const OUTPUT_HIGH_WATER_BYTES: usize = 1 << 20;
+/// Requests in one batch.
+pub const MAX_BATCH: usize = 1024;
+/// Bytes read from one connection per poll, so one client cannot hog the reactor.
+const READ_BUDGET_BYTES: usize = 1 << 20;
+/// How often the poller runs while the reactor is awake.
+pub const POLL_PERIOD_US: u64 = 100;
+const EPOLL_EVENTS: usize = 64;
+const LISTENER_TOKEN: u64 = u64::MAX;
+
+#[derive(Debug, Error)]
+pub enum RpcSetupError {
+    #[error("RPC socket {0} belongs to a running appliance; stop it or choose another path with -r")]
+    InUse(String),
+    #[error("RPC socket path {0} exists and is not a socket")]
+    NotASocket(String),
+    #[error("cannot listen on RPC socket {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the socket: refuses a path a live appliance owns, removes a stale one (saying so),
+/// and makes the new socket mode 0600.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, RpcSetupError> {
+    let shown = path.display().to_string();
+    let io = |source| RpcSetupError::Io {
+        path: shown.clone(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(RpcSetupError::NotASocket(shown));
+        }
+        match UnixStream::connect(path) {
+            Ok(_) => return Err(RpcSetupError::InUse(shown)),
+            Err(_) => {
+                std::fs::remove_file(path).map_err(io)?;
+                println!("removed stale RPC socket {shown} (no appliance was listening on it)");
+            }
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    listener.set_nonblocking(true).map_err(io)?;
+    Ok(listener)
+}
+
+struct Conn {
+    stream: UnixStream,
+    input: Vec<u8>,
+    scanner: FrameScanner,
+    output: Vec<u8>,
+    /// Bytes of `output` already written.
+    written: usize,
+    /// Close once `output` is written (after a parse error or EOF).
+    closing: bool,
+    /// Whether EPOLLOUT is in its epoll registration.
+    want_write: bool,
+}
+
+pub struct RpcServer {
+    path: PathBuf,
+    listener: UnixListener,
+    epoll: OwnedFd,
+    conns: Vec<Option<Conn>>,
+    ctx: RpcContext,
+    /// `framework_wait_init` calls waiting for `framework_start_init`: (connection, id).
+    init_waiters: Vec<(usize, Value)>,
+    read_buf: Box<[u8]>,
+}
+
+fn epoll_ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: valid epoll and target fds; `ev` is a live epoll_event.
+    let rc = unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl RpcServer {
+    pub fn new(
+        path: &Path,
+        listener: UnixListener,
+        ctx: RpcContext,
+    ) -> Result<RpcServer, RpcSetupError> {
+        let io = |source| RpcSetupError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        // SAFETY: epoll_create1 has no preconditions; the result is checked.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
+        epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            LISTENER_TOKEN,
+        )
+        .map_err(io)?;
+        Ok(RpcServer {
+            path: path.to_path_buf(),
+            listener,
+            epoll,
+            conns: (0..MAX_CONNECTIONS).map(|_| None).collect(),
+            ctx,
+            init_waiters: Vec::new(),
+            read_buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+        })
+    }
+
+    /// The fd a sleeping reactor should wait on.
+    pub fn wake_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// One pass: accept, read, answer, write. Returns true if it did anything.
+    pub fn poll(&mut self) -> bool {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EPOLL_EVENTS];
+        // SAFETY: `events` has room for EPOLL_EVENTS entries; timeout 0 never blocks.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                EPOLL_EVENTS as i32,
+                0,
+            )
+        };
+        if n <= 0 {
+            return false;
+        }
+        for ev in &events[..n as usize] {
+            let token = ev.u64;
+            if token == LISTENER_TOKEN {
+                self.accept_all();
+            } else {
+                self.service(token as usize);
+            }
+        }
+        if let Some(sig) = self.ctx.kill_signal.take() {
+            // Answer first (best effort), then signal ourselves; serve's main thread handles
+            // SIGINT/SIGTERM as a clean shutdown.
+            for i in 0..self.conns.len() {
+                self.flush(i);
+            }
+            tracing::info!(signal = sig, "spdk_kill_instance");
+            // SAFETY: kill(2) on our own pid.
+            unsafe { libc::kill(libc::getpid(), sig) };
+        }
+        true
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let Some(slot) = self.conns.iter().position(|c| c.is_none()) else {
+                        tracing::warn!(
+                            "RPC: refusing a client: {MAX_CONNECTIONS} connections already open"
+                        );
+                        drop(stream);
+                        continue;
+                    };
+                    if stream.set_nonblocking(true).is_err()
+                        || epoll_ctl(
+                            self.epoll.as_raw_fd(),
+                            libc::EPOLL_CTL_ADD,
+                            stream.as_raw_fd(),
+                            libc::EPOLLIN as u32,
+                            slot as u64,
+                        )
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.conns[slot] = Some(Conn {
+                        stream,
+                        input: Vec::new(),
+                        scanner: FrameScanner::default(),
+                        output: Vec::new(),
+                        written: 0,
+                        closing: false,
+                        want_write: false,
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("RPC accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what a connection sent, answers every complete request, writes the answers.
+    fn service(&mut self, slot: usize) {
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+                return;
+            };
+            if conn.closing || conn.output.len() - conn.written > OUTPUT_HIGH_WATER_BYTES {
+                break;
+            }
+            match conn.stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    conn.closing = true;
+                    break;
+                }
+                Ok(n) => {
+                    conn.input.extend_from_slice(&self.read_buf[..n]);
+                    self.process_input(slot);
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close(slot);
+                    return;
+                }
+            }
+        }
+        self.flush(slot);
+    }
+
+    fn process_input(&mut self, slot: usize) {
+        loop {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                return;
+            };
+            if conn.closing {
+                return;
+            }
+            match conn.scanner.scan(&conn.input) {
+                Ok(Some((start, end))) => {
+                    let text: Vec<u8> = conn.input[start..end].to_vec();
+                    conn.input.drain(..end);
+                    conn.scanner.reset();
+                    // Reset the scanner's position: it indexes the buffer we just shortened.
+                    self.handle_message(slot, &text);
+                }
+                Ok(None) => {
+                    if conn.input.len() > MAX_REQUEST_BYTES {
+                        self.fail_connection(
+                            slot,
+                            format!("request exceeds {MAX_REQUEST_BYTES} bytes"),
+                        );
+                    } else if conn.scanner.is_between_values() {
+                        conn.input.clear();
+                        conn.scanner.reset();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let why = match e {
+                        FrameError::NotAnObjectOrArray(b) => {
+                            format!("a request must be a JSON object or array, not byte {b:#04x}")
+                        }
+                        FrameError::TooDeep => {
+                            format!("nesting deeper than {}", framing::MAX_DEPTH)
+                        }
+                        FrameError::Unbalanced => "unbalanced brackets".to_string(),
+                    };
+                    self.fail_connection(slot, why);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answers with a parse error and closes: after garbage, the stream cannot be resynced.
+    fn fail_connection(&mut self, slot: usize, why: String) {
+        tracing::debug!(slot, "RPC parse error: {why}");
+        self.send(slot, &response(&Value::Null, &Err(RpcError::parse_error())));
+        if let Some(c) = self.conns[slot].as_mut() {
+            c.closing = true;
+            c.input = Vec::new();
+        }
+    }
+
+    fn handle_message(&mut self, slot: usize, text: &[u8]) {
+        let value: Value = match serde_json::from_slice(text) {
+            Ok(v) => v,
+            Err(e) => {
+                // The value was well framed, so the stream stays in step: answer, keep going.
+                tracing::debug!(slot, "RPC parse error: {e}");
+                self.send(slot, &response(&Value::Null, &Err(RpcError::parse_error())));
+                return;
+            }
+        };
+        match value {
+            Value::Array(items) => {
+                if items.is_empty() || items.len() > MAX_BATCH {
+                    self.send(
+                        slot,
+                        &response(&Value::Null, &Err(RpcError::invalid_request())),
+                    );
+                    return;
+                }
+                let answers: Vec<Value> = items
+                    .into_iter()
+                    .filter_map(|item| self.handle_one(slot, item))
+                    .collect();
+                if !answers.is_empty() {
+                    self.send(slot, &Value::Array(answers));
+                }
+            }
+            other => {
+                if let Some(answer) = self.handle_one(slot, other) {
+                    self.send(slot, &answer);
+                }
+            }
+        }
+    }
+
+    /// Runs one request; returns its response (None for a notification or a deferred answer).
+    fn handle_one(&mut self, slot: usize, item: Value) -> Option<Value> {
+        let req = match parse_request(item) {
+            Ok(r) => r,
+            Err((id, e)) => return Some(response(&id, &Err(e))),
+        };
+        let outcome = methods::call(&mut self.ctx, &req.method, req.params.as_ref());
+        if let Err(e) = &outcome {
+            tracing::debug!(method = %req.method, code = e.code, "RPC error: {}", e.message);
+        }
+        if outcome.is_ok() && req.method == "framework_start_init" {
+            self.answer_init_waiters();
+        }
+        let id = req.id?;
+        if req.method == "framework_wait_init"
+            && outcome.is_ok()
+            && self.ctx.state == RpcState::Startup
+        {
+            self.init_waiters.push((slot, id));
+            return None;
+        }
+        Some(response(&id, &outcome))
+    }
+
+    fn answer_init_waiters(&mut self) {
+        for (slot, id) in std::mem::take(&mut self.init_waiters) {
+            self.send(slot, &response(&id, &Ok(Value::Bool(true))));
+            self.flush(slot);
+        }
+    }
+
+    fn send(&mut self, slot: usize, v: &Value) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        if conn.output.len() - conn.written > MAX_PENDING_OUTPUT_BYTES {
+            tracing::warn!(slot, "RPC client does not read its responses; dropping it");
+            self.close(slot);
+            return;
+        }
+        if serde_json::to_writer(&mut conn.output, v).is_ok() {
+            conn.output.push(b'\n');
+        }
+    }
+
+    /// Writes what it can without blocking; keeps EPOLLOUT armed while output remains.
+    fn flush(&mut self, slot: usize) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        while conn.written < conn.output.len() {
+            match conn.stream.write(&conn.output[conn.written..]) {
+                Ok(0) => break,
+                Ok(n) => conn.written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close(slot);
+                    return;
+                }
+            }
+        }
+        if conn.written == conn.output.len() {
+            conn.output.clear();
+            conn.written = 0;
+            if conn.output.capacity() > OUTPUT_HIGH_WATER_BYTES {
+                conn.output.shrink_to(64 * 1024);
+            }
+            if conn.closing {
+                self.close(slot);
+                return;
+            }
+        }
+        let pending = conn.written < conn.output.len();
+        if pending != conn.want_write {
+            conn.want_write = pending;
+            let events = if pending {
+                (libc::EPOLLIN | libc::EPOLLOUT) as u32
+            } else {
+                libc::EPOLLIN as u32
+            };
+            let _ = epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_MOD,
+                conn.stream.as_raw_fd(),
+                events,
+                slot as u64,
+            );
+        }
+        // Input held back by backpressure is read now that output has drained.
+        if !pending && !conn.input.is_empty() && !conn.closing {
+            self.process_input(slot);
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(conn) = self.conns[slot].take() {
+            let _ = epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                conn.stream.as_raw_fd(),
+                0,
+                0,
+            );
+            self.init_waiters.retain(|(s, _)| *s != slot);
+        }
+    }
+
+    pub fn context(&mut self) -> &mut RpcContext {
+        &mut self.ctx
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
