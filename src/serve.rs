@@ -145,9 +145,14 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         opts.cpumask.to_hex(),
         opts.idle.as_str()
     );
-    println!("JSON-RPC on {} (SPDK method names)", opts.rpc_socket.display());
+    println!(
+        "JSON-RPC on {} (SPDK method names)",
+        opts.rpc_socket.display()
+    );
     match (&opts.config, opts.wait_for_rpc) {
-        (_, true) => println!("--wait-for-rpc: only startup methods are live until framework_start_init"),
+        (_, true) => {
+            println!("--wait-for-rpc: only startup methods are live until framework_start_init")
+        }
         (Some(p), false) => println!("applied config {}", p.display()),
         (None, false) => println!("no --config given: booted the embedded default"),
     }

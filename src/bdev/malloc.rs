@@ -12,8 +12,19 @@ use super::{
 };
 use crate::mem::DmaRegion;
 
-/// Largest RAM disk we create.
+/// Largest RAM disk we create; also never more than the machine's physical memory.
 pub const MAX_MALLOC_BYTES: u64 = 64 << 30;
+
+fn physical_memory_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages.max(0) as u64).saturating_mul(page.max(0) as u64)
+}
 
 /// `bdev_malloc_create`'s parameters, as SPDK names them.
 #[derive(Debug, Clone, Deserialize)]
@@ -67,14 +78,16 @@ impl MallocBdev {
         let bytes = p
             .num_blocks
             .checked_mul(block_size as u64)
-            .filter(|&b| b <= MAX_MALLOC_BYTES)
+            .filter(|&b| b <= MAX_MALLOC_BYTES.min(physical_memory_bytes()))
             .ok_or_else(|| {
                 BdevError::Unsupported(format!(
-                    "malloc bdev of {} blocks is larger than the {MAX_MALLOC_BYTES}-byte limit",
+                    "malloc bdev of {} blocks is larger than the limit ({MAX_MALLOC_BYTES} bytes, \
+                     and no more than physical memory)",
                     p.num_blocks
                 ))
             })?;
-        let memory = DmaRegion::new(bytes as usize, false).map_err(|e| BdevError::Io {
+        // Lazily faulted: RAM is spent as the disk is written, not when it is created.
+        let memory = DmaRegion::new_lazy(bytes as usize).map_err(|e| BdevError::Io {
             path: format!("malloc bdev {name}"),
             source: e,
         })?;

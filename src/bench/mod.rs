@@ -439,12 +439,10 @@ pub fn start_jobs(
                 };
                 match setup() {
                     Ok(mut job) => {
-                        let registered = r.register_poller(
-                            "bench_job",
-                            PollerKind::Io,
-                            0,
-                            move |ctx| job.poll(ctx),
-                        );
+                        let registered =
+                            r.register_poller("bench_job", PollerKind::Io, 0, move |ctx| {
+                                job.poll(ctx)
+                            });
                         if !registered {
                             let _ = tx.send(Err("reactor has too many pollers".into()));
                         }

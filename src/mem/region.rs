@@ -26,12 +26,22 @@ impl DmaRegion {
     /// Maps `len` bytes (rounded up to a page). Tries 2 MiB hugepages first when
     /// `try_hugepages`; falls back to normal pages with one warning per process.
     pub fn new(len: usize, try_hugepages: bool) -> io::Result<DmaRegion> {
+        Self::map_region(len, try_hugepages, libc::MAP_POPULATE)
+    }
+
+    /// Like `new` with normal pages, but faulted in on first touch instead of up front
+    /// (for large RAM disks, which should cost memory only as they are written).
+    pub fn new_lazy(len: usize) -> io::Result<DmaRegion> {
+        Self::map_region(len, false, libc::MAP_NORESERVE)
+    }
+
+    fn map_region(len: usize, try_hugepages: bool, populate: i32) -> io::Result<DmaRegion> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty region"));
         }
         if try_hugepages {
             let huge_len = len.div_ceil(HUGEPAGE_BYTES) * HUGEPAGE_BYTES;
-            if let Ok(ptr) = map(huge_len, libc::MAP_HUGETLB) {
+            if let Ok(ptr) = map(huge_len, libc::MAP_HUGETLB | populate) {
                 return Ok(DmaRegion {
                     ptr,
                     len: huge_len,
@@ -46,7 +56,7 @@ impl DmaRegion {
             });
         }
         let len = len.div_ceil(PAGE_BYTES) * PAGE_BYTES;
-        let ptr = map(len, 0)?;
+        let ptr = map(len, populate)?;
         Ok(DmaRegion {
             ptr,
             len,
@@ -88,7 +98,7 @@ fn map(len: usize, extra_flags: i32) -> io::Result<NonNull<u8>> {
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE | extra_flags,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra_flags,
             -1,
             0,
         )

@@ -112,10 +112,7 @@ pub fn bdev_get_bdevs(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, 
     let _ = p.timeout;
     match p.name {
         Some(name) => {
-            let e = ctx
-                .registry
-                .get(&name)
-                .ok_or(BdevError::NotFound(name))?;
+            let e = ctx.registry.get(&name).ok_or(BdevError::NotFound(name))?;
             Ok(json!([bdev_info_json(e.bdev.as_ref())]))
         }
         None => Ok(Value::Array(

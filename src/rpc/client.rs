@@ -88,7 +88,9 @@ impl RpcClient {
         self.send_raw(&serde_json::to_vec(&req).expect("a request serialises"))?;
         let resp = self.recv_value()?;
         if resp.get("id") != Some(&json!(id)) {
-            return Err(ClientError::BadResponse(format!("unexpected response {resp}")));
+            return Err(ClientError::BadResponse(format!(
+                "unexpected response {resp}"
+            )));
         }
         if let Some(err) = resp.get("error") {
             return Err(ClientError::Rpc {

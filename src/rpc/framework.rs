@@ -29,10 +29,7 @@ pub fn rpc_get_methods(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value,
     let _ = p.include_aliases; // unblend has no deprecated aliases
     let names: Vec<&str> = METHODS
         .iter()
-        .filter(|m| {
-            !p.current
-                || m.allowed_in(ctx.state)
-        })
+        .filter(|m| !p.current || m.allowed_in(ctx.state))
         .map(|m| m.name)
         .collect();
     Ok(json!(names))
@@ -51,7 +48,8 @@ pub fn spdk_get_version(_: &mut RpcContext, p: Option<&Value>) -> Result<Value, 
 pub fn framework_start_init(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
     no_params(p)?;
     if let Some(cfg) = ctx.pending_config.take() {
-        config::apply(&cfg, &ctx.registry).map_err(|e| RpcError::new(INVALID_STATE, e.to_string()))?;
+        config::apply(&cfg, &ctx.registry)
+            .map_err(|e| RpcError::new(INVALID_STATE, e.to_string()))?;
     }
     ctx.state = RpcState::Runtime;
     tracing::info!("framework initialized");

@@ -76,30 +76,98 @@ const fn m(name: &'static str, allowed: Allowed, handler: Handler) -> Method {
 /// Every method, in the order `rpc_get_methods` lists them.
 pub static METHODS: &[Method] = &[
     m("rpc_get_methods", Allowed::Both, framework::rpc_get_methods),
-    m("spdk_get_version", Allowed::Both, framework::spdk_get_version),
-    m("framework_start_init", Allowed::Startup, framework::framework_start_init),
-    m("framework_wait_init", Allowed::Both, framework::framework_wait_init),
-    m("framework_get_subsystems", Allowed::Both, framework::framework_get_subsystems),
-    m("framework_get_config", Allowed::Both, framework::framework_get_config),
-    m("framework_get_reactors", Allowed::Runtime, framework::framework_get_reactors),
-    m("thread_get_stats", Allowed::Runtime, framework::thread_get_stats),
-    m("log_set_print_level", Allowed::Both, framework::log_set_print_level),
-    m("log_get_print_level", Allowed::Both, framework::log_get_print_level),
-    m("spdk_kill_instance", Allowed::Both, framework::spdk_kill_instance),
+    m(
+        "spdk_get_version",
+        Allowed::Both,
+        framework::spdk_get_version,
+    ),
+    m(
+        "framework_start_init",
+        Allowed::Startup,
+        framework::framework_start_init,
+    ),
+    m(
+        "framework_wait_init",
+        Allowed::Both,
+        framework::framework_wait_init,
+    ),
+    m(
+        "framework_get_subsystems",
+        Allowed::Both,
+        framework::framework_get_subsystems,
+    ),
+    m(
+        "framework_get_config",
+        Allowed::Both,
+        framework::framework_get_config,
+    ),
+    m(
+        "framework_get_reactors",
+        Allowed::Runtime,
+        framework::framework_get_reactors,
+    ),
+    m(
+        "thread_get_stats",
+        Allowed::Runtime,
+        framework::thread_get_stats,
+    ),
+    m(
+        "log_set_print_level",
+        Allowed::Both,
+        framework::log_set_print_level,
+    ),
+    m(
+        "log_get_print_level",
+        Allowed::Both,
+        framework::log_get_print_level,
+    ),
+    m(
+        "spdk_kill_instance",
+        Allowed::Both,
+        framework::spdk_kill_instance,
+    ),
     m("bdev_set_options", Allowed::Startup, bdev::bdev_set_options),
-    m("bdev_wait_for_examine", Allowed::Runtime, bdev::bdev_wait_for_examine),
+    m(
+        "bdev_wait_for_examine",
+        Allowed::Runtime,
+        bdev::bdev_wait_for_examine,
+    ),
     m("bdev_get_bdevs", Allowed::Runtime, bdev::bdev_get_bdevs),
     m("bdev_get_iostat", Allowed::Runtime, bdev::bdev_get_iostat),
-    m("bdev_malloc_create", Allowed::Runtime, bdev::bdev_malloc_create),
-    m("bdev_malloc_delete", Allowed::Runtime, bdev::bdev_malloc_delete),
+    m(
+        "bdev_malloc_create",
+        Allowed::Runtime,
+        bdev::bdev_malloc_create,
+    ),
+    m(
+        "bdev_malloc_delete",
+        Allowed::Runtime,
+        bdev::bdev_malloc_delete,
+    ),
     m("bdev_null_create", Allowed::Runtime, bdev::bdev_null_create),
     m("bdev_null_delete", Allowed::Runtime, bdev::bdev_null_delete),
-    m("bdev_uring_create", Allowed::Runtime, bdev::bdev_uring_create),
-    m("bdev_uring_delete", Allowed::Runtime, bdev::bdev_uring_delete),
+    m(
+        "bdev_uring_create",
+        Allowed::Runtime,
+        bdev::bdev_uring_create,
+    ),
+    m(
+        "bdev_uring_delete",
+        Allowed::Runtime,
+        bdev::bdev_uring_delete,
+    ),
     m("bdev_aio_create", Allowed::Runtime, bdev::bdev_aio_create),
     m("bdev_aio_delete", Allowed::Runtime, bdev::bdev_aio_delete),
-    m("unblend_bench_start", Allowed::Runtime, bench::unblend_bench_start),
-    m("unblend_bench_results", Allowed::Runtime, bench::unblend_bench_results),
+    m(
+        "unblend_bench_start",
+        Allowed::Runtime,
+        bench::unblend_bench_start,
+    ),
+    m(
+        "unblend_bench_results",
+        Allowed::Runtime,
+        bench::unblend_bench_results,
+    ),
 ];
 
 impl Method {
@@ -112,9 +180,25 @@ pub fn find(name: &str) -> Option<&'static Method> {
     METHODS.iter().find(|m| m.name == name)
 }
 
-/// Runs `method` in the current state, with SPDK's errors for a wrong state.
+/// A method for tests only, live when `UNBLEND_TEST_METHODS=1`: it panics, to show that a
+/// bug in a handler becomes a -32603 answer and the appliance keeps serving.
+static TEST_PANIC: Method = m("unblend_test_panic", Allowed::Both, |_, _| {
+    panic!("unblend_test_panic called")
+});
+
+fn test_methods_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("UNBLEND_TEST_METHODS").as_deref() == Ok("1"))
+}
+
+/// Runs `method` in the current state, with SPDK's errors for a wrong state. A handler that
+/// panics (a bug) is answered with -32603 instead of taking reactor 0 down.
 pub fn call(ctx: &mut RpcContext, method: &str, params: Option<&Value>) -> Result<Value, RpcError> {
-    let m = find(method).ok_or_else(RpcError::method_not_found)?;
+    let m = match find(method) {
+        Some(m) => m,
+        None if method == TEST_PANIC.name && test_methods_enabled() => &TEST_PANIC,
+        None => return Err(RpcError::method_not_found()),
+    };
     if !m.allowed.permits(ctx.state) {
         return Err(RpcError::new(
             INVALID_STATE,
@@ -131,5 +215,11 @@ pub fn call(ctx: &mut RpcContext, method: &str, params: Option<&Value>) -> Resul
             },
         ));
     }
-    (m.handler)(ctx, params)
+    let handler = m.handler;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(ctx, params))).unwrap_or_else(
+        |_| {
+            tracing::error!(method, "RPC handler panicked");
+            Err(RpcError::internal(format!("{method} failed unexpectedly")))
+        },
+    )
 }

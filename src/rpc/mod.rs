@@ -51,7 +51,9 @@ const LISTENER_TOKEN: u64 = u64::MAX;
 
 #[derive(Debug, Error)]
 pub enum RpcSetupError {
-    #[error("RPC socket {0} belongs to a running appliance; stop it or choose another path with -r")]
+    #[error(
+        "RPC socket {0} belongs to a running appliance; stop it or choose another path with -r"
+    )]
     InUse(String),
     #[error("RPC socket path {0} exists and is not a socket")]
     NotASocket(String),

@@ -152,7 +152,10 @@ pub fn parse_request(v: Value) -> Result<Request, (Value, RpcError)> {
     };
     let params = obj.remove("params");
     if matches!(params, Some(ref p) if !p.is_object() && !p.is_null()) {
-        return Err((reply_id, RpcError::invalid_params("params must be an object")));
+        return Err((
+            reply_id,
+            RpcError::invalid_params("params must be an object"),
+        ));
     }
     Ok(Request { id, method, params })
 }
@@ -167,7 +170,7 @@ mod tests {
         let ok = response(&json!(1), &Ok(json!(true)));
         assert_eq!(
             serde_json::to_string(&ok).unwrap(),
-            r#"{"id":1,"jsonrpc":"2.0","result":true}"#
+            r#"{"jsonrpc":"2.0","id":1,"result":true}"#
         );
         let e = response(&json!("a"), &Err(RpcError::method_not_found()));
         assert_eq!(e["error"]["code"], -32601);
@@ -177,11 +180,17 @@ mod tests {
     #[test]
     fn envelopes_are_checked() {
         assert!(parse_request(json!({"jsonrpc":"2.0","method":"m","id":1})).is_ok());
-        let (id, e) = parse_request(json!({"jsonrpc":"1.0","method":"m","id":7})).err().unwrap();
+        let (id, e) = parse_request(json!({"jsonrpc":"1.0","method":"m","id":7}))
+            .err()
+            .unwrap();
         assert_eq!((id, e.code), (json!(7), INVALID_REQUEST));
-        let (_, e) = parse_request(json!({"jsonrpc":"2.0","method":5,"id":1})).err().unwrap();
+        let (_, e) = parse_request(json!({"jsonrpc":"2.0","method":5,"id":1}))
+            .err()
+            .unwrap();
         assert_eq!(e.code, INVALID_REQUEST);
-        let (id, e) = parse_request(json!({"jsonrpc":"2.0","method":"m","id":[1]})).err().unwrap();
+        let (id, e) = parse_request(json!({"jsonrpc":"2.0","method":"m","id":[1]}))
+            .err()
+            .unwrap();
         assert_eq!((id, e.code), (Value::Null, INVALID_REQUEST));
         let (_, e) = parse_request(json!({"jsonrpc":"2.0","method":"m","id":1,"params":[1]}))
             .err()

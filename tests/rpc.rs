@@ -1,0 +1,465 @@
+//! The JSON-RPC server, end to end against a live `unblend serve`: SPDK's error codes (exact
+//! JSON), batches and pipelining, startup states, socket ownership, slow and vanishing clients,
+//! and 10,000 hostile requests after which the appliance still answers with bounded memory.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use unblend::rpc::client::{ClientError, RpcClient};
+
+struct Appliance {
+    child: Child,
+    sock: PathBuf,
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Appliance {
+    fn start(name: &str, extra: &[&str]) -> Appliance {
+        let sock = tmp_dir(name).join("unblend.sock");
+        let mut args = vec!["serve", "-m", "0x1", "-r", sock.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
+            .args(&args)
+            .env("UNBLEND_LOG", "error")
+            .env("UNBLEND_TEST_METHODS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !line.contains("running;") {
+            assert!(Instant::now() < deadline, "serve did not start");
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "serve exited early");
+        }
+        // Keep draining stdout so the appliance never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Appliance { child, sock }
+    }
+
+    fn client(&self) -> RpcClient {
+        RpcClient::connect(&self.sock, Duration::from_secs(10)).unwrap()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "appliance exited with {status}");
+        assert!(!self.sock.exists(), "socket left behind after a clean stop");
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns the first response line, verbatim.
+fn raw_exchange(sock: &Path, request: &[u8]) -> String {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+#[test]
+fn every_error_code_has_spdks_exact_json() {
+    let a = Appliance::start("rpc_errors", &[]);
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"spdk_get_version" "x"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2}"#,
+            r#"{"jsonrpc":"2.0","id":2,"error":{"code":-32600,"message":"Invalid request"}}"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"no_such_method"}"#,
+            r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32601,"message":"Method not found"}}"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":4,"method":"bdev_null_create","params":{"name":"N","num_blocks":8,"block_size":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"Invalid parameters: block_size: invalid type: string \"x\", expected u64"}}"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":5,"method":"bdev_null_create","params":{"num_blocks":8,"block_size":512}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"error":{"code":-32602,"message":"Invalid parameters: missing field `name`"}}"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":6,"method":"bdev_get_bdevs","params":{"nmae":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":6,"error":{"code":-32602,"message":"Invalid parameters: nmae: unknown field `nmae`, expected `name` or `timeout`"}}"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"unblend_test_panic"}"#,
+            r#"{"jsonrpc":"2.0","id":7,"error":{"code":-32603,"message":"Internal error: unblend_test_panic failed unexpectedly"}}"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":8,"method":"bdev_set_options","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":8,"error":{"code":-1,"message":"Method may only be called before framework is initialized. Use --wait-for-rpc command line parameter and then issue this RPC before the framework_start_init RPC."}}"#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":9,"method":"bdev_malloc_delete","params":{"name":"nope"}}"#,
+            r#"{"jsonrpc":"2.0","id":9,"error":{"code":-19,"message":"no bdev named \"nope\""}}"#,
+        ),
+    ];
+    for (request, want) in cases {
+        assert_eq!(
+            &raw_exchange(&a.sock, request.as_bytes()),
+            want,
+            "for {request}"
+        );
+    }
+    // Garbage that cannot be framed: a parse error, then the connection is closed.
+    let mut s = UnixStream::connect(&a.sock).unwrap();
+    s.write_all(b"\x00\xffnot json").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert_eq!(
+        all.trim_end(),
+        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#
+    );
+    // The panic did not take the appliance down.
+    assert!(a.client().call("spdk_get_version", None).is_ok());
+    a.stop();
+}
+
+#[test]
+fn batches_pipelines_and_notifications() {
+    let a = Appliance::start("rpc_batch", &[]);
+    let mut c = a.client();
+    // Three pipelined requests in one write, answered in order.
+    c.send_raw(
+        br#"{"jsonrpc":"2.0","id":1,"method":"spdk_get_version"}
+{"jsonrpc":"2.0","method":"spdk_get_version"}
+{"jsonrpc":"2.0","id":2,"method":"bdev_get_bdevs"} {"jsonrpc":"2.0","id":3,"method":"nope"}"#,
+    )
+    .unwrap();
+    assert_eq!(c.recv_value().unwrap()["id"], 1);
+    let second = c.recv_value().unwrap();
+    assert_eq!(second["id"], 2, "a notification must get no response");
+    assert_eq!(second["result"][0]["name"], "Malloc0");
+    assert_eq!(c.recv_value().unwrap()["error"]["code"], -32601);
+    // A batch gets an array, in order, notifications left out.
+    c.send_raw(
+        br#"[{"jsonrpc":"2.0","id":"a","method":"spdk_get_version"},
+             {"jsonrpc":"2.0","method":"spdk_get_version"},
+             {"jsonrpc":"2.0","id":"b","method":"nope"}, 42]"#,
+    )
+    .unwrap();
+    let batch = c.recv_value().unwrap();
+    let items = batch.as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[0]["id"], "a");
+    assert_eq!(items[1]["error"]["code"], -32601);
+    assert_eq!(items[2]["error"]["code"], -32600);
+    // An empty batch is an invalid request.
+    c.send_raw(b"[]").unwrap();
+    assert_eq!(c.recv_value().unwrap()["error"]["code"], -32600);
+    a.stop();
+}
+
+#[test]
+fn wait_for_rpc_has_spdks_startup_state() {
+    let a = Appliance::start("rpc_startup", &["--wait-for-rpc"]);
+    let mut c = a.client();
+    match c.call("bdev_get_bdevs", None) {
+        Err(ClientError::Rpc { code: -1, message }) => {
+            assert!(
+                message.contains("after framework is initialized"),
+                "{message}"
+            )
+        }
+        other => panic!("runtime method in startup state: {other:?}"),
+    }
+    // framework_wait_init parks until another client starts the framework.
+    let sock = a.sock.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut w = RpcClient::connect(&sock, Duration::from_secs(20)).unwrap();
+        let t = Instant::now();
+        (w.call("framework_wait_init", None).unwrap(), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(c
+        .call("bdev_set_options", Some(json!({"bdev_io_pool_size": 1024})))
+        .is_ok());
+    let current = c
+        .call("rpc_get_methods", Some(json!({"current": true})))
+        .unwrap();
+    assert!(!current
+        .as_array()
+        .unwrap()
+        .contains(&json!("bdev_get_bdevs")));
+    assert_eq!(c.call("framework_start_init", None).unwrap(), json!(true));
+    let (answer, waited) = waiter.join().unwrap();
+    assert_eq!(answer, json!(true));
+    assert!(
+        waited >= Duration::from_millis(250),
+        "wait_init answered early"
+    );
+    assert_eq!(c.call("bdev_get_bdevs", None).unwrap(), json!([]));
+    a.stop();
+}
+
+#[test]
+fn socket_of_a_live_appliance_is_refused_and_a_stale_one_replaced() {
+    let a = Appliance::start("rpc_sock", &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_unblend"))
+        .args(["serve", "-m", "0x1", "-r", a.sock.to_str().unwrap()])
+        .env("UNBLEND_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to a running appliance"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&a.sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    a.stop();
+
+    // A socket file nobody listens on is stale: removed, said so, and replaced.
+    let stale = tmp_dir("rpc_stale").join("s.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
+        .args(["serve", "-m", "0x1", "-r", stale.to_str().unwrap()])
+        .env("UNBLEND_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    while !text.contains("running;") {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "{text}");
+        text.push_str(&line);
+    }
+    assert!(text.contains("removed stale RPC socket"), "{text}");
+    let mut c = RpcClient::connect(&stale, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        c.call("spdk_kill_instance", Some(json!({"sig_name": "SIGINT"})))
+            .unwrap(),
+        json!(true)
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn slow_and_vanishing_clients_affect_nobody_else() {
+    let a = Appliance::start("rpc_slow", &[]);
+    // A client that pipelines requests and never reads its answers.
+    let mut hog = UnixStream::connect(&a.sock).unwrap();
+    hog.set_nonblocking(true).unwrap();
+    let req = br#"{"jsonrpc":"2.0","id":1,"method":"bdev_get_bdevs"}"#;
+    let mut sent = 0usize;
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        match hog.write(req) {
+            Ok(n) => sent += n,
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    assert!(sent > 100_000, "the hog could only send {sent} bytes");
+    // Clients that vanish mid-request.
+    for cut in [1usize, 10, 30] {
+        let mut s = UnixStream::connect(&a.sock).unwrap();
+        s.write_all(&req[..cut]).unwrap();
+    }
+    // Everyone else is still answered promptly.
+    let mut c = a.client();
+    for _ in 0..50 {
+        let t = Instant::now();
+        c.call("spdk_get_version", None).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "answer took {:?}",
+            t.elapsed()
+        );
+    }
+    drop(hog);
+    a.stop();
+}
+
+/// A deterministic xorshift generator, so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn hostile_request(rng: &mut Rng, i: usize) -> Vec<u8> {
+    let templates = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"bdev_get_bdevs","params":{"name":"Malloc0"}}"#,
+        r#"{"jsonrpc":"2.0","id":"x","method":"bdev_null_create","params":{"name":"H","num_blocks":8,"block_size":512}}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"framework_get_config","params":{"name":"bdev"}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"bdev_malloc_delete","params":{"name":"nope"}}"#,
+        r#"[{"jsonrpc":"2.0","id":4,"method":"thread_get_stats"},{"jsonrpc":"2.0","id":5,"method":"rpc_get_methods"}]"#,
+    ];
+    let base = templates[rng.below(templates.len() as u64) as usize].as_bytes();
+    match i % 8 {
+        // Truncated.
+        0 => base[..rng.below(base.len() as u64) as usize].to_vec(),
+        // Random bytes flipped.
+        1 => {
+            let mut v = base.to_vec();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(v.len() as u64) as usize;
+                v[at] = rng.next() as u8;
+            }
+            v
+        }
+        // Deep nesting.
+        2 => {
+            let depth = 1 + rng.below(10_000) as usize;
+            let mut v = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":".to_vec();
+            v.extend(std::iter::repeat_n(b'[', depth));
+            v.extend(std::iter::repeat_n(b']', depth));
+            v.push(b'}');
+            v
+        }
+        // Huge numbers.
+        3 => format!(
+            r#"{{"jsonrpc":"2.0","id":1e999999,"method":"bdev_null_create","params":{{"name":"Big","num_blocks":{}{},"block_size":1e400}}}}"#,
+            rng.next(),
+            "9".repeat(rng.below(400) as usize)
+        )
+        .into_bytes(),
+        // Wrong types everywhere.
+        4 => {
+            let vals = [r#"null"#, r#"true"#, r#"-1"#, r#""s""#, r#"[1,2]"#, r#"{"a":{}}"#, r#"1.5"#];
+            let mut pick = || vals[rng.below(vals.len() as u64) as usize];
+            format!(
+                r#"{{"jsonrpc":{},"id":{},"method":{},"params":{{"name":{},"num_blocks":{},"block_size":{}}}}}"#,
+                pick(), pick(), pick(), pick(), pick(), pick()
+            )
+            .into_bytes()
+        }
+        // Binary garbage.
+        5 => (0..1 + rng.below(512)).map(|_| rng.next() as u8).collect(),
+        // A valid request, pipelined twice with garbage between.
+        6 => {
+            let mut v = base.to_vec();
+            v.extend_from_slice(b" \x01\x02 ");
+            v.extend_from_slice(base);
+            v
+        }
+        // Long strings; every 1000th request carries a 10 MB one.
+        _ => {
+            let len = if i % 1000 == 7 { 10 << 20 } else { rng.below(4096) as usize };
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"bdev_get_bdevs","params":{{"name":"{}"}}}}"#,
+                "A".repeat(len)
+            )
+            .into_bytes()
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_hostile_requests_leave_it_answering_with_bounded_memory() {
+    let a = Appliance::start("rpc_hostile", &[]);
+    let mut c = a.client();
+    c.call("spdk_get_version", None).unwrap();
+    let rss_before = a.rss_kib();
+    const TOTAL: usize = 10_000;
+    const THREADS: usize = 8;
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let sock = a.sock.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
+                for i in (t..TOTAL).step_by(THREADS) {
+                    let req = hostile_request(&mut rng, i);
+                    let mut s = UnixStream::connect(&sock).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    // The server may close on garbage before reading everything.
+                    let _ = s.write_all(&req);
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                    let mut sink = Vec::new();
+                    let _ = s.read_to_end(&mut sink);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    // Still answering, correctly.
+    let mut c = a.client();
+    let bdevs = c.call("bdev_get_bdevs", None).unwrap();
+    assert!(bdevs
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["name"] == "Malloc0"));
+    let rss_after = a.rss_kib();
+    assert!(
+        rss_after < rss_before + 128 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    a.stop();
+}
+
+#[test]
+fn unblend_rpc_command_shows_results_and_errors_plainly() {
+    let a = Appliance::start("rpc_cli", &[]);
+    let run = |args: &[&str]| {
+        let mut all = vec!["rpc", "-s", a.sock.to_str().unwrap()];
+        all.extend_from_slice(args);
+        Command::new(env!("CARGO_BIN_EXE_unblend"))
+            .args(&all)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "bdev_null_create",
+        "name=N1",
+        "num_blocks=64",
+        "block_size=4096",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"N1\"");
+    let out = run(&["bdev_get_bdevs", "-j", r#"{"name":"N1"}"#]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["num_blocks"], 64);
+    let out = run(&[
+        "bdev_null_create",
+        "name=N1",
+        "num_blocks=64",
+        "block_size=4096",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("JSON-RPC error -17") && err.contains("already exists"),
+        "{err}"
+    );
+    a.stop();
+}
