@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
-# Every test: unit tests, integration tests (the real binary on malloc, null and uring bdevs,
-# uring on real files with O_DIRECT), and the hot-path benchmarks compiled (not run).
-# Installs what a fresh machine lacks.
+# Every test: unit and integration tests (the real binary on malloc, null and uring bdevs, real
+# files with O_DIRECT, the JSON-RPC server with hostile clients), the criterion benches compiled,
+# SPDK's own `spdk-rpc` client end to end, and the Python bindings' pytest suite against a live
+# appliance. Installs what a fresh machine lacks (jq from Debian; spdk and pytest from PyPI into
+# target/venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null; then
   echo "ci/test.sh: needs a Rust toolchain (cargo); install it with rustup" >&2
   exit 2
 fi
+if ! command -v jq >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq jq >/dev/null
+fi
 export CARGO_TERM_COLOR=never
 cargo test --locked
 cargo bench --locked --no-run --quiet
+
+VENV=target/venv
+if [ ! -x "$VENV/bin/pytest" ] || [ ! -x "$VENV/bin/spdk-rpc" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q spdk pytest
+fi
+export UNBLEND_BIN="$PWD/target/debug/unblend"   # built by cargo test above
+VENV="$VENV" ci/spdk-client-e2e.sh
+(cd bindings/python && "../../$VENV/bin/python" -m pytest -q tests)

@@ -234,24 +234,56 @@ pub trait Bdev: Send + Sync {
     }
 }
 
-/// `bdev_get_bdevs`'s description of a bdev.
-pub fn bdev_info_json(bdev: &dyn Bdev) -> Value {
-    let mut supported = serde_json::Map::new();
-    for t in IoType::ALL {
-        supported.insert(t.name().to_string(), Value::Bool(bdev.supports(t)));
+/// `bdev_get_bdevs`'s description of a bdev (keys as SPDK names them).
+#[derive(serde::Serialize)]
+pub struct BdevInfo<'a> {
+    pub name: &'a str,
+    pub aliases: [&'a str; 0],
+    pub product_name: &'static str,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub uuid: String,
+    pub claimed: bool,
+    pub zoned: bool,
+    pub supported_io_types: SupportedIoTypes,
+    pub driver_specific: Value,
+}
+
+#[derive(serde::Serialize)]
+pub struct SupportedIoTypes {
+    pub read: bool,
+    pub write: bool,
+    pub flush: bool,
+    pub unmap: bool,
+    pub write_zeroes: bool,
+}
+
+impl<'a> BdevInfo<'a> {
+    pub fn of(bdev: &'a dyn Bdev) -> BdevInfo<'a> {
+        BdevInfo {
+            name: bdev.name(),
+            aliases: [],
+            product_name: bdev.product_name(),
+            block_size: bdev.block_size(),
+            num_blocks: bdev.num_blocks(),
+            uuid: bdev.uuid().to_string(),
+            claimed: false,
+            zoned: false,
+            supported_io_types: SupportedIoTypes {
+                read: bdev.supports(IoType::Read),
+                write: bdev.supports(IoType::Write),
+                flush: bdev.supports(IoType::Flush),
+                unmap: bdev.supports(IoType::Unmap),
+                write_zeroes: bdev.supports(IoType::WriteZeroes),
+            },
+            driver_specific: bdev.driver_info(),
+        }
     }
-    json!({
-        "name": bdev.name(),
-        "aliases": [],
-        "product_name": bdev.product_name(),
-        "block_size": bdev.block_size(),
-        "num_blocks": bdev.num_blocks(),
-        "uuid": bdev.uuid().to_string(),
-        "claimed": false,
-        "zoned": false,
-        "supported_io_types": supported,
-        "driver_specific": bdev.driver_info(),
-    })
+}
+
+/// `bdev_get_bdevs`'s description of a bdev, as a JSON value.
+pub fn bdev_info_json(bdev: &dyn Bdev) -> Value {
+    serde_json::to_value(BdevInfo::of(bdev)).expect("bdev info serialises")
 }
 
 /// Checks a block size: a power of two in [512, 64 KiB].

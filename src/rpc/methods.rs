@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::protocol::{RpcError, INVALID_STATE};
@@ -58,18 +60,49 @@ pub struct RpcContext {
 }
 
 pub type Handler = fn(&mut RpcContext, Option<&Value>) -> Result<Value, RpcError>;
+/// A handler that writes its result as JSON text itself (large answers: no `Value` tree).
+pub type RawHandler = fn(&mut RpcContext, Option<&Value>) -> Result<Box<RawValue>, RpcError>;
+
+#[derive(Clone, Copy)]
+pub enum HandlerFn {
+    Json(Handler),
+    Raw(RawHandler),
+}
+
+/// What a method returned.
+pub enum RpcResult {
+    Json(Value),
+    Raw(Box<RawValue>),
+}
+
+impl Serialize for RpcResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RpcResult::Json(v) => v.serialize(s),
+            RpcResult::Raw(r) => r.serialize(s),
+        }
+    }
+}
 
 pub struct Method {
     pub name: &'static str,
     pub allowed: Allowed,
-    pub handler: Handler,
+    pub handler: HandlerFn,
 }
 
 const fn m(name: &'static str, allowed: Allowed, handler: Handler) -> Method {
     Method {
         name,
         allowed,
-        handler,
+        handler: HandlerFn::Json(handler),
+    }
+}
+
+const fn raw(name: &'static str, allowed: Allowed, handler: RawHandler) -> Method {
+    Method {
+        name,
+        allowed,
+        handler: HandlerFn::Raw(handler),
     }
 }
 
@@ -132,7 +165,7 @@ pub static METHODS: &[Method] = &[
         Allowed::Runtime,
         bdev::bdev_wait_for_examine,
     ),
-    m("bdev_get_bdevs", Allowed::Runtime, bdev::bdev_get_bdevs),
+    raw("bdev_get_bdevs", Allowed::Runtime, bdev::bdev_get_bdevs),
     m("bdev_get_iostat", Allowed::Runtime, bdev::bdev_get_iostat),
     m(
         "bdev_malloc_create",
@@ -193,7 +226,11 @@ fn test_methods_enabled() -> bool {
 
 /// Runs `method` in the current state, with SPDK's errors for a wrong state. A handler that
 /// panics (a bug) is answered with -32603 instead of taking reactor 0 down.
-pub fn call(ctx: &mut RpcContext, method: &str, params: Option<&Value>) -> Result<Value, RpcError> {
+pub fn call(
+    ctx: &mut RpcContext,
+    method: &str,
+    params: Option<&Value>,
+) -> Result<RpcResult, RpcError> {
     let m = match find(method) {
         Some(m) => m,
         None if method == TEST_PANIC.name && test_methods_enabled() => &TEST_PANIC,
@@ -216,7 +253,11 @@ pub fn call(ctx: &mut RpcContext, method: &str, params: Option<&Value>) -> Resul
         ));
     }
     let handler = m.handler;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(ctx, params))).unwrap_or_else(
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match handler {
+        HandlerFn::Json(h) => h(ctx, params).map(RpcResult::Json),
+        HandlerFn::Raw(h) => h(ctx, params).map(RpcResult::Raw),
+    }))
+    .unwrap_or_else(
         |_| {
             tracing::error!(method, "RPC handler panicked");
             Err(RpcError::internal(format!("{method} failed unexpectedly")))

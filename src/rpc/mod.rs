@@ -27,7 +27,10 @@ use thiserror::Error;
 
 use framing::{FrameError, FrameScanner};
 use methods::{RpcContext, RpcState};
-use protocol::{parse_request, response, RpcError};
+use protocol::{parse_request, write_response, RpcError};
+
+/// A response still to be written: the request's id and what the method returned.
+type Answer = (Value, Result<methods::RpcResult, RpcError>);
 
 pub use methods::SetLogLevel;
 
@@ -327,7 +330,7 @@ impl RpcServer {
     /// Answers with a parse error and closes: after garbage, the stream cannot be resynced.
     fn fail_connection(&mut self, slot: usize, why: String) {
         tracing::debug!(slot, "RPC parse error: {why}");
-        self.send(slot, &response(&Value::Null, &Err(RpcError::parse_error())));
+        self.send(slot, &[(Value::Null, Err(RpcError::parse_error()))], false);
         if let Some(c) = self.conns[slot].as_mut() {
             c.closing = true;
             c.input = Vec::new();
@@ -340,40 +343,37 @@ impl RpcServer {
             Err(e) => {
                 // The value was well framed, so the stream stays in step: answer, keep going.
                 tracing::debug!(slot, "RPC parse error: {e}");
-                self.send(slot, &response(&Value::Null, &Err(RpcError::parse_error())));
+                self.send(slot, &[(Value::Null, Err(RpcError::parse_error()))], false);
                 return;
             }
         };
         match value {
             Value::Array(items) => {
                 if items.is_empty() || items.len() > MAX_BATCH {
-                    self.send(
-                        slot,
-                        &response(&Value::Null, &Err(RpcError::invalid_request())),
-                    );
+                    self.send(slot, &[(Value::Null, Err(RpcError::invalid_request()))], false);
                     return;
                 }
-                let answers: Vec<Value> = items
+                let answers: Vec<Answer> = items
                     .into_iter()
                     .filter_map(|item| self.handle_one(slot, item))
                     .collect();
                 if !answers.is_empty() {
-                    self.send(slot, &Value::Array(answers));
+                    self.send(slot, &answers, true);
                 }
             }
             other => {
                 if let Some(answer) = self.handle_one(slot, other) {
-                    self.send(slot, &answer);
+                    self.send(slot, &[answer], false);
                 }
             }
         }
     }
 
     /// Runs one request; returns its response (None for a notification or a deferred answer).
-    fn handle_one(&mut self, slot: usize, item: Value) -> Option<Value> {
+    fn handle_one(&mut self, slot: usize, item: Value) -> Option<Answer> {
         let req = match parse_request(item) {
             Ok(r) => r,
-            Err((id, e)) => return Some(response(&id, &Err(e))),
+            Err((id, e)) => return Some((id, Err(e))),
         };
         let outcome = methods::call(&mut self.ctx, &req.method, req.params.as_ref());
         if let Err(e) = &outcome {
@@ -390,17 +390,18 @@ impl RpcServer {
             self.init_waiters.push((slot, id));
             return None;
         }
-        Some(response(&id, &outcome))
+        Some((id, outcome))
     }
 
     fn answer_init_waiters(&mut self) {
         for (slot, id) in std::mem::take(&mut self.init_waiters) {
-            self.send(slot, &response(&id, &Ok(Value::Bool(true))));
+            self.send(slot, &[(id, Ok(methods::RpcResult::Json(Value::Bool(true))))], false);
             self.flush(slot);
         }
     }
 
-    fn send(&mut self, slot: usize, v: &Value) {
+    /// Queues responses, as a JSON array when `as_batch`, each message ending in a newline.
+    fn send(&mut self, slot: usize, answers: &[Answer], as_batch: bool) {
         let Some(conn) = self.conns[slot].as_mut() else {
             return;
         };
@@ -409,9 +410,20 @@ impl RpcServer {
             self.close(slot);
             return;
         }
-        if serde_json::to_writer(&mut conn.output, v).is_ok() {
-            conn.output.push(b'\n');
+        let out = &mut conn.output;
+        if as_batch {
+            out.push(b'[');
         }
+        for (i, (id, outcome)) in answers.iter().enumerate() {
+            if as_batch && i > 0 {
+                out.push(b',');
+            }
+            write_response(out, id, outcome);
+        }
+        if as_batch {
+            out.push(b']');
+        }
+        out.push(b'\n');
     }
 
     /// Writes what it can without blocking; keeps EPOLLOUT armed while output remains.

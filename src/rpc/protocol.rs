@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::bdev::BdevError;
+use super::methods::RpcResult;
 use crate::config::CallError;
 
 pub const PARSE_ERROR: i32 = -32700;
@@ -98,12 +99,13 @@ pub struct Response<'a> {
     pub jsonrpc: &'static str,
     pub id: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<&'a Value>,
+    pub result: Option<&'a RpcResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a RpcError>,
 }
 
-pub fn response(id: &Value, outcome: &Result<Value, RpcError>) -> Value {
+/// Writes one response; the envelope's keys come in SPDK's order (jsonrpc, id, result|error).
+pub fn write_response(out: &mut Vec<u8>, id: &Value, outcome: &Result<RpcResult, RpcError>) {
     let r = match outcome {
         Ok(v) => Response {
             jsonrpc: "2.0",
@@ -118,7 +120,14 @@ pub fn response(id: &Value, outcome: &Result<Value, RpcError>) -> Value {
             error: Some(e),
         },
     };
-    serde_json::to_value(r).expect("a response always serialises")
+    serde_json::to_writer(out, &r).expect("a response always serialises into memory");
+}
+
+/// A response as a `Value` (tests and callers that need one).
+pub fn response(id: &Value, outcome: &Result<RpcResult, RpcError>) -> Value {
+    let mut out = Vec::new();
+    write_response(&mut out, id, outcome);
+    serde_json::from_slice(&out).expect("we just wrote valid JSON")
 }
 
 /// A request's parts, once its envelope has been checked.
@@ -167,9 +176,10 @@ mod tests {
 
     #[test]
     fn responses_have_spdk_key_order() {
-        let ok = response(&json!(1), &Ok(json!(true)));
+        let mut out = Vec::new();
+        write_response(&mut out, &json!(1), &Ok(RpcResult::Json(json!(true))));
         assert_eq!(
-            serde_json::to_string(&ok).unwrap(),
+            String::from_utf8(out).unwrap(),
             r#"{"jsonrpc":"2.0","id":1,"result":true}"#
         );
         let e = response(&json!("a"), &Err(RpcError::method_not_found()));

@@ -172,7 +172,9 @@ class Client:
         sock = self._connected()
         while True:
             text = self._buffer.lstrip(_JSON_WHITESPACE)
-            if text:
+            # unblend ends every response with a newline, so a large partial response is not
+            # decoded again on every read (which would make big responses quadratic).
+            if text and ("\n" in text or len(text) < _RECV_SIZE):
                 try:
                     value, end = self._decoder.raw_decode(text)
                 except json.JSONDecodeError:
