@@ -118,7 +118,10 @@ pub fn bdev_get_bdevs(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Box<Raw
         Some(name) => vec![ctx.registry.get(&name).ok_or(BdevError::NotFound(name))?],
         None => ctx.registry.list(),
     };
-    let infos: Vec<BdevInfo<'_>> = entries.iter().map(|e| BdevInfo::of(e.bdev.as_ref())).collect();
+    let infos: Vec<BdevInfo<'_>> = entries
+        .iter()
+        .map(|e| BdevInfo::of(e.bdev.as_ref()))
+        .collect();
     serde_json::value::to_raw_value(&infos).map_err(RpcError::internal)
 }
 

@@ -257,10 +257,8 @@ pub fn call(
         HandlerFn::Json(h) => h(ctx, params).map(RpcResult::Json),
         HandlerFn::Raw(h) => h(ctx, params).map(RpcResult::Raw),
     }))
-    .unwrap_or_else(
-        |_| {
-            tracing::error!(method, "RPC handler panicked");
-            Err(RpcError::internal(format!("{method} failed unexpectedly")))
-        },
-    )
+    .unwrap_or_else(|_| {
+        tracing::error!(method, "RPC handler panicked");
+        Err(RpcError::internal(format!("{method} failed unexpectedly")))
+    })
 }

@@ -350,7 +350,11 @@ impl RpcServer {
         match value {
             Value::Array(items) => {
                 if items.is_empty() || items.len() > MAX_BATCH {
-                    self.send(slot, &[(Value::Null, Err(RpcError::invalid_request()))], false);
+                    self.send(
+                        slot,
+                        &[(Value::Null, Err(RpcError::invalid_request()))],
+                        false,
+                    );
                     return;
                 }
                 let answers: Vec<Answer> = items
@@ -395,7 +399,11 @@ impl RpcServer {
 
     fn answer_init_waiters(&mut self) {
         for (slot, id) in std::mem::take(&mut self.init_waiters) {
-            self.send(slot, &[(id, Ok(methods::RpcResult::Json(Value::Bool(true))))], false);
+            self.send(
+                slot,
+                &[(id, Ok(methods::RpcResult::Json(Value::Bool(true))))],
+                false,
+            );
             self.flush(slot);
         }
     }

@@ -4,8 +4,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bdev::BdevError;
 use super::methods::RpcResult;
+use crate::bdev::BdevError;
 use crate::config::CallError;
 
 pub const PARSE_ERROR: i32 = -32700;
