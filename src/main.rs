@@ -85,9 +85,10 @@ enum Command {
         cpumask: Option<String>,
         #[arg(long, default_value = "busy")]
         idle: IdlePolicy,
-        /// Seed for random offsets and the verify pattern.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        /// Seed for random offsets and the verify pattern (default: a fresh one per run, so
+        /// that verify cannot pass on data left by an earlier run; printed in the report).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -194,7 +195,7 @@ fn main() -> ExitCode {
                 workload,
                 read_percent,
                 idle,
-                seed,
+                seed: seed.unwrap_or_else(unblend::bench::fresh_seed),
                 progress: !json,
             };
             match bench::run(&opts) {

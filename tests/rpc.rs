@@ -63,6 +63,14 @@ impl Appliance {
             .unwrap()
     }
 
+    /// User + system CPU ticks the appliance has used.
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+
     fn stop(mut self) {
         // SAFETY: kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -296,6 +304,19 @@ fn slow_and_vanishing_clients_affect_nobody_else() {
             t.elapsed()
         );
     }
+    drop(c);
+    // And the stalled client does not keep the (adaptive) reactor spinning: its unread
+    // socket is not polled while it is backpressured.
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu = a.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = a.cpu_ticks() - cpu;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(
+        used * 100 < hz * 30,
+        "appliance used {used} ticks of {hz} in 1 s with a stalled client"
+    );
     drop(hog);
     a.stop();
 }
@@ -461,5 +482,42 @@ fn unblend_rpc_command_shows_results_and_errors_plainly() {
         err.contains("JSON-RPC error -17") && err.contains("already exists"),
         "{err}"
     );
+    a.stop();
+}
+
+#[test]
+fn a_failed_framework_start_init_keeps_the_config_for_a_retry() {
+    let dir = tmp_dir("rpc_start_retry");
+    let img = dir.join("late.img");
+    let cfg = dir.join("c.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"subsystems":[{{"subsystem":"bdev","config":[
+            {{"method":"bdev_uring_create","params":{{"name":"U0","filename":"{}","block_size":4096}}}}]}}]}}"#,
+            img.display()
+        ),
+    )
+    .unwrap();
+    let a = Appliance::start(
+        "rpc_start_retry_srv",
+        &["--wait-for-rpc", "--config", cfg.to_str().unwrap()],
+    );
+    let mut c = a.client();
+    match c.call("framework_start_init", None) {
+        Err(ClientError::Rpc { code: -1, message }) => {
+            assert!(message.contains("does not exist"), "{message}")
+        }
+        other => panic!("start_init with a missing file: {other:?}"),
+    }
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    assert_eq!(c.call("framework_start_init", None).unwrap(), json!(true));
+    let b = c
+        .call("bdev_get_bdevs", Some(json!({"name": "U0"})))
+        .unwrap();
+    assert_eq!(b[0]["num_blocks"], 256);
     a.stop();
 }

@@ -104,6 +104,15 @@ impl IoChannel {
             return Err(SubmitError::Unsupported(req.io_type));
         }
         if req.io_type == IoType::Flush {
+            // A flush covers the whole bdev; a range, if given, must still lie inside it.
+            let end = req.offset_blocks.checked_add(req.num_blocks);
+            if end.is_none_or(|end| end > self.num_blocks) {
+                return Err(SubmitError::OutOfRange {
+                    offset: req.offset_blocks,
+                    count: req.num_blocks,
+                    num_blocks: self.num_blocks,
+                });
+            }
             return Ok(0);
         }
         if req.num_blocks == 0 || req.num_blocks > u32::MAX as u64 {

@@ -165,6 +165,36 @@ impl Bdev for MallocBdev {
     }
 }
 
+/// Zeroes `len` bytes at `disk`: whole pages are handed back to the kernel (they read as
+/// zeroes and stop costing RAM, so unmapping a fresh disk does not fault it in); only the
+/// partial pages at the edges are written.
+fn zero_range(disk: *mut u8, len: usize) {
+    const PAGE: usize = 4096;
+    let addr = disk as usize;
+    let first_page = addr.div_ceil(PAGE) * PAGE;
+    let end = addr + len;
+    let last_page = end / PAGE * PAGE;
+    if last_page > first_page {
+        // SAFETY: both edges lie inside [disk, disk+len), which the caller guarantees is in
+        // the region; MADV_DONTNEED on a private anonymous mapping makes the pages read as
+        // zeroes afterwards.
+        let rc = unsafe {
+            std::ptr::write_bytes(disk, 0, first_page - addr);
+            std::ptr::write_bytes(last_page as *mut u8, 0, end - last_page);
+            libc::madvise(
+                first_page as *mut libc::c_void,
+                last_page - first_page,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+    // SAFETY: [disk, disk+len) is inside the region (caller's guarantee).
+    unsafe { std::ptr::write_bytes(disk, 0, len) };
+}
+
 struct MallocChannel {
     memory: Arc<DmaRegion>,
     block_size: usize,
@@ -173,35 +203,35 @@ struct MallocChannel {
 
 impl BdevChannel for MallocChannel {
     fn submit(&mut self, slot: u32, req: &IoRequest<'_>) -> Result<(), SubmitError> {
-        let start = req.offset_blocks as usize * self.block_size;
-        let len = req.num_blocks as usize * self.block_size;
-        // The bdev layer checked offset+len against the bdev, and the region is that large.
-        debug_assert!(req.io_type == IoType::Flush || self.memory.len() >= start + len);
-        // SAFETY: in bounds (above). Like a real device, two channels writing the same blocks
-        // at once leave them with one of the two contents; callers order conflicting I/O.
-        let disk = unsafe { self.memory.as_ptr().add(start) };
-        match req.io_type {
-            IoType::Read | IoType::Write => {
-                let mut at = 0usize;
-                for v in req.iovs {
-                    // SAFETY: `disk+at .. +v.len()` stays within `len` because the iovecs sum to
-                    // `len` (checked by the bdev layer); the iovec is ours until completion.
-                    unsafe {
-                        if req.io_type == IoType::Read {
-                            std::ptr::copy_nonoverlapping(disk.add(at), v.addr(), v.len());
-                        } else {
-                            std::ptr::copy_nonoverlapping(v.addr(), disk.add(at), v.len());
+        if req.io_type != IoType::Flush {
+            // The bdev layer checked offset+num_blocks against the bdev, whose size fits the
+            // region, so none of this overflows or leaves the region.
+            let start = req.offset_blocks as usize * self.block_size;
+            let len = req.num_blocks as usize * self.block_size;
+            debug_assert!(self.memory.len() >= start + len);
+            // SAFETY: in bounds (above). Like a real device, two channels writing the same
+            // blocks at once leave them with one of the two contents; callers order such I/O.
+            let disk = unsafe { self.memory.as_ptr().add(start) };
+            match req.io_type {
+                IoType::Read | IoType::Write => {
+                    let mut at = 0usize;
+                    for v in req.iovs {
+                        // SAFETY: `disk+at .. +v.len()` stays within `len` because the iovecs
+                        // sum to `len` (checked by the bdev layer); the iovec is ours until
+                        // completion.
+                        unsafe {
+                            if req.io_type == IoType::Read {
+                                std::ptr::copy_nonoverlapping(disk.add(at), v.addr(), v.len());
+                            } else {
+                                std::ptr::copy_nonoverlapping(v.addr(), disk.add(at), v.len());
+                            }
                         }
+                        at += v.len();
                     }
-                    at += v.len();
+                    debug_assert_eq!(at, len);
                 }
-                debug_assert_eq!(at, len);
+                _ => zero_range(disk, len),
             }
-            IoType::Unmap | IoType::WriteZeroes => {
-                // SAFETY: in bounds, as above.
-                unsafe { std::ptr::write_bytes(disk, 0, len) };
-            }
-            IoType::Flush => {}
         }
         debug_assert!(self.pending.len() < self.pending.capacity());
         self.pending.push(SlotCompletion {
@@ -259,6 +289,52 @@ mod tests {
             IoStatus::Success
         );
         assert!(back[..512].iter().all(|&x| x == 0));
+    }
+
+    fn rss_kib() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn unmapping_a_large_fresh_disk_costs_no_memory() {
+        let mut ch = open(
+            Arc::new(MallocBdev::with_size("big", 1 << 30, 4096).unwrap()),
+            4,
+            None,
+        );
+        let before = rss_kib();
+        assert_eq!(
+            run(&mut ch, IoType::Unmap, 1, 262_000, &[]),
+            IoStatus::Success
+        );
+        assert_eq!(
+            run(&mut ch, IoType::WriteZeroes, 0, 262_144, &[]),
+            IoStatus::Success
+        );
+        let grown = rss_kib().saturating_sub(before);
+        assert!(grown < 64 * 1024, "zeroing 1 GiB faulted in {grown} KiB");
+        // Written data next to a zeroed range survives; the range reads as zeroes.
+        let mut w = vec![7u8; 8192];
+        assert_eq!(
+            run(&mut ch, IoType::Write, 10, 2, &[iov(&mut w)]),
+            IoStatus::Success
+        );
+        assert_eq!(
+            run(&mut ch, IoType::WriteZeroes, 11, 1, &[]),
+            IoStatus::Success
+        );
+        let mut r = vec![1u8; 8192];
+        assert_eq!(
+            run(&mut ch, IoType::Read, 10, 2, &[iov(&mut r)]),
+            IoStatus::Success
+        );
+        assert!(r[..4096].iter().all(|&b| b == 7));
+        assert!(r[4096..].iter().all(|&b| b == 0));
     }
 
     #[test]

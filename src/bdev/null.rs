@@ -56,6 +56,12 @@ impl NullBdev {
         if p.num_blocks == 0 {
             return Err(BdevError::ZeroSize);
         }
+        if p.num_blocks.checked_mul(block_size as u64).is_none() {
+            return Err(BdevError::Unsupported(format!(
+                "null bdev of {} blocks of {block_size} bytes overflows a 64-bit size",
+                p.num_blocks
+            )));
+        }
         if p.md_size != 0 || p.dif_type != 0 {
             return Err(BdevError::Unsupported(
                 "null bdev: metadata (md_size) and DIF are not supported".into(),
@@ -212,6 +218,17 @@ mod tests {
             ch.submit(&short, 0),
             Err(SubmitError::IovMismatch { .. })
         ));
+        let wild_flush = IoRequest {
+            io_type: IoType::Flush,
+            offset_blocks: u64::MAX,
+            num_blocks: 2,
+            iovs: &[],
+            ..req
+        };
+        assert!(matches!(
+            ch.submit(&wild_flush, 0),
+            Err(SubmitError::OutOfRange { .. })
+        ));
         assert_eq!(ch.in_flight(), 0);
     }
 
@@ -276,6 +293,10 @@ mod tests {
             ..p(8, 512)
         })
         .is_err());
+        assert!(
+            NullBdev::create(&p(u64::MAX / 2, 4096)).is_err(),
+            "size overflow"
+        );
         assert!(NullBdev::create(&p(8, 512)).is_ok());
     }
 }

@@ -90,6 +90,14 @@ impl UringBdev {
             super::blocks_for_size(size, bs)?;
             if !path.exists() {
                 preallocate(&path, size)?;
+            } else if let Ok(meta) = std::fs::metadata(&path) {
+                if meta.is_file() && meta.len() != size {
+                    return Err(BdevError::Unsupported(format!(
+                        "{} exists with {} bytes, not the {size} asked for; remove it or drop size",
+                        path.display(),
+                        meta.len()
+                    )));
+                }
             }
         }
         if !path.exists() {
@@ -229,7 +237,7 @@ impl Bdev for UringBdev {
         } else {
             "bdev_uring_create"
         };
-        json!({
+        let mut call = json!({
             "method": method,
             "params": {
                 "name": self.name,
@@ -237,17 +245,65 @@ impl Bdev for UringBdev {
                 "block_size": self.block_size,
                 "uuid": self.uuid.to_string(),
             }
-        })
+        });
+        // unblend's extension, written only when set so that SPDK's own configs stay valid.
+        if self.sqpoll {
+            call["params"]["sqpoll"] = json!(true);
+        }
+        call
     }
     fn flush_sync(&self) -> Result<(), BdevError> {
         self.file.sync_data().map_err(|e| io_err(&self.path, e))
     }
 }
 
+/// Sets up a ring: SQPOLL when asked; otherwise single issuer with deferred task running
+/// (completions are posted only when we enter with GETEVENTS, in our own context, never by
+/// interrupting the reactor; IORING_SQ_TASKRUN tells `poll` when an enter is due). Kernels
+/// without DEFER_TASKRUN (before 6.1) or COOP_TASKRUN (before 5.19) get the next best setup.
+fn build_ring(entries: u32, sqpoll: bool) -> Result<IoUring, BdevError> {
+    let attempt = |defer: bool, coop: bool| {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(entries * 2);
+        if sqpoll {
+            b.setup_sqpoll(1000);
+        } else {
+            if coop {
+                b.setup_single_issuer()
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag();
+            }
+            if defer {
+                b.setup_defer_taskrun();
+            }
+        }
+        b.build(entries)
+    };
+    let setups: &[(bool, bool)] = if sqpoll {
+        &[(false, false)]
+    } else {
+        &[(true, true), (false, true), (false, false)]
+    };
+    let mut last = None;
+    for &(defer, coop) in setups {
+        match attempt(defer, coop) {
+            Ok(ring) => return Ok(ring),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => return Err(BdevError::Channel(format!("io_uring_setup: {e}"))),
+        }
+    }
+    Err(BdevError::Channel(format!(
+        "io_uring_setup: {}",
+        last.expect("at least one setup was tried")
+    )))
+}
+
 /// The registered-buffer region: one fixed buffer covering the reactor's whole pool.
 struct FixedRegion {
     start: usize,
     len: usize,
+    /// Keeps the pool (and so the registered memory) alive as long as the ring uses it.
+    _pool: std::rc::Rc<crate::mem::BufferPool>,
 }
 
 struct UringChannel {
@@ -261,32 +317,16 @@ struct UringChannel {
     iov_store: Box<[[libc::iovec; MAX_IOVS]]>,
     /// Per-slot byte count a read or write must transfer; a short transfer is an error.
     expected_bytes: Box<[u32]>,
-    /// SQEs pushed since the last `io_uring_enter`.
+    /// SQEs pushed and not yet taken by the kernel.
     unsubmitted: u32,
+    /// Whether an `io_uring_enter` failure was already logged (log once, not every pass).
+    enter_error_logged: bool,
 }
 
 impl UringChannel {
     fn new(bdev: &UringBdev, ctx: &ChannelContext) -> Result<UringChannel, BdevError> {
         let entries = ctx.queue_depth.next_power_of_two().clamp(8, 4096);
-        let mut builder = IoUring::builder();
-        builder.setup_cqsize(entries * 2);
-        if bdev.sqpoll {
-            builder.setup_sqpoll(1000);
-        } else {
-            // Cooperative task running: the kernel posts completions when we next enter it
-            // instead of interrupting the reactor, and raises IORING_SQ_TASKRUN so that `poll`
-            // knows an enter is due even with nothing to submit.
-            // Deferred task running: completions are posted only when we enter with GETEVENTS,
-            // in our own context, never by interrupting the reactor.
-            builder
-                .setup_single_issuer()
-                .setup_coop_taskrun()
-                .setup_taskrun_flag()
-                .setup_defer_taskrun();
-        }
-        let ring = builder
-            .build(entries)
-            .map_err(|e| BdevError::Channel(format!("io_uring_setup: {e}")))?;
+        let ring = build_ring(entries, bdev.sqpoll)?;
         ring.submitter()
             .register_files(&[bdev.file.as_raw_fd()])
             .map_err(|e| BdevError::Channel(format!("io_uring register_files: {e}")))?;
@@ -310,6 +350,7 @@ impl UringChannel {
                     fixed = Some(FixedRegion {
                         start: region.as_ptr() as usize,
                         len: region.len(),
+                        _pool: pool.clone(),
                     })
                 }
                 Err(e) => tracing::debug!("io_uring fixed buffers unavailable: {e}"),
@@ -329,6 +370,7 @@ impl UringChannel {
             iov_store: vec![[empty; MAX_IOVS]; qd].into_boxed_slice(),
             expected_bytes: vec![0; qd].into_boxed_slice(),
             unsubmitted: 0,
+            enter_error_logged: false,
         })
     }
 
@@ -427,12 +469,24 @@ impl BdevChannel for UringChannel {
         };
         if need_enter {
             match self.ring.submit() {
-                Ok(_) => self.unsubmitted = 0,
+                Ok(taken) => {
+                    // Without SQPOLL the kernel may take fewer than we queued; the rest go
+                    // with the next enter. With SQPOLL its thread takes them on its own.
+                    self.unsubmitted = if self.ring.params().is_setup_sqpoll() {
+                        0
+                    } else {
+                        self.unsubmitted.saturating_sub(taken as u32)
+                    };
+                    self.enter_error_logged = false;
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => {
-                    tracing::error!("io_uring_enter failed: {e}");
+                    if !self.enter_error_logged {
+                        tracing::error!("io_uring_enter failed: {e}");
+                        self.enter_error_logged = true;
+                    }
                 }
             }
         }
@@ -572,6 +626,9 @@ mod tests {
             UringBdev::create(&params(&odd, None)),
             Err(BdevError::SizeNotMultiple { .. })
         ));
+        assert!(
+            matches!(UringBdev::create(&params(&odd, Some(8192))), Err(BdevError::Unsupported(m)) if m.contains("exists with 5000 bytes"))
+        );
         let p = UringCreateParams {
             block_size: Some(3000),
             ..params(&missing, Some(1 << 20))

@@ -231,6 +231,14 @@ fn resolve_bdev(source: &BdevSource) -> Result<BdevEntry, BenchError> {
     }
 }
 
+/// A seed that differs from run to run (time and pid mixed).
+pub fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ ((std::process::id() as u64) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+}
+
 /// Checks the options that do not depend on the bdev.
 fn check_options(opts: &BenchOptions) -> Result<(), BenchError> {
     if opts.queue_depth == 0 || opts.queue_depth > MAX_QUEUE_DEPTH {
@@ -470,6 +478,15 @@ pub fn start_jobs(
 /// Runs the benchmark on reactors of its own and returns its report.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     check_options(opts)?;
+    let pool_bytes = opts.io_bytes.div_ceil(4096) * 4096 * opts.queue_depth as u64;
+    if pool_bytes > crate::mem::buffer_pool::MAX_POOL_BYTES as u64 {
+        return Err(BenchError::Usage(format!(
+            "queue depth {} x I/O size {} needs {pool_bytes} bytes of buffers per core; the limit is {}",
+            opts.queue_depth,
+            opts.io_bytes,
+            crate::mem::buffer_pool::MAX_POOL_BYTES
+        )));
+    }
     let entry = resolve_bdev(&opts.bdev)?;
     layout(opts, entry.bdev.as_ref(), opts.cpumask.cores().len() as u64)?;
     let buf_bytes = opts.io_bytes.div_ceil(4096) * 4096;

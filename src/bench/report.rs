@@ -31,6 +31,7 @@ pub struct BenchReport {
     pub queue_depth: u32,
     pub io_bytes: u64,
     pub seconds: u64,
+    pub seed: u64,
     pub cores: Vec<(usize, Line)>,
     pub total: Line,
     pub verify_failure: Option<(usize, VerifyFailure)>,
@@ -89,6 +90,7 @@ impl BenchReport {
             queue_depth: opts.queue_depth,
             io_bytes: opts.io_bytes,
             seconds: opts.seconds,
+            seed: opts.seed,
             cores,
             total: Line {
                 label: "total".into(),
@@ -113,6 +115,7 @@ impl BenchReport {
             "queue_depth": self.queue_depth,
             "io_size": self.io_bytes,
             "seconds": self.seconds,
+            "seed": self.seed,
             "total": Self::line_json(&self.total),
             "cores": self.cores.iter().map(|(core, l)| {
                 let mut v = Self::line_json(l);
@@ -127,8 +130,8 @@ impl BenchReport {
 
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "bdev {} workload {} qd {} io {} B, {} s\n{:<10} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
-            self.bdev, self.workload, self.queue_depth, self.io_bytes, self.seconds,
+            "bdev {} workload {} qd {} io {} B, {} s, seed {}\n{:<10} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            self.bdev, self.workload, self.queue_depth, self.io_bytes, self.seconds, self.seed,
             "", "IOPS", "MiB/s", "mean us", "p50 us", "p99 us", "p99.9 us", "max us"
         );
         for l in self

@@ -463,7 +463,10 @@ impl Reactor {
             stats.record_pass(busy, pass_ns);
 
             if let Some(started) = stop_started_ns {
-                if self.pollers.is_empty() && self.mailbox().queue.is_empty() {
+                // Only I/O pollers hold up a stop (a service registered by a late message
+                // does not).
+                let draining = self.pollers.iter().any(|p| p.kind == PollerKind::Io);
+                if !draining && self.mailbox().queue.is_empty() {
                     break;
                 }
                 if now - started > DRAIN_LIMIT_NS {

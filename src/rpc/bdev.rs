@@ -125,6 +125,9 @@ pub fn bdev_get_bdevs(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Box<Raw
     serde_json::value::to_raw_value(&infos).map_err(RpcError::internal)
 }
 
+/// Most distinct bdevs one `bdev_get_iostat` may name.
+pub const MAX_IOSTAT_NAMES: usize = 4096;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GetIostat {
@@ -154,6 +157,13 @@ pub fn bdev_get_iostat(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value,
     }
     let mut wanted: Vec<String> = p.names.unwrap_or_default();
     wanted.extend(p.name);
+    wanted.sort();
+    wanted.dedup();
+    if wanted.len() > MAX_IOSTAT_NAMES {
+        return Err(RpcError::invalid_params(format!(
+            "names: more than {MAX_IOSTAT_NAMES} bdevs asked for"
+        )));
+    }
     let entries = if wanted.is_empty() {
         ctx.registry.list()
     } else {

@@ -73,7 +73,7 @@ pub fn unblend_bench_start(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Va
         workload,
         read_percent: p.read_percent,
         idle: ctx.reactors.idle_policy(),
-        seed: 1,
+        seed: bench::fresh_seed(),
         progress: false,
     };
     let running = bench::start_jobs(&ctx.reactors, &all, &entry, &opts)

@@ -48,8 +48,11 @@ pub fn spdk_get_version(_: &mut RpcContext, p: Option<&Value>) -> Result<Value, 
 pub fn framework_start_init(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
     no_params(p)?;
     if let Some(cfg) = ctx.pending_config.take() {
-        config::apply(&cfg, &ctx.registry)
-            .map_err(|e| RpcError::new(INVALID_STATE, e.to_string()))?;
+        if let Err(e) = config::apply(&cfg, &ctx.registry) {
+            // Keep it: the admin may fix what failed (a missing file, say) and try again.
+            ctx.pending_config = Some(cfg);
+            return Err(RpcError::new(INVALID_STATE, e.to_string()));
+        }
     }
     ctx.state = RpcState::Runtime;
     tracing::info!("framework initialized");

@@ -47,6 +47,10 @@ const OUTPUT_HIGH_WATER_BYTES: usize = 1 << 20;
 pub const MAX_BATCH: usize = 1024;
 /// Bytes read from one connection per poll, so one client cannot hog the reactor.
 const READ_BUDGET_BYTES: usize = 1 << 20;
+/// Longest request id we accept (a string id is echoed back in the answer).
+pub const MAX_ID_BYTES: usize = 1024;
+/// A connection idle this long may be evicted when a new client finds every slot taken.
+const EVICT_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often the poller runs while the reactor is awake.
 pub const POLL_PERIOD_US: u64 = 100;
 const EPOLL_EVENTS: usize = 64;
@@ -103,8 +107,12 @@ struct Conn {
     written: usize,
     /// Close once `output` is written (after a parse error or EOF).
     closing: bool,
-    /// Whether EPOLLOUT is in its epoll registration.
-    want_write: bool,
+    /// The events its epoll registration asks for now (EPOLLIN and/or EPOLLOUT).
+    interest: u32,
+    /// When it last sent us anything (for evicting idle clients when all slots are taken).
+    last_active: std::time::Instant,
+    /// Whether it has a `framework_wait_init` parked (at most one per connection).
+    waiting_init: bool,
 }
 
 pub struct RpcServer {
@@ -116,6 +124,7 @@ pub struct RpcServer {
     /// `framework_wait_init` calls waiting for `framework_start_init`: (connection, id).
     init_waiters: Vec<(usize, Value)>,
     read_buf: Box<[u8]>,
+    last_accept_warning: Option<std::time::Instant>,
 }
 
 fn epoll_ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
@@ -161,6 +170,7 @@ impl RpcServer {
             ctx,
             init_waiters: Vec::new(),
             read_buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            last_accept_warning: None,
         })
     }
 
@@ -209,7 +219,7 @@ impl RpcServer {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    let Some(slot) = self.conns.iter().position(|c| c.is_none()) else {
+                    let Some(slot) = self.free_slot() else {
                         tracing::warn!(
                             "RPC: refusing a client: {MAX_CONNECTIONS} connections already open"
                         );
@@ -235,17 +245,54 @@ impl RpcServer {
                         output: Vec::new(),
                         written: 0,
                         closing: false,
-                        want_write: false,
+                        interest: libc::EPOLLIN as u32,
+                        last_active: std::time::Instant::now(),
+                        waiting_init: false,
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!("RPC accept: {e}");
+                    // EMFILE and the like: the listener stays readable, so say it at most once
+                    // a second rather than on every pass.
+                    let now = std::time::Instant::now();
+                    if self
+                        .last_accept_warning
+                        .is_none_or(|t| now - t > std::time::Duration::from_secs(1))
+                    {
+                        tracing::warn!("RPC accept: {e}");
+                        self.last_accept_warning = Some(now);
+                    }
                     return;
                 }
             }
         }
+    }
+
+    /// A free connection slot; when all are taken, the one idle longest (if idle more than
+    /// `EVICT_IDLE_AFTER`) is closed to make room.
+    fn free_slot(&mut self) -> Option<usize> {
+        if let Some(free) = self.conns.iter().position(|c| c.is_none()) {
+            return Some(free);
+        }
+        let now = std::time::Instant::now();
+        let (slot, idle) = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| !c.waiting_init)
+            .map(|(i, c)| (i, now - c.last_active))
+            .max_by_key(|(_, idle)| *idle)?;
+        if idle < EVICT_IDLE_AFTER {
+            return None;
+        }
+        tracing::info!(
+            slot,
+            "RPC: evicting a client idle for {idle:?} to admit a new one"
+        );
+        self.close(slot);
+        Some(slot)
     }
 
     /// Reads what a connection sent, answers every complete request, writes the answers.
@@ -264,6 +311,7 @@ impl RpcServer {
                     break;
                 }
                 Ok(n) => {
+                    conn.last_active = std::time::Instant::now();
                     conn.input.extend_from_slice(&self.read_buf[..n]);
                     self.process_input(slot);
                     budget = budget.saturating_sub(n);
@@ -330,7 +378,7 @@ impl RpcServer {
     /// Answers with a parse error and closes: after garbage, the stream cannot be resynced.
     fn fail_connection(&mut self, slot: usize, why: String) {
         tracing::debug!(slot, "RPC parse error: {why}");
-        self.send(slot, &[(Value::Null, Err(RpcError::parse_error()))], false);
+        self.send(slot, (Value::Null, Err(RpcError::parse_error())));
         if let Some(c) = self.conns[slot].as_mut() {
             c.closing = true;
             c.input = Vec::new();
@@ -343,31 +391,45 @@ impl RpcServer {
             Err(e) => {
                 // The value was well framed, so the stream stays in step: answer, keep going.
                 tracing::debug!(slot, "RPC parse error: {e}");
-                self.send(slot, &[(Value::Null, Err(RpcError::parse_error()))], false);
+                self.send(slot, (Value::Null, Err(RpcError::parse_error())));
                 return;
             }
         };
         match value {
             Value::Array(items) => {
                 if items.is_empty() || items.len() > MAX_BATCH {
-                    self.send(
-                        slot,
-                        &[(Value::Null, Err(RpcError::invalid_request()))],
-                        false,
-                    );
+                    self.send(slot, (Value::Null, Err(RpcError::invalid_request())));
                     return;
                 }
-                let answers: Vec<Answer> = items
-                    .into_iter()
-                    .filter_map(|item| self.handle_one(slot, item))
-                    .collect();
-                if !answers.is_empty() {
-                    self.send(slot, &answers, true);
+                // Serialise each answer as it is made, so that a batch of large answers is
+                // bounded by the output limit rather than built whole first.
+                let mut out = vec![b'['];
+                let mut any = false;
+                for item in items {
+                    if let Some((id, outcome)) = self.handle_one(slot, item) {
+                        if any {
+                            out.push(b',');
+                        }
+                        write_response(&mut out, &id, &outcome);
+                        any = true;
+                        if out.len() > MAX_PENDING_OUTPUT_BYTES {
+                            tracing::warn!(
+                                slot,
+                                "RPC batch answer exceeds the output limit; dropping the client"
+                            );
+                            self.close(slot);
+                            return;
+                        }
+                    }
+                }
+                if any {
+                    out.extend_from_slice(b"]\n");
+                    self.send_bytes(slot, &out);
                 }
             }
             other => {
                 if let Some(answer) = self.handle_one(slot, other) {
-                    self.send(slot, &[answer], false);
+                    self.send(slot, answer);
                 }
             }
         }
@@ -379,6 +441,9 @@ impl RpcServer {
             Ok(r) => r,
             Err((id, e)) => return Some((id, Err(e))),
         };
+        if matches!(&req.id, Some(Value::String(s)) if s.len() > MAX_ID_BYTES) {
+            return Some((Value::Null, Err(RpcError::invalid_request())));
+        }
         let outcome = methods::call(&mut self.ctx, &req.method, req.params.as_ref());
         if let Err(e) = &outcome {
             tracing::debug!(method = %req.method, code = e.code, "RPC error: {}", e.message);
@@ -391,6 +456,17 @@ impl RpcServer {
             && outcome.is_ok()
             && self.ctx.state == RpcState::Startup
         {
+            let conn = self.conns[slot].as_mut()?;
+            if conn.waiting_init {
+                return Some((
+                    id,
+                    Err(RpcError::new(
+                        protocol::INVALID_STATE,
+                        "this connection already waits in framework_wait_init",
+                    )),
+                ));
+            }
+            conn.waiting_init = true;
             self.init_waiters.push((slot, id));
             return None;
         }
@@ -399,42 +475,38 @@ impl RpcServer {
 
     fn answer_init_waiters(&mut self) {
         for (slot, id) in std::mem::take(&mut self.init_waiters) {
-            self.send(
-                slot,
-                &[(id, Ok(methods::RpcResult::Json(Value::Bool(true))))],
-                false,
-            );
+            if let Some(c) = self.conns[slot].as_mut() {
+                c.waiting_init = false;
+            }
+            self.send(slot, (id, Ok(methods::RpcResult::Json(Value::Bool(true)))));
             self.flush(slot);
         }
     }
 
-    /// Queues responses, as a JSON array when `as_batch`, each message ending in a newline.
-    fn send(&mut self, slot: usize, answers: &[Answer], as_batch: bool) {
+    /// Queues one response, ending in a newline.
+    fn send(&mut self, slot: usize, answer: Answer) {
+        let mut out = Vec::new();
+        write_response(&mut out, &answer.0, &answer.1);
+        out.push(b'\n');
+        self.send_bytes(slot, &out);
+    }
+
+    /// Queues bytes for a connection, dropping a client whose unread backlog is over the limit.
+    fn send_bytes(&mut self, slot: usize, bytes: &[u8]) {
         let Some(conn) = self.conns[slot].as_mut() else {
             return;
         };
-        if conn.output.len() - conn.written > MAX_PENDING_OUTPUT_BYTES {
+        if conn.output.len() - conn.written + bytes.len() > MAX_PENDING_OUTPUT_BYTES {
             tracing::warn!(slot, "RPC client does not read its responses; dropping it");
             self.close(slot);
             return;
         }
-        let out = &mut conn.output;
-        if as_batch {
-            out.push(b'[');
-        }
-        for (i, (id, outcome)) in answers.iter().enumerate() {
-            if as_batch && i > 0 {
-                out.push(b',');
-            }
-            write_response(out, id, outcome);
-        }
-        if as_batch {
-            out.push(b']');
-        }
-        out.push(b'\n');
+        conn.output.extend_from_slice(bytes);
     }
 
-    /// Writes what it can without blocking; keeps EPOLLOUT armed while output remains.
+    /// Writes what it can without blocking, then sets the connection's epoll interest:
+    /// EPOLLOUT while output remains; EPOLLIN only while it is open and not backpressured (a
+    /// level-triggered EPOLLIN we will not act on would wake the reactor on every pass).
     fn flush(&mut self, slot: usize) {
         let Some(conn) = self.conns[slot].as_mut() else {
             return;
@@ -462,25 +534,23 @@ impl RpcServer {
                 return;
             }
         }
-        let pending = conn.written < conn.output.len();
-        if pending != conn.want_write {
-            conn.want_write = pending;
-            let events = if pending {
-                (libc::EPOLLIN | libc::EPOLLOUT) as u32
-            } else {
-                libc::EPOLLIN as u32
-            };
+        let backlog = conn.output.len() - conn.written;
+        let mut interest = 0u32;
+        if backlog > 0 {
+            interest |= libc::EPOLLOUT as u32;
+        }
+        if !conn.closing && backlog <= OUTPUT_HIGH_WATER_BYTES {
+            interest |= libc::EPOLLIN as u32;
+        }
+        if interest != conn.interest {
+            conn.interest = interest;
             let _ = epoll_ctl(
                 self.epoll.as_raw_fd(),
                 libc::EPOLL_CTL_MOD,
                 conn.stream.as_raw_fd(),
-                events,
+                interest,
                 slot as u64,
             );
-        }
-        // Input held back by backpressure is read now that output has drained.
-        if !pending && !conn.input.is_empty() && !conn.closing {
-            self.process_input(slot);
         }
     }
 
