@@ -12,6 +12,7 @@ CORE=${CORE:-0}
 IMG=${IMG:-target/bench.img}
 command -v fio >/dev/null || { echo "needs fio (apt-get install fio)" >&2; exit 2; }
 command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 2; }
+command -v bc >/dev/null || { echo "needs bc (apt-get install bc)" >&2; exit 2; }
 cargo build --release --quiet
 UB=target/release/unblend
 mask=$(printf '0x%x' $((1 << CORE)))
