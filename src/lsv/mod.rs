@@ -6,6 +6,7 @@
 
 pub mod extent_table;
 pub mod format;
+pub mod record;
 
 pub use extent_table::{ExtentTable, Mapping, Update};
 pub use format::{FormatError, Superblock};
