@@ -1,12 +1,15 @@
 //! The log-structured volume store (lsv): per-core logs in a pool on one base bdev, thin
 //! volumes, a lock-free extent table, a cleaner, checkpoints and recovery.
 //!
-//! Built so far: the extent table and the pool's on-disk layout (superblock, format v1).
-//! The log writer, volumes as bdevs, the cleaner, checkpoints and recovery come next.
+//! Built so far, each with its tests: the extent table (`extent_table`), the pool layout and
+//! superblock (`format`), the log record format (`record`), and segment usage with the
+//! cleaner's victim policies (`usage`). Not built yet: the per-core log writer, volumes as
+//! bdevs, the cleaner's mover, checkpoints, recovery, the simulator, the RPC methods.
 
 pub mod extent_table;
 pub mod format;
 pub mod record;
+pub mod usage;
 
 pub use extent_table::{ExtentTable, Mapping, Update};
 pub use format::{FormatError, Superblock};
