@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Foundation benchmarks: unblend against its peers, both sides in one invocation, same core.
 #   ci/bench-foundation.sh [SECONDS] [PAIRS]   (default 10 s per run, 3 alternating pairs)
-# Env: CORE (default 0) is the core both sides are pinned to; IMG (default target/bench.img)
+# Env: SECTIONS (default "null scaling uring idle") picks what to run.
+# CORE (default 0) is the core both sides are pinned to; IMG (default target/bench.img)
 # is the 2 GiB file for the uring runs; it must be on a disk filesystem (not tmpfs).
 # Prints a markdown table of IOPS / MiB/s and the ratio unblend / peer.
 set -euo pipefail
@@ -31,8 +32,10 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print (NR
 # prints the medians and the median of the per-pair ratios (the machine drifts between runs).
 pair() {
   local ps="" us="" rs="" p u
-  for _ in $(seq "$PAIRS"); do
-    p=$(eval "$3"); u=$(eval "$4")
+  for i in $(seq "$PAIRS"); do
+    # Alternate who runs first: this VM's disk speeds up and slows down over tens of seconds
+    # (burst credits, host caching), which would otherwise favour one side.
+    if [ $((i % 2)) = 1 ]; then p=$(eval "$3"); u=$(eval "$4"); else u=$(eval "$4"); p=$(eval "$3"); fi
     ps="$ps $p"; us="$us $u"; rs="$rs $(echo "$u / $p" | bc -l)"
   done
   printf '| %s | %s | %.0f | %.0f | %.2f |\n' "$1" "$2" "$(echo $us | median)" "$(echo $ps | median)" "$(echo $rs | median)"
@@ -42,20 +45,27 @@ echo "| test | unit | unblend | peer | ratio |"
 echo "|---|---|---:|---:|---:|"
 
 # 1. Null bdev, 4 KiB randread, qd 128, one core, busy mode, against fio's null engine.
+SECTIONS=${SECTIONS:-null scaling uring idle}
+on() { case " $SECTIONS " in *" $1 "*) return 0;; esac; return 1; }
+
+if on null; then
 FIO_NULL="fio_iops --name=null --ioengine=null --rw=randread --bs=4k --iodepth=128 --size=100G --time_based --runtime=$T"
 pair "null 4k randread qd128, 1 core, reads zeroed, vs fio null" IOPS "$FIO_NULL" \
   "ub --bdev null:size=1G -q 128 -o 4096 -w randread -m $mask --idle busy | jq .total.iops"
 pair "null 4k randread qd128, 1 core, zero=0 (as SPDK's null), vs fio null" IOPS "$FIO_NULL" \
   "ub --bdev null:size=1G,zero=0 -q 128 -o 4096 -w randread -m $mask --idle busy | jq .total.iops"
 
+fi
+
 # 2. Scaling: two reactors against one on null.
-if [ "$(nproc)" -ge 2 ]; then
+if on scaling && [ "$(nproc)" -ge 2 ]; then
   pair "null 4k randread qd128 zero=0, 2 reactors vs 1" IOPS \
     "ub --bdev null:size=1G,zero=0 -q 128 -o 4096 -w randread -m 0x1 --idle busy | jq .total.iops" \
     "ub --bdev null:size=1G,zero=0 -q 128 -o 4096 -w randread -m 0x3 --idle busy | jq .total.iops"
 fi
 
 # 3. uring on a 2 GiB file filled with data first, against fio's io_uring engine.
+if on uring; then
 if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" != $((2 << 30)) ]; then
   rm -f "$IMG"
   fio --name=fill --filename="$IMG" --rw=write --bs=1M --direct=1 --size=2G --ioengine=io_uring >/dev/null
@@ -70,7 +80,10 @@ pair "uring 128k seq write qd32, core $CORE vs fio io_uring (median of $PAIRS pa
   "fio_mibps --name=seqwrite --rw=write --bs=128k --iodepth=32 \"\${FIO_URING[@]}\"" \
   "ub --bdev uring:path=$IMG -q 32 -o 128k -w write -m $mask --idle busy | jq .total.mibps"
 
+fi
+
 # 4. Idle: unblend serve in adaptive mode, CPU used over 10 s, from /proc/PID/stat.
+if on idle; then
 UNBLEND_LOG=warn $UB serve --idle adaptive >/dev/null &
 pid=$!
 sleep 2
@@ -80,3 +93,4 @@ kill -TERM $pid; wait $pid
 hz=$(getconf CLK_TCK)
 pct=$(echo "($t1 - $t0) * 100 / ($hz * 10)" | bc -l)
 printf '| serve idle (adaptive), CPU over 10 s | %% of one core | %.2f | 2 (limit) | %.2f |\n' "$pct" "$(echo "$pct / 2" | bc -l)"
+fi

@@ -11,6 +11,7 @@ pub mod iostat;
 pub mod malloc;
 pub mod null;
 pub mod registry;
+pub mod sim;
 pub mod uring;
 
 use std::rc::Rc;
