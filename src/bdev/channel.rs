@@ -99,27 +99,8 @@ impl IoChannel {
         self.queue_depth - self.free_slots.len() as u32
     }
 
-    fn check(&self, req: &IoRequest<'_>) -> Result<u64, SubmitError> {
-        if !self.supported[req.io_type as usize] {
-            return Err(SubmitError::Unsupported(req.io_type));
-        }
-        if req.io_type == IoType::Flush {
-            // A flush covers the whole bdev; a range, if given, must still lie inside it.
-            let end = req.offset_blocks.checked_add(req.num_blocks);
-            if end.is_none_or(|end| end > self.num_blocks) {
-                return Err(SubmitError::OutOfRange {
-                    offset: req.offset_blocks,
-                    count: req.num_blocks,
-                    num_blocks: self.num_blocks,
-                });
-            }
-            return Ok(0);
-        }
-        if req.num_blocks == 0 || req.num_blocks > u32::MAX as u64 {
-            return Err(SubmitError::BadLength {
-                count: req.num_blocks,
-            });
-        }
+    #[inline]
+    fn check_range(&self, req: &IoRequest<'_>) -> Result<(), SubmitError> {
         let end = req.offset_blocks.checked_add(req.num_blocks);
         if end.is_none_or(|end| end > self.num_blocks) {
             return Err(SubmitError::OutOfRange {
@@ -128,6 +109,24 @@ impl IoChannel {
                 num_blocks: self.num_blocks,
             });
         }
+        Ok(())
+    }
+
+    fn check(&self, req: &IoRequest<'_>) -> Result<u64, SubmitError> {
+        if !self.supported[req.io_type as usize] {
+            return Err(SubmitError::Unsupported(req.io_type));
+        }
+        if req.io_type == IoType::Flush {
+            // A flush covers the whole bdev; a range, if given, must still lie inside it.
+            self.check_range(req)?;
+            return Ok(0);
+        }
+        if req.num_blocks == 0 || req.num_blocks > u32::MAX as u64 {
+            return Err(SubmitError::BadLength {
+                count: req.num_blocks,
+            });
+        }
+        self.check_range(req)?;
         let want_bytes = req.num_blocks * self.block_size;
         if req.io_type.carries_data() {
             if want_bytes > MAX_DATA_BYTES {

@@ -42,6 +42,28 @@ pub struct NullCreateParams {
     pub preferred_unmap_granularity: Option<u32>,
 }
 
+impl NullCreateParams {
+    /// The params SPDK's client sends for a plain null bdev.
+    pub fn new(name: &str, num_blocks: u64, block_size: u64) -> NullCreateParams {
+        NullCreateParams {
+            name: name.to_string(),
+            num_blocks,
+            block_size,
+            uuid: None,
+            md_size: 0,
+            dif_type: 0,
+            physical_block_size: None,
+            dif_is_head_of_md: false,
+            dif_pi_format: None,
+            preferred_write_alignment: None,
+            preferred_write_granularity: None,
+            optimal_write_size: None,
+            preferred_unmap_alignment: None,
+            preferred_unmap_granularity: None,
+        }
+    }
+}
+
 pub struct NullBdev {
     name: String,
     uuid: Uuid,
@@ -87,22 +109,11 @@ impl NullBdev {
     /// A null bdev of `size_bytes`, for the benchmark and tests.
     pub fn with_size(name: &str, size_bytes: u64, block_size: u64) -> Result<NullBdev, BdevError> {
         let bs = check_block_size(block_size)?;
-        NullBdev::create(&NullCreateParams {
-            name: name.to_string(),
-            num_blocks: blocks_for_size(size_bytes, bs)?,
+        NullBdev::create(&NullCreateParams::new(
+            name,
+            blocks_for_size(size_bytes, bs)?,
             block_size,
-            uuid: None,
-            md_size: 0,
-            dif_type: 0,
-            physical_block_size: None,
-            dif_is_head_of_md: false,
-            dif_pi_format: None,
-            preferred_write_alignment: None,
-            preferred_write_granularity: None,
-            optimal_write_size: None,
-            preferred_unmap_alignment: None,
-            preferred_unmap_granularity: None,
-        })
+        ))
     }
 }
 
@@ -270,22 +281,7 @@ mod tests {
 
     #[test]
     fn bad_params_are_refused() {
-        let p = |num_blocks, block_size| NullCreateParams {
-            name: "n".into(),
-            num_blocks,
-            block_size,
-            uuid: None,
-            md_size: 0,
-            dif_type: 0,
-            physical_block_size: None,
-            dif_is_head_of_md: false,
-            dif_pi_format: None,
-            preferred_write_alignment: None,
-            preferred_write_granularity: None,
-            optimal_write_size: None,
-            preferred_unmap_alignment: None,
-            preferred_unmap_granularity: None,
-        };
+        let p = |num_blocks, block_size| NullCreateParams::new("n", num_blocks, block_size);
         assert!(NullBdev::create(&p(0, 512)).is_err());
         assert!(NullBdev::create(&p(8, 520)).is_err());
         assert!(NullBdev::create(&NullCreateParams {
