@@ -22,6 +22,27 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum PoolAction {
+    /// Write a new pool superblock on a file or device (creating the file with --size).
+    Format {
+        path: PathBuf,
+        /// Create (or size) the file: 1G, 512M, ...
+        #[arg(long)]
+        size: Option<String>,
+        /// Segment size, a power of two from 1M to 256M.
+        #[arg(long, default_value = "8M")]
+        segment_size: String,
+        /// Format even if the file already holds a pool (destroys it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the pool's layout and what its log holds.
+    Inspect { path: PathBuf },
+    /// Verify the superblock and every log record's checksums; exits 1 on a problem.
+    Check { path: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Boot the appliance and run until SIGINT/SIGTERM.
     Serve {
@@ -40,6 +61,11 @@ enum Command {
         /// Start with only startup RPC methods live, until framework_start_init.
         #[arg(long)]
         wait_for_rpc: bool,
+    },
+    /// Offline pool tools (run with the appliance stopped).
+    Pool {
+        #[command(subcommand)]
+        action: PoolAction,
     },
     /// Call a JSON-RPC method on a running appliance.
     Rpc {
@@ -154,6 +180,7 @@ fn main() -> ExitCode {
                 Err(e) => usage_error(e),
             }
         }
+        Command::Pool { action } => pool_command(action),
         Command::Rpc {
             socket,
             json,
@@ -263,5 +290,60 @@ fn rpc_command(
             eprintln!("unblend: error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn pool_command(action: PoolAction) -> ExitCode {
+    use unblend::lsv::tools;
+    match action {
+        PoolAction::Format {
+            path,
+            size,
+            segment_size,
+            force,
+        } => {
+            let size = match size.as_deref().map(parse_size).transpose() {
+                Ok(s) => s,
+                Err(e) => return usage_error(e),
+            };
+            let segment = match parse_size(&segment_size) {
+                Ok(s) => s,
+                Err(e) => return usage_error(e),
+            };
+            match tools::format(&path, size, segment, force) {
+                Ok(sb) => {
+                    println!(
+                        "formatted {}: {} segments of {} bytes, uuid {}",
+                        path.display(),
+                        sb.segment_count,
+                        sb.segment_bytes,
+                        sb.uuid
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage_error(e),
+            }
+        }
+        PoolAction::Inspect { path } => match tools::inspect(&path) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage_error(e),
+        },
+        PoolAction::Check { path } => match tools::check(&path) {
+            Ok(problems) if problems.is_empty() => {
+                println!("{}: consistent", path.display());
+                ExitCode::SUCCESS
+            }
+            Ok(problems) => {
+                for p in &problems {
+                    println!("{p}");
+                }
+                eprintln!("unblend: error: {} problem(s) found", problems.len());
+                ExitCode::from(1)
+            }
+            Err(e) => usage_error(e),
+        },
     }
 }

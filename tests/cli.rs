@@ -361,3 +361,52 @@ fn uring_with_sqpoll_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn pool_format_inspect_check() {
+    let dir = tmp_dir("pool_cli");
+    let img = dir.join("pool.img");
+    let p = img.to_str().unwrap();
+    let out = unblend(&[
+        "pool",
+        "format",
+        p,
+        "--size",
+        "256M",
+        "--segment-size",
+        "4M",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("segments of 4194304 bytes"));
+    assert_refused(
+        &unblend(&["pool", "format", p]),
+        "already holds an unblend pool",
+    );
+    let out = unblend(&["pool", "inspect", p]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("format version 1"),
+        "{text}"
+    );
+    let out = unblend(&["pool", "check", p]);
+    assert!(out.status.success());
+    assert_refused(
+        &unblend(&["pool", "inspect", "/nonexistent/pool.img"]),
+        "does not exist",
+    );
+    assert_refused(
+        &unblend(&["pool", "format", p, "--force", "--segment-size", "3M"]),
+        "segment size",
+    );
+    // A corrupt superblock is refused with a clear error, not misread.
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.seek(SeekFrom::Start(50)).unwrap();
+    f.write_all(&[0xEE]).unwrap();
+    drop(f);
+    assert_refused(&unblend(&["pool", "check", p]), "checksum mismatch");
+}

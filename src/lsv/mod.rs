@@ -9,6 +9,7 @@
 pub mod extent_table;
 pub mod format;
 pub mod record;
+pub mod tools;
 pub mod usage;
 
 pub use extent_table::{ExtentTable, Mapping, Update};
