@@ -208,6 +208,17 @@ fn wait_for_rpc_has_spdks_startup_state() {
         let t = Instant::now();
         (w.call("framework_wait_init", None).unwrap(), t.elapsed())
     });
+    // A waiter that half-closes its socket still gets its answer.
+    let mut half = UnixStream::connect(&a.sock).unwrap();
+    half.write_all(br#"{"jsonrpc":"2.0","id":"h","method":"framework_wait_init"}"#)
+        .unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    // Inside a batch, wait_init does not park (the batch's answer must stay one array).
+    c.send_raw(br#"[{"jsonrpc":"2.0","id":1,"method":"framework_wait_init"},{"jsonrpc":"2.0","id":2,"method":"spdk_get_version"}]"#)
+        .unwrap();
+    let batch = c.recv_value().unwrap();
+    assert_eq!(batch[0]["error"]["code"], -1, "{batch}");
+    assert_eq!(batch[1]["id"], 2);
     std::thread::sleep(Duration::from_millis(300));
     assert!(c
         .call("bdev_set_options", Some(json!({"bdev_io_pool_size": 1024})))
@@ -221,6 +232,14 @@ fn wait_for_rpc_has_spdks_startup_state() {
         .contains(&json!("bdev_get_bdevs")));
     assert_eq!(c.call("framework_start_init", None).unwrap(), json!(true));
     let (answer, waited) = waiter.join().unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = String::new();
+    half.read_to_string(&mut got).unwrap();
+    assert_eq!(
+        got.trim_end(),
+        r#"{"jsonrpc":"2.0","id":"h","result":true}"#
+    );
     assert_eq!(answer, json!(true));
     assert!(
         waited >= Duration::from_millis(250),

@@ -169,11 +169,14 @@ impl Bdev for MallocBdev {
 /// zeroes and stop costing RAM, so unmapping a fresh disk does not fault it in); only the
 /// partial pages at the edges are written.
 fn zero_range(disk: *mut u8, len: usize) {
-    const PAGE: usize = 4096;
+    // The kernel's page size (madvise works in whole pages, and rounds the length up).
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    debug_assert!(page.is_power_of_two(), "page size {page}");
     let addr = disk as usize;
-    let first_page = addr.div_ceil(PAGE) * PAGE;
+    let first_page = addr.div_ceil(page) * page;
     let end = addr + len;
-    let last_page = end / PAGE * PAGE;
+    let last_page = end / page * page;
     if last_page > first_page {
         // SAFETY: both edges lie inside [disk, disk+len), which the caller guarantees is in
         // the region; MADV_DONTNEED on a private anonymous mapping makes the pages read as

@@ -103,12 +103,16 @@ impl RecordHeader {
 
     /// Adds one entry; a write's data follows the data already in the record.
     pub fn push(&mut self, e: Entry) -> Result<(), RecordError> {
+        if e.num_blocks == 0 {
+            return Err(RecordError::Inconsistent("empty entry"));
+        }
         let data = if e.op == EntryOp::Write {
             e.num_blocks
         } else {
             0
         };
-        if self.entries.len() >= MAX_ENTRIES || self.data_blocks + data > MAX_DATA_BLOCKS {
+        let total = self.data_blocks.checked_add(data);
+        if self.entries.len() >= MAX_ENTRIES || total.is_none_or(|t| t > MAX_DATA_BLOCKS) {
             return Err(RecordError::Full);
         }
         self.entries.push(e);

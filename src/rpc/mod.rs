@@ -47,6 +47,9 @@ const OUTPUT_HIGH_WATER_BYTES: usize = 1 << 20;
 pub const MAX_BATCH: usize = 1024;
 /// Bytes read from one connection per poll, so one client cannot hog the reactor.
 const READ_BUDGET_BYTES: usize = 1 << 20;
+/// Clients that may wait in `framework_wait_init` at once (leaving slots for the client that
+/// will call `framework_start_init`).
+pub const MAX_INIT_WAITERS: usize = MAX_CONNECTIONS - 8;
 /// Longest request id we accept (a string id is echoed back in the answer).
 pub const MAX_ID_BYTES: usize = 1024;
 /// A connection idle this long may be evicted when a new client finds every slot taken.
@@ -297,6 +300,9 @@ impl RpcServer {
 
     /// Reads what a connection sent, answers every complete request, writes the answers.
     fn service(&mut self, slot: usize) {
+        // Frames read earlier and held back by backpressure are answered first.
+        self.flush(slot);
+        self.process_input(slot);
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
@@ -335,7 +341,9 @@ impl RpcServer {
             let Some(conn) = self.conns[slot].as_mut() else {
                 return;
             };
-            if conn.closing {
+            // Backpressure: stop answering while the client has not read what it was sent;
+            // `service` resumes here once the output drains (EPOLLOUT).
+            if conn.closing || conn.output.len() - conn.written > OUTPUT_HIGH_WATER_BYTES {
                 return;
             }
             match conn.scanner.scan(&conn.input) {
@@ -406,7 +414,7 @@ impl RpcServer {
                 let mut out = vec![b'['];
                 let mut any = false;
                 for item in items {
-                    if let Some((id, outcome)) = self.handle_one(slot, item) {
+                    if let Some((id, outcome)) = self.handle_one(slot, item, true) {
                         if any {
                             out.push(b',');
                         }
@@ -428,7 +436,7 @@ impl RpcServer {
                 }
             }
             other => {
-                if let Some(answer) = self.handle_one(slot, other) {
+                if let Some(answer) = self.handle_one(slot, other, false) {
                     self.send(slot, answer);
                 }
             }
@@ -436,7 +444,7 @@ impl RpcServer {
     }
 
     /// Runs one request; returns its response (None for a notification or a deferred answer).
-    fn handle_one(&mut self, slot: usize, item: Value) -> Option<Answer> {
+    fn handle_one(&mut self, slot: usize, item: Value, in_batch: bool) -> Option<Answer> {
         let req = match parse_request(item) {
             Ok(r) => r,
             Err((id, e)) => return Some((id, Err(e))),
@@ -456,6 +464,16 @@ impl RpcServer {
             && outcome.is_ok()
             && self.ctx.state == RpcState::Startup
         {
+            if in_batch || self.init_waiters.len() >= MAX_INIT_WAITERS {
+                return Some((
+                    id,
+                    Err(RpcError::new(
+                        protocol::INVALID_STATE,
+                        "framework_wait_init can wait only as a single request, and only for \
+                         a bounded number of clients at once",
+                    )),
+                ));
+            }
             let conn = self.conns[slot].as_mut()?;
             if conn.waiting_init {
                 return Some((
@@ -514,7 +532,10 @@ impl RpcServer {
         while conn.written < conn.output.len() {
             match conn.stream.write(&conn.output[conn.written..]) {
                 Ok(0) => break,
-                Ok(n) => conn.written += n,
+                Ok(n) => {
+                    conn.written += n;
+                    conn.last_active = std::time::Instant::now();
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -529,7 +550,9 @@ impl RpcServer {
             if conn.output.capacity() > OUTPUT_HIGH_WATER_BYTES {
                 conn.output.shrink_to(64 * 1024);
             }
-            if conn.closing {
+            // A client that half-closed while waiting in framework_wait_init keeps its
+            // connection (with no events armed) until that answer is written.
+            if conn.closing && !conn.waiting_init {
                 self.close(slot);
                 return;
             }
