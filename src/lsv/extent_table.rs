@@ -9,22 +9,23 @@
 //! ## Entry format (version 1)
 //!
 //! ```text
-//!  63            48 47                                             0
-//! +----------------+------------------------------------------------+
-//! |  seq tag (16)  |  pool block address + 1 (48)                   |
-//! +----------------+------------------------------------------------+
+//!  63  62                                                          0
+//! +---+-------------------------------------------------------------+
+//! | 0 |  pool block address + 1   (0 in the whole entry: never written) |
+//! | 1 |  sequence number of the unmap that left this tombstone          |
+//! +---+-------------------------------------------------------------+
 //! ```
 //!
-//! - The whole entry 0 means "never written": reads zeroes, and any write replaces it.
-//! - Address field all ones is an unmap tombstone: reads zeroes, and still carries the tag of
-//!   the unmap, so that an older write cannot resurrect the block.
-//! - The tag is the low 16 bits of the log record's sequence number. Two writes to one block
-//!   in flight at once (on two reactors) are ordered by it, wrapping: the entry ends as log
-//!   replay would leave it (the higher sequence number wins). This needs the two sequence
-//!   numbers to be within 2^15 of each other: the log writer (not built yet) must hold back
-//!   new records while its oldest in-flight record is `SEQ_WINDOW` behind the newest.
+//! - A never-written entry (0) reads zeroes, and any write replaces it.
+//! - A tombstone reads zeroes and keeps the unmap's sequence number, so an older write still
+//!   in flight cannot resurrect the block.
+//! - Two writes to one block in flight at once (on two reactors) are ordered by sequence
+//!   number, so the entry ends as log replay would leave it (the higher one wins). A mapped
+//!   entry does not store its sequence number: the caller's `seq_of(address)` gives it, from
+//!   the log's segment summaries (the sequence number of the write whose data lives there; a
+//!   block the cleaner moved keeps its original write's number).
 //! - The cleaner moves a block with `remap_if`, which swaps the address only if the entry
-//!   still holds the old one (same tag), so a newer write always wins over a relocation.
+//!   still holds the old one, so a newer write always wins over a relocation.
 
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
@@ -32,13 +33,11 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 pub const FANOUT: usize = 512;
 const FANOUT_BITS: u32 = 9;
 /// Largest pool block address an entry can hold.
-pub const MAX_POOL_BLOCK: u64 = (1 << 48) - 3;
-/// Records in flight must stay within this distance of one another in sequence numbers.
-pub const SEQ_WINDOW: u64 = 1 << 14;
+pub const MAX_POOL_BLOCK: u64 = (1 << 63) - 2;
+/// Largest sequence number a tombstone can hold.
+pub const MAX_SEQ: u64 = (1 << 63) - 1;
 
-const ADDR_MASK: u64 = (1 << 48) - 1;
-/// The address field of an unmap tombstone.
-const TOMBSTONE: u64 = ADDR_MASK;
+const TOMBSTONE_BIT: u64 = 1 << 63;
 
 /// Where a block lives, as an extent-table entry sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,34 +49,36 @@ pub enum Mapping {
 }
 
 #[inline]
-fn tag_of(seq: u64) -> u64 {
-    seq & 0xFFFF
-}
-
-#[inline]
 fn encode(addr: Option<u64>, seq: u64) -> u64 {
-    let a = match addr {
+    match addr {
         Some(a) => {
             debug_assert!(a <= MAX_POOL_BLOCK);
             a + 1
         }
-        None => TOMBSTONE,
-    };
-    (tag_of(seq) << 48) | a
+        None => {
+            debug_assert!(seq <= MAX_SEQ);
+            TOMBSTONE_BIT | seq
+        }
+    }
 }
 
 #[inline]
 fn decode(e: u64) -> Mapping {
-    match e & ADDR_MASK {
-        0 | TOMBSTONE => Mapping::Zero,
-        a => Mapping::At(a - 1),
+    if e == 0 || e & TOMBSTONE_BIT != 0 {
+        Mapping::Zero
+    } else {
+        Mapping::At(e - 1)
     }
 }
 
-/// True if a write tagged `mine` may replace an entry tagged `theirs` (same or newer).
+/// The sequence number behind a non-zero entry.
 #[inline]
-fn newer_or_same(mine: u64, theirs: u64) -> bool {
-    (mine.wrapping_sub(theirs) & 0xFFFF) < 0x8000
+fn seq_of_entry(e: u64, seq_of: &dyn Fn(u64) -> u64) -> u64 {
+    if e & TOMBSTONE_BIT != 0 {
+        e & !TOMBSTONE_BIT
+    } else {
+        seq_of(e - 1)
+    }
 }
 
 struct Leaf {
@@ -222,15 +223,24 @@ impl ExtentTable {
     }
 
     /// Records that the write (or unmap, with `addr` None) with sequence number `seq` put
-    /// `lba` at `addr`, unless a write with a higher sequence number already did.
-    pub fn update(&self, lba: u64, addr: Option<u64>, seq: u64) -> Update {
+    /// `lba` at `addr`, unless a write with a higher sequence number already did. `seq_of`
+    /// gives the sequence number of the write whose data is at a pool address.
+    /// `older_in_flight`: whether any record older than this one may still complete; when
+    /// it may not, an unmap of a never-written range needs no tombstone (and no memory).
+    pub fn update(
+        &self,
+        lba: u64,
+        addr: Option<u64>,
+        seq: u64,
+        seq_of: &dyn Fn(u64) -> u64,
+        older_in_flight: bool,
+    ) -> Update {
         assert!(
             lba < self.num_blocks,
             "lba {lba} beyond {}",
             self.num_blocks
         );
-        if addr.is_none() && self.entry(lba).is_none() {
-            // Unmapping a range never written needs no leaf.
+        if addr.is_none() && !older_in_flight && self.entry(lba).is_none() {
             return Update::Applied {
                 previous: Mapping::Zero,
             };
@@ -239,7 +249,7 @@ impl ExtentTable {
         let new = encode(addr, seq);
         let mut cur = entry.load(Ordering::Acquire);
         loop {
-            if cur != 0 && !newer_or_same(tag_of(seq), cur >> 48) {
+            if cur != 0 && seq_of_entry(cur, seq_of) > seq {
                 return Update::Stale;
             }
             match entry.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
@@ -267,20 +277,21 @@ impl ExtentTable {
         let Some(entry) = self.entry(lba) else {
             return false;
         };
-        let cur = entry.load(Ordering::Acquire);
-        if decode(cur) != Mapping::At(from) {
-            return false;
-        }
-        let moved = (cur & !ADDR_MASK) | (to + 1);
-        debug_assert!(to <= MAX_POOL_BLOCK);
+        debug_assert!(from <= MAX_POOL_BLOCK && to <= MAX_POOL_BLOCK);
         entry
-            .compare_exchange(cur, moved, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(from + 1, to + 1, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
-    /// Blocks that read data (not zeroes).
+    /// Blocks that read data (not zeroes). Racing updates may make a momentary reading
+    /// off by the number in flight; the count itself never drifts.
     pub fn mapped_blocks(&self) -> u64 {
-        self.mapped.load(Ordering::Relaxed)
+        let m = self.mapped.load(Ordering::Relaxed);
+        if m > self.num_blocks {
+            0 // a decrement landed before its increment: transient
+        } else {
+            m
+        }
     }
 
     /// Memory the table uses, in bytes.
@@ -319,12 +330,21 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
+    /// Test oracle: the data at address `a` was written by sequence number `a % 1_000_000`.
+    fn seq_of(a: u64) -> u64 {
+        a % 1_000_000
+    }
+
+    fn addr(seq: u64) -> u64 {
+        7_000_000 + seq
+    }
+
     #[test]
     fn unwritten_reads_zero_and_costs_no_leaf() {
         let t = ExtentTable::new(1 << 30);
         assert_eq!(t.lookup(12345), Mapping::Zero);
         assert_eq!(
-            t.update(7, None, 1),
+            t.update(7, None, 1, &seq_of, false),
             Update::Applied {
                 previous: Mapping::Zero
             }
@@ -333,54 +353,67 @@ mod tests {
     }
 
     #[test]
-    fn higher_sequence_wins_in_either_order() {
+    fn higher_sequence_wins_in_either_order_however_far_apart() {
         let t = ExtentTable::new(1024);
-        assert!(matches!(t.update(5, Some(100), 11), Update::Applied { .. }));
-        assert_eq!(t.update(5, Some(200), 10), Update::Stale);
-        assert_eq!(t.lookup(5), Mapping::At(100));
-        // Across the 16-bit wrap.
         assert!(matches!(
-            t.update(6, Some(1), 0xFFFF),
+            t.update(5, Some(addr(11)), 11, &seq_of, true),
             Update::Applied { .. }
         ));
+        assert_eq!(
+            t.update(5, Some(addr(10)), 10, &seq_of, true),
+            Update::Stale
+        );
+        assert_eq!(t.lookup(5), Mapping::At(addr(11)));
+        // A write long after the entry's (no wrap-around: sequence numbers are whole).
         assert!(matches!(
-            t.update(6, Some(2), 0x1_0001),
+            t.update(5, Some(addr(900_001)), 900_001, &seq_of, true),
             Update::Applied { .. }
         ));
-        assert_eq!(t.update(6, Some(3), 0xFFFE), Update::Stale);
-        assert_eq!(t.lookup(6), Mapping::At(2));
         // An unmap is ordered like a write: an older write cannot resurrect the block.
         assert!(matches!(
-            t.update(5, None, 12),
+            t.update(5, None, 900_002, &seq_of, true),
             Update::Applied {
-                previous: Mapping::At(100)
+                previous: Mapping::At(_)
             }
         ));
-        assert_eq!(t.update(5, Some(300), 11), Update::Stale);
+        assert_eq!(
+            t.update(5, Some(addr(900_000)), 900_000, &seq_of, true),
+            Update::Stale
+        );
         assert_eq!(t.lookup(5), Mapping::Zero);
-        assert_eq!(t.mapped_blocks(), 1);
+        // With an older write in flight, unmapping a never-written block leaves a tombstone.
+        t.update(600, None, 50, &seq_of, true);
+        assert_eq!(
+            t.update(600, Some(addr(49)), 49, &seq_of, true),
+            Update::Stale
+        );
+        assert_eq!(t.mapped_blocks(), 0);
     }
 
     #[test]
-    fn remap_if_loses_to_a_newer_write() {
+    fn remap_if_loses_to_a_newer_write_and_keeps_the_original_order() {
         let t = ExtentTable::new(1024);
-        t.update(9, Some(40), 1);
-        assert!(t.remap_if(9, 40, 41));
-        assert_eq!(t.lookup(9), Mapping::At(41));
-        t.update(9, Some(50), 2);
-        assert!(!t.remap_if(9, 41, 42), "a stale relocation must not win");
-        assert_eq!(t.lookup(9), Mapping::At(50));
-        // The relocation kept the tag: a write older than the relocated one is still stale.
-        t.update(10, Some(60), 30);
-        assert!(t.remap_if(10, 60, 61));
-        assert_eq!(t.update(10, Some(70), 29), Update::Stale);
+        t.update(9, Some(addr(1)), 1, &seq_of, true);
+        // The cleaner copies the block to a new address that still carries seq 1.
+        assert!(t.remap_if(9, addr(1), 8_000_000 + 1));
+        assert_eq!(t.lookup(9), Mapping::At(8_000_001));
+        // A user write (seq 2) in flight during the move wins over the moved copy.
+        assert!(matches!(
+            t.update(9, Some(addr(2)), 2, &seq_of, true),
+            Update::Applied { .. }
+        ));
+        assert!(
+            !t.remap_if(9, 8_000_001, 9_000_001),
+            "a stale relocation must not win"
+        );
+        assert_eq!(t.lookup(9), Mapping::At(addr(2)));
     }
 
     #[test]
     fn eight_bytes_per_mapped_block_when_dense() {
         let t = ExtentTable::new(1 << 20);
         for lba in 0..(1 << 20) {
-            t.update(lba, Some(lba + 1000), 1);
+            t.update(lba, Some(addr(1)), 1, &seq_of, false);
         }
         let per_block = t.memory_bytes() as f64 / t.mapped_blocks() as f64;
         assert!(per_block <= 8.1, "{per_block} bytes per mapped block");
@@ -396,7 +429,7 @@ mod tests {
                     for round in 0..2000u64 {
                         let seq = round * 4 + w;
                         for lba in 0..64 {
-                            t.update(lba, Some(seq), seq);
+                            t.update(lba, Some(addr(seq)), seq, &seq_of, true);
                         }
                     }
                 })
@@ -406,52 +439,55 @@ mod tests {
             th.join().unwrap();
         }
         for lba in 0..64 {
-            assert_eq!(t.lookup(lba), Mapping::At(1999 * 4 + 3));
+            assert_eq!(t.lookup(lba), Mapping::At(addr(1999 * 4 + 3)));
         }
         assert_eq!(t.mapped_blocks(), 64);
     }
 
     #[derive(Debug, Clone)]
     enum Op {
-        Write { lba: u64, addr: u64 },
+        Write { lba: u64 },
         Unmap { lba: u64 },
-        Relocate { lba: u64, to: u64 },
+        Relocate { lba: u64 },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0..2048u64, 0..1_000_000u64).prop_map(|(lba, addr)| Op::Write { lba, addr }),
+            (0..2048u64).prop_map(|lba| Op::Write { lba }),
             (0..2048u64).prop_map(|lba| Op::Unmap { lba }),
-            (0..2048u64, 0..1_000_000u64).prop_map(|(lba, to)| Op::Relocate { lba, to }),
+            (0..2048u64).prop_map(|lba| Op::Relocate { lba }),
         ]
     }
 
     proptest! {
         /// The table against a BTreeMap model, for writes, unmaps and relocations in
-        /// sequence order.
+        /// sequence order (addresses encode the sequence number of their data).
         #[test]
         fn matches_a_btreemap_model(ops in proptest::collection::vec(op(), 1..400)) {
             let t = ExtentTable::new(2048);
             let mut model: BTreeMap<u64, u64> = BTreeMap::new();
-            for (seq, op) in ops.iter().enumerate() {
+            for (i, op) in ops.iter().enumerate() {
+                let seq = i as u64 + 1;
                 match *op {
-                    Op::Write { lba, addr } => {
-                        let applied = matches!(t.update(lba, Some(addr), seq as u64), Update::Applied { .. });
+                    Op::Write { lba } => {
+                        let applied = matches!(t.update(lba, Some(addr(seq)), seq, &seq_of, true), Update::Applied { .. });
                         prop_assert!(applied);
-                        model.insert(lba, addr);
+                        model.insert(lba, addr(seq));
                     }
                     Op::Unmap { lba } => {
-                        t.update(lba, None, seq as u64);
+                        t.update(lba, None, seq, &seq_of, i % 2 == 0);
                         model.remove(&lba);
                     }
-                    Op::Relocate { lba, to } => {
+                    Op::Relocate { lba } => {
                         let moved = match model.get(&lba) {
-                            Some(&from) => t.remap_if(lba, from, to),
-                            None => t.remap_if(lba, 0, to),
+                            // The copy keeps its data's sequence number (same residue).
+                            Some(&from) => t.remap_if(lba, from, from + 1_000_000),
+                            None => t.remap_if(lba, 5, 6),
                         };
                         prop_assert_eq!(moved, model.contains_key(&lba));
                         if moved {
-                            model.insert(lba, to);
+                            let from = model[&lba];
+                            model.insert(lba, from + 1_000_000);
                         }
                     }
                 }
