@@ -102,6 +102,14 @@ impl IoVec {
         }
     }
 
+    /// A zero-length placeholder (for preallocated arrays); never submitted as data.
+    pub const fn empty() -> IoVec {
+        IoVec {
+            addr: std::ptr::null_mut(),
+            len: 0,
+        }
+    }
+
     pub fn addr(&self) -> *mut u8 {
         self.addr
     }
@@ -312,13 +320,13 @@ pub fn blocks_for_size(size_bytes: u64, block_size: u32) -> Result<u64, BdevErro
     Ok(size_bytes / block_size as u64)
 }
 
-/// Checks a bdev name: 1..=255 bytes of letters, digits and `._-:`.
+/// Checks a bdev name: 1..=255 bytes of letters, digits and `._-:/` (a volume is `pool/name`).
 pub fn check_name(name: &str) -> Result<(), BdevError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -355,7 +363,8 @@ mod tests {
     #[test]
     fn names() {
         assert!(check_name("Malloc0").is_ok());
-        assert!(check_name("lvs/vol").is_err());
+        assert!(check_name("lvs/vol").is_ok());
+        assert!(check_name("a b").is_err());
         assert!(check_name("").is_err());
         assert!(check_name(&"x".repeat(256)).is_err());
     }

@@ -8,9 +8,13 @@
 
 pub mod extent_table;
 pub mod format;
+pub mod pool;
 pub mod record;
 pub mod tools;
 pub mod usage;
+pub mod volume;
 
 pub use extent_table::{ExtentTable, Mapping, Update};
 pub use format::{FormatError, Superblock};
+#[cfg(test)]
+mod sim_test;

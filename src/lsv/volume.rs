@@ -1,0 +1,542 @@
+//! A volume: a thin bdev whose writes are appended to the pool's log.
+//!
+//! Each channel (one per reactor) keeps its own log head: an open segment and the next free
+//! block in it. Writes that arrive between two polls are gathered into one record (group
+//! commit): a header block, then every write's data, written with one vectored FUA write to
+//! the base bdev. When it completes, the extent table points each block at its new home and
+//! the writes are acknowledged, so an acknowledged write is durable and FLUSH has nothing left
+//! to wait for. Reads look each block up and read runs of contiguous pool blocks; blocks never
+//! written, or unmapped, read as zeroes. UNMAP and WRITE_ZEROES are records without data.
+//!
+//! Limits of this version: a log head per (volume, reactor) rather than per reactor; at most
+//! 63 writes and 4 MiB of data per record; 8 iovecs per write; no cleaner, so a pool whose
+//! free segments are used up fails writes with ENOSPC.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::extent_table::{ExtentTable, Mapping};
+use super::pool::{LsvPool, VolumeMeta};
+use super::record::{
+    header_blocks_for, Entry, EntryOp, RecordHeader, BLOCK_BYTES, MAX_DATA_BLOCKS,
+};
+use super::usage::{SegmentState, UsageDeltas};
+use crate::bdev::{
+    Bdev, BdevChannel, BdevError, ChannelContext, IoChannel, IoCompletion, IoRequest, IoStatus,
+    IoType, IoVec, SlotCompletion, SubmitError, MAX_IOVS,
+};
+use crate::mem::{BufferPool, BufferPoolConfig, DmaBuf};
+
+/// Writes gathered into one record at most (one header block holds 126 entries; the iovec
+/// budget of one base request is the tighter bound).
+pub const MAX_WRITES_PER_RECORD: usize = 63;
+/// Records one channel has in flight at once.
+pub const RECORDS_IN_FLIGHT: usize = 8;
+/// Iovecs one write may carry.
+pub const MAX_WRITE_IOVS: usize = 8;
+/// Blocks one UNMAP / WRITE_ZEROES may cover (each block is one extent-table update).
+pub const MAX_UNMAP_BLOCKS: u64 = 1 << 20;
+/// Blocks one READ may cover (each contiguous run of pool blocks is one base read).
+pub const MAX_READ_BLOCKS: u64 = 64;
+
+pub struct LsvVolume {
+    pool: Arc<LsvPool>,
+    meta: VolumeMeta,
+    table: Arc<ExtentTable>,
+    bdev_name: String,
+}
+
+impl LsvVolume {
+    pub fn new(pool: Arc<LsvPool>, meta: VolumeMeta, table: Arc<ExtentTable>) -> LsvVolume {
+        let bdev_name = format!("{}/{}", pool.name, meta.name);
+        LsvVolume {
+            pool,
+            meta,
+            table,
+            bdev_name,
+        }
+    }
+
+    pub fn table(&self) -> &Arc<ExtentTable> {
+        &self.table
+    }
+}
+
+impl Bdev for LsvVolume {
+    fn name(&self) -> &str {
+        &self.bdev_name
+    }
+    fn uuid(&self) -> Uuid {
+        self.meta.uuid
+    }
+    fn block_size(&self) -> u32 {
+        BLOCK_BYTES as u32
+    }
+    fn num_blocks(&self) -> u64 {
+        self.meta.num_blocks
+    }
+    fn product_name(&self) -> &'static str {
+        "Logical Volume"
+    }
+    fn supports(&self, _io_type: IoType) -> bool {
+        true
+    }
+    fn create_channel(&self, ctx: &ChannelContext) -> Result<Box<dyn BdevChannel>, BdevError> {
+        let qd = ctx.queue_depth as usize;
+        // Record headers come from the reactor's pool when it has one, else a small own pool.
+        let headers = match &ctx.buffers {
+            Some(p) if p.available() >= RECORDS_IN_FLIGHT => p.clone(),
+            _ => Rc::new(
+                BufferPool::new(BufferPoolConfig {
+                    buf_bytes: BLOCK_BYTES,
+                    count: RECORDS_IN_FLIGHT,
+                    try_hugepages: false,
+                })
+                .map_err(|e| BdevError::Channel(e.to_string()))?,
+            ),
+        };
+        // Every read may need a base read per block in the worst case.
+        let base_qd = (qd * MAX_READ_BLOCKS as usize + RECORDS_IN_FLIGHT).min(4096);
+        let base = self.pool.base.open_channel(&ChannelContext {
+            queue_depth: base_qd as u32,
+            buffers: ctx.buffers.clone(),
+        })?;
+        Ok(Box::new(VolumeChannel {
+            pool: self.pool.clone(),
+            volume: self.meta.id as u64,
+            table: self.table.clone(),
+            base,
+            headers,
+            head: None,
+            pending: Vec::with_capacity(qd),
+            records: (0..RECORDS_IN_FLIGHT).map(|_| None).collect(),
+            order: std::collections::VecDeque::with_capacity(RECORDS_IN_FLIGHT),
+            outcome: vec![None; RECORDS_IN_FLIGHT],
+            read_parts: vec![0; qd],
+            read_status: vec![IoStatus::Success; qd],
+            done: Vec::with_capacity(qd),
+            base_done: Vec::with_capacity(qd + RECORDS_IN_FLIGHT),
+            deltas: UsageDeltas::default(),
+            runs: Vec::with_capacity(MAX_READ_BLOCKS as usize),
+            doomed: vec![false; RECORDS_IN_FLIGHT],
+        }))
+    }
+    fn driver_info(&self) -> Value {
+        json!({ "lvol": { "lvol_store_uuid": self.pool.sb.uuid.to_string(), "base_bdev": self.pool.base.bdev.name(), "thin_provision": true } })
+    }
+    fn config_json(&self) -> Value {
+        json!({
+            "method": "bdev_lvol_create",
+            "params": {
+                "lvs_name": self.pool.name,
+                "lvol_name": self.meta.name,
+                "size_in_mib": (self.meta.num_blocks * BLOCK_BYTES as u64) >> 20,
+                "thin_provision": true,
+            }
+        })
+    }
+}
+
+struct PendingWrite {
+    slot: u32,
+    op: EntryOp,
+    lba: u64,
+    num_blocks: u32,
+    iovs: [IoVec; MAX_WRITE_IOVS],
+    iov_count: usize,
+}
+
+struct Head {
+    seg: u64,
+    next_block: u64,
+}
+
+struct InFlightRecord {
+    header: RecordHeader,
+    header_buf: DmaBuf,
+    first_data_pba: u64,
+    slots: Vec<u32>,
+}
+
+/// Base-channel tags: records and read parts.
+const READ_TAG: u64 = 1 << 40;
+
+struct VolumeChannel {
+    pool: Arc<LsvPool>,
+    volume: u64,
+    table: Arc<ExtentTable>,
+    base: IoChannel,
+    headers: Rc<BufferPool>,
+    head: Option<Head>,
+    pending: Vec<PendingWrite>,
+    records: Vec<Option<InFlightRecord>>,
+    /// Record slots in the order their records were placed in the log, and each one's
+    /// outcome once its write completes. Records are applied and acknowledged strictly in
+    /// this order, so the acknowledged records are always an unbroken prefix of the log:
+    /// recovery reads a segment's chain up to its first hole, and nothing acknowledged can
+    /// lie beyond one.
+    order: std::collections::VecDeque<usize>,
+    outcome: Vec<Option<IoStatus>>,
+    read_parts: Vec<u32>,
+    read_status: Vec<IoStatus>,
+    done: Vec<SlotCompletion>,
+    base_done: Vec<IoCompletion>,
+    deltas: UsageDeltas,
+    /// Record slots in flight behind a failed record; they fail when they complete.
+    doomed: Vec<bool>,
+    /// Scratch for one read's runs: (first pool block, blocks, destination).
+    runs: Vec<(u64, u64, *mut u8)>,
+}
+
+impl VolumeChannel {
+    fn blocks_per_segment(&self) -> u64 {
+        self.pool.sb.segment_bytes / BLOCK_BYTES as u64
+    }
+
+    /// Room for `blocks` in the open segment, sealing it and opening another when full.
+    fn reserve(&mut self, blocks: u64) -> Option<(u64, u64)> {
+        if let Some(h) = &self.head {
+            if h.next_block + blocks <= self.blocks_per_segment() {
+                let at = (h.seg, h.next_block);
+                self.head.as_mut().expect("checked").next_block += blocks;
+                return Some(at);
+            }
+            let sealed =
+                self.pool
+                    .usage
+                    .transition(h.seg, SegmentState::Open, SegmentState::Sealed);
+            debug_assert!(sealed);
+            self.head = None;
+        }
+        let seg = self.pool.usage.open_free()?;
+        self.head = Some(Head {
+            seg,
+            next_block: blocks,
+        });
+        Some((seg, 0))
+    }
+
+    /// Turns the writes gathered this pass into records and submits them.
+    fn commit(&mut self) {
+        while !self.pending.is_empty() {
+            let Some(slot_idx) = self.records.iter().position(|r| r.is_none()) else {
+                return; // all record slots busy: the rest waits for the next pass
+            };
+            // Take as many pending writes as fit one record.
+            let mut take = 0;
+            let mut data_blocks = 0u32;
+            let mut iovs = 1;
+            for w in &self.pending {
+                let d = if w.op == EntryOp::Write {
+                    w.num_blocks
+                } else {
+                    0
+                };
+                if take == MAX_WRITES_PER_RECORD
+                    || data_blocks + d > MAX_DATA_BLOCKS
+                    || iovs + w.iov_count > MAX_IOVS
+                {
+                    break;
+                }
+                take += 1;
+                data_blocks += d;
+                iovs += w.iov_count;
+            }
+            debug_assert!(take > 0, "a single write always fits a record");
+            let blocks = header_blocks_for(take) as u64 + data_blocks as u64;
+            let Some((seg, at)) = self.reserve(blocks) else {
+                // Pool full: fail what cannot be written; reads and unmaps of mapped data go on.
+                for w in self.pending.drain(..take) {
+                    self.done.push(SlotCompletion {
+                        slot: w.slot,
+                        status: IoStatus::Failed(libc::ENOSPC),
+                    });
+                }
+                continue;
+            };
+            let Some(mut header_buf) = self.headers.get() else {
+                return;
+            };
+            let seq = self.pool.next_seq();
+            let mut header = RecordHeader::new(seq, seg, seq);
+            let mut crc = 0u32;
+            let mut base_iovs: [IoVec; MAX_IOVS] = [IoVec::empty(); MAX_IOVS];
+            let mut n = 1;
+            let mut slots = Vec::with_capacity(take);
+            for w in self.pending.drain(..take) {
+                let mut wcrc = 0u32;
+                if w.op == EntryOp::Write {
+                    for v in &w.iovs[..w.iov_count] {
+                        // SAFETY: IoVec's contract: valid, and ours until we complete the write.
+                        let bytes = unsafe { std::slice::from_raw_parts(v.addr(), v.len()) };
+                        wcrc = crc32c::crc32c_append(wcrc, bytes);
+                        crc = crc32c::crc32c_append(crc, bytes);
+                        base_iovs[n] = *v;
+                        n += 1;
+                    }
+                }
+                header
+                    .push(Entry {
+                        volume: self.volume,
+                        lba: w.lba,
+                        num_blocks: w.num_blocks,
+                        op: w.op,
+                        data_crc: wcrc,
+                    })
+                    .expect("sized to fit above");
+                slots.push(w.slot);
+            }
+            header.data_crc = crc;
+            let hb = header.header_blocks as usize * BLOCK_BYTES;
+            header.encode(&mut header_buf.as_mut_slice()[..hb]);
+            // SAFETY: the header buffer stays on loan to this record until it completes.
+            base_iovs[0] = unsafe { IoVec::from_buf(&mut header_buf, hb) };
+            let start_pba = self.pool.segment_first_block(seg) + at;
+            self.pool
+                .summarize(&header, start_pba + header.header_blocks as u64);
+            let req = IoRequest {
+                io_type: IoType::Write,
+                offset_blocks: start_pba,
+                num_blocks: blocks,
+                iovs: &base_iovs[..n],
+                fua: true,
+                tag: slot_idx as u64,
+            };
+            match self.base.submit(&req, 0) {
+                Ok(()) => {
+                    self.order.push_back(slot_idx);
+                    self.outcome[slot_idx] = None;
+                    self.records[slot_idx] = Some(InFlightRecord {
+                        first_data_pba: start_pba + header.header_blocks as u64,
+                        header,
+                        header_buf,
+                        slots,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!("lsv record submit failed: {e}");
+                    self.pool.record_done();
+                    self.headers.put(header_buf);
+                    for s in slots {
+                        self.done.push(SlotCompletion {
+                            slot: s,
+                            status: IoStatus::Failed(libc::EIO),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Notes a record's outcome, then applies and acknowledges every record at the head of
+    /// the log order whose write has completed. A failed record fails every record behind it
+    /// (they sit beyond a hole that recovery would stop at) and closes the segment.
+    fn record_completed(&mut self, idx: usize, status: IoStatus) {
+        self.outcome[idx] = Some(status);
+        let mut failed = false;
+        while let Some(&front) = self.order.front() {
+            let Some(status) = self.outcome[front] else {
+                break;
+            };
+            self.order.pop_front();
+            self.outcome[front] = None;
+            let status = if failed {
+                IoStatus::Failed(libc::EIO)
+            } else {
+                status
+            };
+            if status != IoStatus::Success && !failed {
+                failed = true;
+                if let Some(h) = self.head.take() {
+                    self.pool
+                        .usage
+                        .transition(h.seg, SegmentState::Open, SegmentState::Sealed);
+                }
+            }
+            self.finish_record(front, status);
+        }
+        if failed {
+            for &behind in &self.order {
+                self.doomed[behind] = true;
+            }
+        }
+    }
+
+    fn finish_record(&mut self, idx: usize, status: IoStatus) {
+        let Some(rec) = self.records[idx].take() else {
+            return;
+        };
+        if status == IoStatus::Success {
+            let pool = self.pool.clone();
+            pool.apply_record(&rec.header, rec.first_data_pba, &mut self.deltas, true);
+        }
+        self.pool.record_done();
+        self.headers.put(rec.header_buf);
+        for s in rec.slots {
+            self.done.push(SlotCompletion { slot: s, status });
+        }
+    }
+
+    fn submit_read(&mut self, slot: u32, req: &IoRequest<'_>) -> Result<(), SubmitError> {
+        if req.num_blocks > MAX_READ_BLOCKS {
+            return Err(SubmitError::BadLength {
+                count: req.num_blocks,
+            });
+        }
+        // Map each block of the request to its place in the caller's iovecs, zero the
+        // unmapped ones, and gather runs of contiguous pool blocks into `runs`.
+        self.runs.clear();
+        let mut block = 0u64;
+        for v in req.iovs {
+            if v.len() % BLOCK_BYTES != 0 {
+                return Err(SubmitError::Unsupported(IoType::Read));
+            }
+            for k in 0..(v.len() / BLOCK_BYTES) {
+                // SAFETY: inside the caller's iovec (k < len / 4096).
+                let dst = unsafe { v.addr().add(k * BLOCK_BYTES) };
+                match self.table.lookup(req.offset_blocks + block) {
+                    // SAFETY: one block of the caller's memory, ours until completion.
+                    Mapping::Zero => unsafe { std::ptr::write_bytes(dst, 0, BLOCK_BYTES) },
+                    Mapping::At(pba) => match self.runs.last_mut() {
+                        Some((p, n, d))
+                            if *p + *n == pba
+                                && *d as usize + *n as usize * BLOCK_BYTES == dst as usize =>
+                        {
+                            *n += 1
+                        }
+                        _ => self.runs.push((pba, 1, dst)),
+                    },
+                }
+                block += 1;
+            }
+        }
+        let room = self.base.queue_depth() - self.base.in_flight();
+        if self.runs.len() as u32 > room {
+            return Err(SubmitError::QueueFull(self.base.queue_depth()));
+        }
+        self.read_status[slot as usize] = IoStatus::Success;
+        self.read_parts[slot as usize] = self.runs.len() as u32;
+        if self.runs.is_empty() {
+            self.done.push(SlotCompletion {
+                slot,
+                status: IoStatus::Success,
+            });
+            return Ok(());
+        }
+        for i in 0..self.runs.len() {
+            let (pba, blocks, dst) = self.runs[i];
+            // SAFETY: the run lies in one of the caller's iovecs (it only grew while it stayed
+            // contiguous inside it), ours until this read completes.
+            let iov = unsafe { IoVec::from_raw(dst, blocks as usize * BLOCK_BYTES) };
+            let r = self.base.submit(
+                &IoRequest {
+                    io_type: IoType::Read,
+                    offset_blocks: pba,
+                    num_blocks: blocks,
+                    iovs: &[iov],
+                    fua: false,
+                    tag: READ_TAG | slot as u64,
+                },
+                0,
+            );
+            // Room was checked above, and every run lies inside the base bdev.
+            debug_assert!(r.is_ok(), "read part refused: {r:?}");
+            if r.is_err() {
+                self.read_parts[slot as usize] -= 1;
+                self.read_status[slot as usize] = IoStatus::Failed(libc::EIO);
+            }
+        }
+        if self.read_parts[slot as usize] == 0 {
+            self.done.push(SlotCompletion {
+                slot,
+                status: self.read_status[slot as usize],
+            });
+        }
+        Ok(())
+    }
+}
+
+impl BdevChannel for VolumeChannel {
+    fn submit(&mut self, slot: u32, req: &IoRequest<'_>) -> Result<(), SubmitError> {
+        match req.io_type {
+            IoType::Read => self.submit_read(slot, req),
+            IoType::Write | IoType::Unmap | IoType::WriteZeroes => {
+                if req.iovs.len() > MAX_WRITE_IOVS {
+                    return Err(SubmitError::TooManyIovs(req.iovs.len()));
+                }
+                let write = req.io_type == IoType::Write;
+                if !write && req.num_blocks > MAX_UNMAP_BLOCKS {
+                    return Err(SubmitError::BadLength {
+                        count: req.num_blocks,
+                    });
+                }
+                if write && req.num_blocks > MAX_DATA_BLOCKS as u64 {
+                    return Err(SubmitError::BadLength {
+                        count: req.num_blocks,
+                    });
+                }
+                let mut iovs = [IoVec::empty(); MAX_WRITE_IOVS];
+                for (d, s) in iovs.iter_mut().zip(req.iovs) {
+                    *d = *s;
+                }
+                self.pending.push(PendingWrite {
+                    slot,
+                    op: if write {
+                        EntryOp::Write
+                    } else {
+                        EntryOp::Unmap
+                    },
+                    lba: req.offset_blocks,
+                    num_blocks: req.num_blocks as u32,
+                    iovs,
+                    iov_count: if write { req.iovs.len() } else { 0 },
+                });
+                Ok(())
+            }
+            // Every acknowledged write was written with FUA: nothing is left to make durable.
+            IoType::Flush => {
+                self.done.push(SlotCompletion {
+                    slot,
+                    status: IoStatus::Success,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn poll(&mut self, done: &mut Vec<SlotCompletion>) {
+        self.commit();
+        self.base_done.clear();
+        let mut base_done = std::mem::take(&mut self.base_done);
+        self.base.poll(0, &mut base_done);
+        for c in base_done.drain(..) {
+            if c.tag & READ_TAG != 0 {
+                let slot = (c.tag & !READ_TAG) as usize;
+                if c.status != IoStatus::Success {
+                    self.read_status[slot] = c.status;
+                }
+                self.read_parts[slot] -= 1;
+                if self.read_parts[slot] == 0 {
+                    self.done.push(SlotCompletion {
+                        slot: slot as u32,
+                        status: self.read_status[slot],
+                    });
+                }
+            } else {
+                let idx = c.tag as usize;
+                let status = if std::mem::take(&mut self.doomed[idx]) {
+                    IoStatus::Failed(libc::EIO)
+                } else {
+                    c.status
+                };
+                self.record_completed(idx, status);
+            }
+        }
+        self.base_done = base_done;
+        self.pool.apply_deltas(&mut self.deltas);
+        done.append(&mut self.done);
+    }
+}
