@@ -167,6 +167,8 @@ pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
     let mut sqpoll = false;
     let mut bs_given = false;
     let mut zero_reads = true;
+    let mut volume_bytes: u64 = 1 << 30;
+    let mut segment_bytes: u64 = crate::lsv::format::DEFAULT_SEGMENT_BYTES;
     for (k, v) in &fields {
         match k.as_str() {
             "size" => size = Some(parse_size(v).map_err(BenchError::Usage)?),
@@ -174,7 +176,11 @@ pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
                 bs = parse_size(v).map_err(BenchError::Usage)?;
                 bs_given = true;
             }
-            "path" | "filename" if kind == "uring" => path = Some(v.clone()),
+            "path" | "filename" if kind == "uring" || kind == "lsv" => path = Some(v.clone()),
+            "volume" if kind == "lsv" => volume_bytes = parse_size(v).map_err(BenchError::Usage)?,
+            "segment" if kind == "lsv" => {
+                segment_bytes = parse_size(v).map_err(BenchError::Usage)?
+            }
             "zero" if kind == "null" => zero_reads = !matches!(v.as_str(), "0" | "false" | "no"),
             "sqpoll" if kind == "uring" => sqpoll = matches!(v.as_str(), "1" | "true" | "yes"),
             other => {
@@ -205,9 +211,30 @@ pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
                 sqpoll,
             })?)
         }
+        "lsv" => {
+            // A fresh pool on a uring file, formatted now, with one thin volume.
+            let path =
+                path.ok_or_else(|| BenchError::Usage(format!("bdev spec {spec:?} needs path=…")))?;
+            let base =
+                BdevRegistry::new().register(Arc::new(UringBdev::create(&UringCreateParams {
+                    name: "bench_pool_base".into(),
+                    filename: path,
+                    block_size: Some(4096),
+                    uuid: None,
+                    size_bytes: size,
+                    sqpoll: false,
+                })?))?;
+            let pool = crate::lsv::pool::LsvPool::create("bench_pool", base, segment_bytes)
+                .map_err(|e| BenchError::Usage(e.to_string()))?;
+            let blocks = crate::bdev::blocks_for_size(volume_bytes, 4096)?;
+            let (meta, table) = pool
+                .create_volume("vol", blocks)
+                .map_err(|e| BenchError::Usage(e.to_string()))?;
+            Arc::new(crate::lsv::volume::LsvVolume::new(pool, meta, table))
+        }
         other => {
             return Err(BenchError::Usage(format!(
-                "unknown bdev type {other:?} (expected null, malloc or uring)"
+                "unknown bdev type {other:?} (expected null, malloc, uring or lsv)"
             )))
         }
     })

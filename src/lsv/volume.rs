@@ -86,18 +86,16 @@ impl Bdev for LsvVolume {
     }
     fn create_channel(&self, ctx: &ChannelContext) -> Result<Box<dyn BdevChannel>, BdevError> {
         let qd = ctx.queue_depth as usize;
-        // Record headers come from the reactor's pool when it has one, else a small own pool.
-        let headers = match &ctx.buffers {
-            Some(p) if p.available() >= RECORDS_IN_FLIGHT => p.clone(),
-            _ => Rc::new(
-                BufferPool::new(BufferPoolConfig {
-                    buf_bytes: BLOCK_BYTES,
-                    count: RECORDS_IN_FLIGHT,
-                    try_hugepages: false,
-                })
-                .map_err(|e| BdevError::Channel(e.to_string()))?,
-            ),
-        };
+        // Record headers come from a small pool of the channel's own, so that the caller's
+        // use of the reactor's pool can never starve the log of header buffers.
+        let headers = Rc::new(
+            BufferPool::new(BufferPoolConfig {
+                buf_bytes: BLOCK_BYTES,
+                count: RECORDS_IN_FLIGHT,
+                try_hugepages: false,
+            })
+            .map_err(|e| BdevError::Channel(e.to_string()))?,
+        );
         // Every read may need a base read per block in the worst case.
         let base_qd = (qd * MAX_READ_BLOCKS as usize + RECORDS_IN_FLIGHT).min(4096);
         let base = self.pool.base.open_channel(&ChannelContext {
@@ -247,7 +245,12 @@ impl VolumeChannel {
             }
             debug_assert!(take > 0, "a single write always fits a record");
             let blocks = header_blocks_for(take) as u64 + data_blocks as u64;
+            // A free record slot implies a free header buffer (both RECORDS_IN_FLIGHT).
+            let Some(mut header_buf) = self.headers.get() else {
+                return;
+            };
             let Some((seg, at)) = self.reserve(blocks) else {
+                self.headers.put(header_buf);
                 // Pool full: fail what cannot be written; reads and unmaps of mapped data go on.
                 for w in self.pending.drain(..take) {
                     self.done.push(SlotCompletion {
@@ -256,9 +259,6 @@ impl VolumeChannel {
                     });
                 }
                 continue;
-            };
-            let Some(mut header_buf) = self.headers.get() else {
-                return;
             };
             let seq = self.pool.next_seq();
             let mut header = RecordHeader::new(seq, seg, seq);
