@@ -16,6 +16,8 @@ if ! command -v jq >/dev/null; then
 fi
 export CARGO_TERM_COLOR=never
 cargo test --locked
+# The log-structured store's crash simulation over 1,000 seeds (cargo test runs 200).
+UNBLEND_SIM_SEEDS=1000 cargo test --locked --lib crash_simulation
 cargo bench --locked --no-run --quiet
 
 VENV=target/venv
