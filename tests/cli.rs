@@ -410,3 +410,23 @@ fn pool_format_inspect_check() {
     drop(f);
     assert_refused(&unblend(&["pool", "check", p]), "checksum mismatch");
 }
+
+#[test]
+fn verify_passes_on_an_lsv_volume_over_a_uring_file() {
+    let dir = tmp_dir("verify_lsv");
+    let spec = format!(
+        "lsv:path={},size=256M,volume=64M,segment=1M",
+        dir.join("pool.img").display()
+    );
+    let out = bench(&[
+        "--bdev", &spec, "-w", "verify", "-q", "16", "-o", "8k", "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(v["total"]["ios"].as_u64().unwrap() > 100, "{v}");
+}
