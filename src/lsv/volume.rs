@@ -251,7 +251,8 @@ impl VolumeChannel {
             };
             let Some((seg, at)) = self.reserve(blocks) else {
                 self.headers.put(header_buf);
-                // Pool full: fail what cannot be written; reads and unmaps of mapped data go on.
+                // Pool full: fail what cannot be logged (writes and unmaps alike; there is no
+                // cleaner yet to make room); reads go on.
                 for w in self.pending.drain(..take) {
                     self.done.push(SlotCompletion {
                         slot: w.slot,
@@ -538,5 +539,16 @@ impl BdevChannel for VolumeChannel {
         self.base_done = base_done;
         self.pool.apply_deltas(&mut self.deltas);
         done.append(&mut self.done);
+    }
+}
+
+impl Drop for VolumeChannel {
+    /// A closing channel seals its open segment, so the segment is not left open for ever.
+    fn drop(&mut self) {
+        if let Some(h) = self.head.take() {
+            self.pool
+                .usage
+                .transition(h.seg, SegmentState::Open, SegmentState::Sealed);
+        }
     }
 }
