@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDK's own client (`spdk-rpc`, PyPI package `spdk`) drives a live unblend end to end:
-# create malloc/null/uring bdevs, list them, iostat, methods, reactors, save_config, restart
-# from the saved file and compare, load_config into a --wait-for-rpc appliance, delete.
+# create malloc/null/uring bdevs and an lvstore with an lvol, list them, iostat, methods,
+# reactors, save_config, restart from the saved file (the pool is examined, not reformatted)
+# and compare, load_config into a --wait-for-rpc appliance, delete.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-target/venv}
@@ -34,11 +35,20 @@ start
 fallocate -l 64M "$W/u0.img"
 "$RPC" -s "$SOCK" bdev_uring_create "$W/u0.img" U0 4096 >/dev/null
 
+# An lvstore (pool) and an lvol (volume) on a second file.
+fallocate -l 128M "$W/pool.img"
+"$RPC" -s "$SOCK" bdev_uring_create "$W/pool.img" P0 4096 >/dev/null
+"$RPC" -s "$SOCK" bdev_lvol_create_lvstore P0 lvs0 -c 1048576 >/dev/null
+"$RPC" -s "$SOCK" bdev_lvol_create -l lvs0 -t vol0 16 >/dev/null
+"$RPC" -s "$SOCK" bdev_lvol_get_lvstores | jq -e '.[0].name == "lvs0" and .[0].cluster_size == 1048576' >/dev/null \
+  || fail "bdev_lvol_get_lvstores"
+"$RPC" -s "$SOCK" bdev_lvol_get_lvols | jq -e '.[0].alias == "lvs0/vol0"' >/dev/null || fail "bdev_lvol_get_lvols"
+
 sizes=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -c '[.[] | [.name, .block_size, .num_blocks]] | sort')
-want='[["M0",512,131072],["Malloc0",4096,16384],["N0",4096,32768],["U0",4096,16384]]'
+want='[["M0",512,131072],["Malloc0",4096,16384],["N0",4096,32768],["P0",4096,32768],["U0",4096,16384],["lvs0/vol0",4096,4096]]'
 [ "$sizes" = "$want" ] || fail "bdev_get_bdevs sizes: $sizes, want $want"
 
-"$RPC" -s "$SOCK" bdev_get_iostat | jq -e '.bdevs | length == 4' >/dev/null || fail "bdev_get_iostat"
+"$RPC" -s "$SOCK" bdev_get_iostat | jq -e '.bdevs | length == 6' >/dev/null || fail "bdev_get_iostat"
 "$RPC" -s "$SOCK" rpc_get_methods | jq -e 'index("bdev_uring_create") != null' >/dev/null || fail "rpc_get_methods"
 "$RPC" -s "$SOCK" framework_get_reactors | jq -e '.reactors | length >= 1' >/dev/null || fail "framework_get_reactors"
 
@@ -60,5 +70,7 @@ if "$RPC" -s "$SOCK" bdev_get_bdevs >/dev/null 2>&1; then fail "runtime method a
 "$RPC" -s "$SOCK" load_config -j "$W/saved.json"
 loaded=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -S 'sort_by(.name)')
 [ "$before" = "$loaded" ] || fail "load_config did not recreate the same bdevs"
+"$RPC" -s "$SOCK" bdev_lvol_delete lvs0/vol0
+"$RPC" -s "$SOCK" bdev_lvol_get_lvols | jq -e 'length == 0' >/dev/null || fail "lvol still listed after delete"
 stop
 echo "spdk-client-e2e: OK (spdk $("$VENV/bin/pip" show spdk | awk '/^Version/ {print $2}'))"

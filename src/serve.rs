@@ -90,6 +90,13 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
             vec!["Malloc0".to_string()]
         }
     };
+    // Examine every bdev the config made: pools on them are loaded with their volumes.
+    let pools = Arc::new(crate::lsv::pools::Pools::new());
+    for entry in registry.list() {
+        if let Err(e) = pools.examine(&entry, &registry) {
+            tracing::warn!(bdev = %entry.bdev.name(), "examine: pool found but not loaded: {e}");
+        }
+    }
     let reactors = ReactorSet::start(ReactorConfig {
         cpumask: opts.cpumask.clone(),
         idle: opts.idle,
@@ -117,6 +124,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         last_bench_report: None,
         kill_signal: None,
         started: std::time::Instant::now(),
+        pools: pools.clone(),
     };
     let mut server = RpcServer::new(&opts.rpc_socket, listener, ctx)?;
     let wake_fd = server.wake_fd();

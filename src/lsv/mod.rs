@@ -9,6 +9,7 @@
 pub mod extent_table;
 pub mod format;
 pub mod pool;
+pub mod pools;
 pub mod record;
 pub mod tools;
 pub mod usage;

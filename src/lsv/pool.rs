@@ -10,6 +10,7 @@
 //!    0  magic "UVT1"   4  count u32
 //!    8  entries, 80 bytes each: id u32, name_len u8, 3 zero, num_blocks u64, uuid 16 bytes,
 //!       name 48 bytes (UTF-8, zero padded)
+//! 4000  pool name 48 bytes (UTF-8, zero padded), 4048 its length u8
 //! 4092  crc32c of bytes 0..4092
 //! ```
 //!
@@ -41,7 +42,8 @@ const VT_MAGIC: &[u8; 4] = b"UVT1";
 const VT_ENTRY_BYTES: usize = 80;
 const VT_NAME_BYTES: usize = 48;
 /// Volumes one pool holds (volume table version 1 fits them in one block).
-pub const MAX_VOLUMES: usize = (4092 - 8) / VT_ENTRY_BYTES;
+pub const MAX_VOLUMES: usize = (POOL_NAME_AT - 8) / VT_ENTRY_BYTES;
+const POOL_NAME_AT: usize = 4000;
 
 #[derive(Debug, Error)]
 pub enum PoolError {
@@ -206,8 +208,11 @@ pub struct LsvPool {
     volumes: RwLock<BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>>,
 }
 
-fn encode_volume_table(vols: &[VolumeMeta]) -> Vec<u8> {
+fn encode_volume_table(pool_name: &str, vols: &[VolumeMeta]) -> Vec<u8> {
+    debug_assert!(pool_name.len() <= VT_NAME_BYTES && vols.len() <= MAX_VOLUMES);
     let mut b = vec![0u8; BLOCK_BYTES];
+    b[POOL_NAME_AT..POOL_NAME_AT + pool_name.len()].copy_from_slice(pool_name.as_bytes());
+    b[POOL_NAME_AT + VT_NAME_BYTES] = pool_name.len() as u8;
     b[0..4].copy_from_slice(VT_MAGIC);
     b[4..8].copy_from_slice(&(vols.len() as u32).to_le_bytes());
     for (i, v) in vols.iter().enumerate() {
@@ -223,7 +228,7 @@ fn encode_volume_table(vols: &[VolumeMeta]) -> Vec<u8> {
     b
 }
 
-fn decode_volume_table(b: &[u8]) -> Result<Vec<VolumeMeta>, PoolError> {
+fn decode_volume_table(b: &[u8]) -> Result<(String, Vec<VolumeMeta>), PoolError> {
     if &b[0..4] != VT_MAGIC {
         return Err(PoolError::VolumeTable("bad magic"));
     }
@@ -234,7 +239,13 @@ fn decode_volume_table(b: &[u8]) -> Result<Vec<VolumeMeta>, PoolError> {
     if count > MAX_VOLUMES {
         return Err(PoolError::VolumeTable("too many entries"));
     }
-    (0..count)
+    let name_len = b[POOL_NAME_AT + VT_NAME_BYTES] as usize;
+    if name_len == 0 || name_len > VT_NAME_BYTES {
+        return Err(PoolError::VolumeTable("bad pool name length"));
+    }
+    let pool_name = String::from_utf8(b[POOL_NAME_AT..POOL_NAME_AT + name_len].to_vec())
+        .map_err(|_| PoolError::VolumeTable("pool name is not UTF-8"))?;
+    let vols = (0..count)
         .map(|i| {
             let o = 8 + i * VT_ENTRY_BYTES;
             let len = b[o + 4] as usize;
@@ -249,7 +260,8 @@ fn decode_volume_table(b: &[u8]) -> Result<Vec<VolumeMeta>, PoolError> {
                     .map_err(|_| PoolError::VolumeTable("name is not UTF-8"))?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((pool_name, vols))
 }
 
 impl LsvPool {
@@ -271,18 +283,21 @@ impl LsvPool {
         for s in 0..sb.segment_count {
             io.run(IoType::Write, sb.segment_offset(s), BLOCK_BYTES, false)?;
         }
-        let vt = encode_volume_table(&[]);
+        if name.is_empty() || name.len() > VT_NAME_BYTES || name.contains('/') {
+            return Err(PoolError::BadName(name.to_string()));
+        }
+        let vt = encode_volume_table(name, &[]);
         io.bytes_mut(BLOCK_BYTES).copy_from_slice(&vt);
         io.run(IoType::Write, sb.metadata_offset, BLOCK_BYTES, false)?;
         io.bytes_mut(SUPERBLOCK_BYTES).copy_from_slice(&sb.encode());
         io.run(IoType::Write, 0, SUPERBLOCK_BYTES, false)?;
         io.run(IoType::Flush, 0, 0, false)?;
         drop(io);
-        Self::open(name, base)
+        Self::open_named(base)
     }
 
-    /// Opens an existing pool and recovers it from its log.
-    pub fn open(name: &str, base: BdevEntry) -> Result<Arc<LsvPool>, PoolError> {
+    /// Opens an existing pool (named as it was created) and recovers it from its log.
+    pub fn open_named(base: BdevEntry) -> Result<Arc<LsvPool>, PoolError> {
         let bs = base.bdev.block_size();
         if bs as usize != BLOCK_BYTES {
             return Err(PoolError::BlockSize(bs));
@@ -292,7 +307,7 @@ impl LsvPool {
         io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false)?;
         let sb = Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes)?;
         io.run(IoType::Read, sb.metadata_offset, BLOCK_BYTES, false)?;
-        let metas = decode_volume_table(io.bytes(BLOCK_BYTES))?;
+        let (name, metas) = decode_volume_table(io.bytes(BLOCK_BYTES))?;
         drop(io);
         let seg_blocks = (sb.segment_bytes / BLOCK_BYTES as u64) as usize;
         let pool = LsvPool {
@@ -300,7 +315,7 @@ impl LsvPool {
                 .map(|_| SegmentSummary::new(seg_blocks))
                 .collect(),
             records_in_flight: AtomicU64::new(0),
-            name: name.to_string(),
+            name,
             usage: UsageTable::new(
                 sb.segment_count,
                 (sb.segment_bytes / BLOCK_BYTES as u64) as u32,
@@ -475,7 +490,7 @@ impl LsvPool {
         let metas: Vec<VolumeMeta> = vols.values().map(|v| v.0.clone()).collect();
         let mut io = SyncIo::new(&self.base, BLOCK_BYTES)?;
         io.bytes_mut(BLOCK_BYTES)
-            .copy_from_slice(&encode_volume_table(&metas));
+            .copy_from_slice(&encode_volume_table(&self.name, &metas));
         io.run(IoType::Write, self.sb.metadata_offset, BLOCK_BYTES, true)
     }
 
@@ -530,4 +545,46 @@ impl LsvPool {
             .map(|v| v.0.clone())
             .collect()
     }
+}
+
+impl LsvPool {
+    /// Deletes a volume: it leaves the volume table at once; its blocks become garbage for the
+    /// cleaner. Channels still open on it keep working until they close.
+    pub fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
+        let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
+        let id = vols
+            .iter()
+            .find(|(_, v)| v.0.name == name)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| PoolError::NoSuchVolume(name.to_string()))?;
+        let removed = vols.remove(&id).expect("found above");
+        if let Err(e) = self.write_volume_table(&vols) {
+            vols.insert(id, removed);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The base bdev's name.
+    pub fn base_name(&self) -> &str {
+        self.base.bdev.name()
+    }
+
+    /// Free segments (SPDK's `free_clusters`).
+    pub fn free_segments(&self) -> u64 {
+        self.usage.free_count() as u64
+    }
+}
+
+/// True when `base` starts with an unblend pool superblock (a cheap check before `open`).
+pub fn holds_pool(base: &BdevEntry) -> bool {
+    if base.bdev.block_size() as usize != BLOCK_BYTES {
+        return false;
+    }
+    let bytes = base.bdev.num_blocks() * BLOCK_BYTES as u64;
+    let Ok(mut io) = SyncIo::new(base, SUPERBLOCK_BYTES) else {
+        return false;
+    };
+    io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false).is_ok()
+        && Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes).is_ok()
 }

@@ -195,7 +195,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let disk2 = Arc::new(SimDisk::from_image("sim", image, seed ^ 0xDEAD, 0));
     let reg2 = BdevRegistry::new();
     let base2 = reg2.register(disk2).unwrap();
-    let pool2 = LsvPool::open("p", base2).map_err(|e| format!("recovery failed: {e}"))?;
+    let pool2 = LsvPool::open_named(base2).map_err(|e| format!("recovery failed: {e}"))?;
     let mut h2 = Harness::open(&pool2);
     for lba in 0..VOLUME_BLOCKS {
         let empty = Vec::new();
@@ -300,7 +300,7 @@ fn run_two_writers(seed: u64) -> Result<(), String> {
     let base2 = reg2
         .register(Arc::new(SimDisk::from_image("sim", image, 1, 0)))
         .unwrap();
-    let pool2 = LsvPool::open("p", base2).map_err(|e| e.to_string())?;
+    let pool2 = LsvPool::open_named(base2).map_err(|e| e.to_string())?;
     let mut h2 = Harness::open(&pool2);
     for lba in 0..HOT {
         if h2.read_block(lba) != before[lba as usize] {

@@ -125,16 +125,9 @@ impl Bdev for LsvVolume {
     fn driver_info(&self) -> Value {
         json!({ "lvol": { "lvol_store_uuid": self.pool.sb.uuid.to_string(), "base_bdev": self.pool.base.bdev.name(), "thin_provision": true } })
     }
+    /// Nothing: a volume is brought back by examine when its pool's base bdev is created.
     fn config_json(&self) -> Value {
-        json!({
-            "method": "bdev_lvol_create",
-            "params": {
-                "lvs_name": self.pool.name,
-                "lvol_name": self.meta.name,
-                "size_in_mib": (self.meta.num_blocks * BLOCK_BYTES as u64) >> 20,
-                "thin_provision": true,
-            }
-        })
+        Value::Null
     }
 }
 

@@ -19,6 +19,12 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     let name = config::create_bdev(&ctx.registry, method, p)?
         .ok_or_else(|| RpcError::internal(format!("{method} created nothing")))?;
     tracing::info!(bdev = %name, "{method}");
+    // Examine, as SPDK does: a bdev that holds a pool brings its volumes back.
+    if let Some(entry) = ctx.registry.get(&name) {
+        if let Err(e) = ctx.pools.examine(&entry, &ctx.registry) {
+            tracing::warn!(bdev = %name, "examine: pool found but not loaded: {e}");
+        }
+    }
     Ok(json!(name))
 }
 

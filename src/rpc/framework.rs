@@ -96,6 +96,8 @@ pub fn framework_get_config(ctx: &mut RpcContext, p: Option<&Value>) -> Result<V
                 .list_in_creation_order()
                 .iter()
                 .map(|e| e.bdev.config_json())
+                // Volumes come back by examine of their pool's base bdev, as SPDK's lvols do.
+                .filter(|c| !c.is_null())
                 .collect();
             calls.push(json!({"method": "bdev_wait_for_examine"}));
             Ok(Value::Array(calls))

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::protocol::{RpcError, INVALID_STATE};
-use super::{bdev, bench, framework};
+use super::{bdev, bench, framework, lvol};
 use crate::bdev::BdevRegistry;
 use crate::bench::RunningBench;
 use crate::config::SpdkConfig;
@@ -57,6 +57,8 @@ pub struct RpcContext {
     /// Signal to raise once the current responses are written (`spdk_kill_instance`).
     pub kill_signal: Option<i32>,
     pub started: Instant,
+    /// Pools (lvstores) loaded or created.
+    pub pools: Arc<crate::lsv::pools::Pools>,
 }
 
 pub type Handler = fn(&mut RpcContext, Option<&Value>) -> Result<Value, RpcError>;
@@ -191,6 +193,28 @@ pub static METHODS: &[Method] = &[
     ),
     m("bdev_aio_create", Allowed::Runtime, bdev::bdev_aio_create),
     m("bdev_aio_delete", Allowed::Runtime, bdev::bdev_aio_delete),
+    m(
+        "bdev_lvol_create_lvstore",
+        Allowed::Runtime,
+        lvol::bdev_lvol_create_lvstore,
+    ),
+    m(
+        "bdev_lvol_get_lvstores",
+        Allowed::Runtime,
+        lvol::bdev_lvol_get_lvstores,
+    ),
+    m(
+        "bdev_lvol_delete_lvstore",
+        Allowed::Runtime,
+        lvol::bdev_lvol_delete_lvstore,
+    ),
+    m("bdev_lvol_create", Allowed::Runtime, lvol::bdev_lvol_create),
+    m(
+        "bdev_lvol_get_lvols",
+        Allowed::Runtime,
+        lvol::bdev_lvol_get_lvols,
+    ),
+    m("bdev_lvol_delete", Allowed::Runtime, lvol::bdev_lvol_delete),
     m(
         "unblend_bench_start",
         Allowed::Runtime,

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod client;
 pub mod framework;
 pub mod framing;
+pub mod lvol;
 pub mod methods;
 pub mod protocol;
 

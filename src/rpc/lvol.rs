@@ -1,0 +1,247 @@
+//! lvol methods, with SPDK's names: a pool is an lvstore and a volume is an lvol.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::methods::RpcContext;
+use super::protocol::{params, RpcError, INVALID_STATE};
+use crate::bdev::BdevError;
+use crate::lsv::pool::{LsvPool, PoolError};
+use crate::lsv::pools::Pools;
+use crate::lsv::volume::LsvVolume;
+
+fn pool_err(e: PoolError) -> RpcError {
+    let errno = match e {
+        PoolError::VolumeExists(_) => libc::EEXIST,
+        PoolError::NoSuchVolume(_) => libc::ENODEV,
+        PoolError::BadName(_) | PoolError::Format(_) | PoolError::BlockSize(_) => libc::EINVAL,
+        PoolError::TooManyVolumes => libc::ENOSPC,
+        _ => libc::EIO,
+    };
+    RpcError::new(-errno, e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateLvstore {
+    bdev_name: String,
+    lvs_name: String,
+    /// The segment size (SPDK's cluster size), bytes.
+    #[serde(default)]
+    cluster_sz: Option<u64>,
+    #[serde(default)]
+    clear_method: Option<String>,
+    #[serde(default)]
+    num_md_pages_per_cluster_ratio: Option<u32>,
+    #[serde(default)]
+    md_page_size: Option<u32>,
+}
+
+pub fn bdev_lvol_create_lvstore(
+    ctx: &mut RpcContext,
+    p: Option<&Value>,
+) -> Result<Value, RpcError> {
+    let p: CreateLvstore = params(p)?;
+    let _ = (
+        &p.clear_method,
+        p.num_md_pages_per_cluster_ratio,
+        p.md_page_size,
+    );
+    let base = ctx
+        .registry
+        .get(&p.bdev_name)
+        .ok_or(BdevError::NotFound(p.bdev_name.clone()))?;
+    if ctx.pools.get(&p.lvs_name).is_some() {
+        return Err(RpcError::new(
+            -libc::EEXIST,
+            format!("lvstore {:?} already exists", p.lvs_name),
+        ));
+    }
+    if ctx
+        .pools
+        .list()
+        .iter()
+        .any(|pl| pl.base_name() == p.bdev_name)
+    {
+        return Err(RpcError::new(
+            -libc::EEXIST,
+            format!("bdev {:?} already holds an lvstore", p.bdev_name),
+        ));
+    }
+    let seg = p
+        .cluster_sz
+        .unwrap_or(crate::lsv::format::DEFAULT_SEGMENT_BYTES);
+    let pool = LsvPool::create(&p.lvs_name, base, seg).map_err(pool_err)?;
+    let uuid = pool.sb.uuid.to_string();
+    ctx.pools.insert(pool).map_err(pool_err)?;
+    Ok(json!(uuid))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhichLvstore {
+    #[serde(default)]
+    uuid: Option<String>,
+    #[serde(default)]
+    lvs_name: Option<String>,
+}
+
+fn find_pool(pools: &Pools, w: &WhichLvstore) -> Result<Arc<LsvPool>, RpcError> {
+    pools
+        .list()
+        .into_iter()
+        .find(|p| {
+            w.lvs_name.as_deref() == Some(p.name.as_str())
+                || w.uuid.as_deref() == Some(p.sb.uuid.to_string().as_str())
+        })
+        .ok_or_else(|| RpcError::new(-libc::ENODEV, "no such lvstore"))
+}
+
+fn lvstore_json(p: &LsvPool) -> Value {
+    json!({
+        "uuid": p.sb.uuid.to_string(),
+        "name": p.name,
+        "base_bdev": p.base_name(),
+        "total_data_clusters": p.sb.segment_count,
+        "free_clusters": p.free_segments(),
+        "block_size": p.sb.block_size,
+        "cluster_size": p.sb.segment_bytes,
+    })
+}
+
+pub fn bdev_lvol_get_lvstores(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    let w: WhichLvstore = params(p)?;
+    if w.uuid.is_none() && w.lvs_name.is_none() {
+        return Ok(Value::Array(
+            ctx.pools.list().iter().map(|p| lvstore_json(p)).collect(),
+        ));
+    }
+    let pool = find_pool(&ctx.pools, &w)?;
+    Ok(json!([lvstore_json(&pool)]))
+}
+
+pub fn bdev_lvol_delete_lvstore(
+    ctx: &mut RpcContext,
+    p: Option<&Value>,
+) -> Result<Value, RpcError> {
+    let w: WhichLvstore = params(p)?;
+    let pool = find_pool(&ctx.pools, &w)?;
+    let prefix = format!("{}/", pool.name);
+    if ctx
+        .registry
+        .list()
+        .iter()
+        .any(|e| e.bdev.name().starts_with(&prefix))
+    {
+        return Err(RpcError::new(
+            INVALID_STATE,
+            format!("lvstore {:?} still has lvols; delete them first", pool.name),
+        ));
+    }
+    ctx.pools.remove(&pool.name);
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateLvol {
+    lvol_name: String,
+    size_in_mib: u64,
+    #[serde(default)]
+    thin_provision: bool,
+    #[serde(default)]
+    uuid: Option<String>,
+    #[serde(default)]
+    lvs_name: Option<String>,
+    #[serde(default)]
+    clear_method: Option<String>,
+}
+
+pub fn bdev_lvol_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    let p: CreateLvol = params(p)?;
+    let _ = (p.thin_provision, &p.clear_method); // volumes are always thin
+    let pool = find_pool(
+        &ctx.pools,
+        &WhichLvstore {
+            uuid: p.uuid.clone(),
+            lvs_name: p.lvs_name.clone(),
+        },
+    )?;
+    let blocks = p
+        .size_in_mib
+        .checked_mul(256)
+        .filter(|&b| b > 0 && b <= 1 << 40)
+        .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be between 1 and 4 PiB"))?;
+    let (meta, table) = pool.create_volume(&p.lvol_name, blocks).map_err(pool_err)?;
+    let vol = LsvVolume::new(pool.clone(), meta.clone(), table);
+    let entry = match ctx.registry.register(Arc::new(vol)) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = pool.delete_volume(&meta.name);
+            return Err(e.into());
+        }
+    };
+    Ok(json!(entry.bdev.name()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByName {
+    name: String,
+}
+
+pub fn bdev_lvol_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    let p: ByName = params(p)?;
+    let (lvs, lvol) = p.name.split_once('/').ok_or_else(|| {
+        RpcError::new(
+            -libc::ENODEV,
+            format!("no lvol named {:?} (use lvs/lvol)", p.name),
+        )
+    })?;
+    let pool = ctx
+        .pools
+        .get(lvs)
+        .ok_or_else(|| RpcError::new(-libc::ENODEV, format!("no lvstore {lvs:?}")))?;
+    pool.delete_volume(lvol).map_err(pool_err)?;
+    let _ = ctx.registry.remove(&p.name);
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetLvols {
+    #[serde(default)]
+    lvs_uuid: Option<String>,
+    #[serde(default)]
+    lvs_name: Option<String>,
+}
+
+pub fn bdev_lvol_get_lvols(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    let p: GetLvols = params(p)?;
+    let mut out = Vec::new();
+    for pool in ctx.pools.list() {
+        let uuid = pool.sb.uuid.to_string();
+        if p.lvs_name.as_deref().is_some_and(|n| n != pool.name)
+            || p.lvs_uuid.as_deref().is_some_and(|u| u != uuid)
+        {
+            continue;
+        }
+        for v in pool.volumes() {
+            out.push(json!({
+                "alias": format!("{}/{}", pool.name, v.name),
+                "uuid": v.uuid.to_string(),
+                "name": v.name,
+                "is_thin_provisioned": true,
+                "is_snapshot": false,
+                "is_clone": false,
+                "is_esnap_clone": false,
+                "is_degraded": false,
+                "num_allocated_clusters": 0,
+                "lvs": { "name": pool.name, "uuid": uuid },
+            }));
+        }
+    }
+    Ok(Value::Array(out))
+}
