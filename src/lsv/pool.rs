@@ -293,11 +293,16 @@ impl LsvPool {
         io.run(IoType::Write, 0, SUPERBLOCK_BYTES, false)?;
         io.run(IoType::Flush, 0, 0, false)?;
         drop(io);
-        Self::open_named(base)
+        // Just formatted: there is no log to replay.
+        Self::load(base, false)
     }
 
     /// Opens an existing pool (named as it was created) and recovers it from its log.
     pub fn open_named(base: BdevEntry) -> Result<Arc<LsvPool>, PoolError> {
+        Self::load(base, true)
+    }
+
+    fn load(base: BdevEntry, replay: bool) -> Result<Arc<LsvPool>, PoolError> {
         let bs = base.bdev.block_size();
         if bs as usize != BLOCK_BYTES {
             return Err(PoolError::BlockSize(bs));
@@ -333,7 +338,9 @@ impl LsvPool {
                     .collect(),
             ),
         };
-        pool.recover()?;
+        if replay {
+            pool.recover()?;
+        }
         Ok(Arc::new(pool))
     }
 
