@@ -36,6 +36,17 @@ fn assert_refused(out: &Output, needle: &str) {
     );
 }
 
+/// The JSON a successful `--json` run printed; fails the test (showing both streams) otherwise.
+fn success_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
 fn bench(args: &[&str]) -> Output {
     let mut all = vec!["bench", "-t", "1"];
     all.extend_from_slice(args);
@@ -151,13 +162,7 @@ fn verify_passes_on_malloc() {
         "16",
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = success_json(&out);
     assert!(v["total"]["ios"].as_u64().unwrap() > 1000, "{v}");
     assert!(v["verify_failure"].is_null());
 }
@@ -172,13 +177,7 @@ fn verify_passes_on_uring_file_with_two_reactors() {
     let out = bench(&[
         "--bdev", &spec, "-w", "verify", "-q", "32", "-o", "16k", "-m", mask, "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = success_json(&out);
     assert!(v["total"]["ios"].as_u64().unwrap() > 100, "{v}");
     assert_eq!(
         v["cores"].as_array().unwrap().len(),
@@ -421,12 +420,6 @@ fn verify_passes_on_an_lsv_volume_over_a_uring_file() {
     let out = bench(&[
         "--bdev", &spec, "-w", "verify", "-q", "16", "-o", "8k", "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = success_json(&out);
     assert!(v["total"]["ios"].as_u64().unwrap() > 100, "{v}");
 }
