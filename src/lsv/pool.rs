@@ -438,6 +438,17 @@ impl LsvPool {
         let mut records: Vec<(u64, u64, u64, RecordHeader)> = Vec::new();
         let mut used = Vec::new();
         for seg in 0..self.sb.segment_count {
+            // A segment whose first block holds no record has no log: one block read tells.
+            io.run(
+                IoType::Read,
+                self.sb.segment_offset(seg),
+                BLOCK_BYTES,
+                false,
+            )?;
+            let magic = u32::from_le_bytes(io.bytes(4).try_into().expect("4 bytes"));
+            if magic != super::record::RECORD_MAGIC {
+                continue;
+            }
             io.run(
                 IoType::Read,
                 self.sb.segment_offset(seg),
