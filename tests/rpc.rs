@@ -80,6 +80,16 @@ impl Appliance {
     }
 }
 
+impl Drop for Appliance {
+    /// A test that fails before `stop` must not leave its appliance running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Sends raw bytes on a fresh connection and returns the first response line, verbatim.
 fn raw_exchange(sock: &Path, request: &[u8]) -> String {
     let mut s = UnixStream::connect(sock).unwrap();
