@@ -204,6 +204,10 @@ pub struct LsvPool {
     summaries: Box<[SegmentSummary]>,
     /// Records submitted and not yet applied, over all channels.
     records_in_flight: AtomicU64,
+    /// Since the pool was opened: blocks of user data written, and blocks the log took for
+    /// them (data plus record headers). Their ratio is the write amplification.
+    user_blocks_written: AtomicU64,
+    log_blocks_written: AtomicU64,
     next_seq: AtomicU64,
     volumes: RwLock<BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>>,
 }
@@ -320,6 +324,8 @@ impl LsvPool {
                 .map(|_| SegmentSummary::new(seg_blocks))
                 .collect(),
             records_in_flight: AtomicU64::new(0),
+            user_blocks_written: AtomicU64::new(0),
+            log_blocks_written: AtomicU64::new(0),
             name,
             usage: UsageTable::new(
                 sb.segment_count,
@@ -581,6 +587,42 @@ impl LsvPool {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Counts a record written for the log (live I/O only).
+    pub(super) fn count_record(&self, h: &RecordHeader) {
+        self.user_blocks_written
+            .fetch_add(h.data_blocks as u64, Ordering::Relaxed);
+        self.log_blocks_written
+            .fetch_add(h.total_blocks() as u64, Ordering::Relaxed);
+    }
+
+    /// `unblend_lsv_get_stats`'s figures for this pool.
+    pub fn stats(&self) -> serde_json::Value {
+        let segs = self.sb.segment_count;
+        let free = self.usage.free_count() as u64;
+        let live_blocks: u64 = (0..segs).map(|s| self.usage.live(s) as u64).sum();
+        let vols = self.volumes.read().unwrap_or_else(|e| e.into_inner());
+        let (table_bytes, mapped): (u64, u64) = vols
+            .values()
+            .map(|v| (v.1.memory_bytes(), v.1.mapped_blocks()))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let user = self.user_blocks_written.load(Ordering::Relaxed);
+        let log = self.log_blocks_written.load(Ordering::Relaxed);
+        serde_json::json!({
+            "name": self.name,
+            "segment_bytes": self.sb.segment_bytes,
+            "segments": segs,
+            "free_segments": free,
+            "used_segments": segs - free,
+            "live_bytes": live_blocks * BLOCK_BYTES as u64,
+            "user_bytes_written": user * BLOCK_BYTES as u64,
+            "log_bytes_written": log * BLOCK_BYTES as u64,
+            "write_amplification": if user == 0 { serde_json::Value::Null } else { serde_json::json!(log as f64 / user as f64) },
+            "extent_table_bytes": table_bytes,
+            "mapped_blocks": mapped,
+            "extent_table_bytes_per_mapped_block": if mapped == 0 { serde_json::Value::Null } else { serde_json::json!(table_bytes as f64 / mapped as f64) },
+        })
     }
 
     /// The base bdev's name.

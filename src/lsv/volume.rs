@@ -366,6 +366,7 @@ impl VolumeChannel {
         if status == IoStatus::Success {
             let pool = self.pool.clone();
             pool.apply_record(&rec.header, rec.first_data_pba, &mut self.deltas, true);
+            pool.count_record(&rec.header);
         }
         self.pool.record_done();
         self.headers.put(rec.header_buf);

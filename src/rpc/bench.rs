@@ -68,7 +68,7 @@ pub fn unblend_bench_start(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Va
         bdev: BdevSource::Entry(entry.clone()),
         queue_depth: p.queue_depth,
         io_bytes: p.io_size,
-        cpumask: CpuMask::parse(&list, &cores).map_err(RpcError::internal)?,
+        cpumask: CpuMask::parse(&format!("[{list}]"), &cores).map_err(RpcError::internal)?,
         seconds: p.seconds,
         workload,
         read_percent: p.read_percent,

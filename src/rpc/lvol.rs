@@ -245,3 +245,24 @@ pub fn bdev_lvol_get_lvols(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Va
     }
     Ok(Value::Array(out))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stats {
+    #[serde(default)]
+    lvs_name: Option<String>,
+}
+
+/// Per pool: segments, live bytes, bytes written by users and by the log (write
+/// amplification since the pool was opened), and the extent tables' memory per mapped block.
+pub fn unblend_lsv_get_stats(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    let p: Stats = params(p)?;
+    Ok(Value::Array(
+        ctx.pools
+            .list()
+            .iter()
+            .filter(|pool| p.lvs_name.as_deref().is_none_or(|n| n == pool.name))
+            .map(|pool| pool.stats())
+            .collect(),
+    ))
+}

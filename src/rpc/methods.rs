@@ -216,6 +216,11 @@ pub static METHODS: &[Method] = &[
     ),
     m("bdev_lvol_delete", Allowed::Runtime, lvol::bdev_lvol_delete),
     m(
+        "unblend_lsv_get_stats",
+        Allowed::Runtime,
+        lvol::unblend_lsv_get_stats,
+    ),
+    m(
         "unblend_bench_start",
         Allowed::Runtime,
         bench::unblend_bench_start,
