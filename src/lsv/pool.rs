@@ -389,28 +389,46 @@ impl LsvPool {
 
     /// Applies one record's entries to the extent tables (replay and live I/O share this).
     /// `first_data_pba` is where the record's data starts.
+    /// `table`: the volume every entry belongs to (a live channel's records hold one volume),
+    /// or None to look each entry's volume up (replay). Entries read from disk are bounded
+    /// here: blocks past a volume's end, or of a volume no longer in the table, are skipped.
     pub(super) fn apply_record(
         &self,
         h: &RecordHeader,
         first_data_pba: u64,
         deltas: &mut UsageDeltas,
         live: bool,
+        table: Option<&ExtentTable>,
     ) {
         // Live I/O: a record older than this one may still be in flight (ours counts once).
         let older_in_flight = live && self.records_in_flight.load(Ordering::Acquire) > 1;
         let seq_of = |a: u64| self.seq_of(a);
-        let vols = self.volumes.read().unwrap_or_else(|e| e.into_inner());
         let mut pba = first_data_pba;
         for e in &h.entries {
-            let table = vols.get(&(e.volume as u32)).map(|v| v.1.clone());
-            for b in 0..e.num_blocks as u64 {
-                let addr = (e.op == EntryOp::Write).then_some(pba + b);
-                let Some(table) = &table else { continue };
-                if e.lba + b >= table.num_blocks() {
-                    continue;
+            let looked_up;
+            let table = match table {
+                Some(t) => t,
+                None => {
+                    let vols = self.volumes.read().unwrap_or_else(|e| e.into_inner());
+                    looked_up = vols.get(&(e.volume as u32)).map(|v| v.1.clone());
+                    match &looked_up {
+                        Some(t) => t.as_ref(),
+                        None => {
+                            if e.op == EntryOp::Write {
+                                pba += e.num_blocks as u64;
+                            }
+                            continue;
+                        }
+                    }
                 }
+            };
+            for b in 0..e.num_blocks as u64 {
+                let Some(lba) = e.lba.checked_add(b).filter(|&l| l < table.num_blocks()) else {
+                    break;
+                };
+                let addr = (e.op == EntryOp::Write).then_some(pba + b);
                 if let Update::Applied { previous } =
-                    table.update(e.lba + b, addr, h.seq, &seq_of, older_in_flight)
+                    table.update(lba, addr, h.seq, &seq_of, older_in_flight)
                 {
                     if let Mapping::At(old) = previous {
                         self.add_delta(deltas, self.segment_of(old), -1);
@@ -490,7 +508,7 @@ impl LsvPool {
         records.sort_by_key(|r| r.0);
         let mut deltas = UsageDeltas::default();
         for (_, _, first_data, h) in &records {
-            self.apply_record(h, *first_data, &mut deltas, false);
+            self.apply_record(h, *first_data, &mut deltas, false, None);
         }
         self.usage.apply(&mut deltas);
         for seg in used {

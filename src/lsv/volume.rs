@@ -120,6 +120,14 @@ impl Bdev for LsvVolume {
             deltas: UsageDeltas::default(),
             runs: Vec::with_capacity(MAX_READ_BLOCKS as usize),
             doomed: vec![false; RECORDS_IN_FLIGHT],
+            spare: (0..RECORDS_IN_FLIGHT)
+                .map(|_| {
+                    (
+                        Vec::with_capacity(MAX_WRITES_PER_RECORD),
+                        Vec::with_capacity(MAX_WRITES_PER_RECORD),
+                    )
+                })
+                .collect(),
         }))
     }
     fn driver_info(&self) -> Value {
@@ -176,6 +184,9 @@ struct VolumeChannel {
     done: Vec<SlotCompletion>,
     base_done: Vec<IoCompletion>,
     deltas: UsageDeltas,
+    /// Entry and slot vectors of finished records, one per record slot, reused so that
+    /// building a record allocates nothing.
+    spare: Vec<(Vec<Entry>, Vec<u32>)>,
     /// Record slots in flight behind a failed record; they fail when they complete.
     doomed: Vec<bool>,
     /// Scratch for one read's runs: (first pool block, blocks, destination).
@@ -256,10 +267,12 @@ impl VolumeChannel {
             };
             let seq = self.pool.next_seq();
             let mut header = RecordHeader::new(seq, seg, seq);
+            // Reuse a finished record's vectors: nothing is allocated per record.
+            let (entries, mut slots) = self.spare.pop().expect("one spare per record slot");
+            header.entries = entries;
             let mut crc = 0u32;
             let mut base_iovs: [IoVec; MAX_IOVS] = [IoVec::empty(); MAX_IOVS];
             let mut n = 1;
-            let mut slots = Vec::with_capacity(take);
             for w in self.pending.drain(..take) {
                 let mut wcrc = 0u32;
                 if w.op == EntryOp::Write {
@@ -314,12 +327,15 @@ impl VolumeChannel {
                     tracing::error!("lsv record submit failed: {e}");
                     self.pool.record_done();
                     self.headers.put(header_buf);
-                    for s in slots {
+                    for &s in &slots {
                         self.done.push(SlotCompletion {
                             slot: s,
                             status: IoStatus::Failed(libc::EIO),
                         });
                     }
+                    header.entries.clear();
+                    slots.clear();
+                    self.spare.push((header.entries, slots));
                 }
             }
         }
@@ -360,19 +376,27 @@ impl VolumeChannel {
     }
 
     fn finish_record(&mut self, idx: usize, status: IoStatus) {
-        let Some(rec) = self.records[idx].take() else {
+        let Some(mut rec) = self.records[idx].take() else {
             return;
         };
         if status == IoStatus::Success {
-            let pool = self.pool.clone();
-            pool.apply_record(&rec.header, rec.first_data_pba, &mut self.deltas, true);
-            pool.count_record(&rec.header);
+            self.pool.apply_record(
+                &rec.header,
+                rec.first_data_pba,
+                &mut self.deltas,
+                true,
+                Some(&self.table),
+            );
+            self.pool.count_record(&rec.header);
         }
         self.pool.record_done();
         self.headers.put(rec.header_buf);
-        for s in rec.slots {
+        for &s in &rec.slots {
             self.done.push(SlotCompletion { slot: s, status });
         }
+        rec.header.entries.clear();
+        rec.slots.clear();
+        self.spare.push((rec.header.entries, rec.slots));
     }
 
     fn submit_read(&mut self, slot: u32, req: &IoRequest<'_>) -> Result<(), SubmitError> {
