@@ -201,7 +201,9 @@ pub struct LsvPool {
     pub sb: Superblock,
     pub(super) base: BdevEntry,
     pub(super) usage: UsageTable,
-    summaries: Box<[SegmentSummary]>,
+    /// Allocated when a segment first takes a record, so an empty pool costs nothing here.
+    summaries: Box<[std::sync::OnceLock<SegmentSummary>]>,
+    seg_blocks: usize,
     /// Records submitted and not yet applied, over all channels.
     records_in_flight: AtomicU64,
     /// Since the pool was opened: blocks of user data written, and blocks the log took for
@@ -321,8 +323,9 @@ impl LsvPool {
         let seg_blocks = (sb.segment_bytes / BLOCK_BYTES as u64) as usize;
         let pool = LsvPool {
             summaries: (0..sb.segment_count)
-                .map(|_| SegmentSummary::new(seg_blocks))
+                .map(|_| std::sync::OnceLock::new())
                 .collect(),
+            seg_blocks,
             records_in_flight: AtomicU64::new(0),
             user_blocks_written: AtomicU64::new(0),
             log_blocks_written: AtomicU64::new(0),
@@ -376,7 +379,9 @@ impl LsvPool {
         let mut pba = first_data_pba;
         for e in &h.entries {
             if e.op == EntryOp::Write {
-                self.summaries[seg].push(pba, h.seq);
+                self.summaries[seg]
+                    .get_or_init(|| SegmentSummary::new(self.seg_blocks))
+                    .push(pba, h.seq);
                 pba += e.num_blocks as u64;
             }
         }
@@ -384,7 +389,16 @@ impl LsvPool {
 
     /// The sequence number of the write whose data is at pool block `pba`.
     pub(super) fn seq_of(&self, pba: u64) -> u64 {
-        self.summaries[self.segment_of(pba) as usize].seq_at(pba)
+        match self.summaries[self.segment_of(pba) as usize].get() {
+            Some(summary) => summary.seq_at(pba),
+            None => {
+                debug_assert!(
+                    false,
+                    "block {pba} is mapped but its segment has no summary"
+                );
+                0
+            }
+        }
     }
 
     /// Applies one record's entries to the extent tables (replay and live I/O share this).
