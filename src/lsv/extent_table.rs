@@ -89,6 +89,14 @@ struct Node {
     leaves: [AtomicPtr<Leaf>; FANOUT],
 }
 
+/// A non-empty entry, as `for_each` gives it and a checkpoint stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    At(u64),
+    /// Unmapped by the unmap with this sequence number.
+    Tombstone(u64),
+}
+
 /// The outcome of `update`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Update {
@@ -291,6 +299,58 @@ impl ExtentTable {
             0 // a decrement landed before its increment: transient
         } else {
             m
+        }
+    }
+
+    /// Calls `f` for every entry that is not empty, in LBA order (a checkpoint's snapshot;
+    /// entries changing meanwhile are seen either before or after their change).
+    pub fn for_each(&self, mut f: impl FnMut(u64, Stored)) {
+        for (t, slot) in self.top.iter().enumerate() {
+            let node = slot.load(Ordering::Acquire);
+            if node.is_null() {
+                continue;
+            }
+            // SAFETY: installed nodes and leaves live until the table drops.
+            for (n, l) in unsafe { &*node }.leaves.iter().enumerate() {
+                let leaf = l.load(Ordering::Acquire);
+                if leaf.is_null() {
+                    continue;
+                }
+                // SAFETY: as above.
+                for (i, e) in unsafe { &*leaf }.entries.iter().enumerate() {
+                    let v = e.load(Ordering::Acquire);
+                    if v == 0 {
+                        continue;
+                    }
+                    let lba =
+                        ((t as u64) << (2 * FANOUT_BITS)) | ((n as u64) << FANOUT_BITS) | i as u64;
+                    f(
+                        lba,
+                        if v & TOMBSTONE_BIT != 0 {
+                            Stored::Tombstone(v & !TOMBSTONE_BIT)
+                        } else {
+                            Stored::At(v - 1)
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Recovery only: sets an entry as a checkpoint stored it.
+    pub fn restore(&self, lba: u64, stored: Stored) {
+        assert!(lba < self.num_blocks);
+        let new = match stored {
+            Stored::At(a) => encode(Some(a), 0),
+            Stored::Tombstone(seq) => encode(None, seq),
+        };
+        let old = self.entry_or_create(lba).swap(new, Ordering::AcqRel);
+        let was_mapped = matches!(decode(old), Mapping::At(_));
+        let is_mapped = matches!(stored, Stored::At(_));
+        if is_mapped && !was_mapped {
+            self.mapped.fetch_add(1, Ordering::Relaxed);
+        } else if was_mapped && !is_mapped {
+            self.mapped.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

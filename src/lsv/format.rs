@@ -1,17 +1,19 @@
 //! The pool's on-disk layout and its superblock.
 //!
-//! ## Layout (format version 1)
+//! ## Layout (format version 2)
 //!
 //! ```text
 //! offset 0                      superblock (4 KiB), below
-//! offset 4 KiB .. header_bytes  reserved (zero)
+//! offset 4 KiB                  volume table (4 KiB, see `pool.rs`)
+//! offset 8 KiB .. segment_bytes reserved (zero)
 //! metadata_offset               two checkpoint slots of metadata_slot_bytes each (A, B)
 //! first_segment_offset          segment 0, segment 1, ... (segment_bytes each)
 //! ```
 //!
 //! Every region starts on a segment boundary, so segments are aligned for large sequential
-//! writes. A checkpoint slot holds at most one entry (16 bytes: volume, LBA) per pool block
-//! plus a 1 MiB header, so a full pool's map always fits.
+//! writes. A checkpoint slot (format in `checkpoint.rs`) holds a 4 KiB header, 16 bytes per
+//! segment, 16 bytes per volume and one 24-byte entry per pool block, so a full pool's map
+//! always fits. Version 1 (no checkpoints, volume table in slot A) is not read.
 //!
 //! ## Superblock (little endian)
 //!
@@ -34,7 +36,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 pub const MAGIC: &[u8; 8] = b"UNBLEND\0";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const SUPERBLOCK_BYTES: usize = 4096;
 pub const POOL_BLOCK_BYTES: u32 = 4096;
 pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
@@ -42,8 +44,14 @@ pub const MAX_SEGMENT_BYTES: u64 = 256 << 20;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 8 << 20;
 /// A pool needs room for at least this many segments (the cleaner needs free ones to work).
 pub const MIN_SEGMENTS: u64 = 8;
-const CHECKPOINT_HEADER_BYTES: u64 = 1 << 20;
-const CHECKPOINT_ENTRY_BYTES: u64 = 16;
+/// Where the volume table lives.
+pub const VOLUME_TABLE_OFFSET: u64 = 4096;
+pub const CHECKPOINT_HEADER_BYTES: u64 = 4096;
+pub const CHECKPOINT_SEGMENT_BYTES: u64 = 16;
+pub const CHECKPOINT_VOLUME_BYTES: u64 = 16;
+pub const CHECKPOINT_ENTRY_BYTES: u64 = 24;
+/// Volumes a checkpoint slot has room for (the volume table holds fewer).
+pub const CHECKPOINT_MAX_VOLUMES: u64 = 64;
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum FormatError {
@@ -100,7 +108,10 @@ impl Superblock {
         // Size the checkpoint slots for every block the pool could hold.
         let max_blocks = pool_bytes / POOL_BLOCK_BYTES as u64;
         let slot = align_up(
-            CHECKPOINT_HEADER_BYTES + max_blocks * CHECKPOINT_ENTRY_BYTES,
+            CHECKPOINT_HEADER_BYTES
+                + pool_bytes / segment_bytes * CHECKPOINT_SEGMENT_BYTES
+                + CHECKPOINT_MAX_VOLUMES * CHECKPOINT_VOLUME_BYTES
+                + max_blocks * CHECKPOINT_ENTRY_BYTES,
             segment_bytes,
         );
         let first_segment_offset = metadata_offset + 2 * slot;
@@ -210,7 +221,7 @@ mod tests {
         let s = sb();
         assert_eq!(s.first_segment_offset % s.segment_bytes, 0);
         assert!(s.segment_offset(s.segment_count - 1) + s.segment_bytes <= s.pool_bytes);
-        assert!(s.metadata_slot_bytes >= (1 << 30) / 4096 * 16);
+        assert!(s.metadata_slot_bytes >= (1 << 30) / 4096 * 24);
         assert!(Superblock::plan(16 << 20, DEFAULT_SEGMENT_BYTES, Uuid::nil()).is_err());
         assert_eq!(
             Superblock::plan(1 << 30, 3 << 20, Uuid::nil()),
@@ -246,12 +257,12 @@ mod tests {
         b[0] = b'X';
         assert_eq!(Superblock::decode(&b, 1 << 30), Err(FormatError::BadMagic));
         let mut b = s.encode();
-        b[8] = 2;
+        b[8] = 3;
         let crc = crc32c::crc32c(&b[..SUPERBLOCK_BYTES - 4]);
         b[SUPERBLOCK_BYTES - 4..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             Superblock::decode(&b, 1 << 30),
-            Err(FormatError::UnsupportedVersion(2))
+            Err(FormatError::UnsupportedVersion(3))
         );
         assert!(matches!(
             Superblock::decode(&s.encode(), 1 << 29),

@@ -1,11 +1,15 @@
 //! The log-structured volume store (lsv): per-core logs in a pool on one base bdev, thin
 //! volumes, a lock-free extent table, a cleaner, checkpoints and recovery.
 //!
-//! Built so far, each with its tests: the extent table (`extent_table`), the pool layout and
-//! superblock (`format`), the log record format (`record`), and segment usage with the
-//! cleaner's victim policies (`usage`). Not built yet: the per-core log writer, volumes as
-//! bdevs, the cleaner's mover, checkpoints, recovery, the simulator, the RPC methods.
+//! - `format`: the pool's layout and superblock; `record`: log records; `checkpoint`: the
+//!   checkpoint format. Each on-disk format is documented in its file, with its version.
+//! - `extent_table`: the lock-free map; `usage`: segment states, live counts, victim policies.
+//! - `pool`: a pool on its base bdev, volume table, recovery; `volume`: a volume as a bdev,
+//!   with a log head per channel; `cleaner`: moves live blocks and writes checkpoints.
+//! - `pools`: the appliance's pools and examine; `tools`: offline format/inspect/check.
 
+pub mod checkpoint;
+pub mod cleaner;
 pub mod extent_table;
 pub mod format;
 pub mod pool;

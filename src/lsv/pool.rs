@@ -4,7 +4,7 @@
 //!
 //! ## Volume table (format version 1)
 //!
-//! The first 4 KiB block of checkpoint slot A (`metadata_offset`), little endian:
+//! At `VOLUME_TABLE_OFFSET` (4 KiB), one 4 KiB block, little endian:
 //!
 //! ```text
 //!    0  magic "UVT1"   4  count u32
@@ -16,23 +16,31 @@
 //!
 //! It is rewritten (with FUA) whenever a volume is created or deleted.
 //!
-//! ## Recovery (this version)
+//! ## Recovery
 //!
-//! Every segment's record chain is read from its start and checked (header and data
-//! checksums, the record naming this segment); a segment's chain ends at the first record that
-//! fails. All records are then replayed in sequence order into the extent tables, which also
-//! rebuilds the live counts. Segments that hold records are sealed; new writes go to free
-//! segments. There is no checkpoint yet, so recovery reads every segment's log.
+//! The newest checkpoint whose header and body check out is loaded (the other slot if the
+//! newest is damaged; neither: the pool refuses to open). Then the log written since is read:
+//! only segments that were open at the checkpoint, written after it began, or free then (one
+//! block read tells whether a free one was reused), so recovery time follows the log written
+//! since the checkpoint, not the pool's size. A segment's chain of records (header and data
+//! checksums, this segment, one epoch, rising sequence numbers) ends at the first record that
+//! fails. Records after the checkpoint are replayed in sequence order; every entry carries the
+//! sequence number of the write that made its data, and an entry replaces a mapping only if
+//! that number is at least the mapping's. Live counts are then counted from the map itself.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use thiserror::Error;
 use uuid::Uuid;
 
+use super::checkpoint::{decode_body, BodyWriter, CheckpointHeader, SegmentRow, CP_HEADER_BYTES};
+use super::extent_table::Stored;
 use super::extent_table::{ExtentTable, Mapping, Update};
-use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES};
+use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES, VOLUME_TABLE_OFFSET};
 use super::record::{EntryOp, RecordHeader, BLOCK_BYTES};
 use super::usage::{SegmentState, UsageDeltas, UsageTable};
 use crate::bdev::{BdevEntry, ChannelContext, IoChannel, IoRequest, IoStatus, IoType, IoVec};
@@ -44,6 +52,8 @@ const VT_NAME_BYTES: usize = 48;
 /// Volumes one pool holds (volume table version 1 fits them in one block).
 pub const MAX_VOLUMES: usize = (POOL_NAME_AT - 8) / VT_ENTRY_BYTES;
 const POOL_NAME_AT: usize = 4000;
+/// Largest single request of checkpoint I/O.
+const CHECKPOINT_IO_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Error)]
 pub enum PoolError {
@@ -65,6 +75,8 @@ pub enum PoolError {
     TooManyVolumes,
     #[error("I/O error on the base bdev: {0}")]
     Io(String),
+    #[error("pool is damaged: {0}")]
+    Corrupt(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,13 +112,23 @@ impl SyncIo {
         len: usize,
         fua: bool,
     ) -> Result<(), PoolError> {
-        assert!(
-            len <= self.buf.len()
-                && len.is_multiple_of(BLOCK_BYTES)
-                && offset.is_multiple_of(BLOCK_BYTES as u64)
-        );
-        // SAFETY: the region is ours and untouched while the request runs (we wait for it).
-        let iov = unsafe { IoVec::from_raw(self.buf.as_ptr(), len) };
+        assert!(len <= self.buf.len());
+        let ptr = self.buf.as_ptr();
+        self.run_on(io_type, offset, ptr, len, fua)
+    }
+
+    /// Runs one request on `len` bytes at `ptr` (the caller's memory, untouched meanwhile).
+    fn run_on(
+        &mut self,
+        io_type: IoType,
+        offset: u64,
+        ptr: *mut u8,
+        len: usize,
+        fua: bool,
+    ) -> Result<(), PoolError> {
+        assert!(len.is_multiple_of(BLOCK_BYTES) && offset.is_multiple_of(BLOCK_BYTES as u64));
+        // SAFETY: the memory is the caller's and untouched while the request runs (we wait).
+        let iov = unsafe { IoVec::from_raw(ptr, len) };
         let iovs = [iov];
         let data = io_type == IoType::Read || io_type == IoType::Write;
         self.ch
@@ -148,53 +170,23 @@ impl SyncIo {
     }
 }
 
-/// Which write's data lives where in one segment: runs of blocks, each with the sequence
-/// number of the write that produced the data, appended in block order by the segment's only
-/// writer and read lock-free by anyone (the extent table's `seq_of`).
-struct SegmentSummary {
-    starts: Box<[AtomicU64]>,
+/// The sequence number of the write whose data lives in each block of one segment, set
+/// before the block is written (by the segment's only writer, or at recovery) and read
+/// lock-free by anyone (the extent table's `seq_of`). A block the cleaner moved keeps its
+/// original write's number. 8 bytes per pool block of a segment that has taken a record.
+struct SegmentSeqs {
     seqs: Box<[AtomicU64]>,
-    len: AtomicU32,
 }
 
-impl SegmentSummary {
-    fn new(capacity: usize) -> SegmentSummary {
-        SegmentSummary {
-            starts: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-            seqs: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-            len: AtomicU32::new(0),
-        }
-    }
-
-    /// Appends a run starting at pool block `start` (block order: only the owner appends).
-    fn push(&self, start: u64, seq: u64) {
-        let n = self.len.load(Ordering::Relaxed) as usize;
-        assert!(n < self.starts.len(), "segment summary overflow");
-        debug_assert!(n == 0 || self.starts[n - 1].load(Ordering::Relaxed) < start);
-        self.starts[n].store(start, Ordering::Relaxed);
-        self.seqs[n].store(seq, Ordering::Relaxed);
-        self.len.store(n as u32 + 1, Ordering::Release);
-    }
-
-    fn seq_at(&self, pba: u64) -> u64 {
-        let n = self.len.load(Ordering::Acquire) as usize;
-        // The last run starting at or before `pba`.
-        let (mut lo, mut hi) = (0usize, n);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.starts[mid].load(Ordering::Relaxed) <= pba {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        debug_assert!(lo > 0, "no summary run covers block {pba}");
-        if lo == 0 {
-            return 0;
-        }
-        self.seqs[lo - 1].load(Ordering::Relaxed)
-    }
-}
+/// Log-head slots: one per channel or cleaner stream that appends records (checkpoints read
+/// them to know which records may still be in flight).
+pub const MAX_LOG_HEADS: usize = 256;
+const HEAD_UNUSED: u64 = 0;
+const HEAD_IDLE: u64 = u64::MAX;
+/// Free segments only the cleaner may take (two relocation streams, one spare).
+pub const CLEANER_RESERVE_SEGMENTS: u64 = 3;
+/// One-minute write-amplification window: a sample per second.
+const WA_WINDOW_SAMPLES: usize = 61;
 
 pub struct LsvPool {
     pub name: String,
@@ -202,16 +194,39 @@ pub struct LsvPool {
     pub(super) base: BdevEntry,
     pub(super) usage: UsageTable,
     /// Allocated when a segment first takes a record, so an empty pool costs nothing here.
-    summaries: Box<[std::sync::OnceLock<SegmentSummary>]>,
+    summaries: Box<[std::sync::OnceLock<SegmentSeqs>]>,
     seg_blocks: usize,
     /// Records submitted and not yet applied, over all channels.
     records_in_flight: AtomicU64,
-    /// Since the pool was opened: blocks of user data written, and blocks the log took for
-    /// them (data plus record headers). Their ratio is the write amplification.
+    /// Since the pool was opened: blocks of user data written, blocks the log took for them
+    /// (data plus record headers), blocks the cleaner moved (with their headers), and blocks
+    /// of checkpoints. (log + cleaner + checkpoint) / user is the write amplification.
     user_blocks_written: AtomicU64,
     log_blocks_written: AtomicU64,
+    pub(super) cleaner_blocks_written: AtomicU64,
+    pub(super) checkpoint_blocks_written: AtomicU64,
+    pub(super) segments_cleaned: AtomicU64,
     next_seq: AtomicU64,
     volumes: RwLock<BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>>,
+    /// Per log head: 0 unused, u64::MAX idle, else the oldest record it has in flight (or a
+    /// lower bound taken before that record was numbered).
+    log_heads: Box<[AtomicU64]>,
+    /// The newest durable checkpoint's generation and complete_seq.
+    pub(super) checkpoint_gen: AtomicU64,
+    pub(super) checkpoint_seq: AtomicU64,
+    /// Log blocks written (user and cleaner) when the newest checkpoint began.
+    pub(super) log_blocks_at_checkpoint: AtomicU64,
+    checkpoint_busy: AtomicBool,
+    /// Whether a cleaner runs for this pool (without one, a full pool fails writes at once).
+    pub(super) cleaner_attached: AtomicBool,
+    /// Set by the cleaner when no segment can be freed: writes that find no room fail.
+    pub(super) full: AtomicBool,
+    /// Set when the pool is being deleted or closed: its cleaner stops.
+    pub(super) closing: AtomicBool,
+    /// User writes held back this moment by throttling (a gauge for statistics).
+    pub(super) throttled_writes: AtomicU64,
+    wa_history: Mutex<VecDeque<(Instant, u64, u64)>>,
+    opened: Instant,
 }
 
 fn encode_volume_table(pool_name: &str, vols: &[VolumeMeta]) -> Vec<u8> {
@@ -271,8 +286,9 @@ fn decode_volume_table(b: &[u8]) -> Result<(String, Vec<VolumeMeta>), PoolError>
 }
 
 impl LsvPool {
-    /// Formats a new pool on `base`: superblock, an empty volume table, and the first block of
-    /// every segment zeroed so that no record of an earlier life is replayed.
+    /// Formats a new pool on `base`: superblock, an empty volume table, an empty first
+    /// checkpoint, and the first block of every segment zeroed so that no record of an
+    /// earlier life is replayed.
     pub fn create(
         name: &str,
         base: BdevEntry,
@@ -282,6 +298,9 @@ impl LsvPool {
         if bs as usize != BLOCK_BYTES {
             return Err(PoolError::BlockSize(bs));
         }
+        if name.is_empty() || name.len() > VT_NAME_BYTES || name.contains('/') {
+            return Err(PoolError::BadName(name.to_string()));
+        }
         let bytes = base.bdev.num_blocks() * bs as u64;
         let sb = Superblock::plan(bytes, segment_bytes, Uuid::new_v4())?;
         let mut io = SyncIo::new(&base, BLOCK_BYTES)?;
@@ -289,39 +308,55 @@ impl LsvPool {
         for s in 0..sb.segment_count {
             io.run(IoType::Write, sb.segment_offset(s), BLOCK_BYTES, false)?;
         }
-        if name.is_empty() || name.len() > VT_NAME_BYTES || name.contains('/') {
-            return Err(PoolError::BadName(name.to_string()));
-        }
+        // Neither checkpoint slot may hold a checkpoint of an earlier pool.
+        io.run(IoType::Write, sb.metadata_offset, BLOCK_BYTES, false)?;
+        io.run(
+            IoType::Write,
+            sb.metadata_offset + sb.metadata_slot_bytes,
+            BLOCK_BYTES,
+            false,
+        )?;
         let vt = encode_volume_table(name, &[]);
         io.bytes_mut(BLOCK_BYTES).copy_from_slice(&vt);
-        io.run(IoType::Write, sb.metadata_offset, BLOCK_BYTES, false)?;
+        io.run(IoType::Write, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
+        drop(io);
+        let pool = Self::new_in_memory(base, sb, name.to_string(), Vec::new());
+        // The first checkpoint (generation 1): all segments free, nothing mapped.
+        pool.checkpoint_sync()?;
+        let mut io = SyncIo::new(&pool.base, SUPERBLOCK_BYTES)?;
         io.bytes_mut(SUPERBLOCK_BYTES).copy_from_slice(&sb.encode());
         io.run(IoType::Write, 0, SUPERBLOCK_BYTES, false)?;
         io.run(IoType::Flush, 0, 0, false)?;
-        drop(io);
-        // Just formatted: there is no log to replay.
-        Self::load(base, false)
+        Ok(Arc::new(pool))
     }
 
-    /// Opens an existing pool (named as it was created) and recovers it from its log.
+    /// Opens an existing pool (named as it was created) and recovers it: its newest valid
+    /// checkpoint, then the log written since.
     pub fn open_named(base: BdevEntry) -> Result<Arc<LsvPool>, PoolError> {
-        Self::load(base, true)
-    }
-
-    fn load(base: BdevEntry, replay: bool) -> Result<Arc<LsvPool>, PoolError> {
         let bs = base.bdev.block_size();
         if bs as usize != BLOCK_BYTES {
             return Err(PoolError::BlockSize(bs));
         }
         let bytes = base.bdev.num_blocks() * bs as u64;
-        let mut io = SyncIo::new(&base, BLOCK_BYTES * 2)?;
+        let mut io = SyncIo::new(&base, BLOCK_BYTES)?;
         io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false)?;
         let sb = Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes)?;
-        io.run(IoType::Read, sb.metadata_offset, BLOCK_BYTES, false)?;
+        io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
         let (name, metas) = decode_volume_table(io.bytes(BLOCK_BYTES))?;
         drop(io);
+        let pool = Self::new_in_memory(base, sb, name, metas);
+        pool.recover()?;
+        Ok(Arc::new(pool))
+    }
+
+    fn new_in_memory(
+        base: BdevEntry,
+        sb: Superblock,
+        name: String,
+        metas: Vec<VolumeMeta>,
+    ) -> LsvPool {
         let seg_blocks = (sb.segment_bytes / BLOCK_BYTES as u64) as usize;
-        let pool = LsvPool {
+        LsvPool {
             summaries: (0..sb.segment_count)
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
@@ -329,11 +364,11 @@ impl LsvPool {
             records_in_flight: AtomicU64::new(0),
             user_blocks_written: AtomicU64::new(0),
             log_blocks_written: AtomicU64::new(0),
+            cleaner_blocks_written: AtomicU64::new(0),
+            checkpoint_blocks_written: AtomicU64::new(0),
+            segments_cleaned: AtomicU64::new(0),
             name,
-            usage: UsageTable::new(
-                sb.segment_count,
-                (sb.segment_bytes / BLOCK_BYTES as u64) as u32,
-            ),
+            usage: UsageTable::new(sb.segment_count, seg_blocks as u32),
             sb,
             base,
             next_seq: AtomicU64::new(1),
@@ -346,11 +381,20 @@ impl LsvPool {
                     })
                     .collect(),
             ),
-        };
-        if replay {
-            pool.recover()?;
+            log_heads: (0..MAX_LOG_HEADS)
+                .map(|_| AtomicU64::new(HEAD_UNUSED))
+                .collect(),
+            checkpoint_gen: AtomicU64::new(0),
+            checkpoint_seq: AtomicU64::new(0),
+            log_blocks_at_checkpoint: AtomicU64::new(0),
+            checkpoint_busy: AtomicBool::new(false),
+            cleaner_attached: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            throttled_writes: AtomicU64::new(0),
+            wa_history: Mutex::new(VecDeque::with_capacity(WA_WINDOW_SAMPLES)),
+            opened: Instant::now(),
         }
-        Ok(Arc::new(pool))
     }
 
     /// The block address (in 4 KiB pool blocks) where segment `seg` starts.
@@ -363,25 +407,76 @@ impl LsvPool {
         (pba * BLOCK_BYTES as u64 - self.sb.first_segment_offset) / self.sb.segment_bytes
     }
 
-    /// A sequence number for a new record, which is now in flight (until `record_done`).
-    pub(super) fn next_seq(&self) -> u64 {
+    /// Whether `pba` lies in some segment (addresses read from disk are checked with this).
+    fn in_segments(&self, pba: u64) -> bool {
+        let first = self.sb.first_segment_offset / BLOCK_BYTES as u64;
+        pba >= first && pba < first + self.sb.segment_count * self.seg_blocks as u64
+    }
+
+    /// Claims a log-head slot for a channel or cleaner stream; None when all are taken.
+    pub(super) fn claim_head(&self) -> Option<usize> {
+        self.log_heads.iter().position(|h| {
+            h.compare_exchange(HEAD_UNUSED, HEAD_IDLE, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        })
+    }
+
+    pub(super) fn release_head(&self, head: usize) {
+        self.log_heads[head].store(HEAD_UNUSED, Ordering::SeqCst);
+    }
+
+    /// A sequence number for a new record of log head `head`, which is now in flight (until
+    /// `record_done`). An idle head first publishes a lower bound of the number it is about
+    /// to take, so a checkpoint beginning meanwhile cannot count the record as complete.
+    pub(super) fn next_seq(&self, head: usize) -> u64 {
+        if self.log_heads[head].load(Ordering::SeqCst) == HEAD_IDLE {
+            self.log_heads[head].store(self.next_seq.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
         self.records_in_flight.fetch_add(1, Ordering::AcqRel);
-        self.next_seq.fetch_add(1, Ordering::Relaxed)
+        self.next_seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Publishes log head `head`'s oldest record still in flight (None: idle).
+    pub(super) fn head_oldest(&self, head: usize, oldest: Option<u64>) {
+        self.log_heads[head].store(oldest.unwrap_or(HEAD_IDLE), Ordering::SeqCst);
     }
 
     pub(super) fn record_done(&self) {
         self.records_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Notes, before the record is written, where each of its writes' data will live.
+    /// Every record with a sequence number at or below this has been applied.
+    fn complete_seq(&self) -> (u64, u64) {
+        let next = self.next_seq.load(Ordering::SeqCst);
+        let oldest = self
+            .log_heads
+            .iter()
+            .map(|h| h.load(Ordering::SeqCst))
+            .filter(|&v| v != HEAD_UNUSED && v != HEAD_IDLE)
+            .min()
+            .unwrap_or(u64::MAX);
+        (next.min(oldest) - 1, next)
+    }
+
+    fn seqs_of(&self, seg: u64) -> &SegmentSeqs {
+        self.summaries[seg as usize].get_or_init(|| SegmentSeqs {
+            seqs: (0..self.seg_blocks).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// Notes, before the record is written, which write's data each of its blocks holds, and
+    /// the segment's age.
     pub(super) fn summarize(&self, h: &RecordHeader, first_data_pba: u64) {
-        let seg = h.segment as usize;
+        let seqs = self.seqs_of(h.segment);
+        let seg_start = self.segment_first_block(h.segment);
+        self.usage.note_write(h.segment, h.seq);
         let mut pba = first_data_pba;
         for e in &h.entries {
             if e.op == EntryOp::Write {
-                self.summaries[seg]
-                    .get_or_init(|| SegmentSummary::new(self.seg_blocks))
-                    .push(pba, h.seq);
+                let seq = e.seq_in(h.seq);
+                for b in 0..e.num_blocks as u64 {
+                    seqs.seqs[(pba + b - seg_start) as usize].store(seq, Ordering::Release);
+                }
                 pba += e.num_blocks as u64;
             }
         }
@@ -389,8 +484,11 @@ impl LsvPool {
 
     /// The sequence number of the write whose data is at pool block `pba`.
     pub(super) fn seq_of(&self, pba: u64) -> u64 {
-        match self.summaries[self.segment_of(pba) as usize].get() {
-            Some(summary) => summary.seq_at(pba),
+        let seg = self.segment_of(pba);
+        match self.summaries[seg as usize].get() {
+            Some(s) => {
+                s.seqs[(pba - self.segment_first_block(seg)) as usize].load(Ordering::Acquire)
+            }
             None => {
                 debug_assert!(
                     false,
@@ -399,6 +497,15 @@ impl LsvPool {
                 0
             }
         }
+    }
+
+    /// The extent table of volume `id`, if it exists.
+    pub(super) fn table_of(&self, id: u32) -> Option<Arc<ExtentTable>> {
+        self.volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map(|v| v.1.clone())
     }
 
     /// Applies one record's entries to the extent tables (replay and live I/O share this).
@@ -423,8 +530,7 @@ impl LsvPool {
             let table = match table {
                 Some(t) => t,
                 None => {
-                    let vols = self.volumes.read().unwrap_or_else(|e| e.into_inner());
-                    looked_up = vols.get(&(e.volume as u32)).map(|v| v.1.clone());
+                    looked_up = self.table_of(e.volume as u32);
                     match &looked_up {
                         Some(t) => t.as_ref(),
                         None => {
@@ -436,13 +542,14 @@ impl LsvPool {
                     }
                 }
             };
+            let seq = e.seq_in(h.seq);
             for b in 0..e.num_blocks as u64 {
                 let Some(lba) = e.lba.checked_add(b).filter(|&l| l < table.num_blocks()) else {
                     break;
                 };
                 let addr = (e.op == EntryOp::Write).then_some(pba + b);
                 if let Update::Applied { previous } =
-                    table.update(lba, addr, h.seq, &seq_of, older_in_flight)
+                    table.update(lba, addr, seq, &seq_of, older_in_flight)
                 {
                     if let Mapping::At(old) = previous {
                         self.add_delta(deltas, self.segment_of(old), -1);
@@ -458,7 +565,7 @@ impl LsvPool {
         }
     }
 
-    fn add_delta(&self, deltas: &mut UsageDeltas, seg: u64, d: i32) {
+    pub(super) fn add_delta(&self, deltas: &mut UsageDeltas, seg: u64, d: i32) {
         if !deltas.add(seg, d) {
             self.usage.apply(deltas);
             assert!(deltas.add(seg, d));
@@ -469,24 +576,144 @@ impl LsvPool {
         self.usage.apply(deltas);
     }
 
-    fn recover(&self) -> Result<(), PoolError> {
-        let seg_blocks = self.sb.segment_bytes as usize / BLOCK_BYTES;
-        let mut io = SyncIo::new(&self.base, self.sb.segment_bytes as usize)?;
-        // (seq, segment, first data pba, header)
-        let mut records: Vec<(u64, u64, u64, RecordHeader)> = Vec::new();
-        let mut used = Vec::new();
-        for seg in 0..self.sb.segment_count {
-            // A segment whose first block holds no record has no log: one block read tells.
-            io.run(
+    fn slot_offset(&self, gen: u64) -> u64 {
+        debug_assert!(gen > 0);
+        self.sb.metadata_offset + ((gen - 1) % 2) * self.sb.metadata_slot_bytes
+    }
+
+    /// Reads and checks the checkpoint in the slot at `offset`: its header, then its body.
+    fn read_checkpoint(
+        &self,
+        offset: u64,
+    ) -> Result<
+        (
+            CheckpointHeader,
+            Vec<SegmentRow>,
+            Vec<(u32, u64, Stored, u64)>,
+        ),
+        String,
+    > {
+        let mut io = SyncIo::new(&self.base, CP_HEADER_BYTES).map_err(|e| e.to_string())?;
+        io.run(IoType::Read, offset, CP_HEADER_BYTES, false)
+            .map_err(|e| e.to_string())?;
+        let h = CheckpointHeader::decode(io.bytes(CP_HEADER_BYTES)).map_err(|e| e.to_string())?;
+        if h.segment_count != self.sb.segment_count
+            || h.body_bytes + CP_HEADER_BYTES as u64 > self.sb.metadata_slot_bytes
+        {
+            return Err("checkpoint does not match the pool's layout".into());
+        }
+        let len = (h.body_bytes as usize).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        let body = DmaRegion::new_lazy(len.max(BLOCK_BYTES)).map_err(|e| e.to_string())?;
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(CHECKPOINT_IO_BYTES);
+            // SAFETY: inside `body`, which we own and do not touch meanwhile.
+            io.run_on(
                 IoType::Read,
-                self.sb.segment_offset(seg),
-                BLOCK_BYTES,
+                offset + (CP_HEADER_BYTES + at) as u64,
+                unsafe { body.as_ptr().add(at) },
+                n,
                 false,
-            )?;
-            let magic = u32::from_le_bytes(io.bytes(4).try_into().expect("4 bytes"));
-            if magic != super::record::RECORD_MAGIC {
+            )
+            .map_err(|e| e.to_string())?;
+            at += n;
+        }
+        // SAFETY: the reads are done; the region is at least `body_bytes` long.
+        let bytes = unsafe { std::slice::from_raw_parts(body.as_ptr(), h.body_bytes as usize) };
+        let mut entries = Vec::new();
+        let rows = decode_body(bytes, &h, |v, l, s, q| entries.push((v, l, s, q)))
+            .map_err(|e| e.to_string())?;
+        Ok((h, rows, entries))
+    }
+
+    /// Recovery: the newest checkpoint whose header and body check out (falling back to the
+    /// other slot), then every record written after it, in sequence order.
+    fn recover(&self) -> Result<(), PoolError> {
+        let t0 = Instant::now();
+        let slots = [
+            self.sb.metadata_offset,
+            self.sb.metadata_offset + self.sb.metadata_slot_bytes,
+        ];
+        let mut found: Vec<_> = slots
+            .iter()
+            .map(|&o| (o, self.read_checkpoint(o)))
+            .collect();
+        found.sort_by_key(|(_, r)| std::cmp::Reverse(r.as_ref().map_or(0, |c| c.0.generation)));
+        let mut damage = Vec::new();
+        let mut chosen = None;
+        for (offset, r) in found {
+            match r {
+                Ok(c) => {
+                    if chosen.is_none() {
+                        chosen = Some(c);
+                    }
+                }
+                Err(e) if e == "no checkpoint here" => {}
+                Err(e) => damage.push(format!("slot at {offset}: {e}")),
+            }
+        }
+        let Some((h, rows, entries)) = chosen else {
+            return Err(PoolError::Corrupt(format!(
+                "no valid checkpoint ({})",
+                if damage.is_empty() {
+                    "both slots empty".to_string()
+                } else {
+                    damage.join("; ")
+                }
+            )));
+        };
+        if !damage.is_empty() {
+            tracing::warn!(pool = %self.name, generation = h.generation, "a checkpoint is damaged ({}); recovering from the other one", damage.join("; "));
+        }
+        // The checkpoint's map.
+        for &(vol, lba, stored, seq) in &entries {
+            let Some(table) = self.table_of(vol) else {
+                continue;
+            };
+            if lba >= table.num_blocks() {
                 continue;
             }
+            if let Stored::At(pba) = stored {
+                if !self.in_segments(pba) {
+                    return Err(PoolError::Corrupt(format!(
+                        "checkpoint {} maps volume {vol} block {lba} outside the segments",
+                        h.generation
+                    )));
+                }
+                let seg = self.segment_of(pba);
+                self.seqs_of(seg).seqs[(pba - self.segment_first_block(seg)) as usize]
+                    .store(seq, Ordering::Relaxed);
+            }
+            table.restore(lba, stored);
+        }
+        drop(entries);
+        let after = h.complete_seq;
+        // The log since: segments that were open, written after the checkpoint began, or
+        // free (and so perhaps reused) hold records after `after`.
+        let mut io = SyncIo::new(&self.base, self.sb.segment_bytes as usize)?;
+        let mut records: Vec<(u64, u64, RecordHeader)> = Vec::new();
+        let mut newest_in = vec![0u64; self.sb.segment_count as usize];
+        let mut segments_read = 0u64;
+        for seg in 0..self.sb.segment_count {
+            let row = rows[seg as usize];
+            let whole = match row.state {
+                SegmentState::Open => true,
+                SegmentState::Sealed | SegmentState::Cleaning => row.last_seq > after,
+                SegmentState::Free | SegmentState::Cleaned => {
+                    io.run(
+                        IoType::Read,
+                        self.sb.segment_offset(seg),
+                        BLOCK_BYTES,
+                        false,
+                    )?;
+                    RecordHeader::decode(io.bytes(BLOCK_BYTES))
+                        .is_ok_and(|r| r.segment == seg && r.seq > after)
+                }
+            };
+            if !whole {
+                continue;
+            }
+            segments_read += 1;
             io.run(
                 IoType::Read,
                 self.sb.segment_offset(seg),
@@ -494,49 +721,272 @@ impl LsvPool {
                 false,
             )?;
             let bytes = io.bytes(self.sb.segment_bytes as usize);
-            let mut at = 0usize;
-            let mut any = false;
-            while at < seg_blocks {
-                let Ok(h) = RecordHeader::decode(&bytes[at * BLOCK_BYTES..]) else {
-                    break;
-                };
-                let end = at + h.total_blocks() as usize;
-                if h.segment != seg || end > seg_blocks {
-                    break;
+            for (first_data, rh) in self.walk_chain(seg, bytes)? {
+                newest_in[seg as usize] = rh.seq;
+                if rh.seq > after {
+                    records.push((rh.seq, first_data, rh));
                 }
-                let data = &bytes[(at + h.header_blocks as usize) * BLOCK_BYTES..end * BLOCK_BYTES];
-                if h.verify_data(data).is_err() {
-                    break;
-                }
-                let first_data =
-                    self.segment_first_block(seg) + (at + h.header_blocks as usize) as u64;
-                self.summarize(&h, first_data);
-                records.push((h.seq, seg, first_data, h));
-                any = true;
-                at = end;
-            }
-            if any {
-                used.push(seg);
             }
         }
         records.sort_by_key(|r| r.0);
         let mut deltas = UsageDeltas::default();
-        for (_, _, first_data, h) in &records {
-            self.apply_record(h, *first_data, &mut deltas, false, None);
+        for (_, first_data, rh) in &records {
+            self.summarize(rh, *first_data);
         }
-        self.usage.apply(&mut deltas);
-        for seg in used {
-            let opened = self
-                .usage
-                .transition(seg, SegmentState::Free, SegmentState::Open);
-            debug_assert!(opened);
-            self.usage
-                .transition(seg, SegmentState::Open, SegmentState::Sealed);
+        for (_, first_data, rh) in &records {
+            self.apply_record(rh, *first_data, &mut deltas, false, None);
+        }
+        // Live counts from the map itself.
+        let mut live = vec![0u32; self.sb.segment_count as usize];
+        for (_, t) in self
+            .volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            t.for_each(|_, s| {
+                if let Stored::At(pba) = s {
+                    live[self.segment_of(pba) as usize] += 1;
+                }
+            });
+        }
+        for seg in 0..self.sb.segment_count as usize {
+            let row = rows[seg];
+            let written = newest_in[seg] > after;
+            let state = match row.state {
+                SegmentState::Free if !written => SegmentState::Free,
+                SegmentState::Cleaned if !written => SegmentState::Cleaned,
+                _ => SegmentState::Sealed,
+            };
+            if matches!(state, SegmentState::Free | SegmentState::Cleaned) && live[seg] != 0 {
+                return Err(PoolError::Corrupt(format!(
+                    "segment {seg} is {state:?} in checkpoint {} but {} blocks map into it",
+                    h.generation, live[seg]
+                )));
+            }
+            self.usage.restore(
+                seg as u64,
+                state,
+                live[seg],
+                row.last_seq.max(newest_in[seg]),
+                h.generation,
+            );
         }
         let last = records.last().map_or(0, |r| r.0);
-        self.next_seq.store(last + 1, Ordering::Relaxed);
-        tracing::info!(pool = %self.name, records = records.len(), next_seq = last + 1, "pool recovered");
+        let newest = newest_in.iter().copied().max().unwrap_or(0);
+        self.next_seq
+            .store(h.next_seq.max(last + 1).max(newest + 1), Ordering::SeqCst);
+        self.checkpoint_gen.store(h.generation, Ordering::SeqCst);
+        self.checkpoint_seq.store(after, Ordering::SeqCst);
+        tracing::info!(pool = %self.name, checkpoint = h.generation, records = records.len(), segments_read, ms = t0.elapsed().as_millis() as u64, "pool recovered");
         Ok(())
+    }
+
+    /// The records of one use of segment `seg` (its bytes), in order, up to the first that
+    /// does not check out: (first data block, header). A record whose data fails its checksum
+    /// while a good record of the same use follows it is corruption, not a torn tail: an error.
+    pub(super) fn walk_chain(
+        &self,
+        seg: u64,
+        bytes: &[u8],
+    ) -> Result<Vec<(u64, RecordHeader)>, PoolError> {
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        let mut epoch = None;
+        let mut last_seq = 0;
+        let good_header = |at: usize, epoch: Option<u64>, last: u64| -> Option<RecordHeader> {
+            let h = RecordHeader::decode(bytes.get(at * BLOCK_BYTES..)?).ok()?;
+            let end = at + h.total_blocks() as usize;
+            (h.segment == seg
+                && end <= self.seg_blocks
+                && epoch.is_none_or(|e| e == h.segment_epoch)
+                && h.seq > last)
+                .then_some(h)
+        };
+        while at < self.seg_blocks {
+            let Some(h) = good_header(at, epoch, last_seq) else {
+                break;
+            };
+            let end = at + h.total_blocks() as usize;
+            let data = &bytes[(at + h.header_blocks as usize) * BLOCK_BYTES..end * BLOCK_BYTES];
+            if h.verify_data(data).is_err() {
+                if good_header(end, Some(h.segment_epoch), h.seq).is_some() {
+                    return Err(PoolError::Corrupt(format!(
+                        "segment {seg}: record {} has bad data and later records follow it",
+                        h.seq
+                    )));
+                }
+                break;
+            }
+            epoch = Some(h.segment_epoch);
+            last_seq = h.seq;
+            let first_data = self.segment_first_block(seg) + (at + h.header_blocks as usize) as u64;
+            out.push((first_data, h));
+            at = end;
+        }
+        Ok(out)
+    }
+
+    /// Takes a snapshot for the next checkpoint into `buf` (a slot's size): header, then body.
+    pub(super) fn snapshot(&self, buf: &mut [u8]) -> Result<CheckpointHeader, PoolError> {
+        let (complete_seq, next_seq) = self.complete_seq();
+        let (head, body) = buf.split_at_mut(CP_HEADER_BYTES);
+        let mut w = BodyWriter::new(body);
+        let cp = |e: super::checkpoint::CheckpointError| PoolError::Corrupt(e.to_string());
+        for seg in 0..self.sb.segment_count {
+            w.segment(SegmentRow {
+                state: self.usage.state(seg),
+                live_blocks: self.usage.live(seg),
+                last_seq: self.usage.last_seq(seg),
+            })
+            .map_err(cp)?;
+        }
+        let tables: Vec<(u32, Arc<ExtentTable>)> = self
+            .volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, v)| (*id, v.1.clone()))
+            .collect();
+        for (id, t) in tables {
+            w.begin_volume(id).map_err(cp)?;
+            let mut err = None;
+            t.for_each(|lba, s| {
+                let seq = match s {
+                    Stored::At(p) => self.seq_of(p),
+                    Stored::Tombstone(q) => q,
+                };
+                if err.is_none() {
+                    err = w.entry(lba, s, seq).err();
+                }
+            });
+            if let Some(e) = err {
+                return Err(cp(e));
+            }
+        }
+        let volumes = w.volumes;
+        let body_bytes = w.finish();
+        let h = CheckpointHeader {
+            generation: self.checkpoint_gen.load(Ordering::SeqCst) + 1,
+            complete_seq,
+            next_seq,
+            segment_count: self.sb.segment_count,
+            volume_count: volumes,
+            body_bytes: body_bytes as u64,
+            body_crc: crc32c::crc32c(&body[..body_bytes]),
+        };
+        h.encode(head);
+        Ok(h)
+    }
+
+    /// Where checkpoint `h` is written, and how many bytes of its slot (body rounded up).
+    pub(super) fn checkpoint_extent(&self, h: &CheckpointHeader) -> (u64, usize) {
+        let len = (CP_HEADER_BYTES + h.body_bytes as usize).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        (self.slot_offset(h.generation), len)
+    }
+
+    /// `complete_seq` as of now.
+    pub(super) fn complete_seq_now(&self) -> u64 {
+        self.complete_seq().0
+    }
+
+    /// The sequence number the next record will take.
+    pub(super) fn next_seq_now(&self) -> u64 {
+        self.next_seq.load(Ordering::SeqCst)
+    }
+
+    /// Drops the checkpoint lock without writing a checkpoint.
+    pub(super) fn abort_checkpoint(&self) {
+        self.checkpoint_busy.store(false, Ordering::Release);
+    }
+
+    /// Takes the checkpoint lock (one checkpoint at a time); false if one is running.
+    pub(super) fn begin_checkpoint(&self) -> bool {
+        let ok = self
+            .checkpoint_busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if ok {
+            self.log_blocks_at_checkpoint
+                .store(self.log_blocks(), Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Checkpoint `h` is durable (or failed, with `durable` false): frees the segments it
+    /// makes reusable and drops the lock.
+    pub(super) fn end_checkpoint(&self, h: &CheckpointHeader, durable: bool) {
+        if durable {
+            debug_assert_eq!(h.generation, self.checkpoint_gen.load(Ordering::SeqCst) + 1);
+            self.checkpoint_gen.store(h.generation, Ordering::SeqCst);
+            self.checkpoint_seq.store(h.complete_seq, Ordering::SeqCst);
+            let (_, len) = self.checkpoint_extent(h);
+            self.checkpoint_blocks_written
+                .fetch_add((len / BLOCK_BYTES) as u64, Ordering::Relaxed);
+            for seg in 0..self.sb.segment_count {
+                if self.usage.state(seg) == SegmentState::Cleaned
+                    && self.usage.cleaned_gen(seg) + 2 <= h.generation
+                {
+                    self.usage
+                        .transition(seg, SegmentState::Cleaned, SegmentState::Free);
+                }
+            }
+            if self.usage.free_count() as u64 > CLEANER_RESERVE_SEGMENTS {
+                self.full.store(false, Ordering::Release);
+            }
+        }
+        self.checkpoint_busy.store(false, Ordering::Release);
+    }
+
+    /// Writes a checkpoint now, blocking (format, clean shutdown, tests). Waits for a
+    /// checkpoint the cleaner has running to finish first.
+    pub fn checkpoint_sync(&self) -> Result<u64, PoolError> {
+        while !self.begin_checkpoint() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let r = self.write_checkpoint_blocking();
+        if let Err(e) = &r {
+            tracing::error!(pool = %self.name, "checkpoint failed: {e}");
+        }
+        r
+    }
+
+    fn write_checkpoint_blocking(&self) -> Result<u64, PoolError> {
+        let fail = |e: PoolError, h: Option<&CheckpointHeader>| {
+            if let Some(h) = h {
+                self.end_checkpoint(h, false);
+            } else {
+                self.checkpoint_busy.store(false, Ordering::Release);
+            }
+            e
+        };
+        let buf = DmaRegion::new_lazy(self.sb.metadata_slot_bytes as usize)
+            .map_err(|e| fail(PoolError::Base(e.to_string()), None))?;
+        // SAFETY: the region is ours alone.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_ptr(), buf.len()) };
+        let h = self.snapshot(bytes).map_err(|e| fail(e, None))?;
+        let (offset, len) = self.checkpoint_extent(&h);
+        let mut io = SyncIo::new(&self.base, BLOCK_BYTES).map_err(|e| fail(e, Some(&h)))?;
+        let mut at = CP_HEADER_BYTES;
+        while at < len {
+            let n = (len - at).min(CHECKPOINT_IO_BYTES);
+            // SAFETY: inside `buf`, untouched while the write runs.
+            io.run_on(
+                IoType::Write,
+                offset + at as u64,
+                unsafe { buf.as_ptr().add(at) },
+                n,
+                false,
+            )
+            .map_err(|e| fail(e, Some(&h)))?;
+            at += n;
+        }
+        io.run(IoType::Flush, 0, 0, false)
+            .map_err(|e| fail(e, Some(&h)))?;
+        io.run_on(IoType::Write, offset, buf.as_ptr(), CP_HEADER_BYTES, true)
+            .map_err(|e| fail(e, Some(&h)))?;
+        self.end_checkpoint(&h, true);
+        Ok(h.generation)
     }
 
     fn write_volume_table(
@@ -547,7 +997,7 @@ impl LsvPool {
         let mut io = SyncIo::new(&self.base, BLOCK_BYTES)?;
         io.bytes_mut(BLOCK_BYTES)
             .copy_from_slice(&encode_volume_table(&self.name, &metas));
-        io.run(IoType::Write, self.sb.metadata_offset, BLOCK_BYTES, true)
+        io.run(IoType::Write, VOLUME_TABLE_OFFSET, BLOCK_BYTES, true)
     }
 
     /// Creates a thin volume of `num_blocks` 4 KiB blocks.
@@ -629,32 +1079,137 @@ impl LsvPool {
             .fetch_add(h.total_blocks() as u64, Ordering::Relaxed);
     }
 
+    /// Blocks written to the log by users and the cleaner since the pool was opened.
+    pub(super) fn log_blocks(&self) -> u64 {
+        self.log_blocks_written.load(Ordering::Relaxed)
+            + self.cleaner_blocks_written.load(Ordering::Relaxed)
+    }
+
+    /// Everything written to the base bdev per block of user data, since open.
+    fn amplification(user: u64, written: u64) -> serde_json::Value {
+        if user == 0 {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!(written as f64 / user as f64)
+        }
+    }
+
+    fn written_blocks(&self) -> u64 {
+        self.log_blocks() + self.checkpoint_blocks_written.load(Ordering::Relaxed)
+    }
+
+    /// Takes a (user, written) sample for the one-minute window (the cleaner calls this about
+    /// once a second).
+    pub(super) fn sample_write_amplification(&self) {
+        let mut h = self.wa_history.lock().unwrap_or_else(|e| e.into_inner());
+        if h.len() == WA_WINDOW_SAMPLES {
+            h.pop_front();
+        }
+        h.push_back((
+            Instant::now(),
+            self.user_blocks_written.load(Ordering::Relaxed),
+            self.written_blocks(),
+        ));
+    }
+
+    /// Free segments below which user writes are throttled.
+    pub(super) fn throttle_start(&self) -> u64 {
+        CLEANER_RESERVE_SEGMENTS + (self.sb.segment_count / 16).max(2)
+    }
+
+    /// Free (plus cleaned) segments the cleaner keeps in hand.
+    pub(super) fn clean_target(&self) -> u64 {
+        CLEANER_RESERVE_SEGMENTS + (self.sb.segment_count / 8).max(4)
+    }
+
+    /// Writes one channel may put in a record now: all of them while free segments are
+    /// plenty, then fewer and fewer as they run low (smooth throttling), never none.
+    #[inline]
+    pub(super) fn writes_per_record(&self, max: usize) -> usize {
+        if !self.cleaner_attached.load(Ordering::Relaxed) {
+            return max;
+        }
+        let free = self.usage.free_count() as u64;
+        let start = self.throttle_start();
+        if free >= start {
+            return max;
+        }
+        let room = free.saturating_sub(CLEANER_RESERVE_SEGMENTS);
+        let span = start - CLEANER_RESERVE_SEGMENTS;
+        ((max as u64 * room / span) as usize).max(1)
+    }
+
     /// `unblend_lsv_get_stats`'s figures for this pool.
     pub fn stats(&self) -> serde_json::Value {
         let segs = self.sb.segment_count;
         let free = self.usage.free_count() as u64;
         let live_blocks: u64 = (0..segs).map(|s| self.usage.live(s) as u64).sum();
-        let vols = self.volumes.read().unwrap_or_else(|e| e.into_inner());
-        let (table_bytes, mapped): (u64, u64) = vols
-            .values()
-            .map(|v| (v.1.memory_bytes(), v.1.mapped_blocks()))
-            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let (table_bytes, mapped): (u64, u64) = {
+            let vols = self.volumes.read().unwrap_or_else(|e| e.into_inner());
+            vols.values()
+                .map(|v| (v.1.memory_bytes(), v.1.mapped_blocks()))
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        };
         let user = self.user_blocks_written.load(Ordering::Relaxed);
         let log = self.log_blocks_written.load(Ordering::Relaxed);
+        let cleaner = self.cleaner_blocks_written.load(Ordering::Relaxed);
+        let cp = self.checkpoint_blocks_written.load(Ordering::Relaxed);
+        let written = self.written_blocks();
+        let (minute_user, minute_written, minute_s) = {
+            let h = self.wa_history.lock().unwrap_or_else(|e| e.into_inner());
+            match (h.front(), h.back()) {
+                (Some(a), Some(b)) => (b.1 - a.1, b.2 - a.2, (b.0 - a.0).as_secs_f64()),
+                _ => (0, 0, 0.0),
+            }
+        };
+        let uptime_s = self.opened.elapsed().as_secs_f64();
+        let b = BLOCK_BYTES as u64;
+        let throttle = self.writes_per_record(1024);
         serde_json::json!({
             "name": self.name,
             "segment_bytes": self.sb.segment_bytes,
             "segments": segs,
             "free_segments": free,
             "used_segments": segs - free,
-            "live_bytes": live_blocks * BLOCK_BYTES as u64,
-            "user_bytes_written": user * BLOCK_BYTES as u64,
-            "log_bytes_written": log * BLOCK_BYTES as u64,
-            "write_amplification": if user == 0 { serde_json::Value::Null } else { serde_json::json!(log as f64 / user as f64) },
+            "cleaned_segments_awaiting_checkpoint": self.usage.count_in(SegmentState::Cleaned),
+            "live_bytes": live_blocks * b,
+            "user_bytes_written": user * b,
+            "log_bytes_written": log * b,
+            "cleaner_bytes_written": cleaner * b,
+            "checkpoint_bytes_written": cp * b,
+            "write_amplification": Self::amplification(user, written),
+            "write_amplification_last_minute": Self::amplification(minute_user, minute_written),
+            "last_minute_window_s": minute_s,
+            "cleaner": {
+                "attached": self.cleaner_attached.load(Ordering::Relaxed),
+                "policy": self.usage.policy().as_str(),
+                "segments_cleaned": self.segments_cleaned.load(Ordering::Relaxed),
+                "bytes_moved_per_s": if uptime_s > 0.0 { cleaner as f64 * b as f64 / uptime_s } else { 0.0 },
+            },
+            "throttle": {
+                "active": throttle < 1024,
+                "writes_per_record_permille": throttle * 1000 / 1024,
+                "start_below_free_segments": self.throttle_start(),
+                "pool_full": self.full.load(Ordering::Relaxed),
+            },
+            "checkpoint": {
+                "generation": self.checkpoint_gen.load(Ordering::Relaxed),
+                "complete_seq": self.checkpoint_seq.load(Ordering::Relaxed),
+            },
             "extent_table_bytes": table_bytes,
             "mapped_blocks": mapped,
             "extent_table_bytes_per_mapped_block": if mapped == 0 { serde_json::Value::Null } else { serde_json::json!(table_bytes as f64 / mapped as f64) },
         })
+    }
+
+    /// Sets the cleaner's victim policy.
+    pub fn set_policy(&self, p: super::usage::CleanerPolicy) {
+        self.usage.set_policy(p);
+    }
+
+    /// Stops the pool's cleaner (the pool is being deleted or the appliance stops).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
     }
 
     /// The base bdev's name.

@@ -1,6 +1,6 @@
 //! Log records: what a reactor appends to its open segment for one poll pass (group commit).
 //!
-//! ## Record format (version 1)
+//! ## Record format (version 2)
 //!
 //! A record starts on a 4 KiB boundary inside a segment: `header_blocks` blocks of header,
 //! then `data_blocks` blocks of data, the writes' data in entry order.
@@ -8,12 +8,13 @@
 //! ```text
 //! header, little endian:
 //!   0  magic            u32  "ULR1"
-//!   4  version          u16  1
+//!   4  version          u16  2
 //!   6  flags            u16  0
 //!   8  seq              u64  the record's global sequence number
 //!  16  segment          u64  the segment it was written to
-//!  24  segment_epoch    u64  seq at which that segment was opened (tells a record from a
-//!                            stale one left by the segment's previous use)
+//!  24  segment_epoch    u64  seq of the first record of this use of the segment: every
+//!                            record of one use carries it, so a chain stops at a stale
+//!                            record left by the segment's previous use
 //!  32  entry_count      u32
 //!  36  header_blocks    u32
 //!  40  data_blocks      u32
@@ -22,8 +23,10 @@
 //!  60  header_crc       u32  crc32c of the whole header (header_blocks * 4 KiB) with this
 //!                            field taken as zero
 //!  64  entries          entry_count * 32 bytes:
-//!        volume u64, lba u64, num_blocks u32, op u8 (1 write, 2 unmap), 3 zero bytes,
-//!        data_crc u32 (crc32c of this write's data; 0 for unmap), reserved u32
+//!        volume u32, op u8 (1 write, 2 unmap), 3 zero bytes, lba u64, num_blocks u32,
+//!        data_crc u32 (crc32c of this write's data; 0 for unmap),
+//!        data_seq u64 (sequence number of the write that made this data: 0 means this
+//!        record's own seq; the cleaner's relocation records carry the original's)
 //! ```
 //!
 //! Both checksums must hold for a record to count: replay stops at the first record whose
@@ -32,7 +35,7 @@
 use thiserror::Error;
 
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"ULR1");
-pub const RECORD_VERSION: u16 = 1;
+pub const RECORD_VERSION: u16 = 2;
 pub const BLOCK_BYTES: usize = 4096;
 const FIXED_HEADER_BYTES: usize = 64;
 const ENTRY_BYTES: usize = 32;
@@ -54,6 +57,19 @@ pub struct Entry {
     pub num_blocks: u32,
     pub op: EntryOp,
     pub data_crc: u32,
+    /// The sequence number of the write that made this data; 0: the record's own.
+    pub data_seq: u64,
+}
+
+impl Entry {
+    /// The sequence number this entry's effect is ordered by.
+    pub fn seq_in(&self, record_seq: u64) -> u64 {
+        if self.data_seq == 0 {
+            record_seq
+        } else {
+            self.data_seq
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,11 +160,13 @@ impl RecordHeader {
         out[44..48].copy_from_slice(&self.data_crc.to_le_bytes());
         for (i, e) in self.entries.iter().enumerate() {
             let o = FIXED_HEADER_BYTES + i * ENTRY_BYTES;
-            out[o..o + 8].copy_from_slice(&e.volume.to_le_bytes());
+            debug_assert!(e.volume <= u32::MAX as u64);
+            out[o..o + 4].copy_from_slice(&(e.volume as u32).to_le_bytes());
+            out[o + 4] = e.op as u8;
             out[o + 8..o + 16].copy_from_slice(&e.lba.to_le_bytes());
             out[o + 16..o + 20].copy_from_slice(&e.num_blocks.to_le_bytes());
-            out[o + 20] = e.op as u8;
-            out[o + 24..o + 28].copy_from_slice(&e.data_crc.to_le_bytes());
+            out[o + 20..o + 24].copy_from_slice(&e.data_crc.to_le_bytes());
+            out[o + 24..o + 32].copy_from_slice(&e.data_seq.to_le_bytes());
         }
         let crc = crc32c::crc32c(out);
         out[60..64].copy_from_slice(&crc.to_le_bytes());
@@ -194,7 +212,7 @@ impl RecordHeader {
         let mut data_blocks = 0u32;
         for i in 0..count {
             let o = FIXED_HEADER_BYTES + i * ENTRY_BYTES;
-            let op = match bytes[o + 20] {
+            let op = match bytes[o + 4] {
                 1 => EntryOp::Write,
                 2 => EntryOp::Unmap,
                 _ => return Err(RecordError::Inconsistent("unknown entry op")),
@@ -209,11 +227,12 @@ impl RecordHeader {
                     .ok_or(RecordError::Inconsistent("data size overflows"))?;
             }
             entries.push(Entry {
-                volume: u64_at(o),
+                volume: u32_at(o) as u64,
                 lba: u64_at(o + 8),
                 num_blocks,
                 op,
-                data_crc: u32_at(o + 24),
+                data_crc: u32_at(o + 20),
+                data_seq: u64_at(o + 24),
             });
         }
         if data_blocks != u32_at(40) || data_blocks > MAX_DATA_BLOCKS {
@@ -255,6 +274,7 @@ mod tests {
                 num_blocks: 2,
                 op: EntryOp::Write,
                 data_crc: crc32c::crc32c(&block),
+                data_seq: 0,
             })
             .unwrap();
             data.extend_from_slice(&block);
@@ -265,6 +285,7 @@ mod tests {
             num_blocks: 100,
             op: EntryOp::Unmap,
             data_crc: 0,
+            data_seq: 0,
         })
         .unwrap();
         h.data_crc = crc32c::crc32c(&data);
@@ -319,6 +340,7 @@ mod tests {
                 num_blocks: 1,
                 op: EntryOp::Write,
                 data_crc: 0,
+                data_seq: 0,
             })
             .unwrap();
         }
@@ -337,6 +359,7 @@ mod tests {
             num_blocks: MAX_DATA_BLOCKS,
             op: EntryOp::Write,
             data_crc: 0,
+            data_seq: 0,
         };
         full.push(big).unwrap();
         assert_eq!(

@@ -1,10 +1,13 @@
 //! Deterministic crash simulation of the log-structured store on the simulated disk.
 //!
-//! For each seed: format a pool on a `SimDisk` (seeded delays, reordered completions, a
-//! volatile cache), run random writes, unmaps and reads through a volume, pull the plug at a
-//! random step, recover from what the disk kept, and check that every acknowledged write is
-//! there, that a write in flight at the crash left either its old or its new contents in each
-//! block and never a mix within a block, and that unmapped blocks read zeroes.
+//! For each seed: format a small pool on a `SimDisk` (seeded delays, reordered completions, a
+//! volatile cache), run random writes, unmaps and reads through a volume with the cleaner
+//! running (the log wraps several times, so segments are cleaned, checkpointed and reused) and
+//! checkpoints requested at random, pull the plug at a random step (mid-record, mid-clean and
+//! mid-checkpoint included), recover from what the disk kept, and check that every
+//! acknowledged write is there, that a write in flight at the crash left either its old or
+//! its new contents in each block and never a mix within a block, and that unmapped blocks
+//! read zeroes. Half the seeds crash a second time after writing on the recovered pool.
 //!
 //! `UNBLEND_SIM_SEEDS=N` runs N seeds (default 200); `UNBLEND_SIM_SEED=S` runs only seed S,
 //! which is how a failure printed by this test is replayed.
@@ -12,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::cleaner::Cleaner;
 use super::pool::LsvPool;
 use super::volume::LsvVolume;
 use crate::bdev::sim::{SimDisk, SimRng};
@@ -20,6 +24,8 @@ use crate::bdev::{BdevRegistry, ChannelContext, IoChannel, IoRequest, IoStatus, 
 const BLOCK: usize = 4096;
 const DISK_BLOCKS: u64 = 8192; // 32 MiB
 const VOLUME_BLOCKS: u64 = 512;
+/// The crash simulation's pool: 16 MiB, 13 segments of 1 MiB, so the log wraps quickly.
+const SMALL_DISK_BLOCKS: u64 = 4096;
 
 /// The contents a block has after a write tagged `tag` (every 8-byte word carries both).
 fn pattern(lba: u64, tag: u64) -> u64 {
@@ -111,30 +117,44 @@ struct InFlight {
     tag: Option<u64>,
 }
 
-fn run_seed(seed: u64) -> Result<(), String> {
-    let mut rng = SimRng::new(seed);
-    let disk = Arc::new(SimDisk::new("sim", DISK_BLOCKS, seed, 3));
-    let reg = BdevRegistry::new();
-    let base = reg.register(disk.clone()).unwrap();
-    let pool = LsvPool::create("p", base, 1 << 20).map_err(|e| e.to_string())?;
-    pool.create_volume("v", VOLUME_BLOCKS)
-        .map_err(|e| e.to_string())?;
-    let mut h = Harness::open(&pool);
+thread_local! {
+    /// Segments cleaned, and the highest checkpoint generation reached, over a test's seeds.
+    static CLEANED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static CHECKPOINTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
-    // Per block: the acknowledged contents (None: zeroes) and every tag it ever had.
-    let mut acked: HashMap<u64, Option<u64>> = HashMap::new();
-    let mut tags: HashMap<u64, Vec<u64>> = HashMap::new();
+/// What the model knows of a volume's blocks.
+#[derive(Default)]
+struct Model {
+    /// The acknowledged contents (None: zeroes).
+    acked: HashMap<u64, Option<u64>>,
+    /// Every tag a block ever had.
+    tags: HashMap<u64, Vec<u64>>,
+}
+
+/// Runs `steps` random requests on `pool` with its cleaner, then crashes the disk; returns the
+/// image and what was in flight.
+fn run_until_crash(
+    rng: &mut SimRng,
+    disk: &SimDisk,
+    pool: &Arc<LsvPool>,
+    model: &mut Model,
+    steps: u64,
+    tag_base: u64,
+) -> Result<(Vec<u8>, Vec<InFlight>), String> {
+    let mut h = Harness::open(pool);
+    let mut cleaner = Cleaner::new(pool.clone())?;
+    cleaner.check_every_poll();
     let mut busy = vec![false; VOLUME_BLOCKS as usize];
     let mut slots: Vec<Option<InFlight>> = vec![None; 16];
-    let crash_at = 20 + rng.below(300);
-    for step in 0..crash_at {
+    for step in 0..steps {
         // Submit one request on a free slot, to blocks with nothing in flight.
         if let Some(slot) = slots.iter().position(|s| s.is_none()) {
             let blocks = 1 + rng.below(4);
             let lba = rng.below(VOLUME_BLOCKS - blocks);
             if (lba..lba + blocks).all(|b| !busy[b as usize]) {
                 let unmap = rng.below(5) == 0;
-                let tag = step * 16 + slot as u64 + 1;
+                let tag = tag_base + step * 16 + slot as u64 + 1;
                 let buf = &mut h.bufs[slot];
                 for b in 0..blocks {
                     fill(
@@ -161,7 +181,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
                 for b in lba..lba + blocks {
                     busy[b as usize] = true;
                     if !unmap {
-                        tags.entry(b).or_default().push(tag);
+                        model.tags.entry(b).or_default().push(tag);
                     }
                 }
                 slots[slot] = Some(InFlight {
@@ -171,6 +191,10 @@ fn run_seed(seed: u64) -> Result<(), String> {
                 });
             }
         }
+        if rng.below(200) == 0 {
+            cleaner.request_checkpoint();
+        }
+        cleaner.poll();
         h.out.clear();
         h.ch.poll(0, &mut h.out);
         for c in h.out.drain(..) {
@@ -182,26 +206,52 @@ fn run_seed(seed: u64) -> Result<(), String> {
             }
             for b in f.lba..f.lba + f.blocks {
                 busy[b as usize] = false;
-                acked.insert(b, f.tag);
+                model.acked.insert(b, f.tag);
             }
         }
     }
-
     // Crash: whatever is in flight may or may not have reached the disk.
     let in_flight: Vec<InFlight> = slots.iter().flatten().copied().collect();
-    drop(h);
     let image = disk.crash();
-    drop(pool);
-    let disk2 = Arc::new(SimDisk::from_image("sim", image, seed ^ 0xDEAD, 0));
-    let reg2 = BdevRegistry::new();
-    let base2 = reg2.register(disk2).unwrap();
-    let pool2 = LsvPool::open_named(base2).map_err(|e| format!("recovery failed: {e}"))?;
-    let mut h2 = Harness::open(&pool2);
+    drop(cleaner);
+    drop(h);
+    CLEANED.with(|c| {
+        c.set(
+            c.get()
+                + pool
+                    .segments_cleaned
+                    .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    });
+    CHECKPOINTS.with(|c| {
+        c.set(
+            c.get().max(
+                pool.checkpoint_gen
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        )
+    });
+    Ok((image, in_flight))
+}
+
+/// Opens the pool on a crashed image and checks every block against the model; then the
+/// blocks in flight at the crash are settled to what they read.
+fn recover_and_check(
+    image: Vec<u8>,
+    seed: u64,
+    model: &mut Model,
+    in_flight: &[InFlight],
+) -> Result<(Arc<SimDisk>, Arc<LsvPool>), String> {
+    let disk = Arc::new(SimDisk::from_image("sim", image, seed ^ 0xDEAD, 3));
+    let reg = BdevRegistry::new();
+    let base = reg.register(disk.clone()).unwrap();
+    let pool = LsvPool::open_named(base).map_err(|e| format!("recovery failed: {e}"))?;
+    let mut h = Harness::open(&pool);
     for lba in 0..VOLUME_BLOCKS {
         let empty = Vec::new();
-        let all_tags = tags.get(&lba).unwrap_or(&empty);
-        let got = classify(&h2.read_block(lba), lba, all_tags)?;
-        let want = acked.get(&lba).copied().flatten();
+        let all_tags = model.tags.get(&lba).unwrap_or(&empty);
+        let got = classify(&h.read_block(lba), lba, all_tags)?;
+        let want = model.acked.get(&lba).copied().flatten();
         let racing = in_flight
             .iter()
             .find(|f| (f.lba..f.lba + f.blocks).contains(&lba));
@@ -212,6 +262,33 @@ fn run_seed(seed: u64) -> Result<(), String> {
                 racing.map(|f| f.tag)
             ));
         }
+        model.acked.insert(lba, got);
+    }
+    drop(h);
+    Ok((disk, pool))
+}
+
+fn run_seed(seed: u64) -> Result<(), String> {
+    let mut rng = SimRng::new(seed);
+    let disk = Arc::new(SimDisk::new("sim", SMALL_DISK_BLOCKS, seed, 3));
+    let reg = BdevRegistry::new();
+    let base = reg.register(disk.clone()).unwrap();
+    let pool = LsvPool::create("p", base, 1 << 20).map_err(|e| e.to_string())?;
+    pool.create_volume("v", VOLUME_BLOCKS)
+        .map_err(|e| e.to_string())?;
+    let mut model = Model::default();
+    let steps = 20 + rng.below(1500);
+    let (image, in_flight) = run_until_crash(&mut rng, &disk, &pool, &mut model, steps, 0)?;
+    drop(pool);
+    let (disk2, pool2) = recover_and_check(image, seed, &mut model, &in_flight)?;
+    if seed % 2 == 0 {
+        // Life goes on after recovery, and the pool survives a second crash.
+        let steps = 20 + rng.below(600);
+        let (image, in_flight) =
+            run_until_crash(&mut rng, &disk2, &pool2, &mut model, steps, 1 << 40)?;
+        drop(pool2);
+        recover_and_check(image, seed ^ 0xBEEF, &mut model, &in_flight)
+            .map_err(|e| format!("after the second crash: {e}"))?;
     }
     Ok(())
 }
@@ -228,12 +305,29 @@ fn crash_simulation_loses_no_acknowledged_write() {
             (1..=n).collect()
         }
     };
+    let many = seeds.len() >= 20;
+    let mut cleaned_seeds = 0;
     for seed in seeds {
+        let before = CLEANED.with(|c| c.get());
         if let Err(e) = run_seed(seed) {
             panic!(
                 "seed {seed} failed: {e}\\nreplay: UNBLEND_SIM_SEED={seed} cargo test --lib crash_simulation"
             );
         }
+        if CLEANED.with(|c| c.get()) > before {
+            cleaned_seeds += 1;
+        }
+    }
+    eprintln!(
+        "crash simulation: the cleaner ran in {cleaned_seeds} seeds; newest checkpoint generation {}",
+        CHECKPOINTS.with(|c| c.get())
+    );
+    if many {
+        // The simulation must reach the cleaner and segment reuse, or it proves little.
+        assert!(
+            cleaned_seeds >= 10,
+            "the cleaner ran in only {cleaned_seeds} seeds"
+        );
     }
 }
 

@@ -252,6 +252,7 @@ mod tests {
             num_blocks: 2,
             op: EntryOp::Write,
             data_crc: crc32c::crc32c(&data),
+            data_seq: 0,
         })
         .unwrap();
         h.data_crc = crc32c::crc32c(&data);

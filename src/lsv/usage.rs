@@ -15,9 +15,12 @@ pub enum SegmentState {
     Open = 1,
     /// Full; only the cleaner touches it.
     Sealed = 2,
-    /// The cleaner is moving its live blocks out; it becomes Free once their new copies and
-    /// mappings are durable.
+    /// The cleaner is moving its live blocks out.
     Cleaning = 3,
+    /// Every live block has been moved (with FUA). It becomes Free after two checkpoints
+    /// that started after the move are durable, so that neither checkpoint slot can need a
+    /// record that reusing the segment would overwrite.
+    Cleaned = 4,
 }
 
 impl SegmentState {
@@ -26,7 +29,8 @@ impl SegmentState {
             0 => SegmentState::Free,
             1 => SegmentState::Open,
             2 => SegmentState::Sealed,
-            _ => SegmentState::Cleaning,
+            3 => SegmentState::Cleaning,
+            _ => SegmentState::Cleaned,
         }
     }
 }
@@ -38,6 +42,36 @@ pub enum CleanerPolicy {
     Greedy,
     /// Rosenblum & Ousterhout's cost-benefit: most `(1 - u) * age / (1 + u)`.
     CostBenefit,
+    /// Cost-benefit victims, and relocated blocks split by lifespan (SepBIT-style): blocks
+    /// that already survived a long time go to a separate "cold" relocation stream.
+    Lifespan,
+}
+
+impl CleanerPolicy {
+    pub fn parse(s: &str) -> Option<CleanerPolicy> {
+        match s {
+            "greedy" => Some(CleanerPolicy::Greedy),
+            "cost-benefit" | "cost_benefit" => Some(CleanerPolicy::CostBenefit),
+            "lifespan" => Some(CleanerPolicy::Lifespan),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CleanerPolicy::Greedy => "greedy",
+            CleanerPolicy::CostBenefit => "cost-benefit",
+            CleanerPolicy::Lifespan => "lifespan",
+        }
+    }
+
+    fn from_u8(v: u8) -> CleanerPolicy {
+        match v {
+            0 => CleanerPolicy::Greedy,
+            1 => CleanerPolicy::CostBenefit,
+            _ => CleanerPolicy::Lifespan,
+        }
+    }
 }
 
 struct Segment {
@@ -45,11 +79,17 @@ struct Segment {
     live_blocks: AtomicU32,
     /// Sequence number of the newest record written to it (its age is measured from this).
     last_seq: AtomicU64,
+    /// Records written into it that have not completed yet (the cleaner waits for none).
+    records_in_flight: AtomicU32,
+    /// For a Cleaned segment: the checkpoint generation that was durable when it was cleaned.
+    cleaned_gen: AtomicU64,
 }
 
 pub struct UsageTable {
     segments: Box<[Segment]>,
     blocks_per_segment: u32,
+    free: AtomicU64,
+    policy: AtomicU8,
 }
 
 impl UsageTable {
@@ -60,10 +100,81 @@ impl UsageTable {
                     state: AtomicU8::new(SegmentState::Free as u8),
                     live_blocks: AtomicU32::new(0),
                     last_seq: AtomicU64::new(0),
+                    records_in_flight: AtomicU32::new(0),
+                    cleaned_gen: AtomicU64::new(0),
                 })
                 .collect(),
             blocks_per_segment,
+            free: AtomicU64::new(segment_count),
+            policy: AtomicU8::new(CleanerPolicy::CostBenefit as u8),
         }
+    }
+
+    pub fn policy(&self) -> CleanerPolicy {
+        CleanerPolicy::from_u8(self.policy.load(Ordering::Relaxed))
+    }
+
+    pub fn set_policy(&self, p: CleanerPolicy) {
+        self.policy.store(p as u8, Ordering::Relaxed);
+    }
+
+    pub fn blocks_per_segment(&self) -> u32 {
+        self.blocks_per_segment
+    }
+
+    /// Recovery only: sets a segment's state, live count and age directly.
+    pub fn restore(&self, seg: u64, state: SegmentState, live: u32, last_seq: u64, gen: u64) {
+        let s = &self.segments[seg as usize];
+        let was = SegmentState::from_u8(s.state.swap(state as u8, Ordering::AcqRel));
+        match (was == SegmentState::Free, state == SegmentState::Free) {
+            (true, false) => {
+                self.free.fetch_sub(1, Ordering::AcqRel);
+            }
+            (false, true) => {
+                self.free.fetch_add(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+        s.live_blocks.store(live, Ordering::Relaxed);
+        s.last_seq.store(last_seq, Ordering::Relaxed);
+        s.cleaned_gen.store(gen, Ordering::Relaxed);
+    }
+
+    pub fn last_seq(&self, seg: u64) -> u64 {
+        self.segments[seg as usize].last_seq.load(Ordering::Relaxed)
+    }
+
+    pub fn cleaned_gen(&self, seg: u64) -> u64 {
+        self.segments[seg as usize]
+            .cleaned_gen
+            .load(Ordering::Relaxed)
+    }
+
+    /// Marks a Cleaning segment Cleaned, noting the durable checkpoint generation.
+    pub fn mark_cleaned(&self, seg: u64, durable_gen: u64) -> bool {
+        self.segments[seg as usize]
+            .cleaned_gen
+            .store(durable_gen, Ordering::Relaxed);
+        self.transition(seg, SegmentState::Cleaning, SegmentState::Cleaned)
+    }
+
+    pub fn record_started(&self, seg: u64) {
+        self.segments[seg as usize]
+            .records_in_flight
+            .fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn record_finished(&self, seg: u64) {
+        let before = self.segments[seg as usize]
+            .records_in_flight
+            .fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "segment {seg}: record count underflow");
+    }
+
+    pub fn records_in_flight(&self, seg: u64) -> u32 {
+        self.segments[seg as usize]
+            .records_in_flight
+            .load(Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {
@@ -86,12 +197,20 @@ impl UsageTable {
             .is_ok();
         if ok && to == SegmentState::Free {
             debug_assert_eq!(self.live(seg), 0, "segment {seg} freed with live blocks");
+            self.free.fetch_add(1, Ordering::AcqRel);
+        }
+        if ok && from == SegmentState::Free {
+            self.free.fetch_sub(1, Ordering::AcqRel);
         }
         ok
     }
 
-    /// Takes a free segment for a log head, or None when the pool is full.
-    pub fn open_free(&self) -> Option<u64> {
+    /// Takes a free segment for a log head, leaving at least `keep` free segments (the
+    /// cleaner's reserve), or None.
+    pub fn open_free(&self, keep: u64) -> Option<u64> {
+        if self.free.load(Ordering::Acquire) <= keep {
+            return None;
+        }
         (0..self.segments.len() as u64)
             .find(|&s| self.transition(s, SegmentState::Free, SegmentState::Open))
     }
@@ -103,8 +222,13 @@ impl UsageTable {
     }
 
     pub fn free_count(&self) -> usize {
+        self.free.load(Ordering::Acquire) as usize
+    }
+
+    /// Segments in `state` (a scan: for statistics and the cleaner, not the I/O path).
+    pub fn count_in(&self, state: SegmentState) -> usize {
         (0..self.segments.len() as u64)
-            .filter(|&s| self.state(s) == SegmentState::Free)
+            .filter(|&s| self.state(s) == state)
             .count()
     }
 
@@ -129,14 +253,18 @@ impl UsageTable {
         deltas.changes.clear();
     }
 
-    /// The sealed segment the policy would clean next, if any.
-    pub fn pick_victim(&self, policy: CleanerPolicy, now_seq: u64) -> Option<u64> {
+    /// The sealed segment the policy would clean next, if any: one with no record still in
+    /// flight into it, and with at least `min_gain` dead blocks (cleaning it frees space).
+    pub fn pick_victim(&self, policy: CleanerPolicy, now_seq: u64, min_gain: u32) -> Option<u64> {
         let cap = self.blocks_per_segment as f64;
-        let sealed =
-            (0..self.segments.len() as u64).filter(|&s| self.state(s) == SegmentState::Sealed);
+        let sealed = (0..self.segments.len() as u64).filter(|&s| {
+            self.state(s) == SegmentState::Sealed
+                && self.records_in_flight(s) == 0
+                && self.live(s) + min_gain <= self.blocks_per_segment
+        });
         match policy {
             CleanerPolicy::Greedy => sealed.min_by_key(|&s| self.live(s)),
-            CleanerPolicy::CostBenefit => sealed
+            CleanerPolicy::CostBenefit | CleanerPolicy::Lifespan => sealed
                 .map(|s| {
                     let u = self.live(s) as f64 / cap;
                     let age = now_seq
@@ -189,7 +317,7 @@ mod tests {
         let t = UsageTable::new(4, 100);
         let mut d = UsageDeltas::default();
         for (seg, live, seq) in [(0u64, 10i32, 900u64), (1, 50, 100), (2, 30, 990), (3, 0, 0)] {
-            assert_eq!(t.open_free(), Some(seg));
+            assert_eq!(t.open_free(0), Some(seg));
             if live > 0 {
                 assert!(d.add(seg, live));
             }
@@ -205,10 +333,10 @@ mod tests {
     #[test]
     fn greedy_picks_fewest_live_and_cost_benefit_weighs_age() {
         let t = table();
-        assert_eq!(t.pick_victim(CleanerPolicy::Greedy, 1000), Some(0));
+        assert_eq!(t.pick_victim(CleanerPolicy::Greedy, 1000, 1), Some(0));
         // Segment 1 is half live but 900 sequence numbers old; segment 0 is 10% live but new.
         // Cost-benefit: seg0 (0.9*101/1.1 = 82.6), seg1 (0.5*901/1.5 = 300), seg2 (0.7*11/1.3).
-        assert_eq!(t.pick_victim(CleanerPolicy::CostBenefit, 1000), Some(1));
+        assert_eq!(t.pick_victim(CleanerPolicy::CostBenefit, 1000, 1), Some(1));
         // Open segments are never victims.
         assert_eq!(t.state(3), SegmentState::Open);
     }
@@ -225,9 +353,12 @@ mod tests {
         assert_eq!((t.live(0), t.live(1)), (0, 45));
         assert!(t.transition(0, SegmentState::Sealed, SegmentState::Cleaning));
         assert!(!t.transition(0, SegmentState::Sealed, SegmentState::Cleaning));
-        assert!(t.transition(0, SegmentState::Cleaning, SegmentState::Free));
+        assert!(t.mark_cleaned(0, 7));
+        assert_eq!(t.cleaned_gen(0), 7);
+        assert!(t.transition(0, SegmentState::Cleaned, SegmentState::Free));
         assert_eq!(t.free_count(), 1);
-        assert_eq!(t.open_free(), Some(0));
-        assert_eq!(t.open_free(), None, "pool full: no free segment");
+        assert_eq!(t.open_free(1), None, "the reserve is kept");
+        assert_eq!(t.open_free(0), Some(0));
+        assert_eq!(t.open_free(0), None, "pool full: no free segment");
     }
 }

@@ -13,13 +13,14 @@
 //! free segments are used up fails writes with ENOSPC.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::extent_table::{ExtentTable, Mapping};
-use super::pool::{LsvPool, VolumeMeta};
+use super::pool::{LsvPool, VolumeMeta, CLEANER_RESERVE_SEGMENTS, MAX_LOG_HEADS};
 use super::record::{
     header_blocks_for, Entry, EntryOp, RecordHeader, BLOCK_BYTES, MAX_DATA_BLOCKS,
 };
@@ -102,7 +103,14 @@ impl Bdev for LsvVolume {
             queue_depth: base_qd as u32,
             buffers: ctx.buffers.clone(),
         })?;
+        let log_head = self.pool.claim_head().ok_or_else(|| {
+            BdevError::Channel(format!(
+                "pool {:?} has no free log head (at most {MAX_LOG_HEADS} channels)",
+                self.pool.name
+            ))
+        })?;
         Ok(Box::new(VolumeChannel {
+            log_head,
             pool: self.pool.clone(),
             volume: self.meta.id as u64,
             table: self.table.clone(),
@@ -151,6 +159,8 @@ struct PendingWrite {
 struct Head {
     seg: u64,
     next_block: u64,
+    /// The seq of this segment's first record (0 until it is numbered).
+    epoch: u64,
 }
 
 struct InFlightRecord {
@@ -165,6 +175,8 @@ const READ_TAG: u64 = 1 << 40;
 
 struct VolumeChannel {
     pool: Arc<LsvPool>,
+    /// This channel's slot in the pool's log-head table.
+    log_head: usize,
     volume: u64,
     table: Arc<ExtentTable>,
     base: IoChannel,
@@ -199,6 +211,7 @@ impl VolumeChannel {
     }
 
     /// Room for `blocks` in the open segment, sealing it and opening another when full.
+    /// With a cleaner running, the last free segments are left to it.
     fn reserve(&mut self, blocks: u64) -> Option<(u64, u64)> {
         if let Some(h) = &self.head {
             if h.next_block + blocks <= self.blocks_per_segment() {
@@ -213,12 +226,25 @@ impl VolumeChannel {
             debug_assert!(sealed);
             self.head = None;
         }
-        let seg = self.pool.usage.open_free()?;
+        let keep = if self.pool.cleaner_attached.load(Ordering::Relaxed) {
+            CLEANER_RESERVE_SEGMENTS
+        } else {
+            0
+        };
+        let seg = self.pool.usage.open_free(keep)?;
         self.head = Some(Head {
             seg,
             next_block: blocks,
+            epoch: 0,
         });
         Some((seg, 0))
+    }
+
+    /// Whether writes that find no room must fail now (no cleaner, or it can free nothing);
+    /// otherwise they wait for the cleaner.
+    fn out_of_space(&self) -> bool {
+        !self.pool.cleaner_attached.load(Ordering::Relaxed)
+            || self.pool.full.load(Ordering::Acquire)
     }
 
     /// Turns the writes gathered this pass into records and submits them.
@@ -227,7 +253,8 @@ impl VolumeChannel {
             let Some(slot_idx) = self.records.iter().position(|r| r.is_none()) else {
                 return; // all record slots busy: the rest waits for the next pass
             };
-            // Take as many pending writes as fit one record.
+            // Take as many pending writes as fit one record (fewer while throttled).
+            let limit = self.pool.writes_per_record(MAX_WRITES_PER_RECORD);
             let mut take = 0;
             let mut data_blocks = 0u32;
             let mut iovs = 1;
@@ -237,7 +264,7 @@ impl VolumeChannel {
                 } else {
                     0
                 };
-                if take == MAX_WRITES_PER_RECORD
+                if take == limit
                     || data_blocks + d > MAX_DATA_BLOCKS
                     || iovs + w.iov_count > MAX_IOVS
                 {
@@ -253,10 +280,17 @@ impl VolumeChannel {
             let Some(mut header_buf) = self.headers.get() else {
                 return;
             };
+            if limit < MAX_WRITES_PER_RECORD {
+                self.pool
+                    .throttled_writes
+                    .store((self.pending.len() - take) as u64, Ordering::Relaxed);
+            }
             let Some((seg, at)) = self.reserve(blocks) else {
                 self.headers.put(header_buf);
-                // Pool full: fail what cannot be logged (writes and unmaps alike; there is no
-                // cleaner yet to make room); reads go on.
+                if !self.out_of_space() {
+                    return; // the cleaner is making room: try again next pass
+                }
+                // Pool full: fail what cannot be logged (writes and unmaps alike); reads go on.
                 for w in self.pending.drain(..take) {
                     self.done.push(SlotCompletion {
                         slot: w.slot,
@@ -265,8 +299,12 @@ impl VolumeChannel {
                 }
                 continue;
             };
-            let seq = self.pool.next_seq();
-            let mut header = RecordHeader::new(seq, seg, seq);
+            let seq = self.pool.next_seq(self.log_head);
+            let head = self.head.as_mut().expect("reserved above");
+            if at == 0 {
+                head.epoch = seq;
+            }
+            let mut header = RecordHeader::new(seq, seg, head.epoch);
             // Reuse a finished record's vectors: nothing is allocated per record.
             let (entries, mut slots) = self.spare.pop().expect("one spare per record slot");
             header.entries = entries;
@@ -292,6 +330,7 @@ impl VolumeChannel {
                         num_blocks: w.num_blocks,
                         op: w.op,
                         data_crc: wcrc,
+                        data_seq: 0,
                     })
                     .expect("sized to fit above");
                 slots.push(w.slot);
@@ -312,6 +351,7 @@ impl VolumeChannel {
                 fua: true,
                 tag: slot_idx as u64,
             };
+            self.pool.usage.record_started(seg);
             match self.base.submit(&req, 0) {
                 Ok(()) => {
                     self.order.push_back(slot_idx);
@@ -325,7 +365,9 @@ impl VolumeChannel {
                 }
                 Err(e) => {
                     tracing::error!("lsv record submit failed: {e}");
+                    self.pool.usage.record_finished(seg);
                     self.pool.record_done();
+                    self.publish_oldest();
                     self.headers.put(header_buf);
                     for &s in &slots {
                         self.done.push(SlotCompletion {
@@ -373,6 +415,17 @@ impl VolumeChannel {
                 self.doomed[behind] = true;
             }
         }
+        self.publish_oldest();
+    }
+
+    /// Tells the pool the oldest record this channel still has in flight (for checkpoints).
+    fn publish_oldest(&self) {
+        let oldest = self
+            .order
+            .front()
+            .and_then(|&i| self.records[i].as_ref())
+            .map(|r| r.header.seq);
+        self.pool.head_oldest(self.log_head, oldest);
     }
 
     fn finish_record(&mut self, idx: usize, status: IoStatus) {
@@ -389,6 +442,7 @@ impl VolumeChannel {
             );
             self.pool.count_record(&rec.header);
         }
+        self.pool.usage.record_finished(rec.header.segment);
         self.pool.record_done();
         self.headers.put(rec.header_buf);
         for &s in &rec.slots {
@@ -568,5 +622,6 @@ impl Drop for VolumeChannel {
                 .usage
                 .transition(h.seg, SegmentState::Open, SegmentState::Sealed);
         }
+        self.pool.release_head(self.log_head);
     }
 }

@@ -1,0 +1,845 @@
+//! The cleaner: frees segments by moving their live blocks to its own log heads, and writes
+//! the checkpoints that make freed segments reusable.
+//!
+//! One cleaner runs per pool, as a service poller on one reactor, with a channel of its own on
+//! the base bdev. It is a state machine that never blocks:
+//!
+//! - **Victims.** When free segments (plus cleaned ones waiting for checkpoints) fall below
+//!   `LsvPool::clean_target`, it picks a sealed segment with no record in flight by the pool's
+//!   policy (greedy, cost-benefit, or lifespan), reads the whole segment, walks its records,
+//!   and keeps the blocks the extent table still points at.
+//! - **Streams.** Moved blocks go to relocation log heads, never to a user head, so data that
+//!   survived a cleaning is kept apart from fresh user writes. With the lifespan policy, moved
+//!   blocks older than the running average age of moved blocks go to a second, "cold" stream
+//!   (SepBIT-style classes by lifespan).
+//! - **Moves.** Each batch is one log record written with FUA; every entry carries the
+//!   original write's sequence number, so replay orders it correctly against newer writes.
+//!   When the record is durable, each block's mapping moves with `remap_if` (only if it still
+//!   points at the old place: a newer write always wins).
+//! - **Reuse.** An emptied segment is Cleaned; it becomes Free only after two checkpoints that
+//!   began after its move are durable (see `usage.rs`), so neither checkpoint slot can need a
+//!   record that reusing it overwrites.
+//! - **Checkpoints** are taken when cleaned segments pile up or free ones run low, every
+//!   `CHECKPOINT_INTERVAL` while the pool is written, and when the log written since the last
+//!   one passes a quarter of the pool (at most 1 GiB), which bounds recovery time.
+//!
+//! Bounds: one victim and one record (at most `MAX_DATA_BLOCKS` blocks) in flight at a time;
+//! checkpoint writes of `CHECKPOINT_IO_BYTES` each, at most the channel's depth at once.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::checkpoint::CheckpointHeader;
+use super::extent_table::{ExtentTable, Mapping};
+use super::pool::{LsvPool, CLEANER_RESERVE_SEGMENTS};
+use super::record::{
+    header_blocks_for, Entry, EntryOp, RecordHeader, BLOCK_BYTES, MAX_DATA_BLOCKS,
+};
+use super::usage::{CleanerPolicy, SegmentState, UsageDeltas};
+use crate::bdev::{ChannelContext, IoChannel, IoCompletion, IoRequest, IoStatus, IoType, IoVec};
+use crate::mem::DmaRegion;
+
+/// A periodic checkpoint is taken this often while the pool is being written.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
+/// Log bytes since the last checkpoint that trigger one (a quarter of the pool, at most this).
+pub const CHECKPOINT_LOG_BYTES: u64 = 1 << 30;
+/// How often an idle cleaner looks at the pool.
+const CHECK_EVERY: Duration = Duration::from_millis(1);
+const CHECKPOINT_IO_BYTES: usize = 4 << 20;
+const QUEUE_DEPTH: u32 = 16;
+/// Entries one relocation record carries at most (its header stays under 10 blocks).
+const MAX_MOVE_ENTRIES: usize = 1024;
+const TAG_CHECKPOINT: u64 = 1;
+
+/// What `poll` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanerPoll {
+    Idle,
+    Busy,
+    /// I/O in flight.
+    Waiting,
+    /// The pool is closing and nothing is in flight: drop the cleaner.
+    Done,
+}
+
+struct LiveBlock {
+    volume: u32,
+    lba: u64,
+    pba: u64,
+    seq: u64,
+    /// Block index inside the victim segment.
+    offset: usize,
+    cold: bool,
+}
+
+struct Stream {
+    head: usize,
+    /// Open segment, next free block in it, and its epoch.
+    open: Option<(u64, u64, u64)>,
+}
+
+enum State {
+    Idle,
+    Reading {
+        seg: u64,
+    },
+    Moving {
+        seg: u64,
+    },
+    Writing {
+        seg: u64,
+        stream: usize,
+        to_seg: u64,
+        first_pba: u64,
+        count: usize,
+        blocks: u64,
+    },
+    CheckpointBody {
+        h: CheckpointHeader,
+        offset: u64,
+        len: usize,
+        next: usize,
+        outstanding: u32,
+        failed: bool,
+    },
+    CheckpointFlush {
+        h: CheckpointHeader,
+        offset: u64,
+    },
+    CheckpointHeader {
+        h: CheckpointHeader,
+    },
+}
+
+pub struct Cleaner {
+    pool: Arc<LsvPool>,
+    ch: IoChannel,
+    seg_buf: DmaRegion,
+    staging: DmaRegion,
+    cp_buf: Option<DmaRegion>,
+    streams: [Stream; 2],
+    state: State,
+    live: Vec<LiveBlock>,
+    cursor: usize,
+    tables: Vec<(u32, Arc<ExtentTable>)>,
+    deltas: UsageDeltas,
+    done: Vec<IoCompletion>,
+    next_check: Instant,
+    next_sample: Instant,
+    last_checkpoint: Instant,
+    seq_at_checkpoint: u64,
+    /// Running average age (in sequence numbers) of moved blocks: the lifespan classes' cut.
+    average_age: f64,
+    check_every: Duration,
+    checkpoint_requested: bool,
+}
+
+impl Cleaner {
+    /// A cleaner for `pool`; built on the thread that will poll it.
+    pub fn new(pool: Arc<LsvPool>) -> Result<Cleaner, String> {
+        let ch = pool
+            .base
+            .open_channel(&ChannelContext {
+                queue_depth: QUEUE_DEPTH,
+                buffers: None,
+            })
+            .map_err(|e| e.to_string())?;
+        let seg_buf =
+            DmaRegion::new_lazy(pool.sb.segment_bytes as usize).map_err(|e| e.to_string())?;
+        let staging = DmaRegion::new_lazy(
+            (header_blocks_for(MAX_MOVE_ENTRIES) as usize + MAX_DATA_BLOCKS as usize) * BLOCK_BYTES,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut heads = [0usize; 2];
+        for h in heads.iter_mut() {
+            *h = pool
+                .claim_head()
+                .ok_or("no free log head for the cleaner")?;
+        }
+        let seg_blocks = (pool.sb.segment_bytes / BLOCK_BYTES as u64) as usize;
+        pool.cleaner_attached.store(true, Ordering::Release);
+        let now = Instant::now();
+        Ok(Cleaner {
+            seq_at_checkpoint: pool.next_seq_now(),
+            pool,
+            ch,
+            seg_buf,
+            staging,
+            cp_buf: None,
+            streams: heads.map(|head| Stream { head, open: None }),
+            state: State::Idle,
+            live: Vec::with_capacity(seg_blocks),
+            cursor: 0,
+            tables: Vec::new(),
+            deltas: UsageDeltas::default(),
+            done: Vec::with_capacity(QUEUE_DEPTH as usize),
+            next_check: now,
+            next_sample: now,
+            last_checkpoint: now,
+            average_age: 0.0,
+            check_every: CHECK_EVERY,
+            checkpoint_requested: false,
+        })
+    }
+
+    /// Looks at the pool on every poll instead of once a millisecond (the simulator's
+    /// deterministic mode: nothing then depends on the wall clock but periodic checkpoints).
+    pub fn check_every_poll(&mut self) {
+        self.check_every = Duration::ZERO;
+    }
+
+    /// Takes a checkpoint at the next chance.
+    pub fn request_checkpoint(&mut self) {
+        self.checkpoint_requested = true;
+    }
+
+    fn seg_blocks(&self) -> u64 {
+        self.pool.sb.segment_bytes / BLOCK_BYTES as u64
+    }
+
+    /// One step of work. Call it from a poller (or a test's loop).
+    pub fn poll(&mut self) -> CleanerPoll {
+        self.done.clear();
+        let mut done = std::mem::take(&mut self.done);
+        if self.ch.in_flight() > 0 {
+            self.ch.poll(0, &mut done);
+        }
+        let r = self.step(&done);
+        self.done = done;
+        r
+    }
+
+    fn step(&mut self, done: &[IoCompletion]) -> CleanerPoll {
+        let state = std::mem::replace(&mut self.state, State::Idle);
+        let (next, result) = match state {
+            State::Idle => return self.idle(),
+            State::Reading { seg } => match done.first() {
+                None => (State::Reading { seg }, CleanerPoll::Waiting),
+                Some(c) if c.status != IoStatus::Success => {
+                    tracing::error!(pool = %self.pool.name, seg, "cleaner: reading the victim failed: {:?}", c.status);
+                    self.abandon(seg);
+                    (State::Idle, CleanerPoll::Busy)
+                }
+                Some(_) => {
+                    self.collect_live(seg);
+                    (State::Moving { seg }, CleanerPoll::Busy)
+                }
+            },
+            State::Moving { seg } => self.move_batch(seg),
+            State::Writing {
+                seg,
+                stream,
+                to_seg,
+                first_pba,
+                count,
+                blocks,
+            } => match done.first() {
+                None => (
+                    State::Writing {
+                        seg,
+                        stream,
+                        to_seg,
+                        first_pba,
+                        count,
+                        blocks,
+                    },
+                    CleanerPoll::Waiting,
+                ),
+                Some(c) => {
+                    let ok = c.status == IoStatus::Success;
+                    self.moved(seg, stream, to_seg, first_pba, count, blocks, ok)
+                }
+            },
+            State::CheckpointBody {
+                h,
+                offset,
+                len,
+                mut next,
+                mut outstanding,
+                mut failed,
+            } => {
+                for c in done {
+                    outstanding -= 1;
+                    failed |= c.status != IoStatus::Success;
+                }
+                if failed {
+                    if outstanding == 0 {
+                        tracing::error!(pool = %self.pool.name, "checkpoint write failed");
+                        self.pool.end_checkpoint(&h, false);
+                        return CleanerPoll::Busy;
+                    }
+                } else {
+                    next = self.submit_checkpoint_body(offset, len, next, &mut outstanding);
+                    if next >= len && outstanding == 0 {
+                        let r = self.ch.submit(&flush_request(), 0);
+                        if r.is_err() {
+                            self.pool.end_checkpoint(&h, false);
+                            return CleanerPoll::Busy;
+                        }
+                        self.state = State::CheckpointFlush { h, offset };
+                        return CleanerPoll::Busy;
+                    }
+                }
+                (
+                    State::CheckpointBody {
+                        h,
+                        offset,
+                        len,
+                        next,
+                        outstanding,
+                        failed,
+                    },
+                    CleanerPoll::Waiting,
+                )
+            }
+            State::CheckpointFlush { h, offset } => match done.first() {
+                None => (State::CheckpointFlush { h, offset }, CleanerPoll::Waiting),
+                Some(c) if c.status != IoStatus::Success => {
+                    self.pool.end_checkpoint(&h, false);
+                    (State::Idle, CleanerPoll::Busy)
+                }
+                Some(_) => {
+                    let buf = self.cp_buf.as_ref().expect("checkpoint buffer");
+                    // SAFETY: the header block of our checkpoint buffer, untouched until the
+                    // write completes.
+                    let iov = unsafe { IoVec::from_raw(buf.as_ptr(), BLOCK_BYTES) };
+                    let r = self.ch.submit(
+                        &IoRequest {
+                            io_type: IoType::Write,
+                            offset_blocks: offset / BLOCK_BYTES as u64,
+                            num_blocks: 1,
+                            iovs: &[iov],
+                            fua: true,
+                            tag: TAG_CHECKPOINT,
+                        },
+                        0,
+                    );
+                    if r.is_err() {
+                        self.pool.end_checkpoint(&h, false);
+                        (State::Idle, CleanerPoll::Busy)
+                    } else {
+                        (State::CheckpointHeader { h }, CleanerPoll::Busy)
+                    }
+                }
+            },
+            State::CheckpointHeader { h } => match done.first() {
+                None => (State::CheckpointHeader { h }, CleanerPoll::Waiting),
+                Some(c) => {
+                    let ok = c.status == IoStatus::Success;
+                    self.pool.end_checkpoint(&h, ok);
+                    if ok {
+                        self.last_checkpoint = Instant::now();
+                        self.seq_at_checkpoint = h.next_seq;
+                    }
+                    (State::Idle, CleanerPoll::Busy)
+                }
+            },
+        };
+        self.state = next;
+        result
+    }
+
+    fn idle(&mut self) -> CleanerPoll {
+        if self.pool.closing.load(Ordering::Acquire) {
+            return CleanerPoll::Done;
+        }
+        let now = Instant::now();
+        if now < self.next_check {
+            return CleanerPoll::Idle;
+        }
+        self.next_check = now + self.check_every;
+        if now >= self.next_sample {
+            self.next_sample = now + Duration::from_secs(1);
+            self.pool.sample_write_amplification();
+        }
+        let free = self.pool.usage.free_count() as u64;
+        let cleaned = self.pool.usage.count_in(SegmentState::Cleaned) as u64;
+        let segs = self.pool.sb.segment_count;
+        let batch = (segs / 16).max(1);
+        let log_since = (self.pool.log_blocks()
+            - self.pool.log_blocks_at_checkpoint.load(Ordering::Relaxed))
+            * BLOCK_BYTES as u64;
+        let written_since = self.pool.next_seq_now() > self.seq_at_checkpoint;
+        let want_checkpoint = self.checkpoint_requested
+            || (cleaned > 0 && (cleaned >= batch || free < self.pool.throttle_start() || free < 2))
+            || (written_since && now - self.last_checkpoint >= CHECKPOINT_INTERVAL)
+            || log_since >= (self.pool.sb.pool_bytes / 4).min(CHECKPOINT_LOG_BYTES);
+        if want_checkpoint && self.start_checkpoint() {
+            self.checkpoint_requested = false;
+            return CleanerPoll::Busy;
+        }
+        if free + cleaned >= self.pool.clean_target() || free < 2 {
+            if free <= CLEANER_RESERVE_SEGMENTS && cleaned == 0 && self.victim().is_none() {
+                self.pool.full.store(true, Ordering::Release);
+            }
+            return CleanerPoll::Idle;
+        }
+        let Some(seg) = self.victim() else {
+            if free <= CLEANER_RESERVE_SEGMENTS && cleaned == 0 {
+                self.pool.full.store(true, Ordering::Release);
+            }
+            return CleanerPoll::Idle;
+        };
+        self.pool.full.store(false, Ordering::Release);
+        if !self
+            .pool
+            .usage
+            .transition(seg, SegmentState::Sealed, SegmentState::Cleaning)
+        {
+            return CleanerPoll::Busy;
+        }
+        // SAFETY: our segment buffer, untouched until the read completes.
+        let iov = unsafe { IoVec::from_raw(self.seg_buf.as_ptr(), self.seg_buf.len()) };
+        let r = self.ch.submit(
+            &IoRequest {
+                io_type: IoType::Read,
+                offset_blocks: self.pool.segment_first_block(seg),
+                num_blocks: self.seg_blocks(),
+                iovs: &[iov],
+                fua: false,
+                tag: seg,
+            },
+            0,
+        );
+        if let Err(e) = r {
+            tracing::error!(pool = %self.pool.name, "cleaner: read submit failed: {e}");
+            self.abandon(seg);
+            return CleanerPoll::Idle;
+        }
+        self.state = State::Reading { seg };
+        CleanerPoll::Busy
+    }
+
+    fn victim(&self) -> Option<u64> {
+        // Cleaning must free more than the headers it writes.
+        let min_gain = (self.seg_blocks() / 32).max(2) as u32;
+        let now_seq = self.pool.complete_seq_now() + 1;
+        self.pool
+            .usage
+            .pick_victim(self.pool.usage.policy(), now_seq, min_gain)
+    }
+
+    /// Gives a victim back (it stays sealed, to be tried again).
+    fn abandon(&mut self, seg: u64) {
+        self.pool
+            .usage
+            .transition(seg, SegmentState::Cleaning, SegmentState::Sealed);
+        self.live.clear();
+        self.cursor = 0;
+    }
+
+    fn table(&mut self, volume: u32) -> Option<Arc<ExtentTable>> {
+        if let Some((_, t)) = self.tables.iter().find(|(id, _)| *id == volume) {
+            return Some(t.clone());
+        }
+        let t = self.pool.table_of(volume)?;
+        self.tables.push((volume, t.clone()));
+        Some(t)
+    }
+
+    /// Walks the victim's records and keeps the blocks that are still live.
+    fn collect_live(&mut self, seg: u64) {
+        self.live.clear();
+        self.cursor = 0;
+        self.tables.clear();
+        // SAFETY: the read completed; the buffer is ours.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(self.seg_buf.as_ptr(), self.seg_buf.len()) };
+        let chain = match self.pool.walk_chain(seg, bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(pool = %self.pool.name, seg, "cleaner: {e}; segment left as it is");
+                return;
+            }
+        };
+        let seg_start = self.pool.segment_first_block(seg);
+        let now_seq = self.pool.complete_seq_now() + 1;
+        let lifespan = self.pool.usage.policy() == CleanerPolicy::Lifespan;
+        for (first_data, h) in chain {
+            let mut pba = first_data;
+            for e in &h.entries {
+                if e.op != EntryOp::Write {
+                    continue;
+                }
+                let table = self.table(e.volume as u32);
+                for b in 0..e.num_blocks as u64 {
+                    let p = pba + b;
+                    let lba = e.lba + b;
+                    let live = table
+                        .as_ref()
+                        .is_some_and(|t| lba < t.num_blocks() && t.lookup(lba) == Mapping::At(p));
+                    if live {
+                        let seq = self.pool.seq_of(p);
+                        let age = now_seq.saturating_sub(seq) as f64;
+                        let cold = lifespan && self.average_age > 0.0 && age > self.average_age;
+                        self.average_age = if self.average_age == 0.0 {
+                            age
+                        } else {
+                            self.average_age * 0.999 + age * 0.001
+                        };
+                        self.live.push(LiveBlock {
+                            volume: e.volume as u32,
+                            lba,
+                            pba: p,
+                            seq,
+                            offset: (p - seg_start) as usize,
+                            cold,
+                        });
+                    }
+                }
+                pba += e.num_blocks as u64;
+            }
+        }
+        // Each stream's blocks together, in their old order.
+        self.live.sort_by_key(|b| b.cold);
+    }
+
+    /// Room for a record of `blocks` in stream `s`'s segment: (segment, block in it).
+    fn reserve(&mut self, s: usize, blocks: u64) -> Option<(u64, u64, u64)> {
+        let seg_blocks = self.seg_blocks();
+        if let Some((seg, next, epoch)) = self.streams[s].open {
+            if next + blocks <= seg_blocks {
+                self.streams[s].open = Some((seg, next + blocks, epoch));
+                return Some((seg, next, epoch));
+            }
+            self.pool
+                .usage
+                .transition(seg, SegmentState::Open, SegmentState::Sealed);
+            self.streams[s].open = None;
+        }
+        let seg = self.pool.usage.open_free(0)?;
+        self.streams[s].open = Some((seg, blocks, 0));
+        Some((seg, 0, 0))
+    }
+
+    /// Builds and submits the next relocation record, or finishes the victim.
+    fn move_batch(&mut self, seg: u64) -> (State, CleanerPoll) {
+        if self.pool.closing.load(Ordering::Acquire) {
+            self.abandon(seg);
+            return (State::Idle, CleanerPoll::Busy);
+        }
+        if self.cursor == self.live.len() {
+            self.live.clear();
+            self.cursor = 0;
+            if self.pool.usage.live(seg) == 0 {
+                let gen = self.pool.checkpoint_gen.load(Ordering::SeqCst);
+                self.pool.usage.mark_cleaned(seg, gen);
+                self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tracing::warn!(pool = %self.pool.name, seg, live = self.pool.usage.live(seg), "cleaner: victim still has live blocks after the move; left sealed");
+                self.abandon(seg);
+            }
+            return (State::Idle, CleanerPoll::Busy);
+        }
+        let stream = self.live[self.cursor].cold as usize;
+        // The batch: blocks of one stream, as many as a record and the segment hold.
+        let seg_blocks = self.seg_blocks();
+        let room_if_fresh = seg_blocks - header_blocks_for(MAX_MOVE_ENTRIES) as u64;
+        let mut count = 0usize;
+        while self.cursor + count < self.live.len()
+            && count < MAX_MOVE_ENTRIES
+            && (count as u64) < room_if_fresh.min(MAX_DATA_BLOCKS as u64)
+            && self.live[self.cursor + count].cold as usize == stream
+        {
+            count += 1;
+        }
+        // Shrink to what fits the open segment, if that is at least half the batch.
+        if let Some((_, next, _)) = self.streams[stream].open {
+            let left = seg_blocks - next;
+            let fit = (0..=count)
+                .rev()
+                .find(|&n| n as u64 + header_blocks_for(n.max(1)) as u64 <= left)
+                .unwrap_or(0);
+            if fit > 0 && fit * 2 >= count {
+                count = fit;
+            }
+        }
+        let hblocks = header_blocks_for(count) as u64;
+        let blocks = hblocks + count as u64;
+        let Some((to_seg, at, epoch)) = self.reserve(stream, blocks) else {
+            // No free segment even in the reserve: wait for a checkpoint to free some.
+            self.abandon(seg);
+            return (State::Idle, CleanerPoll::Idle);
+        };
+        let seq = self.pool.next_seq(self.streams[stream].head);
+        let epoch = if at == 0 {
+            let (s, n, _) = self.streams[stream].open.expect("just reserved");
+            self.streams[stream].open = Some((s, n, seq));
+            seq
+        } else {
+            epoch
+        };
+        let mut h = RecordHeader::new(seq, to_seg, epoch);
+        // Copy the blocks into the staging buffer after the header, merging runs.
+        let data_at = hblocks as usize * BLOCK_BYTES;
+        let mut crc = 0u32;
+        for i in 0..count {
+            let b = &self.live[self.cursor + i];
+            // SAFETY: distinct in-bounds blocks of our two buffers.
+            let (src, dst) = unsafe {
+                (
+                    std::slice::from_raw_parts(
+                        self.seg_buf.as_ptr().add(b.offset * BLOCK_BYTES),
+                        BLOCK_BYTES,
+                    ),
+                    std::slice::from_raw_parts_mut(
+                        self.staging.as_ptr().add(data_at + i * BLOCK_BYTES),
+                        BLOCK_BYTES,
+                    ),
+                )
+            };
+            dst.copy_from_slice(src);
+            let bcrc = crc32c::crc32c(src);
+            crc = crc32c::crc32c_append(crc, src);
+            let merge = h.entries.last_mut().filter(|e| {
+                e.volume == b.volume as u64
+                    && e.lba + e.num_blocks as u64 == b.lba
+                    && e.data_seq == b.seq
+            });
+            match merge {
+                Some(e) => {
+                    e.num_blocks += 1;
+                    e.data_crc = crc32c::crc32c_append(e.data_crc, src);
+                    h.data_blocks += 1;
+                }
+                None => {
+                    h.push(Entry {
+                        volume: b.volume as u64,
+                        lba: b.lba,
+                        num_blocks: 1,
+                        op: EntryOp::Write,
+                        data_crc: bcrc,
+                        data_seq: b.seq,
+                    })
+                    .expect("sized to fit");
+                }
+            }
+        }
+        h.data_crc = crc;
+        // The header may have shrunk (merged entries): move the data up behind it.
+        let hb = h.header_blocks as u64;
+        if hb < hblocks {
+            // SAFETY: overlapping copy inside the staging buffer (memmove).
+            unsafe {
+                std::ptr::copy(
+                    self.staging.as_ptr().add(data_at),
+                    self.staging.as_ptr().add(hb as usize * BLOCK_BYTES),
+                    count * BLOCK_BYTES,
+                );
+            }
+        }
+        // SAFETY: the staging buffer is ours; the header region is `hb` blocks.
+        let head = unsafe {
+            std::slice::from_raw_parts_mut(self.staging.as_ptr(), hb as usize * BLOCK_BYTES)
+        };
+        h.encode(head);
+        let start_pba = self.pool.segment_first_block(to_seg) + at;
+        let total = hb + count as u64;
+        self.pool.summarize(&h, start_pba + hb);
+        self.pool.usage.record_started(to_seg);
+        // SAFETY: header plus data, contiguous in the staging buffer, ours until completion.
+        let iov = unsafe { IoVec::from_raw(self.staging.as_ptr(), total as usize * BLOCK_BYTES) };
+        let r = self.ch.submit(
+            &IoRequest {
+                io_type: IoType::Write,
+                offset_blocks: start_pba,
+                num_blocks: total,
+                iovs: &[iov],
+                fua: true,
+                tag: seq,
+            },
+            0,
+        );
+        if let Err(e) = r {
+            tracing::error!(pool = %self.pool.name, "cleaner: record submit failed: {e}");
+            return self.moved(seg, stream, to_seg, start_pba + hb, count, total, false);
+        }
+        // Blocks the header no longer needs stay unused at the segment's tail of this record.
+        if hb < hblocks {
+            if let Some((s, n, e)) = self.streams[stream].open {
+                self.streams[stream].open = Some((s, n - (hblocks - hb), e));
+            }
+        }
+        (
+            State::Writing {
+                seg,
+                stream,
+                to_seg,
+                first_pba: start_pba + hb,
+                count,
+                blocks: total,
+            },
+            CleanerPoll::Busy,
+        )
+    }
+
+    /// A relocation record completed (or failed): move the mappings that still point at the
+    /// old places.
+    #[allow(clippy::too_many_arguments)]
+    fn moved(
+        &mut self,
+        seg: u64,
+        stream: usize,
+        to_seg: u64,
+        first_pba: u64,
+        count: usize,
+        blocks: u64,
+        ok: bool,
+    ) -> (State, CleanerPoll) {
+        self.pool.usage.record_finished(to_seg);
+        self.pool.record_done();
+        self.pool.head_oldest(self.streams[stream].head, None);
+        if !ok {
+            tracing::error!(pool = %self.pool.name, seg, "cleaner: relocation write failed");
+            if let Some((s, _, _)) = self.streams[stream].open.take() {
+                self.pool
+                    .usage
+                    .transition(s, SegmentState::Open, SegmentState::Sealed);
+            }
+            self.abandon(seg);
+            return (State::Idle, CleanerPoll::Busy);
+        }
+        for i in 0..count {
+            let (volume, lba, old) = {
+                let b = &self.live[self.cursor + i];
+                (b.volume, b.lba, b.pba)
+            };
+            let new = first_pba + i as u64;
+            if let Some(t) = self.table(volume) {
+                if lba < t.num_blocks() && t.remap_if(lba, old, new) {
+                    self.pool
+                        .add_delta(&mut self.deltas, self.pool.segment_of(old), -1);
+                    self.pool.add_delta(&mut self.deltas, to_seg, 1);
+                }
+            }
+        }
+        self.pool.apply_deltas(&mut self.deltas);
+        self.pool
+            .cleaner_blocks_written
+            .fetch_add(blocks, Ordering::Relaxed);
+        self.cursor += count;
+        (State::Moving { seg }, CleanerPoll::Busy)
+    }
+
+    fn start_checkpoint(&mut self) -> bool {
+        if !self.pool.begin_checkpoint() {
+            return false;
+        }
+        if self.cp_buf.is_none() {
+            match DmaRegion::new_lazy(self.pool.sb.metadata_slot_bytes as usize) {
+                Ok(r) => self.cp_buf = Some(r),
+                Err(e) => {
+                    tracing::error!(pool = %self.pool.name, "checkpoint buffer: {e}");
+                    self.pool.abort_checkpoint();
+                    return false;
+                }
+            }
+        }
+        let buf = self.cp_buf.as_ref().expect("allocated above");
+        // SAFETY: our buffer; no I/O on it is in flight (we are idle).
+        let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_ptr(), buf.len()) };
+        let h = match self.pool.snapshot(bytes) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(pool = %self.pool.name, "checkpoint: {e}");
+                self.pool.abort_checkpoint();
+                return false;
+            }
+        };
+        let (offset, len) = self.pool.checkpoint_extent(&h);
+        let mut outstanding = 0;
+        let next = self.submit_checkpoint_body(offset, len, BLOCK_BYTES, &mut outstanding);
+        self.state = State::CheckpointBody {
+            h,
+            offset,
+            len,
+            next,
+            outstanding,
+            failed: false,
+        };
+        true
+    }
+
+    /// Submits body writes from `next` while the channel has room; returns the new `next`.
+    fn submit_checkpoint_body(
+        &mut self,
+        offset: u64,
+        len: usize,
+        mut next: usize,
+        outstanding: &mut u32,
+    ) -> usize {
+        let buf = self.cp_buf.as_ref().expect("checkpoint buffer");
+        while next < len && self.ch.in_flight() < self.ch.queue_depth() {
+            let n = (len - next).min(CHECKPOINT_IO_BYTES);
+            // SAFETY: inside our checkpoint buffer, untouched until the write completes.
+            let iov = unsafe { IoVec::from_raw(buf.as_ptr().add(next), n) };
+            let r = self.ch.submit(
+                &IoRequest {
+                    io_type: IoType::Write,
+                    offset_blocks: (offset + next as u64) / BLOCK_BYTES as u64,
+                    num_blocks: (n / BLOCK_BYTES) as u64,
+                    iovs: &[iov],
+                    fua: false,
+                    tag: TAG_CHECKPOINT,
+                },
+                0,
+            );
+            if r.is_err() {
+                break;
+            }
+            *outstanding += 1;
+            next += n;
+        }
+        next
+    }
+}
+
+fn flush_request() -> IoRequest<'static> {
+    IoRequest {
+        io_type: IoType::Flush,
+        offset_blocks: 0,
+        num_blocks: 0,
+        iovs: &[],
+        fua: false,
+        tag: TAG_CHECKPOINT,
+    }
+}
+
+impl Drop for Cleaner {
+    fn drop(&mut self) {
+        // Wait out I/O still in flight on our buffers (only when dropped mid-operation).
+        let mut out = Vec::new();
+        while self.ch.in_flight() > 0 {
+            self.ch.poll(0, &mut out);
+            std::thread::yield_now();
+        }
+        if let State::CheckpointBody { h, .. }
+        | State::CheckpointFlush { h, .. }
+        | State::CheckpointHeader { h } = &self.state
+        {
+            self.pool.end_checkpoint(h, false);
+        }
+        if let State::Writing { to_seg, stream, .. } = self.state {
+            self.pool.usage.record_finished(to_seg);
+            self.pool.record_done();
+            self.pool.head_oldest(self.streams[stream].head, None);
+        }
+        if let State::Reading { seg } | State::Moving { seg } | State::Writing { seg, .. } =
+            self.state
+        {
+            self.pool
+                .usage
+                .transition(seg, SegmentState::Cleaning, SegmentState::Sealed);
+        }
+        for s in &mut self.streams {
+            if let Some((seg, _, _)) = s.open.take() {
+                self.pool
+                    .usage
+                    .transition(seg, SegmentState::Open, SegmentState::Sealed);
+            }
+            self.pool.release_head(s.head);
+        }
+        self.pool.cleaner_attached.store(false, Ordering::Release);
+    }
+}
