@@ -18,7 +18,7 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 start() { # start ARGS...: boots unblend and waits for its socket
-  UNBLEND_LOG=warn "$UB" serve -r "$SOCK" "$@" >>"$W/serve.log" 2>&1 &
+  UNBLEND_LOG=warn "$UB" serve -r "$SOCK" -d "$W/data" "$@" >>"$W/serve.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do "$RPC" -s "$SOCK" spdk_get_version >/dev/null 2>&1 && return; sleep 0.1; done
   cat "$W/serve.log"; fail "unblend did not start"

@@ -61,6 +61,9 @@ enum Command {
         /// Start with only startup RPC methods live, until framework_start_init.
         #[arg(long)]
         wait_for_rpc: bool,
+        /// Where the embedded default (no --config) keeps its pool file.
+        #[arg(short = 'd', long = "data-dir", default_value = unblend::serve::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
     },
     /// Offline pool tools (run with the appliance stopped).
     Pool {
@@ -118,7 +121,23 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Skew random offsets: SPACE:IOS sends IOS percent of I/Os to the first SPACE percent
+        /// of the range (20:80 is "80% of writes to 20% of blocks").
+        #[arg(long)]
+        hot: Option<String>,
     },
+}
+
+/// `--hot SPACE:IOS`, both percentages in 1..=99 and 1..=100.
+fn parse_hot(s: &str) -> Result<(u8, u8), String> {
+    let bad = || format!("--hot {s:?}: expected SPACE:IOS percentages, such as 20:80");
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    let a: u8 = a.parse().map_err(|_| bad())?;
+    let b: u8 = b.parse().map_err(|_| bad())?;
+    if !(1..=99).contains(&a) || !(1..=100).contains(&b) {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
@@ -163,6 +182,7 @@ fn main() -> ExitCode {
             idle,
             rpc_socket,
             wait_for_rpc,
+            data_dir,
         } => {
             let cpumask = match cpumask_or(cpumask.as_deref(), true) {
                 Ok(m) => m,
@@ -175,6 +195,7 @@ fn main() -> ExitCode {
                 rpc_socket,
                 wait_for_rpc,
                 set_log_level,
+                data_dir,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => usage_error(e),
@@ -200,7 +221,12 @@ fn main() -> ExitCode {
             idle,
             seed,
             json,
+            hot,
         } => {
+            let hot = match hot.as_deref().map(parse_hot).transpose() {
+                Ok(h) => h,
+                Err(e) => return usage_error(e),
+            };
             let cpumask = match cpumask_or(cpumask.as_deref(), false) {
                 Ok(m) => m,
                 Err(e) => return usage_error(e),
@@ -224,6 +250,7 @@ fn main() -> ExitCode {
                 idle,
                 seed: seed.unwrap_or_else(unblend::bench::fresh_seed),
                 progress: !json,
+                hot,
             };
             match bench::run(&opts) {
                 Ok(report) => {

@@ -16,6 +16,14 @@ use crate::rpc::{bind_socket, RpcServer, RpcSetupError, SetLogLevel};
 
 /// Size of the embedded default's RAM disk.
 pub const DEFAULT_MALLOC_BYTES: u64 = 64 << 20;
+/// The embedded default's pool file (under the data directory), its size, and its volume.
+pub const DEFAULT_POOL_FILE: &str = "pool0.img";
+pub const DEFAULT_POOL_BYTES: u64 = 1 << 30;
+pub const DEFAULT_POOL_NAME: &str = "lvs0";
+pub const DEFAULT_VOLUME_NAME: &str = "vol0";
+pub const DEFAULT_VOLUME_BYTES: u64 = 512 << 20;
+/// Where the embedded default keeps its pool unless `--data-dir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/tmp/unblend";
 
 pub struct ServeOptions {
     pub config: Option<PathBuf>,
@@ -27,6 +35,8 @@ pub struct ServeOptions {
     pub wait_for_rpc: bool,
     /// Changes the log filter (for `log_set_print_level`).
     pub set_log_level: SetLogLevel,
+    /// Where the embedded default keeps its pool file.
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Error)]
@@ -41,6 +51,71 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error(transparent)]
     Rpc(#[from] RpcSetupError),
+    #[error("data directory {path}: {why}")]
+    DataDir { path: String, why: String },
+    #[error("default pool: {0}")]
+    Pool(#[from] crate::lsv::pool::PoolError),
+}
+
+/// Holds the data directory's lock file (flock, released when the process exits).
+struct DataDirLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_data_dir(dir: &std::path::Path) -> Result<DataDirLock, ServeError> {
+    let err = |why: String| ServeError::DataDir {
+        path: dir.display().to_string(),
+        why,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(|e| err(e.to_string()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(err(
+            "in use by another appliance (pass --data-dir to run a second one)".into(),
+        ));
+    }
+    Ok(DataDirLock(f))
+}
+
+/// The embedded default's pool: a file-backed uring bdev under the data directory with pool
+/// `lvs0` and volume `vol0`. An existing pool file is loaded (by examine), never formatted
+/// again. Returns the names of the bdevs made.
+fn boot_default_pool(
+    dir: &std::path::Path,
+    registry: &BdevRegistry,
+    pools: &crate::lsv::pools::Pools,
+) -> Result<Vec<String>, ServeError> {
+    use crate::bdev::uring::{UringBdev, UringCreateParams};
+    let path = dir.join(DEFAULT_POOL_FILE);
+    let exists = path.exists();
+    let bdev = UringBdev::create(&UringCreateParams {
+        name: "Data0".into(),
+        filename: path.display().to_string(),
+        block_size: Some(4096),
+        uuid: None,
+        size_bytes: (!exists).then_some(DEFAULT_POOL_BYTES),
+        sqpoll: false,
+    })?;
+    let entry = registry.register(Arc::new(bdev))?;
+    if !exists || !crate::lsv::pool::holds_pool(&entry) {
+        let pool = crate::lsv::pool::LsvPool::create(
+            DEFAULT_POOL_NAME,
+            entry,
+            crate::lsv::format::DEFAULT_SEGMENT_BYTES,
+        )?;
+        pool.create_volume(DEFAULT_VOLUME_NAME, DEFAULT_VOLUME_BYTES / 4096)?;
+        pools.insert(pool.clone())?;
+        crate::lsv::pools::Pools::register_volumes(&pool, registry)?;
+    }
+    Ok(vec![
+        "Data0".into(),
+        format!("{DEFAULT_POOL_NAME}/{DEFAULT_VOLUME_NAME}"),
+    ])
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it starts later),
@@ -73,7 +148,9 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     // Bind first: a second appliance on the same socket must fail before it touches anything.
     let listener = bind_socket(&opts.rpc_socket)?;
     let mut pending_config = None;
-    let made: Vec<String> = match &opts.config {
+    let pools = Arc::new(crate::lsv::pools::Pools::new());
+    let mut _data_lock = None;
+    let mut made: Vec<String> = match &opts.config {
         Some(path) => {
             let cfg = config::load_file(path)?;
             if opts.wait_for_rpc {
@@ -87,16 +164,22 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         None => {
             let bdev = MallocBdev::with_size("Malloc0", DEFAULT_MALLOC_BYTES, 4096)?;
             registry.register(Arc::new(bdev))?;
-            vec!["Malloc0".to_string()]
+            _data_lock = Some(lock_data_dir(&opts.data_dir)?);
+            let mut made = vec!["Malloc0".to_string()];
+            made.extend(boot_default_pool(&opts.data_dir, &registry, &pools)?);
+            made
         }
     };
     // Examine every bdev the config made: pools on them are loaded with their volumes.
-    let pools = Arc::new(crate::lsv::pools::Pools::new());
     for entry in registry.list() {
+        if pools.get_by_base(entry.bdev.name()).is_some() {
+            continue;
+        }
         if let Err(e) = pools.examine(&entry, &registry) {
             tracing::warn!(bdev = %entry.bdev.name(), "examine: pool found but not loaded: {e}");
         }
     }
+    made.retain(|n| registry.get(n).is_some());
     let reactors = ReactorSet::start(ReactorConfig {
         cpumask: opts.cpumask.clone(),
         idle: opts.idle,
@@ -108,6 +191,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         })),
     })?;
     let handle = reactors.handle();
+    pools.attach_reactors(handle.clone());
 
     let ctx = RpcContext {
         registry: registry.clone(),
@@ -162,7 +246,12 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
             println!("--wait-for-rpc: only startup methods are live until framework_start_init")
         }
         (Some(p), false) => println!("applied config {}", p.display()),
-        (None, false) => println!("no --config given: booted the embedded default"),
+        (None, false) => {
+            println!(
+                "no --config given: booted the embedded default (pool {DEFAULT_POOL_NAME} in {})",
+                opts.data_dir.join(DEFAULT_POOL_FILE).display()
+            );
+        }
     }
     for name in &made {
         if let Some(e) = registry.get(name) {
@@ -183,6 +272,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     tracing::info!(signal = sig, "stopping");
     handle.request_stop();
     reactors.join();
+    pools.close_all();
     for (name, e) in registry.flush_all() {
         tracing::error!("flushing bdev {name} at shutdown failed: {e}");
     }

@@ -244,7 +244,14 @@ fn bench_reads_a_bdev_from_a_config() {
 
 /// Starts `unblend serve`, waits for it to say it runs, sends `signal`, and checks a clean exit.
 fn serve_and_stop(extra: &[&str], signal: i32) -> String {
-    let mut args = vec!["serve"];
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let data = tmp_dir(&format!("serve_data_{n}"));
+    let sock = data.join("s.sock");
+    let mut args = vec!["serve", "-r", sock.to_str().unwrap()];
+    if !extra.contains(&"-d") {
+        args.extend_from_slice(&["-d", data.to_str().unwrap()]);
+    }
     args.extend_from_slice(extra);
     let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
         .args(&args)
@@ -282,9 +289,22 @@ fn serve_and_stop(extra: &[&str], signal: i32) -> String {
 
 #[test]
 fn serve_boots_the_default_and_stops_on_sigterm() {
-    let banner = serve_and_stop(&[], libc::SIGTERM);
+    let data = tmp_dir("serve_default_data");
+    let d = data.to_str().unwrap();
+    let banner = serve_and_stop(&["-d", d], libc::SIGTERM);
     assert!(banner.contains("embedded default"), "{banner}");
     assert!(banner.contains("bdev Malloc0"), "{banner}");
+    let vol_line = |b: &str| {
+        b.lines()
+            .find(|l| l.contains("bdev lvs0/vol0: Logical Volume, 131072 blocks of 4096"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no default volume in {b}"))
+    };
+    let first = vol_line(&banner);
+    assert!(data.join("pool0.img").exists());
+    // A second boot loads the same pool (same volume uuid), it does not format it again.
+    let again = serve_and_stop(&["-d", d], libc::SIGTERM);
+    assert_eq!(vol_line(&again), first);
 }
 
 #[test]

@@ -25,8 +25,18 @@ fn tmp_dir(name: &str) -> PathBuf {
 
 impl Appliance {
     fn start(name: &str, extra: &[&str]) -> Appliance {
-        let sock = tmp_dir(name).join("unblend.sock");
-        let mut args = vec!["serve", "-m", "0x1", "-r", sock.to_str().unwrap()];
+        let dir = tmp_dir(name);
+        let sock = dir.join("unblend.sock");
+        let data = dir.join("data");
+        let mut args = vec![
+            "serve",
+            "-m",
+            "0x1",
+            "-r",
+            sock.to_str().unwrap(),
+            "-d",
+            data.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
             .args(&args)
@@ -275,11 +285,21 @@ fn socket_of_a_live_appliance_is_refused_and_a_stale_one_replaced() {
     a.stop();
 
     // A socket file nobody listens on is stale: removed, said so, and replaced.
-    let stale = tmp_dir("rpc_stale").join("s.sock");
+    let stale_dir = tmp_dir("rpc_stale");
+    let stale = stale_dir.join("s.sock");
+    let stale_data = stale_dir.join("data");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
     let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
-        .args(["serve", "-m", "0x1", "-r", stale.to_str().unwrap()])
+        .args([
+            "serve",
+            "-m",
+            "0x1",
+            "-r",
+            stale.to_str().unwrap(),
+            "-d",
+            stale_data.to_str().unwrap(),
+        ])
         .env("UNBLEND_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()

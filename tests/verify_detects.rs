@@ -92,6 +92,7 @@ fn options(entry: unblend::bdev::BdevEntry) -> BenchOptions {
         idle: IdlePolicy::Busy,
         seed: 42,
         progress: false,
+        hot: None,
     }
 }
 

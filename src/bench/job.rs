@@ -31,6 +31,15 @@ pub struct JobPlan {
     pub units: u64,
     pub duration_ns: u64,
     pub seed: u64,
+    /// Which job this is (jobs on one reactor draw different random streams).
+    pub job: usize,
+    /// Where a sequential job starts in its range.
+    pub start_unit: u64,
+    /// Skew for random offsets: (percent of the range that is hot, percent of I/Os that go
+    /// to it); None: uniform.
+    pub hot: Option<(u8, u8)>,
+    /// Stop after this many I/Os (0: run for `duration_ns`).
+    pub max_ios: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -59,6 +68,7 @@ pub struct Job {
     completions: Vec<IoCompletion>,
     rng: u64,
     next_unit: u64,
+    submitted: u64,
     /// Verify: how many times this job has gone round its range (changes the pattern seed).
     lap: u64,
     block_size: usize,
@@ -105,8 +115,11 @@ impl Job {
         let hist = Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
             .map_err(|e| format!("histogram: {e}"))?;
         Ok(Job {
-            rng: plan.seed ^ (0x5DEE_CE66_D1CE_4E5B_u64.wrapping_mul(plan.reactor as u64 + 1)),
-            next_unit: 0,
+            rng: plan.seed
+                ^ (0x5DEE_CE66_D1CE_4E5B_u64.wrapping_mul(plan.reactor as u64 + 1))
+                ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(plan.job as u64 + 1)),
+            next_unit: plan.start_unit % plan.units.max(1),
+            submitted: 0,
             lap: 0,
             block_size,
             phases: vec![Phase::Idle; qd],
@@ -141,11 +154,24 @@ impl Job {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// A uniform unit in the job's range, without a division.
+    /// A unit in the job's range, uniform or skewed by `hot`, without a division.
     #[inline]
     fn random_unit(&mut self) -> u64 {
         let r = self.next_random();
-        self.plan.first_unit + ((r as u128 * self.plan.units as u128) >> 64) as u64
+        let scale = |r: u64, n: u64| ((r as u128 * n as u128) >> 64) as u64;
+        match self.plan.hot {
+            None => self.plan.first_unit + scale(r, self.plan.units),
+            Some((space_pct, io_pct)) => {
+                let hot_units = (self.plan.units * space_pct as u64 / 100).max(1);
+                let cold_units = self.plan.units - hot_units;
+                let to_hot = scale(self.next_random(), 100) < io_pct as u64 || cold_units == 0;
+                if to_hot {
+                    self.plan.first_unit + scale(r, hot_units)
+                } else {
+                    self.plan.first_unit + hot_units + scale(r, cold_units)
+                }
+            }
+        }
     }
 
     #[inline]
@@ -185,6 +211,13 @@ impl Job {
     /// Starts the next I/O on `slot` according to the workload.
     #[inline]
     fn start_next(&mut self, slot: usize, now_ns: u64) {
+        if self.plan.max_ios != 0 {
+            if self.submitted == self.plan.max_ios {
+                self.winding_down = true;
+                return;
+            }
+            self.submitted += 1;
+        }
         let (io_type, unit, phase) = match self.plan.workload {
             Workload::RandRead => (IoType::Read, self.random_unit(), Phase::Io),
             Workload::RandWrite => (IoType::Write, self.random_unit(), Phase::Io),

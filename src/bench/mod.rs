@@ -102,6 +102,8 @@ pub struct BenchOptions {
     pub idle: IdlePolicy,
     pub seed: u64,
     pub progress: bool,
+    /// Skewed random offsets: (percent of the range that is hot, percent of I/Os to it).
+    pub hot: Option<(u8, u8)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,8 +160,25 @@ fn spec_fields(spec: &str) -> Result<(String, Vec<(String, String)>), BenchError
     Ok((kind.to_string(), fields))
 }
 
+/// What a `--bdev` spec builds: the bdevs the jobs run on (one per job when there are
+/// several), and the lsv pool behind them, if any.
+pub struct BenchTarget {
+    pub bdevs: Vec<Arc<dyn Bdev>>,
+    pub pool: Option<Arc<crate::lsv::pool::LsvPool>>,
+    /// Write every volume once, sequentially, before the measured run.
+    pub prefill: bool,
+}
+
 /// Builds the bench's bdev from a `--bdev` spec.
 pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
+    let mut t = target_from_spec(spec)?;
+    Ok(t.bdevs.swap_remove(0))
+}
+
+/// Builds the bench's bdevs from a `--bdev` spec. lsv keys: `path`, `size` (of the pool
+/// file), `volume` (size of each volume), `volumes` (how many, one job each), `segment`,
+/// `policy` (greedy, cost-benefit, lifespan), `prefill=1`.
+pub fn target_from_spec(spec: &str) -> Result<BenchTarget, BenchError> {
     let (kind, fields) = spec_fields(spec)?;
     let mut size = None;
     let mut bs: u64 = 4096;
@@ -169,6 +188,9 @@ pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
     let mut zero_reads = true;
     let mut volume_bytes: u64 = 1 << 30;
     let mut segment_bytes: u64 = crate::lsv::format::DEFAULT_SEGMENT_BYTES;
+    let mut volumes: u32 = 1;
+    let mut policy = crate::lsv::usage::CleanerPolicy::CostBenefit;
+    let mut prefill = false;
     for (k, v) in &fields {
         match k.as_str() {
             "size" => size = Some(parse_size(v).map_err(BenchError::Usage)?),
@@ -181,6 +203,25 @@ pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
             "segment" if kind == "lsv" => {
                 segment_bytes = parse_size(v).map_err(BenchError::Usage)?
             }
+            "volumes" if kind == "lsv" => {
+                volumes = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_BENCH_VOLUMES).contains(n))
+                    .ok_or_else(|| {
+                        BenchError::Usage(format!(
+                            "bdev spec {spec:?}: volumes must be 1..={MAX_BENCH_VOLUMES}"
+                        ))
+                    })?
+            }
+            "policy" if kind == "lsv" => {
+                policy = crate::lsv::usage::CleanerPolicy::parse(v).ok_or_else(|| {
+                    BenchError::Usage(format!(
+                        "bdev spec {spec:?}: policy must be greedy, cost-benefit or lifespan"
+                    ))
+                })?
+            }
+            "prefill" if kind == "lsv" => prefill = matches!(v.as_str(), "1" | "true" | "yes"),
             "zero" if kind == "null" => zero_reads = !matches!(v.as_str(), "0" | "false" | "no"),
             "sqpoll" if kind == "uring" => sqpoll = matches!(v.as_str(), "1" | "true" | "yes"),
             other => {
@@ -192,24 +233,33 @@ pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
     }
     let need_size =
         || size.ok_or_else(|| BenchError::Usage(format!("bdev spec {spec:?} needs size=…")));
+    let one = |b: Arc<dyn Bdev>| BenchTarget {
+        bdevs: vec![b],
+        pool: None,
+        prefill: false,
+    };
     Ok(match kind.as_str() {
         "null" => {
             let mut null = NullBdev::with_size("bench_null", need_size()?, bs)?;
             null.set_zero_reads(zero_reads);
-            Arc::new(null)
+            one(Arc::new(null))
         }
-        "malloc" => Arc::new(MallocBdev::with_size("bench_malloc", need_size()?, bs)?),
+        "malloc" => one(Arc::new(MallocBdev::with_size(
+            "bench_malloc",
+            need_size()?,
+            bs,
+        )?)),
         "uring" => {
             let path =
                 path.ok_or_else(|| BenchError::Usage(format!("bdev spec {spec:?} needs path=…")))?;
-            Arc::new(UringBdev::create(&UringCreateParams {
+            one(Arc::new(UringBdev::create(&UringCreateParams {
                 name: "bench_uring".into(),
                 filename: path,
                 block_size: bs_given.then_some(bs),
                 uuid: None,
                 size_bytes: size,
                 sqpoll,
-            })?)
+            })?))
         }
         "lsv" => {
             // A fresh pool on a uring file, formatted now, with one thin volume.
@@ -226,17 +276,66 @@ pub fn bdev_from_spec(spec: &str) -> Result<Arc<dyn Bdev>, BenchError> {
                 })?))?;
             let pool = crate::lsv::pool::LsvPool::create("bench_pool", base, segment_bytes)
                 .map_err(|e| BenchError::Usage(e.to_string()))?;
+            pool.set_policy(policy);
             let blocks = crate::bdev::blocks_for_size(volume_bytes, 4096)?;
-            let (meta, table) = pool
-                .create_volume("vol", blocks)
-                .map_err(|e| BenchError::Usage(e.to_string()))?;
-            Arc::new(crate::lsv::volume::LsvVolume::new(pool, meta, table))
+            let mut bdevs: Vec<Arc<dyn Bdev>> = Vec::new();
+            for i in 0..volumes {
+                let name = if volumes == 1 {
+                    "vol".to_string()
+                } else {
+                    format!("vol{i}")
+                };
+                let (meta, table) = pool
+                    .create_volume(&name, blocks)
+                    .map_err(|e| BenchError::Usage(e.to_string()))?;
+                bdevs.push(Arc::new(crate::lsv::volume::LsvVolume::new(
+                    pool.clone(),
+                    meta,
+                    table,
+                )));
+            }
+            BenchTarget {
+                bdevs,
+                pool: Some(pool),
+                prefill,
+            }
         }
         other => {
             return Err(BenchError::Usage(format!(
                 "unknown bdev type {other:?} (expected null, malloc, uring or lsv)"
             )))
         }
+    })
+}
+
+/// Volumes one bench may create in its pool.
+pub const MAX_BENCH_VOLUMES: u32 = 32;
+
+struct Resolved {
+    entries: Vec<BdevEntry>,
+    pool: Option<Arc<crate::lsv::pool::LsvPool>>,
+    prefill: bool,
+}
+
+fn resolve(source: &BdevSource) -> Result<Resolved, BenchError> {
+    if let BdevSource::Spec(spec) = source {
+        let registry = BdevRegistry::new();
+        let t = target_from_spec(spec)?;
+        let entries = t
+            .bdevs
+            .into_iter()
+            .map(|b| registry.register(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Resolved {
+            entries,
+            pool: t.pool,
+            prefill: t.prefill,
+        });
+    }
+    Ok(Resolved {
+        entries: vec![resolve_bdev(source)?],
+        pool: None,
+        prefill: false,
     })
 }
 
@@ -429,32 +528,71 @@ pub fn start_jobs(
     entry: &BdevEntry,
     opts: &BenchOptions,
 ) -> Result<RunningBench, BenchError> {
-    let bdev = entry.bdev.clone();
+    start_jobs_on(handle, reactors, std::slice::from_ref(entry), opts, false)
+}
+
+/// Starts the jobs: with one bdev, one job per reactor, sharing it (sequential workloads
+/// stripe it); with several, one job per bdev, each on its own bdev from its own starting
+/// offset, spread over the reactors. `once`: each job writes or reads its range once and stops.
+/// A reactor runs at most `queue_depth` I/Os of its buffer pool, so several jobs on one
+/// reactor share `queue_depth` between them.
+pub fn start_jobs_on(
+    handle: &Reactors,
+    reactors: &[usize],
+    entries: &[BdevEntry],
+    opts: &BenchOptions,
+    once: bool,
+) -> Result<RunningBench, BenchError> {
+    let bdev = entries[0].bdev.clone();
     let n = reactors.len() as u64;
     if n == 0 {
         return Err(BenchError::Usage("no reactor to run the bench on".into()));
     }
-    let layout = layout(opts, bdev.as_ref(), n)?;
+    let many = entries.len() > 1;
+    let jobs = if many { entries.len() } else { reactors.len() };
+    let per_reactor = jobs.div_ceil(reactors.len()) as u32;
+    let job_qd = if many {
+        (opts.queue_depth / per_reactor).max(1)
+    } else {
+        opts.queue_depth
+    };
+    let layout = layout(opts, bdev.as_ref(), if many { 1 } else { n })?;
     let (tx, rx) = mpsc::channel();
     let mut progress = Vec::new();
-    for (job_index, &reactor) in reactors.iter().enumerate() {
-        let (first_unit, units) = if layout.striped {
+    for job_index in 0..jobs {
+        let reactor = reactors[job_index % reactors.len()];
+        let entry = &entries[if many { job_index } else { 0 }];
+        let (first_unit, units, start_unit) = if many {
+            (
+                0,
+                layout.total_units,
+                layout.total_units * job_index as u64 / jobs as u64,
+            )
+        } else if layout.striped {
             let per = layout.total_units / n;
-            (job_index as u64 * per, per)
+            (job_index as u64 * per, per, 0)
         } else {
-            (0, layout.total_units)
+            (0, layout.total_units, 0)
         };
         let plan = JobPlan {
             reactor,
             core: handle.core(reactor),
             workload: opts.workload,
             read_percent: opts.read_percent,
-            queue_depth: opts.queue_depth,
+            queue_depth: job_qd,
             blocks_per_io: layout.blocks_per_io,
             first_unit,
             units,
-            duration_ns: opts.seconds * 1_000_000_000,
+            duration_ns: if once {
+                u64::MAX / 4
+            } else {
+                opts.seconds * 1_000_000_000
+            },
             seed: opts.seed,
+            job: job_index,
+            start_unit,
+            hot: opts.hot,
+            max_ios: if once { units } else { 0 },
         };
         let counter = Arc::new(CachePadded::new(AtomicU64::new(0)));
         progress.push(counter.clone());
@@ -494,7 +632,7 @@ pub fn start_jobs(
         bdev,
         rx,
         progress,
-        expected: reactors.len(),
+        expected: jobs,
         results: Vec::new(),
         failure: None,
         failures: 0,
@@ -514,8 +652,13 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             crate::mem::buffer_pool::MAX_POOL_BYTES
         )));
     }
-    let entry = resolve_bdev(&opts.bdev)?;
-    layout(opts, entry.bdev.as_ref(), opts.cpumask.cores().len() as u64)?;
+    let target = resolve(&opts.bdev)?;
+    let cores = opts.cpumask.cores().len() as u64;
+    layout(
+        opts,
+        target.entries[0].bdev.as_ref(),
+        if target.entries.len() > 1 { 1 } else { cores },
+    )?;
     let buf_bytes = opts.io_bytes.div_ceil(4096) * 4096;
     let pool_config = BufferPoolConfig {
         buf_bytes: buf_bytes as usize,
@@ -539,20 +682,66 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     })
     .map_err(|e| BenchError::Run(e.to_string()))?;
     let handle = reactors.handle();
+    if let Some(pool) = &target.pool {
+        crate::lsv::pools::start_cleaner(pool, &handle);
+    }
     let all: Vec<usize> = (0..handle.count()).collect();
-    let mut running = match start_jobs(&handle, &all, &entry, opts) {
+    let stop = |reactors: ReactorSet| {
+        if let Some(pool) = &target.pool {
+            pool.close();
+        }
+        handle.request_stop();
+        reactors.join();
+    };
+    if target.prefill {
+        let mut fill = opts.clone();
+        fill.workload = Workload::Write;
+        let r = start_jobs_on(&handle, &all, &target.entries, &fill, true).and_then(|mut r| {
+            r.wait(false);
+            r.report()
+        });
+        match r {
+            Ok(rep) if rep.failure().is_none() => {}
+            Ok(rep) => {
+                stop(reactors);
+                return Err(BenchError::Run(format!(
+                    "prefill: {}",
+                    rep.failure().unwrap_or_default()
+                )));
+            }
+            Err(e) => {
+                stop(reactors);
+                return Err(e);
+            }
+        }
+    }
+    let before = target.pool.as_ref().map(|p| p.write_counters());
+    let mut running = match start_jobs_on(&handle, &all, &target.entries, opts, false) {
         Ok(r) => r,
         Err(e) => {
-            handle.request_stop();
-            reactors.join();
+            stop(reactors);
             return Err(e);
         }
     };
     running.wait(opts.progress && std::io::stdout().is_terminal());
-    handle.request_stop();
-    reactors.join();
+    let after = target.pool.as_ref().map(|p| p.write_counters());
+    let stats = target.pool.as_ref().map(|p| p.stats());
+    stop(reactors);
     if let Some(e) = pool_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(BenchError::Run(format!("buffer pool: {e}")));
     }
-    running.report()
+    let mut report = running.report()?;
+    if let (Some(b), Some(a), Some(stats)) = (before, after, stats) {
+        let user = a.0 - b.0;
+        let written = a.1 - b.1;
+        report.lsv = Some(serde_json::json!({
+            "run": {
+                "user_bytes_written": user * 4096,
+                "bytes_written": written * 4096,
+                "write_amplification": if user == 0 { serde_json::Value::Null } else { serde_json::json!(written as f64 / user as f64) },
+            },
+            "pool": stats,
+        }));
+    }
+    Ok(report)
 }

@@ -35,6 +35,8 @@ pub struct BenchReport {
     pub cores: Vec<(usize, Line)>,
     pub total: Line,
     pub verify_failure: Option<(usize, VerifyFailure)>,
+    /// For an lsv bench: write amplification of the measured run and the pool's statistics.
+    pub lsv: Option<Value>,
 }
 
 fn latency(h: &Histogram<u64>) -> Latency {
@@ -101,6 +103,7 @@ impl BenchReport {
                 lat_us: latency(&all),
             },
             verify_failure,
+            lsv: None,
         }
     }
 
@@ -125,6 +128,7 @@ impl BenchReport {
             "verify_failure": self.verify_failure.map(|(core, f)| json!({
                 "core": core, "lba": f.lba, "byte_in_block": f.byte_in_block,
                 "expected": format!("{:#018x}", f.expected), "found": format!("{:#018x}", f.found)})),
+            "lsv": self.lsv,
         })
     }
 
@@ -154,6 +158,18 @@ impl BenchReport {
         }
         if self.total.errors > 0 {
             s.push_str(&format!("{} I/O errors\n", self.total.errors));
+        }
+        if let Some(l) = &self.lsv {
+            let wa = &l["run"]["write_amplification"];
+            let p = &l["pool"];
+            s.push_str(&format!(
+                "lsv: write amplification {} this run; {} of {} segments free; {} cleaned; policy {}\n",
+                wa.as_f64().map_or("-".to_string(), |w| format!("{w:.3}")),
+                p["free_segments"],
+                p["segments"],
+                p["cleaner"]["segments_cleaned"],
+                p["cleaner"]["policy"].as_str().unwrap_or("?")
+            ));
         }
         s
     }

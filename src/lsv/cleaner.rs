@@ -16,9 +16,10 @@
 //!   original write's sequence number, so replay orders it correctly against newer writes.
 //!   When the record is durable, each block's mapping moves with `remap_if` (only if it still
 //!   points at the old place: a newer write always wins).
-//! - **Reuse.** An emptied segment is Cleaned; it becomes Free only after two checkpoints that
-//!   began after its move are durable (see `usage.rs`), so neither checkpoint slot can need a
-//!   record that reusing it overwrites.
+//! - **Reuse.** An emptied segment becomes Free at once if both checkpoint slots are complete
+//!   past its newest record; otherwise it waits, Cleaned, for checkpoints (see `usage.rs`), so
+//!   recovery from either slot never needs a record that reusing it overwrites. Moved blocks
+//!   need no checkpoint: their relocation records are replayed like any other.
 //! - **Checkpoints** are taken when cleaned segments pile up or free ones run low, every
 //!   `CHECKPOINT_INTERVAL` while the pool is written, and when the log written since the last
 //!   one passes a quarter of the pool (at most 1 GiB), which bounds recovery time.
@@ -522,9 +523,16 @@ impl Cleaner {
         if self.cursor == self.live.len() {
             self.live.clear();
             self.cursor = 0;
+            #[cfg(test)]
+            if super::pool::traced(0, u64::MAX) {
+                eprintln!(
+                    "trace: segment {seg} cleaned (last_seq {}, reusable {})",
+                    self.pool.usage.last_seq(seg),
+                    self.pool.reusable_seq()
+                );
+            }
             if self.pool.usage.live(seg) == 0 {
-                let gen = self.pool.checkpoint_gen.load(Ordering::SeqCst);
-                self.pool.usage.mark_cleaned(seg, gen);
+                self.pool.usage.mark_cleaned(seg, self.pool.reusable_seq());
                 self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
             } else {
                 tracing::warn!(pool = %self.pool.name, seg, live = self.pool.usage.live(seg), "cleaner: victim still has live blocks after the move; left sealed");
@@ -689,8 +697,8 @@ impl Cleaner {
     ) -> (State, CleanerPoll) {
         self.pool.usage.record_finished(to_seg);
         self.pool.record_done();
-        self.pool.head_oldest(self.streams[stream].head, None);
         if !ok {
+            self.pool.head_oldest(self.streams[stream].head, None);
             tracing::error!(pool = %self.pool.name, seg, "cleaner: relocation write failed");
             if let Some((s, _, _)) = self.streams[stream].open.take() {
                 self.pool
@@ -707,6 +715,10 @@ impl Cleaner {
             };
             let new = first_pba + i as u64;
             if let Some(t) = self.table(volume) {
+                #[cfg(test)]
+                if super::pool::traced(lba, 1) {
+                    eprintln!("trace: cleaner moves lba {lba} {old} -> {new} (victim {seg}, record into {to_seg})");
+                }
                 if lba < t.num_blocks() && t.remap_if(lba, old, new) {
                     self.pool
                         .add_delta(&mut self.deltas, self.pool.segment_of(old), -1);
@@ -715,6 +727,8 @@ impl Cleaner {
             }
         }
         self.pool.apply_deltas(&mut self.deltas);
+        // Only now, with every mapping moved, may a checkpoint count this record complete.
+        self.pool.head_oldest(self.streams[stream].head, None);
         self.pool
             .cleaner_blocks_written
             .fetch_add(blocks, Ordering::Relaxed);

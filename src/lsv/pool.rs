@@ -24,7 +24,9 @@
 //! block read tells whether a free one was reused), so recovery time follows the log written
 //! since the checkpoint, not the pool's size. A segment's chain of records (header and data
 //! checksums, this segment, one epoch, rising sequence numbers) ends at the first record that
-//! fails. Records after the checkpoint are replayed in sequence order; every entry carries the
+//! fails. Sequence numbers then jump by `SEQ_GAP_AFTER_RECOVERY`, past any number a record
+//! torn at the crash may carry, so a stale record can never pass for part of a new chain.
+//! Records after the checkpoint are replayed in sequence order; every entry carries the
 //! sequence number of the write that made its data, and an entry replaces a mapping only if
 //! that number is at least the mapping's. Live counts are then counted from the map itself.
 
@@ -178,11 +180,32 @@ struct SegmentSeqs {
     seqs: Box<[AtomicU64]>,
 }
 
+/// Test builds: `UNBLEND_TRACE_LBA=N` prints every change to block N's mapping (the crash
+/// simulator's debugging aid).
+#[cfg(test)]
+pub(super) fn traced(lba: u64, n: u64) -> bool {
+    static T: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    T.get_or_init(|| std::env::var("UNBLEND_TRACE_LBA").ok()?.parse().ok())
+        .is_some_and(|t| (lba..lba + n).contains(&t))
+}
+
 /// Log-head slots: one per channel or cleaner stream that appends records (checkpoints read
 /// them to know which records may still be in flight).
 pub const MAX_LOG_HEADS: usize = 256;
 const HEAD_UNUSED: u64 = 0;
 const HEAD_IDLE: u64 = u64::MAX;
+/// A checkpoint read back: its header, segment rows and entries (volume, lba, mapping, seq).
+type LoadedCheckpoint = (
+    CheckpointHeader,
+    Vec<SegmentRow>,
+    Vec<(u32, u64, Stored, u64)>,
+);
+
+/// Sequence numbers skipped after recovery: more than every record that can be in flight at
+/// once (`MAX_LOG_HEADS` heads of at most `RECORDS_IN_FLIGHT` records each).
+pub const SEQ_GAP_AFTER_RECOVERY: u64 = 1 << 16;
+const _: () =
+    assert!(SEQ_GAP_AFTER_RECOVERY > (MAX_LOG_HEADS * super::volume::RECORDS_IN_FLIGHT) as u64 + 2);
 /// Free segments only the cleaner may take (two relocation streams, one spare).
 pub const CLEANER_RESERVE_SEGMENTS: u64 = 3;
 /// One-minute write-amplification window: a sample per second.
@@ -214,6 +237,8 @@ pub struct LsvPool {
     /// The newest durable checkpoint's generation and complete_seq.
     pub(super) checkpoint_gen: AtomicU64,
     pub(super) checkpoint_seq: AtomicU64,
+    /// complete_seq of the other (older) slot's checkpoint; 0 if it is not valid.
+    checkpoint_seq_prev: AtomicU64,
     /// Log blocks written (user and cleaner) when the newest checkpoint began.
     pub(super) log_blocks_at_checkpoint: AtomicU64,
     checkpoint_busy: AtomicBool,
@@ -386,6 +411,7 @@ impl LsvPool {
                 .collect(),
             checkpoint_gen: AtomicU64::new(0),
             checkpoint_seq: AtomicU64::new(0),
+            checkpoint_seq_prev: AtomicU64::new(0),
             log_blocks_at_checkpoint: AtomicU64::new(0),
             checkpoint_busy: AtomicBool::new(false),
             cleaner_attached: AtomicBool::new(false),
@@ -543,6 +569,13 @@ impl LsvPool {
                 }
             };
             let seq = e.seq_in(h.seq);
+            #[cfg(test)]
+            if traced(e.lba, e.num_blocks as u64) {
+                eprintln!(
+                    "trace: apply live={live} record {} seg {} {:?} seq {seq} lba {}+{} at {pba}",
+                    h.seq, h.segment, e.op, e.lba, e.num_blocks
+                );
+            }
             for b in 0..e.num_blocks as u64 {
                 let Some(lba) = e.lba.checked_add(b).filter(|&l| l < table.num_blocks()) else {
                     break;
@@ -585,14 +618,7 @@ impl LsvPool {
     fn read_checkpoint(
         &self,
         offset: u64,
-    ) -> Result<
-        (
-            CheckpointHeader,
-            Vec<SegmentRow>,
-            Vec<(u32, u64, Stored, u64)>,
-        ),
-        String,
-    > {
+    ) -> Result<LoadedCheckpoint, String> {
         let mut io = SyncIo::new(&self.base, CP_HEADER_BYTES).map_err(|e| e.to_string())?;
         io.run(IoType::Read, offset, CP_HEADER_BYTES, false)
             .map_err(|e| e.to_string())?;
@@ -641,11 +667,14 @@ impl LsvPool {
         found.sort_by_key(|(_, r)| std::cmp::Reverse(r.as_ref().map_or(0, |c| c.0.generation)));
         let mut damage = Vec::new();
         let mut chosen = None;
+        let mut other_seq = 0;
         for (offset, r) in found {
             match r {
                 Ok(c) => {
                     if chosen.is_none() {
                         chosen = Some(c);
+                    } else {
+                        other_seq = c.0.complete_seq;
                     }
                 }
                 Err(e) if e == "no checkpoint here" => {}
@@ -667,6 +696,10 @@ impl LsvPool {
         }
         // The checkpoint's map.
         for &(vol, lba, stored, seq) in &entries {
+            #[cfg(test)]
+            if traced(lba, 1) {
+                eprintln!("trace: checkpoint has lba {lba} {stored:?} seq {seq}");
+            }
             let Some(table) = self.table_of(vol) else {
                 continue;
             };
@@ -688,27 +721,31 @@ impl LsvPool {
         }
         drop(entries);
         let after = h.complete_seq;
-        // The log since: segments that were open, written after the checkpoint began, or
-        // free (and so perhaps reused) hold records after `after`.
+        #[cfg(test)]
+        if traced(0, u64::MAX) {
+            eprintln!(
+                "trace: recover from checkpoint {} complete_seq {after}",
+                h.generation
+            );
+        }
+        // The log since: segments that were open or written after the checkpoint began are
+        // read whole; of every other segment the first block tells whether it was (re)used
+        // since (a cleaned segment may be reused without a new checkpoint).
         let mut io = SyncIo::new(&self.base, self.sb.segment_bytes as usize)?;
         let mut records: Vec<(u64, u64, RecordHeader)> = Vec::new();
         let mut newest_in = vec![0u64; self.sb.segment_count as usize];
         let mut segments_read = 0u64;
         for seg in 0..self.sb.segment_count {
             let row = rows[seg as usize];
-            let whole = match row.state {
-                SegmentState::Open => true,
-                SegmentState::Sealed | SegmentState::Cleaning => row.last_seq > after,
-                SegmentState::Free | SegmentState::Cleaned => {
-                    io.run(
-                        IoType::Read,
-                        self.sb.segment_offset(seg),
-                        BLOCK_BYTES,
-                        false,
-                    )?;
-                    RecordHeader::decode(io.bytes(BLOCK_BYTES))
-                        .is_ok_and(|r| r.segment == seg && r.seq > after)
-                }
+            let whole = row.state == SegmentState::Open || row.last_seq > after || {
+                io.run(
+                    IoType::Read,
+                    self.sb.segment_offset(seg),
+                    BLOCK_BYTES,
+                    false,
+                )?;
+                RecordHeader::decode(io.bytes(BLOCK_BYTES))
+                    .is_ok_and(|r| r.segment == seg && r.seq > after)
             };
             if !whole {
                 continue;
@@ -730,10 +767,12 @@ impl LsvPool {
         }
         records.sort_by_key(|r| r.0);
         let mut deltas = UsageDeltas::default();
+        // Each record's blocks are summarized just before it is applied: a mapping restored
+        // from the checkpoint may point into a segment reused since, and the reuse's records
+        // (later in sequence) must not change that mapping's sequence number before the
+        // relocation record that moved it away is replayed.
         for (_, first_data, rh) in &records {
             self.summarize(rh, *first_data);
-        }
-        for (_, first_data, rh) in &records {
             self.apply_record(rh, *first_data, &mut deltas, false, None);
         }
         // Live counts from the map itself.
@@ -769,15 +808,22 @@ impl LsvPool {
                 state,
                 live[seg],
                 row.last_seq.max(newest_in[seg]),
-                h.generation,
             );
         }
         let last = records.last().map_or(0, |r| r.0);
         let newest = newest_in.iter().copied().max().unwrap_or(0);
-        self.next_seq
-            .store(h.next_seq.max(last + 1).max(newest + 1), Ordering::SeqCst);
+        // Numbers past the newest record found may have been taken by records that were in
+        // flight at the crash and left partly on the media; skipping well past them keeps
+        // every sequence number (and so every segment epoch) unique for ever.
+        self.next_seq.store(
+            h.next_seq.max(last + 1).max(newest + 1) + SEQ_GAP_AFTER_RECOVERY,
+            Ordering::SeqCst,
+        );
         self.checkpoint_gen.store(h.generation, Ordering::SeqCst);
         self.checkpoint_seq.store(after, Ordering::SeqCst);
+        self.checkpoint_seq_prev
+            .store(other_seq.min(after), Ordering::SeqCst);
+        self.usage.free_cleaned(self.reusable_seq());
         tracing::info!(pool = %self.name, checkpoint = h.generation, records = records.len(), segments_read, ms = t0.elapsed().as_millis() as u64, "pool recovered");
         Ok(())
     }
@@ -885,6 +931,14 @@ impl LsvPool {
         (self.slot_offset(h.generation), len)
     }
 
+    /// Records at or below this are covered by both checkpoint slots: a cleaned segment whose
+    /// records all are may be reused.
+    pub(super) fn reusable_seq(&self) -> u64 {
+        self.checkpoint_seq
+            .load(Ordering::SeqCst)
+            .min(self.checkpoint_seq_prev.load(Ordering::SeqCst))
+    }
+
     /// `complete_seq` as of now.
     pub(super) fn complete_seq_now(&self) -> u64 {
         self.complete_seq().0
@@ -919,18 +973,12 @@ impl LsvPool {
         if durable {
             debug_assert_eq!(h.generation, self.checkpoint_gen.load(Ordering::SeqCst) + 1);
             self.checkpoint_gen.store(h.generation, Ordering::SeqCst);
-            self.checkpoint_seq.store(h.complete_seq, Ordering::SeqCst);
+            let prev = self.checkpoint_seq.swap(h.complete_seq, Ordering::SeqCst);
+            self.checkpoint_seq_prev.store(prev, Ordering::SeqCst);
             let (_, len) = self.checkpoint_extent(h);
             self.checkpoint_blocks_written
                 .fetch_add((len / BLOCK_BYTES) as u64, Ordering::Relaxed);
-            for seg in 0..self.sb.segment_count {
-                if self.usage.state(seg) == SegmentState::Cleaned
-                    && self.usage.cleaned_gen(seg) + 2 <= h.generation
-                {
-                    self.usage
-                        .transition(seg, SegmentState::Cleaned, SegmentState::Free);
-                }
-            }
+            self.usage.free_cleaned(self.reusable_seq());
             if self.usage.free_count() as u64 > CLEANER_RESERVE_SEGMENTS {
                 self.full.store(false, Ordering::Release);
             }
@@ -1077,6 +1125,15 @@ impl LsvPool {
             .fetch_add(h.data_blocks as u64, Ordering::Relaxed);
         self.log_blocks_written
             .fetch_add(h.total_blocks() as u64, Ordering::Relaxed);
+    }
+
+    /// (user blocks, blocks written to the base bdev for them: log, cleaner, checkpoints)
+    /// since the pool was opened.
+    pub fn write_counters(&self) -> (u64, u64) {
+        (
+            self.user_blocks_written.load(Ordering::Relaxed),
+            self.written_blocks(),
+        )
     }
 
     /// Blocks written to the log by users and the cleaner since the pool was opened.

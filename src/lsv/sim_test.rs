@@ -250,7 +250,19 @@ fn recover_and_check(
     for lba in 0..VOLUME_BLOCKS {
         let empty = Vec::new();
         let all_tags = model.tags.get(&lba).unwrap_or(&empty);
-        let got = classify(&h.read_block(lba), lba, all_tags)?;
+        let data = h.read_block(lba);
+        let got = classify(&data, lba, all_tags).map_err(|e| {
+            // Name whose data it is, if it is some other block's write.
+            let whose = model.tags.iter().find_map(|(&l, ts)| {
+                ts.iter()
+                    .find(|&&t| classify(&data, l, &[t]) == Ok(Some(t)))
+                    .map(|t| (l, *t))
+            });
+            format!(
+                "{e} (mapped at {:?}; it is the write of (block, tag) {whose:?})",
+                pool.volume("v").map(|v| v.1.lookup(lba))
+            )
+        })?;
         let want = model.acked.get(&lba).copied().flatten();
         let racing = in_flight
             .iter()
@@ -281,7 +293,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let (image, in_flight) = run_until_crash(&mut rng, &disk, &pool, &mut model, steps, 0)?;
     drop(pool);
     let (disk2, pool2) = recover_and_check(image, seed, &mut model, &in_flight)?;
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         // Life goes on after recovery, and the pool survives a second crash.
         let steps = 20 + rng.below(600);
         let (image, in_flight) =

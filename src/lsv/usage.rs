@@ -17,9 +17,9 @@ pub enum SegmentState {
     Sealed = 2,
     /// The cleaner is moving its live blocks out.
     Cleaning = 3,
-    /// Every live block has been moved (with FUA). It becomes Free after two checkpoints
-    /// that started after the move are durable, so that neither checkpoint slot can need a
-    /// record that reusing the segment would overwrite.
+    /// Every live block has been moved (with FUA). It becomes Free once both checkpoint
+    /// slots are complete past its newest record (`last_seq`), so that recovery from either
+    /// slot never needs a record that reusing the segment overwrites.
     Cleaned = 4,
 }
 
@@ -81,8 +81,6 @@ struct Segment {
     last_seq: AtomicU64,
     /// Records written into it that have not completed yet (the cleaner waits for none).
     records_in_flight: AtomicU32,
-    /// For a Cleaned segment: the checkpoint generation that was durable when it was cleaned.
-    cleaned_gen: AtomicU64,
 }
 
 pub struct UsageTable {
@@ -101,7 +99,6 @@ impl UsageTable {
                     live_blocks: AtomicU32::new(0),
                     last_seq: AtomicU64::new(0),
                     records_in_flight: AtomicU32::new(0),
-                    cleaned_gen: AtomicU64::new(0),
                 })
                 .collect(),
             blocks_per_segment,
@@ -123,7 +120,7 @@ impl UsageTable {
     }
 
     /// Recovery only: sets a segment's state, live count and age directly.
-    pub fn restore(&self, seg: u64, state: SegmentState, live: u32, last_seq: u64, gen: u64) {
+    pub fn restore(&self, seg: u64, state: SegmentState, live: u32, last_seq: u64) {
         let s = &self.segments[seg as usize];
         let was = SegmentState::from_u8(s.state.swap(state as u8, Ordering::AcqRel));
         match (was == SegmentState::Free, state == SegmentState::Free) {
@@ -137,25 +134,29 @@ impl UsageTable {
         }
         s.live_blocks.store(live, Ordering::Relaxed);
         s.last_seq.store(last_seq, Ordering::Relaxed);
-        s.cleaned_gen.store(gen, Ordering::Relaxed);
     }
 
     pub fn last_seq(&self, seg: u64) -> u64 {
         self.segments[seg as usize].last_seq.load(Ordering::Relaxed)
     }
 
-    pub fn cleaned_gen(&self, seg: u64) -> u64 {
-        self.segments[seg as usize]
-            .cleaned_gen
-            .load(Ordering::Relaxed)
+    /// Marks a Cleaning segment Cleaned, and Free at once if every record in it is at or
+    /// below `reusable_seq` (both checkpoints cover it).
+    pub fn mark_cleaned(&self, seg: u64, reusable_seq: u64) -> bool {
+        let ok = self.transition(seg, SegmentState::Cleaning, SegmentState::Cleaned);
+        if ok && self.last_seq(seg) <= reusable_seq {
+            self.transition(seg, SegmentState::Cleaned, SegmentState::Free);
+        }
+        ok
     }
 
-    /// Marks a Cleaning segment Cleaned, noting the durable checkpoint generation.
-    pub fn mark_cleaned(&self, seg: u64, durable_gen: u64) -> bool {
-        self.segments[seg as usize]
-            .cleaned_gen
-            .store(durable_gen, Ordering::Relaxed);
-        self.transition(seg, SegmentState::Cleaning, SegmentState::Cleaned)
+    /// Frees every Cleaned segment whose records are all at or below `reusable_seq`.
+    pub fn free_cleaned(&self, reusable_seq: u64) {
+        for seg in 0..self.segments.len() as u64 {
+            if self.state(seg) == SegmentState::Cleaned && self.last_seq(seg) <= reusable_seq {
+                self.transition(seg, SegmentState::Cleaned, SegmentState::Free);
+            }
+        }
     }
 
     pub fn record_started(&self, seg: u64) {
@@ -353,9 +354,13 @@ mod tests {
         assert_eq!((t.live(0), t.live(1)), (0, 45));
         assert!(t.transition(0, SegmentState::Sealed, SegmentState::Cleaning));
         assert!(!t.transition(0, SegmentState::Sealed, SegmentState::Cleaning));
-        assert!(t.mark_cleaned(0, 7));
-        assert_eq!(t.cleaned_gen(0), 7);
-        assert!(t.transition(0, SegmentState::Cleaned, SegmentState::Free));
+        // Its newest record (seq 900) is not yet covered by both checkpoints.
+        assert!(t.mark_cleaned(0, 899));
+        assert_eq!(t.state(0), SegmentState::Cleaned);
+        t.free_cleaned(899);
+        assert_eq!(t.state(0), SegmentState::Cleaned);
+        t.free_cleaned(900);
+        assert_eq!(t.state(0), SegmentState::Free);
         assert_eq!(t.free_count(), 1);
         assert_eq!(t.open_free(1), None, "the reserve is kept");
         assert_eq!(t.open_free(0), Some(0));

@@ -297,7 +297,8 @@ impl Reactor {
         self.now_ns
     }
 
-    /// Registers a poller; `period_us` 0 runs it every pass, otherwise on that timer.
+    /// Registers a poller; `period_us` 0 runs it every pass, otherwise on that timer while it
+    /// returns Idle (after Busy or Waiting it runs again on the next pass).
     /// Returns false (and drops the poller) when the reactor already has `MAX_POLLERS`.
     pub fn register_poller(
         &mut self,
@@ -380,7 +381,12 @@ impl Reactor {
                 }
                 p.next_run_ns = ctx.now_ns + p.period_ns;
             }
-            match (p.run)(&ctx) {
+            let status = (p.run)(&ctx);
+            if p.period_ns != 0 && matches!(status, PollStatus::Busy | PollStatus::Waiting) {
+                // A timed poller with work under way runs every pass until it is idle again.
+                p.next_run_ns = ctx.now_ns;
+            }
+            match status {
                 PollStatus::Idle => {}
                 PollStatus::Busy => busy = true,
                 PollStatus::Waiting => outstanding = true,

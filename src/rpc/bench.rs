@@ -75,6 +75,7 @@ pub fn unblend_bench_start(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Va
         idle: ctx.reactors.idle_policy(),
         seed: bench::fresh_seed(),
         progress: false,
+        hot: None,
     };
     let running = bench::start_jobs(&ctx.reactors, &all, &entry, &opts)
         .map_err(|e| RpcError::invalid_params(e.to_string()))?;

@@ -51,7 +51,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = workdir / "unblend.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(find_binary()), "serve", "-r", str(sock_path), "-m", "0x1"],
+            [str(find_binary()), "serve", "-r", str(sock_path), "-m", "0x1", "-d", str(workdir / "data")],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
