@@ -16,13 +16,14 @@
 //!   original write's sequence number, so replay orders it correctly against newer writes.
 //!   When the record is durable, each block's mapping moves with `remap_if` (only if it still
 //!   points at the old place: a newer write always wins).
-//! - **Reuse.** An emptied segment becomes Free at once if both checkpoint slots are complete
-//!   past its newest record; otherwise it waits, Cleaned, for checkpoints (see `usage.rs`), so
-//!   recovery from either slot never needs a record that reusing it overwrites. Moved blocks
-//!   need no checkpoint: their relocation records are replayed like any other.
-//! - **Checkpoints** are taken when cleaned segments pile up or free ones run low, every
-//!   `CHECKPOINT_INTERVAL` while the pool is written, and when the log written since the last
-//!   one passes a quarter of the pool (at most 1 GiB), which bounds recovery time.
+//! - **Reuse.** An emptied segment is Free at once. Recovery from either checkpoint slot never
+//!   needs one of its records: its live blocks are in relocation records (replayed like any
+//!   other, ordered by their original sequence numbers), its dead blocks were superseded by
+//!   writes or unmaps that are in the log or a checkpoint, and its unmaps that neither
+//!   checkpoint covers are re-logged as relocation records too.
+//! - **Checkpoints** are taken every `CHECKPOINT_INTERVAL` while the pool is written, and when
+//!   the log written since the last one passes a quarter of the pool (at most 1 GiB), which
+//!   bounds recovery time; cleaning needs none.
 //!
 //! Bounds: one victim and one record (at most `MAX_DATA_BLOCKS` blocks) in flight at a time;
 //! checkpoint writes of `CHECKPOINT_IO_BYTES` each, at most the channel's depth at once.
@@ -94,6 +95,7 @@ enum State {
         to_seg: u64,
         first_pba: u64,
         count: usize,
+        unmaps: usize,
         blocks: u64,
     },
     CheckpointBody {
@@ -123,6 +125,9 @@ pub struct Cleaner {
     state: State,
     live: Vec<LiveBlock>,
     cursor: usize,
+    /// The victim's unmaps that a checkpoint does not yet cover, re-logged before it is freed.
+    unmaps: Vec<Entry>,
+    unmap_cursor: usize,
     tables: Vec<(u32, Arc<ExtentTable>)>,
     deltas: UsageDeltas,
     done: Vec<IoCompletion>,
@@ -172,6 +177,8 @@ impl Cleaner {
             state: State::Idle,
             live: Vec::with_capacity(seg_blocks),
             cursor: 0,
+            unmaps: Vec::new(),
+            unmap_cursor: 0,
             tables: Vec::new(),
             deltas: UsageDeltas::default(),
             done: Vec::with_capacity(QUEUE_DEPTH as usize),
@@ -234,6 +241,7 @@ impl Cleaner {
                 to_seg,
                 first_pba,
                 count,
+                unmaps,
                 blocks,
             } => match done.first() {
                 None => (
@@ -243,12 +251,14 @@ impl Cleaner {
                         to_seg,
                         first_pba,
                         count,
+                        unmaps,
                         blocks,
                     },
                     CleanerPoll::Waiting,
                 ),
                 Some(c) => {
                     let ok = c.status == IoStatus::Success;
+                    self.unmap_cursor += unmaps;
                     self.moved(seg, stream, to_seg, first_pba, count, blocks, ok)
                 }
             },
@@ -428,6 +438,8 @@ impl Cleaner {
             .transition(seg, SegmentState::Cleaning, SegmentState::Sealed);
         self.live.clear();
         self.cursor = 0;
+        self.unmaps.clear();
+        self.unmap_cursor = 0;
     }
 
     fn table(&mut self, volume: u32) -> Option<Arc<ExtentTable>> {
@@ -443,6 +455,9 @@ impl Cleaner {
     fn collect_live(&mut self, seg: u64) {
         self.live.clear();
         self.cursor = 0;
+        self.unmaps.clear();
+        self.unmap_cursor = 0;
+        let reusable = self.pool.reusable_seq();
         self.tables.clear();
         // SAFETY: the read completed; the buffer is ours.
         let bytes =
@@ -461,6 +476,16 @@ impl Cleaner {
             let mut pba = first_data;
             for e in &h.entries {
                 if e.op != EntryOp::Write {
+                    // An unmap newer than both checkpoints lives only in the log: re-log it,
+                    // or reusing this segment could bring back the data it removed.
+                    let seq = e.seq_in(h.seq);
+                    if seq > reusable {
+                        self.unmaps.push(Entry {
+                            data_seq: seq,
+                            data_crc: 0,
+                            ..*e
+                        });
+                    }
                     continue;
                 }
                 let table = self.table(e.volume as u32);
@@ -520,9 +545,14 @@ impl Cleaner {
             self.abandon(seg);
             return (State::Idle, CleanerPoll::Busy);
         }
+        if self.unmap_cursor < self.unmaps.len() {
+            return self.move_unmaps(seg);
+        }
         if self.cursor == self.live.len() {
             self.live.clear();
             self.cursor = 0;
+            self.unmaps.clear();
+            self.unmap_cursor = 0;
             #[cfg(test)]
             if super::pool::traced(0, u64::MAX) {
                 eprintln!(
@@ -532,7 +562,9 @@ impl Cleaner {
                 );
             }
             if self.pool.usage.live(seg) == 0 {
-                self.pool.usage.mark_cleaned(seg, self.pool.reusable_seq());
+                // Everything it held that recovery could need is in durable relocation
+                // records now: it is free at once.
+                self.pool.usage.mark_cleaned(seg, u64::MAX);
                 self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
             } else {
                 tracing::warn!(pool = %self.pool.name, seg, live = self.pool.usage.live(seg), "cleaner: victim still has live blocks after the move; left sealed");
@@ -676,7 +708,66 @@ impl Cleaner {
                 to_seg,
                 first_pba: start_pba + hb,
                 count,
+                unmaps: 0,
                 blocks: total,
+            },
+            CleanerPoll::Busy,
+        )
+    }
+
+    /// Writes a record of the victim's pending unmaps (no data) to the relocation stream.
+    fn move_unmaps(&mut self, seg: u64) -> (State, CleanerPoll) {
+        let n = (self.unmaps.len() - self.unmap_cursor).min(MAX_MOVE_ENTRIES);
+        let hb = header_blocks_for(n) as u64;
+        let Some((to_seg, at, epoch)) = self.reserve(0, hb) else {
+            self.abandon(seg);
+            return (State::Idle, CleanerPoll::Idle);
+        };
+        let seq = self.pool.next_seq(self.streams[0].head);
+        let epoch = if at == 0 {
+            let (s, b, _) = self.streams[0].open.expect("just reserved");
+            self.streams[0].open = Some((s, b, seq));
+            seq
+        } else {
+            epoch
+        };
+        let mut h = RecordHeader::new(seq, to_seg, epoch);
+        for e in &self.unmaps[self.unmap_cursor..self.unmap_cursor + n] {
+            h.push(*e).expect("sized to fit");
+        }
+        // SAFETY: the staging buffer is ours; `hb` blocks of it.
+        let head = unsafe {
+            std::slice::from_raw_parts_mut(self.staging.as_ptr(), hb as usize * BLOCK_BYTES)
+        };
+        h.encode(head);
+        let start_pba = self.pool.segment_first_block(to_seg) + at;
+        self.pool.summarize(&h, start_pba + hb);
+        self.pool.usage.record_started(to_seg);
+        // SAFETY: the header in the staging buffer, ours until completion.
+        let iov = unsafe { IoVec::from_raw(self.staging.as_ptr(), hb as usize * BLOCK_BYTES) };
+        let r = self.ch.submit(
+            &IoRequest {
+                io_type: IoType::Write,
+                offset_blocks: start_pba,
+                num_blocks: hb,
+                iovs: &[iov],
+                fua: true,
+                tag: seq,
+            },
+            0,
+        );
+        if r.is_err() {
+            return self.moved(seg, 0, to_seg, start_pba + hb, 0, hb, false);
+        }
+        (
+            State::Writing {
+                seg,
+                stream: 0,
+                to_seg,
+                first_pba: start_pba + hb,
+                count: 0,
+                unmaps: n,
+                blocks: hb,
             },
             CleanerPoll::Busy,
         )

@@ -24,7 +24,10 @@
 //! block read tells whether a free one was reused), so recovery time follows the log written
 //! since the checkpoint, not the pool's size. A segment's chain of records (header and data
 //! checksums, this segment, one epoch, rising sequence numbers) ends at the first record that
-//! fails. Sequence numbers then jump by `SEQ_GAP_AFTER_RECOVERY`, past any number a record
+//! fails. A checkpoint entry pointing at a block that a later use of its segment overwrote
+//! (the block was moved or replaced after the checkpoint, by a record in the replay) is held
+//! as its sequence number alone until that record replaces it. Sequence numbers then jump by
+//! `SEQ_GAP_AFTER_RECOVERY`, past any number a record
 //! torn at the crash may carry, so a stale record can never pass for part of a new chain.
 //! Records after the checkpoint are replayed in sequence order; every entry carries the
 //! sequence number of the write that made its data, and an entry replaces a mapping only if
@@ -615,10 +618,7 @@ impl LsvPool {
     }
 
     /// Reads and checks the checkpoint in the slot at `offset`: its header, then its body.
-    fn read_checkpoint(
-        &self,
-        offset: u64,
-    ) -> Result<LoadedCheckpoint, String> {
+    fn read_checkpoint(&self, offset: u64) -> Result<LoadedCheckpoint, String> {
         let mut io = SyncIo::new(&self.base, CP_HEADER_BYTES).map_err(|e| e.to_string())?;
         io.run(IoType::Read, offset, CP_HEADER_BYTES, false)
             .map_err(|e| e.to_string())?;
@@ -694,32 +694,6 @@ impl LsvPool {
         if !damage.is_empty() {
             tracing::warn!(pool = %self.name, generation = h.generation, "a checkpoint is damaged ({}); recovering from the other one", damage.join("; "));
         }
-        // The checkpoint's map.
-        for &(vol, lba, stored, seq) in &entries {
-            #[cfg(test)]
-            if traced(lba, 1) {
-                eprintln!("trace: checkpoint has lba {lba} {stored:?} seq {seq}");
-            }
-            let Some(table) = self.table_of(vol) else {
-                continue;
-            };
-            if lba >= table.num_blocks() {
-                continue;
-            }
-            if let Stored::At(pba) = stored {
-                if !self.in_segments(pba) {
-                    return Err(PoolError::Corrupt(format!(
-                        "checkpoint {} maps volume {vol} block {lba} outside the segments",
-                        h.generation
-                    )));
-                }
-                let seg = self.segment_of(pba);
-                self.seqs_of(seg).seqs[(pba - self.segment_first_block(seg)) as usize]
-                    .store(seq, Ordering::Relaxed);
-            }
-            table.restore(lba, stored);
-        }
-        drop(entries);
         let after = h.complete_seq;
         #[cfg(test)]
         if traced(0, u64::MAX) {
@@ -733,6 +707,9 @@ impl LsvPool {
         // since (a cleaned segment may be reused without a new checkpoint).
         let mut io = SyncIo::new(&self.base, self.sb.segment_bytes as usize)?;
         let mut records: Vec<(u64, u64, RecordHeader)> = Vec::new();
+        // What each block read holds now: (volume, lba, data seq).
+        let mut content: std::collections::HashMap<u64, (u32, u64, u64)> =
+            std::collections::HashMap::new();
         let mut newest_in = vec![0u64; self.sb.segment_count as usize];
         let mut segments_read = 0u64;
         for seg in 0..self.sb.segment_count {
@@ -760,17 +737,58 @@ impl LsvPool {
             let bytes = io.bytes(self.sb.segment_bytes as usize);
             for (first_data, rh) in self.walk_chain(seg, bytes)? {
                 newest_in[seg as usize] = rh.seq;
+                let mut pba = first_data;
+                for e in rh.entries.iter().filter(|e| e.op == EntryOp::Write) {
+                    for b in 0..e.num_blocks as u64 {
+                        let id = (e.volume as u32, e.lba.wrapping_add(b), e.seq_in(rh.seq));
+                        content.insert(pba + b, id);
+                    }
+                    pba += e.num_blocks as u64;
+                }
                 if rh.seq > after {
                     records.push((rh.seq, first_data, rh));
                 }
             }
         }
+        // The checkpoint's map.
+        for &(vol, lba, stored, seq) in &entries {
+            #[cfg(test)]
+            if traced(lba, 1) {
+                eprintln!("trace: checkpoint has lba {lba} {stored:?} seq {seq}");
+            }
+            let Some(table) = self.table_of(vol) else {
+                continue;
+            };
+            if lba >= table.num_blocks() {
+                continue;
+            }
+            let mut stored = stored;
+            if let Stored::At(pba) = stored {
+                if !self.in_segments(pba) {
+                    return Err(PoolError::Corrupt(format!(
+                        "checkpoint {} maps volume {vol} block {lba} outside the segments",
+                        h.generation
+                    )));
+                }
+                if content.get(&pba).is_some_and(|&c| c != (vol, lba, seq)) {
+                    // The block was moved away and its old place reused since the checkpoint;
+                    // the record that moved or replaced it comes in the replay. Until then it
+                    // holds only its sequence number.
+                    stored = Stored::Tombstone(seq);
+                } else {
+                    let seg = self.segment_of(pba);
+                    self.seqs_of(seg).seqs[(pba - self.segment_first_block(seg)) as usize]
+                        .store(seq, Ordering::Relaxed);
+                }
+            }
+            table.restore(lba, stored);
+        }
+        drop(entries);
+        drop(content);
+
         records.sort_by_key(|r| r.0);
         let mut deltas = UsageDeltas::default();
-        // Each record's blocks are summarized just before it is applied: a mapping restored
-        // from the checkpoint may point into a segment reused since, and the reuse's records
-        // (later in sequence) must not change that mapping's sequence number before the
-        // relocation record that moved it away is replayed.
+        // Each record's blocks are summarized just before it is applied, in sequence order.
         for (_, first_data, rh) in &records {
             self.summarize(rh, *first_data);
             self.apply_record(rh, *first_data, &mut deltas, false, None);

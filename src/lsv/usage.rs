@@ -17,9 +17,9 @@ pub enum SegmentState {
     Sealed = 2,
     /// The cleaner is moving its live blocks out.
     Cleaning = 3,
-    /// Every live block has been moved (with FUA). It becomes Free once both checkpoint
-    /// slots are complete past its newest record (`last_seq`), so that recovery from either
-    /// slot never needs a record that reusing the segment overwrites.
+    /// Every live block (and every unmap no checkpoint covers) has been moved with FUA.
+    /// The cleaner frees such a segment at once; the state is kept for pools whose
+    /// checkpoints recorded it, and is freed once both checkpoints cover its records.
     Cleaned = 4,
 }
 
