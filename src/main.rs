@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum PoolAction {
-    /// Write a new pool superblock on a file or device (creating the file with --size).
+    /// Format a new pool on a file or device (creating the file with --size), exactly as the
+    /// appliance makes one: superblock, empty volume table, first checkpoint.
     Format {
         path: PathBuf,
         /// Create (or size) the file: 1G, 512M, ...
@@ -35,11 +36,22 @@ enum PoolAction {
         /// Format even if the file already holds a pool (destroys it).
         #[arg(long)]
         force: bool,
+        /// The pool's name (the appliance names its volumes POOL/VOLUME).
+        #[arg(long, default_value = unblend::serve::DEFAULT_POOL_NAME)]
+        name: String,
     },
-    /// Print the pool's layout and what its log holds.
+    /// Print the pool's layout, volume table, checkpoint slots and what recovery makes of it
+    /// (writes nothing).
     Inspect { path: PathBuf },
-    /// Verify the superblock and every log record's checksums; exits 1 on a problem.
-    Check { path: PathBuf },
+    /// Verify the superblock, both checkpoint slots, recovery and every segment's record
+    /// chain; exits 1 on a problem. Writes nothing without --repair.
+    Check {
+        path: PathBuf,
+        /// If the pool recovers although a checkpoint slot is damaged, write two fresh
+        /// checkpoints so that both slots are valid again.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,7 +112,7 @@ enum Command {
         /// I/O size (4096, 4k, 128K, ...).
         #[arg(short = 'o', default_value = "4096")]
         io_size: String,
-        /// randread, randwrite, read, write, rw, randrw, verify.
+        /// randread, randwrite, read, write, rw, randrw, verify, crashwrite.
         #[arg(short = 'w', default_value = "randread")]
         workload: Workload,
         /// Read percentage for rw and randrw.
@@ -125,6 +137,9 @@ enum Command {
         /// of the range (20:80 is "80% of writes to 20% of blocks").
         #[arg(long)]
         hot: Option<String>,
+        /// The crash workload's journal of acknowledged writes (with -w crashwrite).
+        #[arg(long)]
+        journal: Option<PathBuf>,
     },
 }
 
@@ -222,6 +237,7 @@ fn main() -> ExitCode {
             seed,
             json,
             hot,
+            journal,
         } => {
             let hot = match hot.as_deref().map(parse_hot).transpose() {
                 Ok(h) => h,
@@ -251,6 +267,7 @@ fn main() -> ExitCode {
                 seed: seed.unwrap_or_else(unblend::bench::fresh_seed),
                 progress: !json,
                 hot,
+                journal,
             };
             match bench::run(&opts) {
                 Ok(report) => {
@@ -328,6 +345,7 @@ fn pool_command(action: PoolAction) -> ExitCode {
             size,
             segment_size,
             force,
+            name,
         } => {
             let size = match size.as_deref().map(parse_size).transpose() {
                 Ok(s) => s,
@@ -337,10 +355,10 @@ fn pool_command(action: PoolAction) -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return usage_error(e),
             };
-            match tools::format(&path, size, segment, force) {
+            match tools::format(&path, size, segment, force, &name) {
                 Ok(sb) => {
                     println!(
-                        "formatted {}: {} segments of {} bytes, uuid {}",
+                        "formatted {}: pool {name}, {} segments of {} bytes, uuid {}",
                         path.display(),
                         sb.segment_count,
                         sb.segment_bytes,
@@ -358,17 +376,24 @@ fn pool_command(action: PoolAction) -> ExitCode {
             }
             Err(e) => usage_error(e),
         },
-        PoolAction::Check { path } => match tools::check(&path) {
-            Ok(problems) if problems.is_empty() => {
-                println!("{}: consistent", path.display());
-                ExitCode::SUCCESS
-            }
-            Ok(problems) => {
-                for p in &problems {
+        PoolAction::Check { path, repair } => match tools::check(&path, repair) {
+            Ok(report) => {
+                for p in &report.problems {
                     println!("{p}");
                 }
-                eprintln!("unblend: error: {} problem(s) found", problems.len());
-                ExitCode::from(1)
+                for r in &report.repaired {
+                    println!("{r}");
+                }
+                if report.remaining.is_empty() {
+                    println!("{}: consistent", path.display());
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!(
+                        "unblend: error: {} problem(s) found",
+                        report.remaining.len()
+                    );
+                    ExitCode::from(1)
+                }
             }
             Err(e) => usage_error(e),
         },

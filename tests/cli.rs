@@ -394,25 +394,48 @@ fn pool_format_inspect_check() {
         "256M",
         "--segment-size",
         "4M",
+        "--name",
+        "tank",
     ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("segments of 4194304 bytes"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pool tank, ") && text.contains("segments of 4194304 bytes"),
+        "{text}"
+    );
     assert_refused(
         &unblend(&["pool", "format", p]),
         "already holds an unblend pool",
     );
+    // 256 MiB of 4 MiB segments: the header takes one segment, each checkpoint slot one
+    // (64 Ki blocks of 24 bytes fit in 4 MiB).
+    let (slot_a, slot_b) = (4u64 << 20, 8u64 << 20);
     let out = unblend(&["pool", "inspect", p]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("format version 1"),
-        "{text}"
-    );
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "  format version 2\n".to_string(),
+        "  segments 61\n".to_string(),
+        "volume table: pool name tank, 0 volume(s)\n".to_string(),
+        format!("checkpoint slot A at offset {slot_a}: valid, generation 1, complete_seq 0, next_seq 1, body "),
+        format!("checkpoint slot B at offset {slot_b}: empty"),
+        "recovery: ok, from checkpoint generation 1 (complete_seq 0)\n".to_string(),
+        "  segments free 61, used 0\n".to_string(),
+        "  mapped blocks 0\n".to_string(),
+    ] {
+        assert!(text.contains(&want), "{want:?} not in:\n{text}");
+    }
     let out = unblend(&["pool", "check", p]);
-    assert!(out.status.success());
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("consistent"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_refused(
         &unblend(&["pool", "inspect", "/nonexistent/pool.img"]),
         "does not exist",
@@ -421,13 +444,48 @@ fn pool_format_inspect_check() {
         &unblend(&["pool", "format", p, "--force", "--segment-size", "3M"]),
         "segment size",
     );
-    // A corrupt superblock is refused with a clear error, not misread.
     use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    f.seek(SeekFrom::Start(50)).unwrap();
-    f.write_all(&[0xEE]).unwrap();
-    drop(f);
-    assert_refused(&unblend(&["pool", "check", p]), "checksum mismatch");
+    let flip = |at: u64| {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        let mut b = [0u8];
+        f.seek(SeekFrom::Start(at)).unwrap();
+        std::io::Read::read_exact(&mut f, &mut b).unwrap();
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&[b[0] ^ 0x01]).unwrap();
+    };
+    // A damaged only checkpoint: check names the slot and recovery's refusal, exits 1.
+    flip(slot_a + 4096 + 3);
+    let out = unblend(&["pool", "check", p]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "checkpoint slot A at offset {slot_a}: checkpoint body checksum mismatch"
+        )) && text.contains("recovery: refused: pool is damaged: no valid checkpoint"),
+        "{text}"
+    );
+    let out = unblend(&["pool", "inspect", p]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("recovery: refused: "),
+        "{text}"
+    );
+    flip(slot_a + 4096 + 3);
+    assert!(unblend(&["pool", "check", p]).status.success());
+    // A corrupt superblock is a problem named as such, not misread.
+    flip(50);
+    let out = unblend(&["pool", "check", p]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("superblock: superblock checksum mismatch"),
+        "{text}"
+    );
+    assert_refused(&unblend(&["pool", "inspect", p]), "checksum mismatch");
 }
 
 #[test]

@@ -93,6 +93,7 @@ fn options(entry: unblend::bdev::BdevEntry) -> BenchOptions {
         seed: 42,
         progress: false,
         hot: None,
+        journal: None,
     }
 }
 

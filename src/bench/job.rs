@@ -42,10 +42,30 @@ pub struct JobPlan {
     pub max_ios: u64,
 }
 
+/// The crash workload's inputs: the journal to append to, and the units to check first
+/// with the newest tag the journal has for each (None: never journaled).
+pub struct CrashSetup {
+    pub journal: std::path::PathBuf,
+    pub checks: Vec<(u64, Option<u64>)>,
+}
+
+struct Crash {
+    journal: super::journal::Journal,
+    checks: Vec<(u64, Option<u64>)>,
+    next_check: usize,
+    verified: bool,
+    tag_base: u64,
+    ops: u64,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
     Io,
+    /// Crash workload: reading a unit back to check it against the journal.
+    CheckRead(u64, Option<u64>),
+    /// Crash workload: writing a unit with a tag.
+    TaggedWrite(u64, u64),
     /// Verify: the pattern for (unit, seed) is being written.
     VerifyWrite(u64, u64),
     /// Verify: (unit, seed) is being read back.
@@ -54,7 +74,7 @@ enum Phase {
 
 impl Phase {
     fn holds(&self, unit: u64) -> bool {
-        matches!(*self, Phase::VerifyWrite(u, _) | Phase::VerifyRead(u, _) if u == unit)
+        matches!(*self, Phase::VerifyWrite(u, _) | Phase::VerifyRead(u, _) | Phase::TaggedWrite(u, _) if u == unit)
     }
 }
 
@@ -83,6 +103,7 @@ pub struct Job {
     failure: Option<VerifyFailure>,
     progress: Arc<CachePadded<AtomicU64>>,
     report: Option<Sender<Result<JobResult, String>>>,
+    crash: Option<Crash>,
 }
 
 impl Job {
@@ -92,7 +113,22 @@ impl Job {
         pool: Rc<BufferPool>,
         progress: Arc<CachePadded<AtomicU64>>,
         report: Sender<Result<JobResult, String>>,
+        crash: Option<CrashSetup>,
     ) -> Result<Job, String> {
+        let crash = match crash {
+            Some(c) => Some(Crash {
+                journal: super::journal::Journal::open(&c.journal)
+                    .map_err(|e| format!("journal {}: {e}", c.journal.display()))?,
+                checks: c.checks,
+                next_check: 0,
+                verified: false,
+                tag_base: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64),
+                ops: 0,
+            }),
+            None => None,
+        };
         let qd = plan.queue_depth as usize;
         let block_size = channel.block_size() as usize;
         let io_bytes = plan.blocks_per_io as usize * block_size;
@@ -140,6 +176,7 @@ impl Job {
             failure: None,
             progress,
             report: Some(report),
+            crash,
         })
     }
 
@@ -187,11 +224,20 @@ impl Job {
 
     #[inline]
     fn submit(&mut self, slot: usize, io_type: IoType, unit: u64, now_ns: u64) -> bool {
+        let flush = io_type == IoType::Flush;
         let req = IoRequest {
             io_type,
-            offset_blocks: unit * self.plan.blocks_per_io,
-            num_blocks: self.plan.blocks_per_io,
-            iovs: std::slice::from_ref(&self.iovs[slot]),
+            offset_blocks: if flush {
+                0
+            } else {
+                unit * self.plan.blocks_per_io
+            },
+            num_blocks: if flush { 0 } else { self.plan.blocks_per_io },
+            iovs: if flush {
+                &[]
+            } else {
+                std::slice::from_ref(&self.iovs[slot])
+            },
             fua: false,
             tag: slot as u64,
         };
@@ -233,6 +279,10 @@ impl Job {
                 let t = if read { IoType::Read } else { IoType::Write };
                 (t, unit, Phase::Io)
             }
+            Workload::CrashWrite => match self.crash_next(slot) {
+                Some(x) => x,
+                None => return,
+            },
             Workload::Verify => {
                 // Skip units another slot is still writing or reading back, so two slots
                 // never work on one unit at once (the plan guarantees units > queue depth).
@@ -256,6 +306,108 @@ impl Job {
         }
     }
 
+    /// The crash workload's next I/O for `slot`: a check read while checks remain, then
+    /// tagged writes at random with a FLUSH every 32nd I/O. None: nothing to start now.
+    fn crash_next(&mut self, slot: usize) -> Option<(IoType, u64, Phase)> {
+        let len = self.iovs[slot].len();
+        let block_size = self.block_size;
+        let blocks_per_io = self.plan.blocks_per_io;
+        let verified = self.crash.as_ref().is_some_and(|c| c.verified);
+        if !verified {
+            let c = self.crash.as_mut()?;
+            let &(unit, tag) = c.checks.get(c.next_check)?;
+            c.next_check += 1;
+            self.bufs[slot].as_mut_slice_prefix(len).fill(0xA5);
+            return Some((IoType::Read, unit, Phase::CheckRead(unit, tag)));
+        }
+        let ops = {
+            let c = self.crash.as_mut()?;
+            c.ops += 1;
+            c.ops
+        };
+        if ops.is_multiple_of(32) {
+            return Some((IoType::Flush, 0, Phase::Io));
+        }
+        let mut unit = self.random_unit();
+        while self.phases.iter().any(|p| p.holds(unit)) {
+            unit = self.random_unit();
+        }
+        let tag = self.crash.as_ref()?.tag_base + ops;
+        pattern::fill_tagged(
+            self.bufs[slot].as_mut_slice_prefix(len),
+            unit * blocks_per_io,
+            block_size,
+            tag,
+        );
+        Some((IoType::Write, unit, Phase::TaggedWrite(unit, tag)))
+    }
+
+    /// A check read came back: every block must be zeroes or one whole write, and a unit the
+    /// journal names must hold its tag or a newer one.
+    fn crash_check(&mut self, slot: usize, unit: u64, want: Option<u64>) {
+        let first_lba = unit * self.plan.blocks_per_io;
+        let buf = &self.bufs[slot].as_slice()[..self.iovs[slot].len()];
+        for (i, block) in buf.chunks_exact(self.block_size).enumerate() {
+            let lba = first_lba + i as u64;
+            let bad = match pattern::read_tag(block, lba) {
+                Err(m) => Some(m),
+                Ok(got) => match (want, got) {
+                    (Some(w), Some(g)) if g >= w => None,
+                    (Some(w), g) => Some(pattern::Mismatch {
+                        lba,
+                        byte_in_block: 0,
+                        expected: w,
+                        found: g.unwrap_or(0),
+                    }),
+                    (None, _) => None,
+                },
+            };
+            if let Some(m) = bad {
+                if self.failure.is_none_or(|f| m.lba < f.lba) {
+                    self.failure = Some(VerifyFailure {
+                        lba: m.lba,
+                        byte_in_block: m.byte_in_block,
+                        expected: m.expected,
+                        found: m.found,
+                    });
+                }
+                self.winding_down = true;
+                return;
+            }
+        }
+    }
+
+    /// Once every check is back, says so (the crash test waits for this line) and starts
+    /// the writes on every idle slot.
+    fn crash_maybe_verified(&mut self, now_ns: u64) {
+        let Some(c) = self.crash.as_mut() else {
+            return;
+        };
+        if c.verified || c.next_check < c.checks.len() {
+            return;
+        }
+        if self
+            .phases
+            .iter()
+            .any(|p| matches!(p, Phase::CheckRead(..)))
+        {
+            return;
+        }
+        c.verified = true;
+        println!(
+            "crashwrite: journal verified: {} units on reactor {}",
+            c.checks.len(),
+            self.plan.reactor
+        );
+        if !self.winding_down {
+            for slot in 0..self.phases.len() {
+                if self.phases[slot] == Phase::Idle {
+                    self.start_next(slot, now_ns);
+                }
+            }
+        }
+    }
+
     fn complete(&mut self, c: IoCompletion, now_ns: u64) {
         let slot = c.tag as usize;
         let phase = std::mem::replace(&mut self.phases[slot], Phase::Idle);
@@ -275,6 +427,19 @@ impl Job {
             self.hist.saturating_record(c.latency_ns.max(1));
         }
         match phase {
+            Phase::CheckRead(unit, want) if c.status == IoStatus::Success => {
+                self.crash_check(slot, unit, want);
+                if !self.winding_down && now_ns < self.end_ns {
+                    self.start_next(slot, now_ns);
+                }
+                self.crash_maybe_verified(now_ns);
+                return;
+            }
+            Phase::TaggedWrite(unit, tag) if c.status == IoStatus::Success => {
+                if let Some(c) = self.crash.as_mut() {
+                    c.journal.record(unit, tag);
+                }
+            }
             Phase::VerifyWrite(unit, seed) if c.status == IoStatus::Success => {
                 // Scribble over the buffer so that a read that moves no data is caught.
                 self.bufs[slot]
@@ -316,6 +481,7 @@ impl Job {
             for slot in 0..self.plan.queue_depth as usize {
                 self.start_next(slot, now);
             }
+            self.crash_maybe_verified(now);
             return PollStatus::Busy;
         };
         let mut completions = std::mem::take(&mut self.completions);
@@ -324,6 +490,9 @@ impl Job {
             self.complete(c, now);
         }
         self.completions = completions;
+        if let Some(c) = self.crash.as_mut() {
+            c.journal.flush();
+        }
         if !self.winding_down && (now >= self.end_ns || ctx.stopping) {
             self.winding_down = true;
         }

@@ -2,6 +2,7 @@
 //! own channel with `queue_depth` I/Os in flight, and reports IOPS, bandwidth and latency.
 
 mod job;
+pub mod journal;
 pub mod pattern;
 pub mod report;
 
@@ -43,6 +44,10 @@ pub enum Workload {
     /// Random, mixed by `read_percent`.
     RandRw,
     Verify,
+    /// Crash testing: checks the blocks against the journal of an earlier (killed) run, then
+    /// writes tagged blocks at random with a FLUSH every 32 I/Os, journaling every
+    /// acknowledged write (needs `--journal`).
+    CrashWrite,
 }
 
 impl std::str::FromStr for Workload {
@@ -56,9 +61,10 @@ impl std::str::FromStr for Workload {
             "rw" => Workload::Rw,
             "randrw" => Workload::RandRw,
             "verify" => Workload::Verify,
+            "crashwrite" => Workload::CrashWrite,
             other => {
                 return Err(format!(
-                "workload {other:?} is not one of randread, randwrite, read, write, rw, randrw, verify"
+                "workload {other:?} is not one of randread, randwrite, read, write, rw, randrw, verify, crashwrite"
             ))
             }
         })
@@ -75,6 +81,7 @@ impl Workload {
             Workload::Rw => "rw",
             Workload::RandRw => "randrw",
             Workload::Verify => "verify",
+            Workload::CrashWrite => "crashwrite",
         }
     }
 }
@@ -104,6 +111,8 @@ pub struct BenchOptions {
     pub progress: bool,
     /// Skewed random offsets: (percent of the range that is hot, percent of I/Os to it).
     pub hot: Option<(u8, u8)>,
+    /// The crash workload's journal file.
+    pub journal: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +200,7 @@ pub fn target_from_spec(spec: &str) -> Result<BenchTarget, BenchError> {
     let mut volumes: u32 = 1;
     let mut policy = crate::lsv::usage::CleanerPolicy::CostBenefit;
     let mut prefill = false;
+    let mut open_existing = false;
     for (k, v) in &fields {
         match k.as_str() {
             "size" => size = Some(parse_size(v).map_err(BenchError::Usage)?),
@@ -222,6 +232,7 @@ pub fn target_from_spec(spec: &str) -> Result<BenchTarget, BenchError> {
                 })?
             }
             "prefill" if kind == "lsv" => prefill = matches!(v.as_str(), "1" | "true" | "yes"),
+            "open" if kind == "lsv" => open_existing = matches!(v.as_str(), "1" | "true" | "yes"),
             "zero" if kind == "null" => zero_reads = !matches!(v.as_str(), "0" | "false" | "no"),
             "sqpoll" if kind == "uring" => sqpoll = matches!(v.as_str(), "1" | "true" | "yes"),
             other => {
@@ -262,20 +273,34 @@ pub fn target_from_spec(spec: &str) -> Result<BenchTarget, BenchError> {
             })?))
         }
         "lsv" => {
-            // A fresh pool on a uring file, formatted now, with one thin volume.
+            // A fresh pool on a uring file, formatted now, with its thin volumes; with open=1
+            // the pool already in the file is opened (recovered) and its volumes used.
             let path =
                 path.ok_or_else(|| BenchError::Usage(format!("bdev spec {spec:?} needs path=…")))?;
+            let exists = std::path::Path::new(&path).exists();
             let base =
                 BdevRegistry::new().register(Arc::new(UringBdev::create(&UringCreateParams {
                     name: "bench_pool_base".into(),
                     filename: path,
                     block_size: Some(4096),
                     uuid: None,
-                    size_bytes: size,
+                    size_bytes: if open_existing && exists { None } else { size },
                     sqpoll: false,
                 })?))?;
-            let pool = crate::lsv::pool::LsvPool::create("bench_pool", base, segment_bytes)
-                .map_err(|e| BenchError::Usage(e.to_string()))?;
+            let reopen = open_existing && exists && crate::lsv::pool::holds_pool(&base);
+            let pool = if reopen {
+                let t0 = Instant::now();
+                let pool = crate::lsv::pool::LsvPool::open_named(base)
+                    .map_err(|e| BenchError::Run(format!("opening the pool: {e}")))?;
+                println!(
+                    "lsv: pool opened (recovered) in {:.1} ms",
+                    t0.elapsed().as_secs_f64() * 1000.0
+                );
+                pool
+            } else {
+                crate::lsv::pool::LsvPool::create("bench_pool", base, segment_bytes)
+                    .map_err(|e| BenchError::Usage(e.to_string()))?
+            };
             pool.set_policy(policy);
             let blocks = crate::bdev::blocks_for_size(volume_bytes, 4096)?;
             let mut bdevs: Vec<Arc<dyn Bdev>> = Vec::new();
@@ -285,9 +310,12 @@ pub fn target_from_spec(spec: &str) -> Result<BenchTarget, BenchError> {
                 } else {
                     format!("vol{i}")
                 };
-                let (meta, table) = pool
-                    .create_volume(&name, blocks)
-                    .map_err(|e| BenchError::Usage(e.to_string()))?;
+                let (meta, table) = match pool.volume(&name) {
+                    Some(v) if reopen => v,
+                    _ => pool
+                        .create_volume(&name, blocks)
+                        .map_err(|e| BenchError::Usage(e.to_string()))?,
+                };
                 bdevs.push(Arc::new(crate::lsv::volume::LsvVolume::new(
                     pool.clone(),
                     meta,
@@ -385,6 +413,11 @@ fn check_options(opts: &BenchOptions) -> Result<(), BenchError> {
             opts.read_percent
         )));
     }
+    if (opts.workload == Workload::CrashWrite) != opts.journal.is_some() {
+        return Err(BenchError::Usage(
+            "--journal goes with -w crashwrite, and crashwrite needs --journal".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -411,7 +444,7 @@ fn layout(opts: &BenchOptions, bdev: &dyn Bdev, cores: u64) -> Result<Layout, Be
     let total_units = bdev.num_blocks() / blocks_per_io;
     let striped = matches!(
         opts.workload,
-        Workload::Read | Workload::Write | Workload::Rw | Workload::Verify
+        Workload::Read | Workload::Write | Workload::Rw | Workload::Verify | Workload::CrashWrite
     );
     let min_units = if opts.workload == Workload::Verify {
         (opts.queue_depth as u64 + 1) * if striped { cores } else { 1 }
@@ -557,6 +590,11 @@ pub fn start_jobs_on(
         opts.queue_depth
     };
     let layout = layout(opts, bdev.as_ref(), if many { 1 } else { n })?;
+    let journaled = match &opts.journal {
+        Some(path) if opts.workload == Workload::CrashWrite => journal::load(path)
+            .map_err(|e| BenchError::Usage(format!("journal {}: {e}", path.display())))?,
+        _ => Default::default(),
+    };
     let (tx, rx) = mpsc::channel();
     let mut progress = Vec::new();
     for job_index in 0..jobs {
@@ -598,6 +636,16 @@ pub fn start_jobs_on(
         progress.push(counter.clone());
         let tx = tx.clone();
         let entry = entry.clone();
+        let crash = opts
+            .journal
+            .as_ref()
+            .filter(|_| opts.workload == Workload::CrashWrite && !once)
+            .map(|path| job::CrashSetup {
+                journal: path.clone(),
+                checks: (first_unit..first_unit + units)
+                    .map(|u| (u, journaled.get(&u).copied()))
+                    .collect(),
+            });
         handle
             .send(reactor, move |r| {
                 let setup = || -> Result<Job, String> {
@@ -608,7 +656,7 @@ pub fn start_jobs_on(
                             buffers: Some(pool.clone()),
                         })
                         .map_err(|e| e.to_string())?;
-                    Job::new(plan, channel, pool, counter, tx.clone())
+                    Job::new(plan, channel, pool, counter, tx.clone(), crash)
                 };
                 match setup() {
                     Ok(mut job) => {
@@ -692,6 +740,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         }
         handle.request_stop();
         reactors.join();
+        if let Some(pool) = &target.pool {
+            // Clean shutdown: a final checkpoint, so the next open replays nothing.
+            if let Err(e) = pool.checkpoint_sync() {
+                tracing::error!("final checkpoint: {e}");
+            }
+        }
     };
     if target.prefill {
         let mut fill = opts.clone();

@@ -53,6 +53,49 @@ pub fn check(buf: &[u8], first_lba: u64, block_size: usize, seed: u64) -> Option
     None
 }
 
+/// Fills `buf` with tagged blocks for the crash workload: each block's first word is `tag`,
+/// its second its LBA, the rest the pattern for (tag, lba), so a block tells which write made
+/// it and whether it is whole.
+pub fn fill_tagged(buf: &mut [u8], first_lba: u64, block_size: usize, tag: u64) {
+    fill(buf, first_lba, block_size, tag);
+    for (i, block) in buf.chunks_exact_mut(block_size).enumerate() {
+        block[0..8].copy_from_slice(&tag.to_le_bytes());
+        block[8..16].copy_from_slice(&(first_lba + i as u64).to_le_bytes());
+    }
+}
+
+/// What a block of the crash workload holds: None (zeroes), Some(tag) (one whole write), or
+/// Err (torn, stale from another block, or garbage).
+pub fn read_tag(block: &[u8], lba: u64) -> Result<Option<u64>, Mismatch> {
+    if block.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let tag = u64::from_le_bytes(block[0..8].try_into().expect("8 bytes"));
+    let at = u64::from_le_bytes(block[8..16].try_into().expect("8 bytes"));
+    if at != lba {
+        return Err(Mismatch {
+            lba,
+            byte_in_block: 8,
+            expected: lba,
+            found: at,
+        });
+    }
+    let words = block.len() / 8;
+    for i in 2..words {
+        let found = u64::from_le_bytes(block[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let expected = word(tag, lba, i as u64);
+        if found != expected {
+            return Err(Mismatch {
+                lba,
+                byte_in_block: i * 8,
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(Some(tag))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

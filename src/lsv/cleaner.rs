@@ -106,6 +106,11 @@ enum State {
         outstanding: u32,
         failed: bool,
     },
+    /// Everything live was moved; a flush of the base bdev makes durable the user records
+    /// that superseded the victim's dead blocks before the victim is reused.
+    Freeing {
+        seg: u64,
+    },
     CheckpointFlush {
         h: CheckpointHeader,
         offset: u64,
@@ -139,6 +144,10 @@ pub struct Cleaner {
     average_age: f64,
     check_every: Duration,
     checkpoint_requested: bool,
+    /// The newest relocation record that completed (each is written with FUA).
+    last_moved_seq: u64,
+    /// The record in flight.
+    moving_seq: u64,
 }
 
 impl Cleaner {
@@ -188,6 +197,8 @@ impl Cleaner {
             average_age: 0.0,
             check_every: CHECK_EVERY,
             checkpoint_requested: false,
+            last_moved_seq: 0,
+            moving_seq: 0,
         })
     }
 
@@ -304,6 +315,18 @@ impl Cleaner {
                     CleanerPoll::Waiting,
                 )
             }
+            State::Freeing { seg } => match done.first() {
+                None => (State::Freeing { seg }, CleanerPoll::Waiting),
+                Some(c) if c.status != IoStatus::Success => {
+                    tracing::error!(pool = %self.pool.name, seg, "cleaner: flush before reuse failed");
+                    self.abandon(seg);
+                    (State::Idle, CleanerPoll::Busy)
+                }
+                Some(_) => {
+                    self.free_victim(seg);
+                    (State::Idle, CleanerPoll::Busy)
+                }
+            },
             State::CheckpointFlush { h, offset } => match done.first() {
                 None => (State::CheckpointFlush { h, offset }, CleanerPoll::Waiting),
                 Some(c) if c.status != IoStatus::Success => {
@@ -553,24 +576,16 @@ impl Cleaner {
             self.cursor = 0;
             self.unmaps.clear();
             self.unmap_cursor = 0;
-            #[cfg(test)]
-            if super::pool::traced(0, u64::MAX) {
-                eprintln!(
-                    "trace: segment {seg} cleaned (last_seq {}, reusable {})",
-                    self.pool.usage.last_seq(seg),
-                    self.pool.reusable_seq()
-                );
-            }
-            if self.pool.usage.live(seg) == 0 {
-                // Everything it held that recovery could need is in durable relocation
-                // records now: it is free at once.
-                self.pool.usage.mark_cleaned(seg, u64::MAX);
-                self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
-            } else {
+            if self.pool.usage.live(seg) != 0 {
                 tracing::warn!(pool = %self.pool.name, seg, live = self.pool.usage.live(seg), "cleaner: victim still has live blocks after the move; left sealed");
                 self.abandon(seg);
+                return (State::Idle, CleanerPoll::Busy);
             }
-            return (State::Idle, CleanerPoll::Busy);
+            if self.ch.submit(&flush_request(), 0).is_err() {
+                self.abandon(seg);
+                return (State::Idle, CleanerPoll::Busy);
+            }
+            return (State::Freeing { seg }, CleanerPoll::Busy);
         }
         let stream = self.live[self.cursor].cold as usize;
         // The batch: blocks of one stream, as many as a record and the segment hold.
@@ -603,6 +618,7 @@ impl Cleaner {
             return (State::Idle, CleanerPoll::Idle);
         };
         let seq = self.pool.next_seq(self.streams[stream].head);
+        self.moving_seq = seq;
         let epoch = if at == 0 {
             let (s, n, _) = self.streams[stream].open.expect("just reserved");
             self.streams[stream].open = Some((s, n, seq));
@@ -611,6 +627,8 @@ impl Cleaner {
             epoch
         };
         let mut h = RecordHeader::new(seq, to_seg, epoch);
+        // Relocation records are written with FUA: every completed one is durable.
+        h.durable_seq = self.last_moved_seq;
         // Copy the blocks into the staging buffer after the header, merging runs.
         let data_at = hblocks as usize * BLOCK_BYTES;
         let mut crc = 0u32;
@@ -715,6 +733,25 @@ impl Cleaner {
         )
     }
 
+    /// The victim holds nothing recovery could need any more: it is free.
+    fn free_victim(&mut self, seg: u64) {
+        #[cfg(test)]
+        if super::pool::traced(0, u64::MAX) {
+            eprintln!(
+                "trace: segment {seg} cleaned (last_seq {})",
+                self.pool.usage.last_seq(seg)
+            );
+        }
+        if self.pool.usage.live(seg) == 0 {
+            // Everything in it recovery could need is in durable relocation records (or was
+            // superseded by records the flush just made durable): it is free at once.
+            self.pool.usage.mark_cleaned(seg, u64::MAX);
+            self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.abandon(seg);
+        }
+    }
+
     /// Writes a record of the victim's pending unmaps (no data) to the relocation stream.
     fn move_unmaps(&mut self, seg: u64) -> (State, CleanerPoll) {
         let n = (self.unmaps.len() - self.unmap_cursor).min(MAX_MOVE_ENTRIES);
@@ -724,6 +761,7 @@ impl Cleaner {
             return (State::Idle, CleanerPoll::Idle);
         };
         let seq = self.pool.next_seq(self.streams[0].head);
+        self.moving_seq = seq;
         let epoch = if at == 0 {
             let (s, b, _) = self.streams[0].open.expect("just reserved");
             self.streams[0].open = Some((s, b, seq));
@@ -732,6 +770,7 @@ impl Cleaner {
             epoch
         };
         let mut h = RecordHeader::new(seq, to_seg, epoch);
+        h.durable_seq = self.last_moved_seq;
         for e in &self.unmaps[self.unmap_cursor..self.unmap_cursor + n] {
             h.push(*e).expect("sized to fit");
         }
@@ -799,6 +838,7 @@ impl Cleaner {
             self.abandon(seg);
             return (State::Idle, CleanerPoll::Busy);
         }
+        self.last_moved_seq = self.moving_seq;
         for i in 0..count {
             let (volume, lba, old) = {
                 let b = &self.live[self.cursor + i];
@@ -930,8 +970,10 @@ impl Drop for Cleaner {
             self.pool.record_done();
             self.pool.head_oldest(self.streams[stream].head, None);
         }
-        if let State::Reading { seg } | State::Moving { seg } | State::Writing { seg, .. } =
-            self.state
+        if let State::Reading { seg }
+        | State::Moving { seg }
+        | State::Writing { seg, .. }
+        | State::Freeing { seg } = self.state
         {
             self.pool
                 .usage

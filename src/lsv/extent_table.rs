@@ -109,7 +109,8 @@ pub enum Update {
 /// One volume's map.
 pub struct ExtentTable {
     top: Box<[AtomicPtr<Node>]>,
-    num_blocks: u64,
+    /// The volume's size now (resize changes it, up to the capacity `top` was sized for).
+    num_blocks: AtomicU64,
     leaves: AtomicU64,
     nodes: AtomicU64,
     mapped: AtomicU64,
@@ -134,15 +135,16 @@ fn new_node() -> *mut Node {
 }
 
 impl ExtentTable {
-    /// A table for a volume of `num_blocks` blocks (at most `FANOUT^2 * 2^32`).
+    /// A table for a volume of `num_blocks` blocks (at most `FANOUT^2 * 2^32`). Its top
+    /// level has room to grow the volume to `growth_capacity(num_blocks)`.
     pub fn new(num_blocks: u64) -> ExtentTable {
         let per_top = (FANOUT * FANOUT) as u64;
-        let top_len = num_blocks.div_ceil(per_top).max(1) as usize;
+        let top_len = Self::growth_capacity(num_blocks).div_ceil(per_top).max(1) as usize;
         ExtentTable {
             top: (0..top_len)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
                 .collect(),
-            num_blocks,
+            num_blocks: AtomicU64::new(num_blocks),
             leaves: AtomicU64::new(0),
             nodes: AtomicU64::new(0),
             mapped: AtomicU64::new(0),
@@ -150,7 +152,38 @@ impl ExtentTable {
     }
 
     pub fn num_blocks(&self) -> u64 {
-        self.num_blocks
+        self.num_blocks.load(Ordering::Acquire)
+    }
+
+    /// How far a volume created with `num_blocks` may grow: 8 times its size, and at least
+    /// 1 GiB of 4 KiB blocks (the top level costs 8 bytes per GiB of that).
+    pub fn growth_capacity(num_blocks: u64) -> u64 {
+        num_blocks.saturating_mul(8).max(1 << 18)
+    }
+
+    /// The most blocks this table can map.
+    pub fn capacity_blocks(&self) -> u64 {
+        (self.top.len() * FANOUT * FANOUT) as u64
+    }
+
+    /// Changes the volume's size. Shrinking clears the entries past the new end and returns
+    /// the pool blocks they mapped (the caller frees them). Err: past `capacity_blocks`.
+    pub fn resize(&self, blocks: u64) -> Result<Vec<u64>, u64> {
+        if blocks > self.capacity_blocks() {
+            return Err(self.capacity_blocks());
+        }
+        let old = self.num_blocks.swap(blocks, Ordering::AcqRel);
+        let mut freed = Vec::new();
+        for lba in blocks..old {
+            if let Some(e) = self.entry(lba) {
+                let v = e.swap(0, Ordering::AcqRel);
+                if let Mapping::At(p) = decode(v) {
+                    self.mapped.fetch_sub(1, Ordering::Relaxed);
+                    freed.push(p);
+                }
+            }
+        }
+        Ok(freed)
     }
 
     #[inline]
@@ -221,11 +254,9 @@ impl ExtentTable {
     /// Where `lba` lives now. Plain atomic loads; never allocates.
     #[inline]
     pub fn lookup(&self, lba: u64) -> Mapping {
-        debug_assert!(
-            lba < self.num_blocks,
-            "lba {lba} beyond {}",
-            self.num_blocks
-        );
+        if lba >= self.capacity_blocks() {
+            return Mapping::Zero;
+        }
         self.entry(lba)
             .map_or(Mapping::Zero, |e| decode(e.load(Ordering::Acquire)))
     }
@@ -243,11 +274,10 @@ impl ExtentTable {
         seq_of: &dyn Fn(u64) -> u64,
         older_in_flight: bool,
     ) -> Update {
-        assert!(
-            lba < self.num_blocks,
-            "lba {lba} beyond {}",
-            self.num_blocks
-        );
+        // A block past the end (a shrink raced with this record) takes nothing.
+        if lba >= self.num_blocks() {
+            return Update::Stale;
+        }
         if addr.is_none() && !older_in_flight && self.entry(lba).is_none() {
             return Update::Applied {
                 previous: Mapping::Zero,
@@ -295,7 +325,7 @@ impl ExtentTable {
     /// off by the number in flight; the count itself never drifts.
     pub fn mapped_blocks(&self) -> u64 {
         let m = self.mapped.load(Ordering::Relaxed);
-        if m > self.num_blocks {
+        if m > self.num_blocks() {
             0 // a decrement landed before its increment: transient
         } else {
             m
@@ -339,7 +369,7 @@ impl ExtentTable {
 
     /// Recovery only: sets an entry as a checkpoint stored it.
     pub fn restore(&self, lba: u64, stored: Stored) {
-        assert!(lba < self.num_blocks);
+        assert!(lba < self.capacity_blocks());
         let new = match stored {
             Stored::At(a) => encode(Some(a), 0),
             Stored::Tombstone(seq) => encode(None, seq),

@@ -22,4 +22,6 @@ pub mod volume;
 pub use extent_table::{ExtentTable, Mapping, Update};
 pub use format::{FormatError, Superblock};
 #[cfg(test)]
+mod corruption_test;
+#[cfg(test)]
 mod sim_test;

@@ -82,6 +82,8 @@ pub enum PoolError {
     Io(String),
     #[error("pool is damaged: {0}")]
     Corrupt(String),
+    #[error("volume size of {0} blocks is zero or more than its map can grow to")]
+    BadSize(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,6 +257,9 @@ pub struct LsvPool {
     pub(super) throttled_writes: AtomicU64,
     wa_history: Mutex<VecDeque<(Instant, u64, u64)>>,
     opened: Instant,
+    /// Write every user record with FUA (acknowledged = durable) rather than relying on
+    /// FLUSH (write-back semantics, the default).
+    fua_records: AtomicBool,
 }
 
 fn encode_volume_table(pool_name: &str, vols: &[VolumeMeta]) -> Vec<u8> {
@@ -423,6 +428,7 @@ impl LsvPool {
             throttled_writes: AtomicU64::new(0),
             wa_history: Mutex::new(VecDeque::with_capacity(WA_WINDOW_SAMPLES)),
             opened: Instant::now(),
+            fua_records: AtomicBool::new(false),
         }
     }
 
@@ -619,37 +625,7 @@ impl LsvPool {
 
     /// Reads and checks the checkpoint in the slot at `offset`: its header, then its body.
     fn read_checkpoint(&self, offset: u64) -> Result<LoadedCheckpoint, String> {
-        let mut io = SyncIo::new(&self.base, CP_HEADER_BYTES).map_err(|e| e.to_string())?;
-        io.run(IoType::Read, offset, CP_HEADER_BYTES, false)
-            .map_err(|e| e.to_string())?;
-        let h = CheckpointHeader::decode(io.bytes(CP_HEADER_BYTES)).map_err(|e| e.to_string())?;
-        if h.segment_count != self.sb.segment_count
-            || h.body_bytes + CP_HEADER_BYTES as u64 > self.sb.metadata_slot_bytes
-        {
-            return Err("checkpoint does not match the pool's layout".into());
-        }
-        let len = (h.body_bytes as usize).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-        let body = DmaRegion::new_lazy(len.max(BLOCK_BYTES)).map_err(|e| e.to_string())?;
-        let mut at = 0;
-        while at < len {
-            let n = (len - at).min(CHECKPOINT_IO_BYTES);
-            // SAFETY: inside `body`, which we own and do not touch meanwhile.
-            io.run_on(
-                IoType::Read,
-                offset + (CP_HEADER_BYTES + at) as u64,
-                unsafe { body.as_ptr().add(at) },
-                n,
-                false,
-            )
-            .map_err(|e| e.to_string())?;
-            at += n;
-        }
-        // SAFETY: the reads are done; the region is at least `body_bytes` long.
-        let bytes = unsafe { std::slice::from_raw_parts(body.as_ptr(), h.body_bytes as usize) };
-        let mut entries = Vec::new();
-        let rows = decode_body(bytes, &h, |v, l, s, q| entries.push((v, l, s, q)))
-            .map_err(|e| e.to_string())?;
-        Ok((h, rows, entries))
+        read_checkpoint_at(&self.base, &self.sb, offset)
     }
 
     /// Recovery: the newest checkpoint whose header and body check out (falling back to the
@@ -874,9 +850,14 @@ impl LsvPool {
             let end = at + h.total_blocks() as usize;
             let data = &bytes[(at + h.header_blocks as usize) * BLOCK_BYTES..end * BLOCK_BYTES];
             if h.verify_data(data).is_err() {
-                if good_header(end, Some(h.segment_epoch), h.seq).is_some() {
+                // A later record whose writer knew this one durable makes this damage;
+                // otherwise it is a write the crash tore (later ones may have landed: they
+                // lie beyond the hole, unflushed, and are dropped).
+                if good_header(end, Some(h.segment_epoch), h.seq)
+                    .is_some_and(|next| next.durable_seq >= h.seq)
+                {
                     return Err(PoolError::Corrupt(format!(
-                        "segment {seg}: record {} has bad data and later records follow it",
+                        "segment {seg}: record {} has bad data and a later record says it was durable",
                         h.seq
                     )));
                 }
@@ -1120,6 +1101,45 @@ impl LsvPool {
 }
 
 impl LsvPool {
+    /// Resizes a volume to `blocks`. Growing is immediate (up to the size its map was made
+    /// for: `ExtentTable::growth_capacity`). Shrinking drops the blocks past the new end and
+    /// frees their space, then writes a checkpoint, so no record of them is replayed into the
+    /// volume if it grows again. Channels opened before a resize check I/O against the size
+    /// they saw when they opened.
+    pub fn resize_volume(&self, name: &str, blocks: u64) -> Result<VolumeMeta, PoolError> {
+        if blocks == 0 {
+            return Err(PoolError::BadSize(0));
+        }
+        let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
+        let id = vols
+            .iter()
+            .find(|(_, v)| v.0.name == name)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| PoolError::NoSuchVolume(name.to_string()))?;
+        let (meta, table) = vols.get(&id).cloned().expect("found above");
+        if blocks > table.capacity_blocks() {
+            return Err(PoolError::BadSize(blocks));
+        }
+        let old = meta.num_blocks;
+        vols.get_mut(&id).expect("found above").0.num_blocks = blocks;
+        if let Err(e) = self.write_volume_table(&vols) {
+            vols.get_mut(&id).expect("found above").0.num_blocks = old;
+            return Err(e);
+        }
+        let freed = table.resize(blocks).map_err(PoolError::BadSize)?;
+        let mut deltas = UsageDeltas::default();
+        for p in &freed {
+            self.add_delta(&mut deltas, self.segment_of(*p), -1);
+        }
+        self.usage.apply(&mut deltas);
+        let meta = vols.get(&id).expect("found above").0.clone();
+        drop(vols);
+        if blocks < old {
+            self.checkpoint_sync()?;
+        }
+        Ok(meta)
+    }
+
     /// Deletes a volume: it leaves the volume table at once; its blocks become garbage for the
     /// cleaner. Channels still open on it keep working until they close.
     pub fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
@@ -1187,14 +1207,15 @@ impl LsvPool {
         ));
     }
 
-    /// Free segments below which user writes are throttled.
+    /// Free segments below which user writes are throttled. Every free segment held back
+    /// raises the utilization of the rest (and so the cleaner's cost), so these stay small.
     pub(super) fn throttle_start(&self) -> u64 {
-        CLEANER_RESERVE_SEGMENTS + (self.sb.segment_count / 16).max(2)
+        CLEANER_RESERVE_SEGMENTS + 2
     }
 
-    /// Free (plus cleaned) segments the cleaner keeps in hand.
+    /// Free segments the cleaner works to keep in hand.
     pub(super) fn clean_target(&self) -> u64 {
-        CLEANER_RESERVE_SEGMENTS + (self.sb.segment_count / 8).max(4)
+        self.throttle_start() + (self.sb.segment_count / 64).max(2)
     }
 
     /// Writes one channel may put in a record now: all of them while free segments are
@@ -1277,6 +1298,16 @@ impl LsvPool {
         })
     }
 
+    /// Whether user records are written with FUA (see `volume.rs`).
+    #[inline]
+    pub fn fua_records(&self) -> bool {
+        self.fua_records.load(Ordering::Relaxed)
+    }
+
+    pub fn set_fua_records(&self, on: bool) {
+        self.fua_records.store(on, Ordering::Relaxed);
+    }
+
     /// Sets the cleaner's victim policy.
     pub fn set_policy(&self, p: super::usage::CleanerPolicy) {
         self.usage.set_policy(p);
@@ -1296,6 +1327,69 @@ impl LsvPool {
     pub fn free_segments(&self) -> u64 {
         self.usage.free_count() as u64
     }
+}
+
+/// Reads and checks the checkpoint in the slot at `offset` of the pool `sb` on `base`: its
+/// header, then its body.
+fn read_checkpoint_at(
+    base: &BdevEntry,
+    sb: &Superblock,
+    offset: u64,
+) -> Result<LoadedCheckpoint, String> {
+    let mut io = SyncIo::new(base, CP_HEADER_BYTES).map_err(|e| e.to_string())?;
+    io.run(IoType::Read, offset, CP_HEADER_BYTES, false)
+        .map_err(|e| e.to_string())?;
+    let h = CheckpointHeader::decode(io.bytes(CP_HEADER_BYTES)).map_err(|e| e.to_string())?;
+    if h.segment_count != sb.segment_count
+        || h.body_bytes + CP_HEADER_BYTES as u64 > sb.metadata_slot_bytes
+    {
+        return Err("checkpoint does not match the pool's layout".into());
+    }
+    let len = (h.body_bytes as usize).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+    let body = DmaRegion::new_lazy(len.max(BLOCK_BYTES)).map_err(|e| e.to_string())?;
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(CHECKPOINT_IO_BYTES);
+        // SAFETY: inside `body`, which we own and do not touch meanwhile.
+        io.run_on(
+            IoType::Read,
+            offset + (CP_HEADER_BYTES + at) as u64,
+            unsafe { body.as_ptr().add(at) },
+            n,
+            false,
+        )
+        .map_err(|e| e.to_string())?;
+        at += n;
+    }
+    // SAFETY: the reads are done; the region is at least `body_bytes` long.
+    let bytes = unsafe { std::slice::from_raw_parts(body.as_ptr(), h.body_bytes as usize) };
+    let mut entries = Vec::new();
+    let rows = decode_body(bytes, &h, |v, l, s, q| entries.push((v, l, s, q)))
+        .map_err(|e| e.to_string())?;
+    Ok((h, rows, entries))
+}
+
+/// The two checkpoint slots (A, then B) of the pool `sb` on `base`: each slot's offset and
+/// the header of the checkpoint it holds, once its header and body check out, or why not
+/// (`CheckpointError::NoCheckpoint`'s text for a slot never written). Reads only.
+pub fn checkpoint_slots(
+    base: &BdevEntry,
+    sb: &Superblock,
+) -> Vec<(u64, Result<CheckpointHeader, String>)> {
+    [
+        sb.metadata_offset,
+        sb.metadata_offset + sb.metadata_slot_bytes,
+    ]
+    .into_iter()
+    .map(|o| (o, read_checkpoint_at(base, sb, o).map(|c| c.0)))
+    .collect()
+}
+
+/// Reads and checks the volume table of the pool on `base`: the pool's name and its volumes.
+pub fn read_volume_table(base: &BdevEntry) -> Result<(String, Vec<VolumeMeta>), PoolError> {
+    let mut io = SyncIo::new(base, BLOCK_BYTES)?;
+    io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
+    decode_volume_table(io.bytes(BLOCK_BYTES))
 }
 
 /// True when `base` starts with an unblend pool superblock (a cheap check before `open`).

@@ -19,7 +19,11 @@
 //!  36  header_blocks    u32
 //!  40  data_blocks      u32
 //!  44  data_crc         u32  crc32c of all data blocks
-//!  48  reserved         12 bytes, zero
+//!  48  durable_seq      u64  the newest record of this segment's chain its writer knew to be
+//!                            durable (completed before a flush, or written with FUA) when
+//!                            it built this one; 0 if none. A record at or below it that
+//!                            fails its checksum is damage, not a write torn by a crash.
+//!  56  reserved         4 bytes, zero
 //!  60  header_crc       u32  crc32c of the whole header (header_blocks * 4 KiB) with this
 //!                            field taken as zero
 //!  64  entries          entry_count * 32 bytes:
@@ -77,6 +81,7 @@ pub struct RecordHeader {
     pub seq: u64,
     pub segment: u64,
     pub segment_epoch: u64,
+    pub durable_seq: u64,
     pub header_blocks: u32,
     pub data_blocks: u32,
     pub data_crc: u32,
@@ -110,6 +115,7 @@ impl RecordHeader {
             seq,
             segment,
             segment_epoch,
+            durable_seq: 0,
             header_blocks: 1,
             data_blocks: 0,
             data_crc: 0,
@@ -158,6 +164,7 @@ impl RecordHeader {
         out[36..40].copy_from_slice(&self.header_blocks.to_le_bytes());
         out[40..44].copy_from_slice(&self.data_blocks.to_le_bytes());
         out[44..48].copy_from_slice(&self.data_crc.to_le_bytes());
+        out[48..56].copy_from_slice(&self.durable_seq.to_le_bytes());
         for (i, e) in self.entries.iter().enumerate() {
             let o = FIXED_HEADER_BYTES + i * ENTRY_BYTES;
             debug_assert!(e.volume <= u32::MAX as u64);
@@ -242,6 +249,7 @@ impl RecordHeader {
             seq: u64_at(8),
             segment: u64_at(16),
             segment_epoch: u64_at(24),
+            durable_seq: u64_at(48),
             header_blocks,
             data_blocks,
             data_crc: u32_at(44),

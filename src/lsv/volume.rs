@@ -2,10 +2,13 @@
 //!
 //! Each channel (one per reactor) keeps its own log head: an open segment and the next free
 //! block in it. Writes that arrive between two polls are gathered into one record (group
-//! commit): a header block, then every write's data, written with one vectored FUA write to
-//! the base bdev. When it completes, the extent table points each block at its new home and
-//! the writes are acknowledged, so an acknowledged write is durable and FLUSH has nothing left
-//! to wait for. Reads look each block up and read runs of contiguous pool blocks; blocks never
+//! commit): a header block, then every write's data, written with one vectored write to the
+//! base bdev. When it completes, the extent table points each block at its new home and the
+//! writes are acknowledged: they are as durable as the base bdev makes a completed write
+//! (a write-back cache, like a disk's). FLUSH then issues one flush of the base bdev, which
+//! covers every write acknowledged before it on any channel. A pool created with
+//! `fua_records` writes every record with FUA instead: acknowledged means durable, and FLUSH
+//! has nothing left to do. Reads look each block up and read runs of contiguous pool blocks; blocks never
 //! written, or unmapped, read as zeroes. UNMAP and WRITE_ZEROES are records without data.
 //!
 //! Limits of this version: a log head per (volume, reactor) rather than per reactor; at most
@@ -77,7 +80,7 @@ impl Bdev for LsvVolume {
         BLOCK_BYTES as u32
     }
     fn num_blocks(&self) -> u64 {
-        self.meta.num_blocks
+        self.table.num_blocks()
     }
     fn product_name(&self) -> &'static str {
         "Logical Volume"
@@ -110,6 +113,9 @@ impl Bdev for LsvVolume {
             ))
         })?;
         Ok(Box::new(VolumeChannel {
+            last_completed_seq: 0,
+            durable_seq: 0,
+            flush_mark: vec![0; qd],
             log_head,
             pool: self.pool.clone(),
             volume: self.meta.id as u64,
@@ -172,9 +178,16 @@ struct InFlightRecord {
 
 /// Base-channel tags: records and read parts.
 const READ_TAG: u64 = 1 << 40;
+const FLUSH_TAG: u64 = 1 << 41;
 
 struct VolumeChannel {
     pool: Arc<LsvPool>,
+    /// The newest record of this channel that completed, and the newest known durable
+    /// (completed before one of our flushes was issued, or written with FUA).
+    last_completed_seq: u64,
+    durable_seq: u64,
+    /// Per slot: `last_completed_seq` when that slot's FLUSH was issued.
+    flush_mark: Vec<u64>,
     /// This channel's slot in the pool's log-head table.
     log_head: usize,
     volume: u64,
@@ -305,6 +318,7 @@ impl VolumeChannel {
                 head.epoch = seq;
             }
             let mut header = RecordHeader::new(seq, seg, head.epoch);
+            header.durable_seq = self.durable_seq;
             // Reuse a finished record's vectors: nothing is allocated per record.
             let (entries, mut slots) = self.spare.pop().expect("one spare per record slot");
             header.entries = entries;
@@ -348,7 +362,7 @@ impl VolumeChannel {
                 offset_blocks: start_pba,
                 num_blocks: blocks,
                 iovs: &base_iovs[..n],
-                fua: true,
+                fua: self.pool.fua_records(),
                 tag: slot_idx as u64,
             };
             self.pool.usage.record_started(seg);
@@ -433,6 +447,10 @@ impl VolumeChannel {
             return;
         };
         if status == IoStatus::Success {
+            self.last_completed_seq = rec.header.seq;
+            if self.pool.fua_records() {
+                self.durable_seq = rec.header.seq;
+            }
             self.pool.apply_record(
                 &rec.header,
                 rec.first_data_pba,
@@ -534,6 +552,20 @@ impl VolumeChannel {
 
 impl BdevChannel for VolumeChannel {
     fn submit(&mut self, slot: u32, req: &IoRequest<'_>) -> Result<(), SubmitError> {
+        // The volume may have shrunk since this channel opened.
+        let size = self.table.num_blocks();
+        if req.io_type != IoType::Flush
+            && req
+                .offset_blocks
+                .checked_add(req.num_blocks)
+                .is_none_or(|end| end > size)
+        {
+            return Err(SubmitError::OutOfRange {
+                offset: req.offset_blocks,
+                count: req.num_blocks,
+                num_blocks: size,
+            });
+        }
         match req.io_type {
             IoType::Read => self.submit_read(slot, req),
             IoType::Write | IoType::Unmap | IoType::WriteZeroes => {
@@ -569,13 +601,29 @@ impl BdevChannel for VolumeChannel {
                 });
                 Ok(())
             }
-            // Every acknowledged write was written with FUA: nothing is left to make durable.
+            // Every acknowledged write's record has completed, on this channel or any other
+            // (records are acknowledged when their write completes): one flush of the base
+            // bdev, issued now, makes them all durable. With FUA records nothing is left.
             IoType::Flush => {
-                self.done.push(SlotCompletion {
-                    slot,
-                    status: IoStatus::Success,
-                });
-                Ok(())
+                if self.pool.fua_records() {
+                    self.done.push(SlotCompletion {
+                        slot,
+                        status: IoStatus::Success,
+                    });
+                    return Ok(());
+                }
+                self.flush_mark[slot as usize] = self.last_completed_seq;
+                self.base.submit(
+                    &IoRequest {
+                        io_type: IoType::Flush,
+                        offset_blocks: 0,
+                        num_blocks: 0,
+                        iovs: &[],
+                        fua: false,
+                        tag: FLUSH_TAG | slot as u64,
+                    },
+                    0,
+                )
             }
         }
     }
@@ -586,7 +634,16 @@ impl BdevChannel for VolumeChannel {
         let mut base_done = std::mem::take(&mut self.base_done);
         self.base.poll(0, &mut base_done);
         for c in base_done.drain(..) {
-            if c.tag & READ_TAG != 0 {
+            if c.tag & FLUSH_TAG != 0 {
+                let slot = (c.tag & !FLUSH_TAG) as u32;
+                if c.status == IoStatus::Success {
+                    self.durable_seq = self.durable_seq.max(self.flush_mark[slot as usize]);
+                }
+                self.done.push(SlotCompletion {
+                    slot,
+                    status: c.status,
+                });
+            } else if c.tag & READ_TAG != 0 {
                 let slot = (c.tag & !READ_TAG) as usize;
                 if c.status != IoStatus::Success {
                     self.read_status[slot] = c.status;

@@ -76,6 +76,7 @@ pub fn unblend_bench_start(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Va
         seed: bench::fresh_seed(),
         progress: false,
         hot: None,
+        journal: None,
     };
     let running = bench::start_jobs(&ctx.reactors, &all, &entry, &opts)
         .map_err(|e| RpcError::invalid_params(e.to_string()))?;

@@ -16,7 +16,10 @@ fn pool_err(e: PoolError) -> RpcError {
     let errno = match e {
         PoolError::VolumeExists(_) => libc::EEXIST,
         PoolError::NoSuchVolume(_) => libc::ENODEV,
-        PoolError::BadName(_) | PoolError::Format(_) | PoolError::BlockSize(_) => libc::EINVAL,
+        PoolError::BadName(_)
+        | PoolError::Format(_)
+        | PoolError::BlockSize(_)
+        | PoolError::BadSize(_) => libc::EINVAL,
         PoolError::TooManyVolumes => libc::ENOSPC,
         _ => libc::EIO,
     };
@@ -206,6 +209,47 @@ pub fn bdev_lvol_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         .ok_or_else(|| RpcError::new(-libc::ENODEV, format!("no lvstore {lvs:?}")))?;
     pool.delete_volume(lvol).map_err(pool_err)?;
     let _ = ctx.registry.remove(&p.name);
+    Ok(json!(true))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResizeLvol {
+    name: String,
+    size_in_mib: u64,
+}
+
+/// `bdev_lvol_resize`: `name` is `lvs/lvol` (or the lvol's uuid), `size_in_mib` the new size.
+pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    let p: ResizeLvol = params(p)?;
+    let blocks = p
+        .size_in_mib
+        .checked_mul(256)
+        .filter(|&b| b > 0 && b <= 1 << 40)
+        .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be between 1 and 4 PiB"))?;
+    let by_uuid = ctx.pools.list().into_iter().find_map(|pool| {
+        pool.volumes()
+            .into_iter()
+            .find(|v| v.uuid.to_string() == p.name)
+            .map(|v| (pool.clone(), v.name))
+    });
+    let (pool, lvol) = match by_uuid {
+        Some(found) => found,
+        None => {
+            let (lvs, lvol) = p.name.split_once('/').ok_or_else(|| {
+                RpcError::new(
+                    -libc::ENODEV,
+                    format!("no lvol named {:?} (use lvs/lvol or its uuid)", p.name),
+                )
+            })?;
+            let pool = ctx
+                .pools
+                .get(lvs)
+                .ok_or_else(|| RpcError::new(-libc::ENODEV, format!("no lvstore {lvs:?}")))?;
+            (pool, lvol.to_string())
+        }
+    };
+    pool.resize_volume(&lvol, blocks).map_err(pool_err)?;
     Ok(json!(true))
 }
 

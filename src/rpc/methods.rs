@@ -215,6 +215,7 @@ pub static METHODS: &[Method] = &[
         lvol::bdev_lvol_get_lvols,
     ),
     m("bdev_lvol_delete", Allowed::Runtime, lvol::bdev_lvol_delete),
+    m("bdev_lvol_resize", Allowed::Runtime, lvol::bdev_lvol_resize),
     m(
         "unblend_lsv_get_stats",
         Allowed::Runtime,
