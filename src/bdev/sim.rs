@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     Bdev, BdevChannel, BdevError, ChannelContext, IoRequest, IoStatus, IoType, SlotCompletion,
-    SubmitError,
+    SubmitError, MAX_IOVS,
 };
 
 pub const SIM_BLOCK_BYTES: usize = 4096;
@@ -149,7 +149,7 @@ struct InFlight {
     offset_blocks: u64,
     num_blocks: u64,
     /// Caller memory (valid until completion, by IoVec's contract): (address, length).
-    iovs: [(usize, usize); 4],
+    iovs: [(usize, usize); MAX_IOVS],
     iov_count: usize,
     fua: bool,
     polls_left: u32,
@@ -164,10 +164,10 @@ struct SimChannel {
 
 impl BdevChannel for SimChannel {
     fn submit(&mut self, slot: u32, req: &IoRequest<'_>) -> Result<(), SubmitError> {
-        if req.iovs.len() > 4 {
+        if req.iovs.len() > MAX_IOVS {
             return Err(SubmitError::TooManyIovs(req.iovs.len()));
         }
-        let mut iovs = [(0usize, 0usize); 4];
+        let mut iovs = [(0usize, 0usize); MAX_IOVS];
         for (d, v) in iovs.iter_mut().zip(req.iovs) {
             *d = (v.addr() as usize, v.len());
         }

@@ -12,9 +12,9 @@
 //!   survived a cleaning is kept apart from fresh user writes. With the lifespan policy, moved
 //!   blocks older than the running average age of moved blocks go to a second, "cold" stream
 //!   (SepBIT-style classes by lifespan).
-//! - **Moves.** Each batch is one log record written with FUA; every entry carries the
+//! - **Moves.** Each batch is one log record; every entry carries the
 //!   original write's sequence number, so replay orders it correctly against newer writes.
-//!   When the record is durable, each block's mapping moves with `remap_if` (only if it still
+//!   When the record completes, each block's mapping moves with `remap_if` (only if it still
 //!   points at the old place: a newer write always wins).
 //! - **Reuse.** An emptied segment is Free at once. Recovery from either checkpoint slot never
 //!   needs one of its records: its live blocks are in relocation records (replayed like any
@@ -53,6 +53,8 @@ const QUEUE_DEPTH: u32 = 16;
 /// Entries one relocation record carries at most (its header stays under 10 blocks).
 const MAX_MOVE_ENTRIES: usize = 1024;
 const TAG_CHECKPOINT: u64 = 1;
+/// Cleaned victims freed by one flush at most.
+const FLUSH_BATCH: usize = 8;
 
 /// What `poll` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +111,8 @@ enum State {
     /// Everything live was moved; a flush of the base bdev makes durable the user records
     /// that superseded the victim's dead blocks before the victim is reused.
     Freeing {
-        seg: u64,
+        /// How many of `awaiting_flush` (its first ones) this flush covers.
+        count: usize,
     },
     CheckpointFlush {
         h: CheckpointHeader,
@@ -144,10 +147,14 @@ pub struct Cleaner {
     average_age: f64,
     check_every: Duration,
     checkpoint_requested: bool,
-    /// The newest relocation record that completed (each is written with FUA).
+    /// The newest relocation record known durable (flushed before its victim was freed).
     last_moved_seq: u64,
     /// The record in flight.
     moving_seq: u64,
+    /// Cleaned victims waiting for a flush before they are free, and the newest relocation
+    /// record the flush in flight covers.
+    awaiting_flush: Vec<u64>,
+    flushed_moving_seq: u64,
 }
 
 impl Cleaner {
@@ -199,6 +206,8 @@ impl Cleaner {
             checkpoint_requested: false,
             last_moved_seq: 0,
             moving_seq: 0,
+            awaiting_flush: Vec::new(),
+            flushed_moving_seq: 0,
         })
     }
 
@@ -315,15 +324,22 @@ impl Cleaner {
                     CleanerPoll::Waiting,
                 )
             }
-            State::Freeing { seg } => match done.first() {
-                None => (State::Freeing { seg }, CleanerPoll::Waiting),
+            State::Freeing { count } => match done.first() {
+                None => (State::Freeing { count }, CleanerPoll::Waiting),
                 Some(c) if c.status != IoStatus::Success => {
-                    tracing::error!(pool = %self.pool.name, seg, "cleaner: flush before reuse failed");
-                    self.abandon(seg);
+                    // The cleaned segments stay Cleaned; the next flush tries again.
+                    tracing::error!(pool = %self.pool.name, "cleaner: flush before reuse failed");
                     (State::Idle, CleanerPoll::Busy)
                 }
                 Some(_) => {
-                    self.free_victim(seg);
+                    self.last_moved_seq = self.flushed_moving_seq;
+                    for seg in self.awaiting_flush.drain(..count) {
+                        // Its live blocks are in durable relocation records now, and the
+                        // writes that superseded its dead blocks are durable too: reusable.
+                        self.pool
+                            .usage
+                            .transition(seg, SegmentState::Cleaned, SegmentState::Free);
+                    }
                     (State::Idle, CleanerPoll::Busy)
                 }
             },
@@ -389,19 +405,27 @@ impl Cleaner {
         }
         let free = self.pool.usage.free_count() as u64;
         let cleaned = self.pool.usage.count_in(SegmentState::Cleaned) as u64;
-        let segs = self.pool.sb.segment_count;
-        let batch = (segs / 16).max(1);
         let log_since = (self.pool.log_blocks()
             - self.pool.log_blocks_at_checkpoint.load(Ordering::Relaxed))
             * BLOCK_BYTES as u64;
         let written_since = self.pool.next_seq_now() > self.seq_at_checkpoint;
         let want_checkpoint = self.checkpoint_requested
-            || (cleaned > 0 && (cleaned >= batch || free < self.pool.throttle_start() || free < 2))
             || (written_since && now - self.last_checkpoint >= CHECKPOINT_INTERVAL)
             || log_since >= (self.pool.sb.pool_bytes / 4).min(CHECKPOINT_LOG_BYTES);
         if want_checkpoint && self.start_checkpoint() {
             self.checkpoint_requested = false;
             return CleanerPoll::Busy;
+        }
+        // Free the cleaned victims with one flush: when a batch is ready, when free segments
+        // run short, or when there is no more cleaning to do now.
+        let waiting = self.awaiting_flush.len();
+        let short = free + waiting as u64 >= self.pool.clean_target() || free < 2;
+        if waiting > 0 && (waiting >= FLUSH_BATCH || short || free <= self.pool.throttle_start()) {
+            if self.ch.submit(&flush_request(), 0).is_ok() {
+                self.flushed_moving_seq = self.moving_seq;
+                self.state = State::Freeing { count: waiting };
+                return CleanerPoll::Busy;
+            }
         }
         if free + cleaned >= self.pool.clean_target() || free < 2 {
             if free <= CLEANER_RESERVE_SEGMENTS && cleaned == 0 && self.victim().is_none() {
@@ -581,11 +605,18 @@ impl Cleaner {
                 self.abandon(seg);
                 return (State::Idle, CleanerPoll::Busy);
             }
-            if self.ch.submit(&flush_request(), 0).is_err() {
-                self.abandon(seg);
-                return (State::Idle, CleanerPoll::Busy);
+            #[cfg(test)]
+            if super::pool::traced(0, u64::MAX) {
+                eprintln!(
+                    "trace: segment {seg} cleaned (last_seq {})",
+                    self.pool.usage.last_seq(seg)
+                );
             }
-            return (State::Freeing { seg }, CleanerPoll::Busy);
+            // Cleaned: free after the next flush of the base bdev (one flush covers a batch).
+            self.pool.usage.mark_cleaned(seg, 0);
+            self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
+            self.awaiting_flush.push(seg);
+            return (State::Idle, CleanerPoll::Busy);
         }
         let stream = self.live[self.cursor].cold as usize;
         // The batch: blocks of one stream, as many as a record and the segment hold.
@@ -627,7 +658,7 @@ impl Cleaner {
             epoch
         };
         let mut h = RecordHeader::new(seq, to_seg, epoch);
-        // Relocation records are written with FUA: every completed one is durable.
+        // Relocation records become durable at the flush before a victim is freed.
         h.durable_seq = self.last_moved_seq;
         // Copy the blocks into the staging buffer after the header, merging runs.
         let data_at = hblocks as usize * BLOCK_BYTES;
@@ -704,7 +735,7 @@ impl Cleaner {
                 offset_blocks: start_pba,
                 num_blocks: total,
                 iovs: &[iov],
-                fua: true,
+                fua: false,
                 tag: seq,
             },
             0,
@@ -731,25 +762,6 @@ impl Cleaner {
             },
             CleanerPoll::Busy,
         )
-    }
-
-    /// The victim holds nothing recovery could need any more: it is free.
-    fn free_victim(&mut self, seg: u64) {
-        #[cfg(test)]
-        if super::pool::traced(0, u64::MAX) {
-            eprintln!(
-                "trace: segment {seg} cleaned (last_seq {})",
-                self.pool.usage.last_seq(seg)
-            );
-        }
-        if self.pool.usage.live(seg) == 0 {
-            // Everything in it recovery could need is in durable relocation records (or was
-            // superseded by records the flush just made durable): it is free at once.
-            self.pool.usage.mark_cleaned(seg, u64::MAX);
-            self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.abandon(seg);
-        }
     }
 
     /// Writes a record of the victim's pending unmaps (no data) to the relocation stream.
@@ -790,7 +802,7 @@ impl Cleaner {
                 offset_blocks: start_pba,
                 num_blocks: hb,
                 iovs: &[iov],
-                fua: true,
+                fua: false,
                 tag: seq,
             },
             0,
@@ -838,7 +850,6 @@ impl Cleaner {
             self.abandon(seg);
             return (State::Idle, CleanerPoll::Busy);
         }
-        self.last_moved_seq = self.moving_seq;
         for i in 0..count {
             let (volume, lba, old) = {
                 let b = &self.live[self.cursor + i];
@@ -959,6 +970,30 @@ impl Drop for Cleaner {
             self.ch.poll(0, &mut out);
             std::thread::yield_now();
         }
+        if let State::Freeing { count } = self.state {
+            if out.iter().any(|c| c.status == IoStatus::Success) {
+                for seg in self.awaiting_flush.drain(..count) {
+                    self.pool
+                        .usage
+                        .transition(seg, SegmentState::Cleaned, SegmentState::Free);
+                }
+            }
+        }
+        // Cleaned victims still waiting: one last flush frees them (a stop, not the I/O path).
+        if !self.awaiting_flush.is_empty() && self.ch.submit(&flush_request(), 0).is_ok() {
+            out.clear();
+            while self.ch.in_flight() > 0 {
+                self.ch.poll(0, &mut out);
+                std::thread::yield_now();
+            }
+            if out.iter().all(|c| c.status == IoStatus::Success) {
+                for seg in self.awaiting_flush.drain(..) {
+                    self.pool
+                        .usage
+                        .transition(seg, SegmentState::Cleaned, SegmentState::Free);
+                }
+            }
+        }
         if let State::CheckpointBody { h, .. }
         | State::CheckpointFlush { h, .. }
         | State::CheckpointHeader { h } = &self.state
@@ -970,10 +1005,8 @@ impl Drop for Cleaner {
             self.pool.record_done();
             self.pool.head_oldest(self.streams[stream].head, None);
         }
-        if let State::Reading { seg }
-        | State::Moving { seg }
-        | State::Writing { seg, .. }
-        | State::Freeing { seg } = self.state
+        if let State::Reading { seg } | State::Moving { seg } | State::Writing { seg, .. } =
+            self.state
         {
             self.pool
                 .usage

@@ -231,6 +231,7 @@ pub struct LsvPool {
     /// of checkpoints. (log + cleaner + checkpoint) / user is the write amplification.
     user_blocks_written: AtomicU64,
     log_blocks_written: AtomicU64,
+    records_written: AtomicU64,
     pub(super) cleaner_blocks_written: AtomicU64,
     pub(super) checkpoint_blocks_written: AtomicU64,
     pub(super) segments_cleaned: AtomicU64,
@@ -397,6 +398,7 @@ impl LsvPool {
             records_in_flight: AtomicU64::new(0),
             user_blocks_written: AtomicU64::new(0),
             log_blocks_written: AtomicU64::new(0),
+            records_written: AtomicU64::new(0),
             cleaner_blocks_written: AtomicU64::new(0),
             checkpoint_blocks_written: AtomicU64::new(0),
             segments_cleaned: AtomicU64::new(0),
@@ -817,7 +819,9 @@ impl LsvPool {
         self.checkpoint_seq.store(after, Ordering::SeqCst);
         self.checkpoint_seq_prev
             .store(other_seq.min(after), Ordering::SeqCst);
-        self.usage.free_cleaned(self.reusable_seq());
+        // A segment the checkpoint saw Cleaned had its moves completed before the snapshot,
+        // and the checkpoint's flush made them durable: it is free.
+        self.usage.free_cleaned(u64::MAX);
         tracing::info!(pool = %self.name, checkpoint = h.generation, records = records.len(), segments_read, ms = t0.elapsed().as_millis() as u64, "pool recovered");
         Ok(())
     }
@@ -977,7 +981,6 @@ impl LsvPool {
             let (_, len) = self.checkpoint_extent(h);
             self.checkpoint_blocks_written
                 .fetch_add((len / BLOCK_BYTES) as u64, Ordering::Relaxed);
-            self.usage.free_cleaned(self.reusable_seq());
             if self.usage.free_count() as u64 > CLEANER_RESERVE_SEGMENTS {
                 self.full.store(false, Ordering::Release);
             }
@@ -1159,6 +1162,7 @@ impl LsvPool {
 
     /// Counts a record written for the log (live I/O only).
     pub(super) fn count_record(&self, h: &RecordHeader) {
+        self.records_written.fetch_add(1, Ordering::Relaxed);
         self.user_blocks_written
             .fetch_add(h.data_blocks as u64, Ordering::Relaxed);
         self.log_blocks_written
@@ -1271,6 +1275,7 @@ impl LsvPool {
             "live_bytes": live_blocks * b,
             "user_bytes_written": user * b,
             "log_bytes_written": log * b,
+            "user_records_written": self.records_written.load(Ordering::Relaxed),
             "cleaner_bytes_written": cleaner * b,
             "checkpoint_bytes_written": cp * b,
             "write_amplification": Self::amplification(user, written),

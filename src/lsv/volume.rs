@@ -37,6 +37,10 @@ use crate::mem::{BufferPool, BufferPoolConfig, DmaBuf};
 /// Writes gathered into one record at most (one header block holds 126 entries; the iovec
 /// budget of one base request is the tighter bound).
 pub const MAX_WRITES_PER_RECORD: usize = 63;
+/// Records in flight from which a channel holds small batches back to let them grow, and
+/// the record size (data blocks) a held batch grows to before it goes anyway.
+const BATCH_WHEN_IN_FLIGHT: usize = 2;
+const BATCH_TARGET_BLOCKS: u32 = 64;
 /// Records one channel has in flight at once.
 pub const RECORDS_IN_FLIGHT: usize = 8;
 /// Iovecs one write may carry.
@@ -223,6 +227,14 @@ impl VolumeChannel {
         self.pool.sb.segment_bytes / BLOCK_BYTES as u64
     }
 
+    fn pending_blocks(&self) -> u32 {
+        self.pending
+            .iter()
+            .filter(|w| w.op == EntryOp::Write)
+            .map(|w| w.num_blocks)
+            .sum()
+    }
+
     /// Room for `blocks` in the open segment, sealing it and opening another when full.
     /// With a cleaner running, the last free segments are left to it.
     fn reserve(&mut self, blocks: u64) -> Option<(u64, u64)> {
@@ -263,6 +275,15 @@ impl VolumeChannel {
     /// Turns the writes gathered this pass into records and submits them.
     fn commit(&mut self) {
         while !self.pending.is_empty() {
+            // Group commit: while the device already has records of ours to work on, let
+            // small batches grow into large records (the device's large-write speed is the
+            // point of the log); an idle device gets whatever is pending at once.
+            if self.order.len() >= BATCH_WHEN_IN_FLIGHT
+                && self.pending.len() < MAX_WRITES_PER_RECORD
+                && self.pending_blocks() < BATCH_TARGET_BLOCKS
+            {
+                return;
+            }
             let Some(slot_idx) = self.records.iter().position(|r| r.is_none()) else {
                 return; // all record slots busy: the rest waits for the next pass
             };
