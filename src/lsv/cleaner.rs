@@ -420,12 +420,13 @@ impl Cleaner {
         // run short, or when there is no more cleaning to do now.
         let waiting = self.awaiting_flush.len();
         let short = free + waiting as u64 >= self.pool.clean_target() || free < 2;
-        if waiting > 0 && (waiting >= FLUSH_BATCH || short || free <= self.pool.throttle_start()) {
-            if self.ch.submit(&flush_request(), 0).is_ok() {
-                self.flushed_moving_seq = self.moving_seq;
-                self.state = State::Freeing { count: waiting };
-                return CleanerPoll::Busy;
-            }
+        if waiting > 0
+            && (waiting >= FLUSH_BATCH || short || free <= self.pool.throttle_start())
+            && self.ch.submit(&flush_request(), 0).is_ok()
+        {
+            self.flushed_moving_seq = self.moving_seq;
+            self.state = State::Freeing { count: waiting };
+            return CleanerPoll::Busy;
         }
         if free + cleaned >= self.pool.clean_target() || free < 2 {
             if free <= CLEANER_RESERVE_SEGMENTS && cleaned == 0 && self.victim().is_none() {
