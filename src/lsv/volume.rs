@@ -117,6 +117,7 @@ impl Bdev for LsvVolume {
             ))
         })?;
         Ok(Box::new(VolumeChannel {
+            record_writes: (qd / 2).clamp(4, MAX_WRITES_PER_RECORD),
             last_completed_seq: 0,
             durable_seq: 0,
             flush_mark: vec![0; qd],
@@ -186,6 +187,9 @@ const FLUSH_TAG: u64 = 1 << 41;
 
 struct VolumeChannel {
     pool: Arc<LsvPool>,
+    /// Writes one record takes at most: half the channel's queue depth (so two records can
+    /// be in flight, the device working on one while the next fills), within 4..=63.
+    record_writes: usize,
     /// The newest record of this channel that completed, and the newest known durable
     /// (completed before one of our flushes was issued, or written with FUA).
     last_completed_seq: u64,
@@ -279,7 +283,7 @@ impl VolumeChannel {
             // small batches grow into large records (the device's large-write speed is the
             // point of the log); an idle device gets whatever is pending at once.
             if self.order.len() >= BATCH_WHEN_IN_FLIGHT
-                && self.pending.len() < MAX_WRITES_PER_RECORD
+                && self.pending.len() < self.record_writes
                 && self.pending_blocks() < BATCH_TARGET_BLOCKS
             {
                 return;
@@ -288,7 +292,7 @@ impl VolumeChannel {
                 return; // all record slots busy: the rest waits for the next pass
             };
             // Take as many pending writes as fit one record (fewer while throttled).
-            let limit = self.pool.writes_per_record(MAX_WRITES_PER_RECORD);
+            let limit = self.pool.writes_per_record(self.record_writes);
             let mut take = 0;
             let mut data_blocks = 0u32;
             let mut iovs = 1;
@@ -314,7 +318,7 @@ impl VolumeChannel {
             let Some(mut header_buf) = self.headers.get() else {
                 return;
             };
-            if limit < MAX_WRITES_PER_RECORD {
+            if limit < self.record_writes {
                 self.pool
                     .throttled_writes
                     .store((self.pending.len() - take) as u64, Ordering::Relaxed);
