@@ -428,7 +428,10 @@ impl Cleaner {
             self.state = State::Freeing { count: waiting };
             return CleanerPoll::Busy;
         }
-        if free + cleaned >= self.pool.clean_target() || free < 2 {
+        // One free segment is enough to move a victim's live blocks (less than a segment's
+        // worth, by `victim`'s minimum gain); with none, only victims with nothing live.
+        let stuck = free == 0 && self.victim().is_none_or(|v| self.pool.usage.live(v) > 0);
+        if free + cleaned >= self.pool.clean_target() || stuck {
             if free <= CLEANER_RESERVE_SEGMENTS && cleaned == 0 && self.victim().is_none() {
                 self.pool.full.store(true, Ordering::Release);
             }

@@ -24,4 +24,6 @@ pub use format::{FormatError, Superblock};
 #[cfg(test)]
 mod corruption_test;
 #[cfg(test)]
+mod model_test;
+#[cfg(test)]
 mod sim_test;
