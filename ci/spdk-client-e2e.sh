@@ -38,17 +38,18 @@ fallocate -l 64M "$W/u0.img"
 # An lvstore (pool) and an lvol (volume) on a second file.
 fallocate -l 128M "$W/pool.img"
 "$RPC" -s "$SOCK" bdev_uring_create "$W/pool.img" P0 4096 >/dev/null
-"$RPC" -s "$SOCK" bdev_lvol_create_lvstore P0 lvs0 -c 1048576 >/dev/null
-"$RPC" -s "$SOCK" bdev_lvol_create -l lvs0 -t vol0 16 >/dev/null
-"$RPC" -s "$SOCK" bdev_lvol_get_lvstores | jq -e '.[0].name == "lvs0" and .[0].cluster_size == 1048576' >/dev/null \
+# (The embedded default already has lvstore lvs0 with lvs0/vol0 on Data0.)
+"$RPC" -s "$SOCK" bdev_lvol_create_lvstore P0 lvsE -c 1048576 >/dev/null
+"$RPC" -s "$SOCK" bdev_lvol_create -l lvsE -t vol0 16 >/dev/null
+"$RPC" -s "$SOCK" bdev_lvol_get_lvstores | jq -e 'map(select(.name == "lvsE"))[0].cluster_size == 1048576' >/dev/null \
   || fail "bdev_lvol_get_lvstores"
-"$RPC" -s "$SOCK" bdev_lvol_get_lvols | jq -e '.[0].alias == "lvs0/vol0"' >/dev/null || fail "bdev_lvol_get_lvols"
+"$RPC" -s "$SOCK" bdev_lvol_get_lvols | jq -e 'map(.alias) | index("lvsE/vol0") != null' >/dev/null || fail "bdev_lvol_get_lvols"
 
 sizes=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -c '[.[] | [.name, .block_size, .num_blocks]] | sort')
-want='[["M0",512,131072],["Malloc0",4096,16384],["N0",4096,32768],["P0",4096,32768],["U0",4096,16384],["lvs0/vol0",4096,4096]]'
+want='[["Data0",4096,262144],["M0",512,131072],["Malloc0",4096,16384],["N0",4096,32768],["P0",4096,32768],["U0",4096,16384],["lvs0/vol0",4096,131072],["lvsE/vol0",4096,4096]]'
 [ "$sizes" = "$want" ] || fail "bdev_get_bdevs sizes: $sizes, want $want"
 
-"$RPC" -s "$SOCK" bdev_get_iostat | jq -e '.bdevs | length == 6' >/dev/null || fail "bdev_get_iostat"
+"$RPC" -s "$SOCK" bdev_get_iostat | jq -e '.bdevs | length == 8' >/dev/null || fail "bdev_get_iostat"
 "$RPC" -s "$SOCK" rpc_get_methods | jq -e 'index("bdev_uring_create") != null' >/dev/null || fail "rpc_get_methods"
 "$RPC" -s "$SOCK" framework_get_reactors | jq -e '.reactors | length >= 1' >/dev/null || fail "framework_get_reactors"
 
@@ -70,7 +71,7 @@ if "$RPC" -s "$SOCK" bdev_get_bdevs >/dev/null 2>&1; then fail "runtime method a
 "$RPC" -s "$SOCK" load_config -j "$W/saved.json"
 loaded=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -S 'sort_by(.name)')
 [ "$before" = "$loaded" ] || fail "load_config did not recreate the same bdevs"
-"$RPC" -s "$SOCK" bdev_lvol_delete lvs0/vol0
-"$RPC" -s "$SOCK" bdev_lvol_get_lvols | jq -e 'length == 0' >/dev/null || fail "lvol still listed after delete"
+"$RPC" -s "$SOCK" bdev_lvol_delete lvsE/vol0
+"$RPC" -s "$SOCK" bdev_lvol_get_lvols | jq -e 'map(.alias) | index("lvsE/vol0") == null' >/dev/null || fail "lvol still listed after delete"
 stop
 echo "spdk-client-e2e: OK (spdk $("$VENV/bin/pip" show spdk | awk '/^Version/ {print $2}'))"
