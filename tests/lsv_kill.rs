@@ -91,6 +91,23 @@ fn wait_verified(child: &mut Child) -> Result<(), String> {
     Ok(())
 }
 
+/// Waits for `child` at most `secs` seconds; a run that hangs is killed and fails the test
+/// (rather than hanging CI).
+fn wait_bounded(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the bench did not finish within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn sigkill_cycles_lose_no_acknowledged_write() {
     let dir = tmp_dir("lsv_kill");
@@ -130,7 +147,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
     // A clean run verifies the last crash's state and ends well.
     let mut child = spawn(&img, &journal, 1);
     wait_verified(&mut child).unwrap();
-    let status = child.wait().unwrap();
+    let status = wait_bounded(&mut child, 60);
     assert!(status.success(), "clean run failed: {status}");
 
     // The checker can fail: a journal claiming a newer write than the block holds is caught.
@@ -142,9 +159,17 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
     f.write_all(&5u64.to_le_bytes()).unwrap();
     f.write_all(&(u64::MAX - 1).to_le_bytes()).unwrap();
     drop(f);
-    let out = spawn(&img, &journal, 1).wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut child = spawn(&img, &journal, 1);
+    let status = wait_bounded(&mut child, 60);
+    assert!(!status.success());
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(
         err.contains("verify failed") && err.contains("first bad LBA 5"),
         "{err}"
