@@ -652,18 +652,7 @@ impl Cleaner {
             self.abandon(seg);
             return (State::Idle, CleanerPoll::Idle);
         };
-        let seq = self.pool.next_seq(self.streams[stream].head);
-        self.moving_seq = seq;
-        let epoch = if at == 0 {
-            let (s, n, _) = self.streams[stream].open.expect("just reserved");
-            self.streams[stream].open = Some((s, n, seq));
-            seq
-        } else {
-            epoch
-        };
-        let mut h = RecordHeader::new(seq, to_seg, epoch);
-        // Relocation records become durable at the flush before a victim is freed.
-        h.durable_seq = self.last_moved_seq;
+        let mut h = self.new_record(stream, to_seg, at, epoch);
         // Copy the blocks into the staging buffer after the header, merging runs.
         let data_at = hblocks as usize * BLOCK_BYTES;
         let mut crc = 0u32;
@@ -722,28 +711,8 @@ impl Cleaner {
                 );
             }
         }
-        // SAFETY: the staging buffer is ours; the header region is `hb` blocks.
-        let head = unsafe {
-            std::slice::from_raw_parts_mut(self.staging.as_ptr(), hb as usize * BLOCK_BYTES)
-        };
-        h.encode(head);
-        let start_pba = self.pool.segment_first_block(to_seg) + at;
         let total = hb + count as u64;
-        self.pool.summarize(&h, start_pba + hb);
-        self.pool.usage.record_started(to_seg);
-        // SAFETY: header plus data, contiguous in the staging buffer, ours until completion.
-        let iov = unsafe { IoVec::from_raw(self.staging.as_ptr(), total as usize * BLOCK_BYTES) };
-        let r = self.ch.submit(
-            &IoRequest {
-                io_type: IoType::Write,
-                offset_blocks: start_pba,
-                num_blocks: total,
-                iovs: &[iov],
-                fua: false,
-                tag: seq,
-            },
-            0,
-        );
+        let (start_pba, r) = self.write_record(&h, to_seg, at, total);
         if let Err(e) = r {
             tracing::error!(pool = %self.pool.name, "cleaner: record submit failed: {e}");
             return self.moved(seg, stream, to_seg, start_pba + hb, count, total, false);
@@ -768,6 +737,57 @@ impl Cleaner {
         )
     }
 
+    /// A record header for stream `s`, numbered now, going to block `at` of `to_seg`: the
+    /// first record of a segment's use sets its epoch.
+    fn new_record(&mut self, s: usize, to_seg: u64, at: u64, epoch: u64) -> RecordHeader {
+        let seq = self.pool.next_seq(self.streams[s].head);
+        self.moving_seq = seq;
+        let epoch = if at == 0 {
+            let (seg, next, _) = self.streams[s].open.expect("just reserved");
+            self.streams[s].open = Some((seg, next, seq));
+            seq
+        } else {
+            epoch
+        };
+        let mut h = RecordHeader::new(seq, to_seg, epoch);
+        // Relocation records become durable at the flush before a victim is freed.
+        h.durable_seq = self.last_moved_seq;
+        h
+    }
+
+    /// Encodes `h` at the front of the staging buffer (its data already follows it there),
+    /// notes where its blocks go, and submits the `total` blocks to block `at` of `to_seg`.
+    fn write_record(
+        &mut self,
+        h: &RecordHeader,
+        to_seg: u64,
+        at: u64,
+        total: u64,
+    ) -> (u64, Result<(), crate::bdev::SubmitError>) {
+        let hb = h.header_blocks as usize;
+        // SAFETY: the staging buffer is ours; its first `hb` blocks hold the header.
+        let head =
+            unsafe { std::slice::from_raw_parts_mut(self.staging.as_ptr(), hb * BLOCK_BYTES) };
+        h.encode(head);
+        let start_pba = self.pool.segment_first_block(to_seg) + at;
+        self.pool.summarize(h, start_pba + hb as u64);
+        self.pool.usage.record_started(to_seg);
+        // SAFETY: header plus data, contiguous in the staging buffer, ours until completion.
+        let iov = unsafe { IoVec::from_raw(self.staging.as_ptr(), total as usize * BLOCK_BYTES) };
+        let r = self.ch.submit(
+            &IoRequest {
+                io_type: IoType::Write,
+                offset_blocks: start_pba,
+                num_blocks: total,
+                iovs: &[iov],
+                fua: false,
+                tag: h.seq,
+            },
+            0,
+        );
+        (start_pba, r)
+    }
+
     /// Writes a record of the victim's pending unmaps (no data) to the relocation stream.
     fn move_unmaps(&mut self, seg: u64) -> (State, CleanerPoll) {
         let n = (self.unmaps.len() - self.unmap_cursor).min(MAX_MOVE_ENTRIES);
@@ -776,41 +796,11 @@ impl Cleaner {
             self.abandon(seg);
             return (State::Idle, CleanerPoll::Idle);
         };
-        let seq = self.pool.next_seq(self.streams[0].head);
-        self.moving_seq = seq;
-        let epoch = if at == 0 {
-            let (s, b, _) = self.streams[0].open.expect("just reserved");
-            self.streams[0].open = Some((s, b, seq));
-            seq
-        } else {
-            epoch
-        };
-        let mut h = RecordHeader::new(seq, to_seg, epoch);
-        h.durable_seq = self.last_moved_seq;
+        let mut h = self.new_record(0, to_seg, at, epoch);
         for e in &self.unmaps[self.unmap_cursor..self.unmap_cursor + n] {
             h.push(*e).expect("sized to fit");
         }
-        // SAFETY: the staging buffer is ours; `hb` blocks of it.
-        let head = unsafe {
-            std::slice::from_raw_parts_mut(self.staging.as_ptr(), hb as usize * BLOCK_BYTES)
-        };
-        h.encode(head);
-        let start_pba = self.pool.segment_first_block(to_seg) + at;
-        self.pool.summarize(&h, start_pba + hb);
-        self.pool.usage.record_started(to_seg);
-        // SAFETY: the header in the staging buffer, ours until completion.
-        let iov = unsafe { IoVec::from_raw(self.staging.as_ptr(), hb as usize * BLOCK_BYTES) };
-        let r = self.ch.submit(
-            &IoRequest {
-                io_type: IoType::Write,
-                offset_blocks: start_pba,
-                num_blocks: hb,
-                iovs: &[iov],
-                fua: false,
-                tag: seq,
-            },
-            0,
-        );
+        let (start_pba, r) = self.write_record(&h, to_seg, at, hb);
         if r.is_err() {
             return self.moved(seg, 0, to_seg, start_pba + hb, 0, hb, false);
         }

@@ -1114,11 +1114,7 @@ impl LsvPool {
             return Err(PoolError::BadSize(0));
         }
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
-        let id = vols
-            .iter()
-            .find(|(_, v)| v.0.name == name)
-            .map(|(id, _)| *id)
-            .ok_or_else(|| PoolError::NoSuchVolume(name.to_string()))?;
+        let id = volume_id(&vols, name)?;
         let (meta, table) = vols.get(&id).cloned().expect("found above");
         if blocks > table.capacity_blocks() {
             return Err(PoolError::BadSize(blocks));
@@ -1147,11 +1143,7 @@ impl LsvPool {
     /// cleaner. Channels still open on it keep working until they close.
     pub fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
-        let id = vols
-            .iter()
-            .find(|(_, v)| v.0.name == name)
-            .map(|(id, _)| *id)
-            .ok_or_else(|| PoolError::NoSuchVolume(name.to_string()))?;
+        let id = volume_id(&vols, name)?;
         let removed = vols.remove(&id).expect("found above");
         if let Err(e) = self.write_volume_table(&vols) {
             vols.insert(id, removed);
@@ -1395,6 +1387,17 @@ pub fn read_volume_table(base: &BdevEntry) -> Result<(String, Vec<VolumeMeta>), 
     let mut io = SyncIo::new(base, BLOCK_BYTES)?;
     io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
     decode_volume_table(io.bytes(BLOCK_BYTES))
+}
+
+/// The id of the volume named `name` in a volume table.
+fn volume_id(
+    vols: &BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>,
+    name: &str,
+) -> Result<u32, PoolError> {
+    vols.iter()
+        .find(|(_, v)| v.0.name == name)
+        .map(|(id, _)| *id)
+        .ok_or_else(|| PoolError::NoSuchVolume(name.to_string()))
 }
 
 /// True when `base` starts with an unblend pool superblock (a cheap check before `open`).
