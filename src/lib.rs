@@ -4,6 +4,7 @@
 pub mod bdev;
 pub mod bench;
 pub mod config;
+pub mod frontend;
 pub mod lsv;
 pub mod mem;
 pub mod reactor;

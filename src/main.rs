@@ -76,6 +76,9 @@ enum Command {
         /// Where the embedded default (no --config) keeps its pool file.
         #[arg(short = 'd', long = "data-dir", default_value = unblend::serve::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Directory for vhost-user sockets (default: the data directory).
+        #[arg(short = 'S', long = "socket-dir")]
+        socket_dir: Option<PathBuf>,
     },
     /// Offline pool tools (run with the appliance stopped).
     Pool {
@@ -198,6 +201,7 @@ fn main() -> ExitCode {
             rpc_socket,
             wait_for_rpc,
             data_dir,
+            socket_dir,
         } => {
             let cpumask = match cpumask_or(cpumask.as_deref(), true) {
                 Ok(m) => m,
@@ -210,6 +214,7 @@ fn main() -> ExitCode {
                 rpc_socket,
                 wait_for_rpc,
                 set_log_level,
+                socket_dir: socket_dir.unwrap_or_else(|| data_dir.clone()),
                 data_dir,
             }) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ use thiserror::Error;
 use crate::bdev::malloc::MallocBdev;
 use crate::bdev::{BdevError, BdevRegistry};
 use crate::config::{self, ConfigError};
+use crate::frontend::vhost_blk::VhostControllers;
 use crate::mem::{self, BufferPoolConfig};
 use crate::reactor::{CpuMask, IdlePolicy, PollerKind, ReactorConfig, ReactorError, ReactorSet};
 use crate::rpc::methods::{RpcContext, RpcState};
@@ -24,6 +25,8 @@ pub const DEFAULT_VOLUME_NAME: &str = "vol0";
 pub const DEFAULT_VOLUME_BYTES: u64 = 512 << 20;
 /// Where the embedded default keeps its pool unless `--data-dir` says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "/var/tmp/unblend";
+/// The embedded default's vhost-user-blk controller (its socket's name in the socket directory).
+pub const DEFAULT_VHOST_CTRLR: &str = "vhost.0";
 
 pub struct ServeOptions {
     pub config: Option<PathBuf>,
@@ -37,6 +40,8 @@ pub struct ServeOptions {
     pub set_log_level: SetLogLevel,
     /// Where the embedded default keeps its pool file.
     pub data_dir: PathBuf,
+    /// Where vhost-user sockets are made (`-S`, as SPDK's vhost app).
+    pub socket_dir: PathBuf,
 }
 
 #[derive(Debug, Error)]
@@ -55,6 +60,8 @@ pub enum ServeError {
     DataDir { path: String, why: String },
     #[error("default pool: {0}")]
     Pool(#[from] crate::lsv::pool::PoolError),
+    #[error("vhost: {0}")]
+    Vhost(String),
 }
 
 /// Holds the data directory's lock file (flock, released when the process exits).
@@ -150,6 +157,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let mut pending_config = None;
     let pools = Arc::new(crate::lsv::pools::Pools::new());
     let mut _data_lock = None;
+    let mut boot_config = None;
     let mut made: Vec<String> = match &opts.config {
         Some(path) => {
             let cfg = config::load_file(path)?;
@@ -157,7 +165,9 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
                 pending_config = Some(cfg);
                 Vec::new()
             } else {
-                config::apply(&cfg, &registry)?
+                let made = config::apply(&cfg, &registry)?;
+                boot_config = Some(cfg);
+                made
             }
         }
         None if opts.wait_for_rpc => Vec::new(),
@@ -193,7 +203,12 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let handle = reactors.handle();
     pools.attach_reactors(handle.clone());
 
-    let ctx = RpcContext {
+    std::fs::create_dir_all(&opts.socket_dir).map_err(|e| ServeError::DataDir {
+        path: opts.socket_dir.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let vhost = Arc::new(VhostControllers::new(&opts.socket_dir));
+    let mut ctx = RpcContext {
         registry: registry.clone(),
         reactors: handle.clone(),
         state: if opts.wait_for_rpc {
@@ -209,7 +224,20 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         kill_signal: None,
         started: std::time::Instant::now(),
         pools: pools.clone(),
+        vhost: vhost.clone(),
     };
+    // Front ends come up once the reactors run: the config's, or the embedded default's export.
+    if let Some(cfg) = &boot_config {
+        crate::rpc::vhost::apply_config(&mut ctx, cfg).map_err(ServeError::Vhost)?;
+    }
+    let mut default_export = None;
+    if opts.config.is_none() && !opts.wait_for_rpc {
+        let volume = format!("{DEFAULT_POOL_NAME}/{DEFAULT_VOLUME_NAME}");
+        let params = serde_json::json!({"ctrlr": DEFAULT_VHOST_CTRLR, "dev_name": volume});
+        crate::rpc::vhost::vhost_create_blk_controller(&mut ctx, Some(&params))
+            .map_err(|e| ServeError::Vhost(e.message))?;
+        default_export = Some(opts.socket_dir.join(DEFAULT_VHOST_CTRLR));
+    }
     let mut server = RpcServer::new(&opts.rpc_socket, listener, ctx)?;
     let wake_fd = server.wake_fd();
     handle.send(0, move |r| {
@@ -266,10 +294,21 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
             );
         }
     }
+    if let Some(sock) = &default_export {
+        println!("  vhost-user-blk {DEFAULT_VHOST_CTRLR}: {DEFAULT_POOL_NAME}/{DEFAULT_VOLUME_NAME} on {}", sock.display());
+        println!("  attach it to QEMU with:");
+        println!(
+            "    qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\\n      -chardev socket,id=vhost0,path={},reconnect=1 -device vhost-user-blk-pci,chardev=vhost0,num-queues={}",
+            sock.display(),
+            handle.count()
+        );
+    }
     println!("running; stop with Ctrl-C, SIGTERM or spdk_kill_instance");
 
     let sig = wait_for_signal(&signals);
     tracing::info!(signal = sig, "stopping");
+    // Front ends first: their queues finish what is in flight while the reactors still run.
+    vhost.shutdown();
     handle.request_stop();
     reactors.join();
     pools.close_all();

@@ -215,6 +215,8 @@ fn apply_inner(
                     Err(e) => return Err(fail(e.to_string())),
                 },
                 s if is_passive_subsystem(s) => {}
+                // Front ends need running reactors: `serve` applies them after boot.
+                "vhost_blk" => {}
                 s => return Err(fail(format!("subsystem {s:?} is not supported"))),
             }
         }

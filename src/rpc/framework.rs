@@ -53,6 +53,9 @@ pub fn framework_start_init(ctx: &mut RpcContext, p: Option<&Value>) -> Result<V
             ctx.pending_config = Some(cfg);
             return Err(RpcError::new(INVALID_STATE, e.to_string()));
         }
+        if let Err(e) = super::vhost::apply_config(ctx, &cfg) {
+            return Err(RpcError::new(INVALID_STATE, e));
+        }
     }
     ctx.state = RpcState::Runtime;
     tracing::info!("framework initialized");
@@ -66,7 +69,7 @@ pub fn framework_wait_init(_: &mut RpcContext, p: Option<&Value>) -> Result<Valu
 }
 
 /// The subsystems `save_config` writes, in the order a config must apply them.
-pub const SUBSYSTEMS: &[&str] = &["bdev"];
+pub const SUBSYSTEMS: &[&str] = &["bdev", "vhost_blk"];
 
 pub fn framework_get_subsystems(_: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
     no_params(p)?;
@@ -102,6 +105,7 @@ pub fn framework_get_config(ctx: &mut RpcContext, p: Option<&Value>) -> Result<V
             calls.push(json!({"method": "bdev_wait_for_examine"}));
             Ok(Value::Array(calls))
         }
+        "vhost_blk" => Ok(Value::Array(super::vhost::config_calls(ctx))),
         other => Err(RpcError::invalid_params(format!(
             "name: subsystem {other:?} not found"
         ))),

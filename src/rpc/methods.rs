@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::protocol::{RpcError, INVALID_STATE};
-use super::{bdev, bench, framework, lvol};
+use super::{bdev, bench, framework, lvol, vhost};
 use crate::bdev::BdevRegistry;
 use crate::bench::RunningBench;
 use crate::config::SpdkConfig;
@@ -59,6 +59,8 @@ pub struct RpcContext {
     pub started: Instant,
     /// Pools (lvstores) loaded or created.
     pub pools: Arc<crate::lsv::pools::Pools>,
+    /// vhost-user-blk controllers.
+    pub vhost: Arc<crate::frontend::vhost_blk::VhostControllers>,
 }
 
 pub type Handler = fn(&mut RpcContext, Option<&Value>) -> Result<Value, RpcError>;
@@ -216,6 +218,26 @@ pub static METHODS: &[Method] = &[
     ),
     m("bdev_lvol_delete", Allowed::Runtime, lvol::bdev_lvol_delete),
     m("bdev_lvol_resize", Allowed::Runtime, lvol::bdev_lvol_resize),
+    m(
+        "vhost_create_blk_controller",
+        Allowed::Runtime,
+        vhost::vhost_create_blk_controller,
+    ),
+    m(
+        "vhost_get_controllers",
+        Allowed::Runtime,
+        vhost::vhost_get_controllers,
+    ),
+    m(
+        "vhost_delete_controller",
+        Allowed::Runtime,
+        vhost::vhost_delete_controller,
+    ),
+    m(
+        "vhost_controller_set_coalescing",
+        Allowed::Runtime,
+        vhost::vhost_controller_set_coalescing,
+    ),
     m(
         "unblend_lsv_get_stats",
         Allowed::Runtime,

@@ -16,6 +16,7 @@ pub mod framing;
 pub mod lvol;
 pub mod methods;
 pub mod protocol;
+pub mod vhost;
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -1,0 +1,412 @@
+//! `VirtqueuePoller`: one virtqueue of a vhost-user-blk controller, polled by one reactor.
+//!
+//! Each pass it reaps the bdev channel's completions into the used ring, pops new chains from the
+//! avail ring, and starts them on the channel. The guest's kicks stay suppressed while the queue
+//! has work; after `NOTIFY_AFTER_IDLE_NS` with none, notifications are re-enabled (EVENT_IDX:
+//! `avail_event` is set to the next index) and the reactor may sleep on the kick eventfd.
+//! Completions signal the call eventfd once per pass, or less often with interrupt coalescing.
+//!
+//! Nothing is allocated per request: request state lives in a table with one slot per ring entry.
+//! The poller holds its own `Arc` of the guest memory map, so every mapping an in-flight request
+//! points into stays mapped until the poller is stopped, which waits for in-flight requests.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::inflight::InflightQueue;
+use super::request::{self, BlkOp, BlkRequest, Geometry, Refusal, ID_BYTES, S_IOERR, S_OK};
+use super::ControllerShared;
+use crate::bdev::{IoChannel, IoCompletion, IoRequest, IoStatus};
+use crate::reactor::{PollContext, PollStatus};
+
+/// Most chains popped in one pass, so one busy queue cannot starve the reactor's other pollers.
+pub const POP_BUDGET: usize = 64;
+/// Idle time after which guest notifications are turned back on and the reactor may sleep.
+pub const NOTIFY_AFTER_IDLE_NS: u64 = 200_000;
+
+/// What the control thread and the poller share.
+#[derive(Default)]
+pub struct QueueControl {
+    /// Set by the control thread: stop popping, finish in-flight requests, hand the queue back.
+    pub stop: AtomicBool,
+    /// Chains refused as malformed (or with a head outside the ring).
+    pub refused: AtomicU64,
+}
+
+/// Everything a poller needs; built by the control thread, moved to the reactor.
+pub struct QueueSetup {
+    pub index: u16,
+    pub queue: Queue,
+    pub mem: Arc<GuestMemoryMmap>,
+    pub kick: File,
+    pub call: Option<File>,
+    pub channel: IoChannel,
+    pub geometry: Geometry,
+    pub serial: [u8; ID_BYTES],
+    pub control: Arc<QueueControl>,
+    pub ctrl: Arc<ControllerShared>,
+    pub inflight: Option<InflightQueue>,
+    /// Heads to run again first (requests in flight when the previous appliance died).
+    pub resubmit: Vec<u16>,
+    /// Where the stopped queue goes back to the control thread.
+    pub stopped: SyncSender<StoppedQueue>,
+}
+
+/// A queue handed back by a stopped poller, with its indices, eventfds and inflight region.
+pub struct StoppedQueue {
+    pub queue: Queue,
+    pub kick: File,
+    pub call: Option<File>,
+    pub inflight: Option<InflightQueue>,
+}
+
+#[derive(Clone, Copy)]
+struct InFlight {
+    head: u16,
+    status: GuestAddress,
+    used_len: u32,
+}
+
+pub struct VirtqueuePoller {
+    index: u16,
+    queue: Queue,
+    mem: Arc<GuestMemoryMmap>,
+    kick: File,
+    call: Option<File>,
+    channel: IoChannel,
+    geometry: Geometry,
+    serial: [u8; ID_BYTES],
+    control: Arc<QueueControl>,
+    ctrl: Arc<ControllerShared>,
+    inflight: Option<InflightQueue>,
+    resubmit: Vec<u16>,
+    stopped: Option<SyncSender<StoppedQueue>>,
+    slots: Box<[InFlight]>,
+    free_slots: Vec<u32>,
+    completions: Vec<IoCompletion>,
+    /// Used entries added since the guest was last signalled.
+    unsignalled: u32,
+    last_signal_ns: u64,
+    last_work_ns: u64,
+    /// Guest notifications are on (the queue went idle).
+    notify_on: bool,
+    requests: u64,
+    refused: u64,
+}
+
+impl VirtqueuePoller {
+    pub fn new(setup: QueueSetup) -> VirtqueuePoller {
+        let size = setup.queue.size() as usize;
+        debug_assert!(size > 0 && size <= super::MAX_QUEUE_SIZE as usize);
+        set_nonblocking(setup.kick.as_raw_fd());
+        let requests = setup.ctrl.queue_requests[setup.index as usize].load(Ordering::Relaxed);
+        VirtqueuePoller {
+            index: setup.index,
+            queue: setup.queue,
+            mem: setup.mem,
+            kick: setup.kick,
+            call: setup.call,
+            channel: setup.channel,
+            geometry: setup.geometry,
+            serial: setup.serial,
+            control: setup.control,
+            ctrl: setup.ctrl,
+            inflight: setup.inflight,
+            resubmit: setup.resubmit,
+            stopped: Some(setup.stopped),
+            slots: vec![
+                InFlight {
+                    head: 0,
+                    status: GuestAddress(0),
+                    used_len: 0,
+                };
+                size
+            ]
+            .into_boxed_slice(),
+            free_slots: (0..size as u32).rev().collect(),
+            completions: Vec::with_capacity(size),
+            unsignalled: 0,
+            last_signal_ns: 0,
+            last_work_ns: 0,
+            notify_on: true,
+            requests,
+            refused: 0,
+        }
+    }
+
+    pub fn kick_fd(&self) -> RawFd {
+        self.kick.as_raw_fd()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() - self.free_slots.len()
+    }
+
+    /// One reactor pass.
+    pub fn poll(&mut self, ctx: &PollContext) -> PollStatus {
+        let stopping = ctx.stopping || self.control.stop.load(Ordering::Relaxed);
+        let mut work = self.reap(ctx.now_ns);
+        if !stopping {
+            work += self.pop(ctx.now_ns);
+        }
+        if self.unsignalled > 0 {
+            self.maybe_signal(ctx.now_ns);
+        }
+        if stopping {
+            if self.in_flight() > 0 {
+                return PollStatus::Waiting;
+            }
+            self.hand_back();
+            return PollStatus::Done;
+        }
+        if work > 0 {
+            self.last_work_ns = ctx.now_ns;
+            if self.notify_on {
+                // Busy again: the guest need not kick while we poll.
+                self.notify_on = false;
+                drain_eventfd(self.kick.as_raw_fd());
+                let _ = self.queue.disable_notification(&*self.mem);
+            }
+            return PollStatus::Busy;
+        }
+        if self.in_flight() > 0 {
+            return PollStatus::Waiting;
+        }
+        if self.notify_on {
+            return PollStatus::Idle;
+        }
+        if ctx.now_ns.saturating_sub(self.last_work_ns) < NOTIFY_AFTER_IDLE_NS {
+            // Keep the reactor awake: the guest is not kicking yet.
+            return PollStatus::Waiting;
+        }
+        // Going idle: clear old kicks first, then turn notifications on and look once more, so
+        // that a request published in between is seen now or kicks the reactor awake.
+        drain_eventfd(self.kick.as_raw_fd());
+        match self.queue.enable_notification(&*self.mem) {
+            Ok(true) => PollStatus::Busy,
+            Ok(false) => {
+                self.notify_on = true;
+                PollStatus::Idle
+            }
+            Err(_) => {
+                self.notify_on = true;
+                PollStatus::Idle
+            }
+        }
+    }
+
+    /// Moves finished bdev requests to the used ring.
+    fn reap(&mut self, now_ns: u64) -> usize {
+        if self.in_flight() == 0 {
+            return 0;
+        }
+        let n = self.channel.poll(now_ns, &mut self.completions);
+        for i in 0..n {
+            let c = self.completions[i];
+            let slot = c.tag as u32;
+            let r = self.slots[slot as usize];
+            let status = if c.status == IoStatus::Success {
+                S_OK
+            } else {
+                S_IOERR
+            };
+            self.complete(r.head, r.status, status, r.used_len);
+            self.free_slots.push(slot);
+        }
+        self.completions.clear();
+        n
+    }
+
+    /// Pops and starts up to `POP_BUDGET` chains; returns how many.
+    fn pop(&mut self, now_ns: u64) -> usize {
+        let mut popped = 0;
+        while !self.resubmit.is_empty() && !self.free_slots.is_empty() {
+            let head = self.resubmit.remove(0);
+            let mem = self.mem.clone();
+            let geometry = self.geometry;
+            let desc_table = GuestAddress(self.queue.desc_table());
+            let size = self.queue.size();
+            let parsed = request::parse_chain(
+                &mem,
+                super::inflight::walk_chain(&mem, desc_table, size, head),
+                &geometry,
+            );
+            self.start(head, parsed, now_ns);
+            popped += 1;
+        }
+        while popped < POP_BUDGET && !self.free_slots.is_empty() {
+            let Some(chain) = self.queue.pop_descriptor_chain(&*self.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            if let Some(inf) = &mut self.inflight {
+                inf.mark_popped(head);
+            }
+            let parsed = request::parse_chain(
+                &self.mem,
+                chain.map(|d| (d.addr(), d.len(), d.is_write_only())),
+                &self.geometry,
+            );
+            self.start(head, parsed, now_ns);
+            popped += 1;
+        }
+        popped
+    }
+
+    fn start(
+        &mut self,
+        head: u16,
+        parsed: Result<BlkRequest, (Refusal, Option<GuestAddress>)>,
+        now_ns: u64,
+    ) {
+        self.requests += 1;
+        let req = match parsed {
+            Ok(r) => r,
+            Err((why, status)) => {
+                self.refuse(head, why, status);
+                return;
+            }
+        };
+        match req.op {
+            BlkOp::GetId => {
+                let v = req.iovs[0];
+                // SAFETY: `v` was checked to lie inside a mapped guest region (parse_chain), and
+                // the mapping lives as long as `self.mem`.
+                unsafe { std::ptr::copy_nonoverlapping(self.serial.as_ptr(), v.addr(), v.len()) };
+                self.complete(head, req.status, S_OK, req.used_len);
+            }
+            BlkOp::Io(io_type) => {
+                let slot = self.free_slots.pop().expect("pop checks for a free slot");
+                self.slots[slot as usize] = InFlight {
+                    head,
+                    status: req.status,
+                    used_len: req.used_len,
+                };
+                let r = IoRequest {
+                    io_type,
+                    offset_blocks: req.offset_blocks,
+                    num_blocks: req.num_blocks,
+                    iovs: &req.iovs[..req.n_iovs],
+                    fua: false,
+                    tag: slot as u64,
+                };
+                if let Err(e) = self.channel.submit(&r, now_ns) {
+                    tracing::debug!(ctrlr = %self.ctrl.name, "request refused by the bdev: {e}");
+                    self.free_slots.push(slot);
+                    self.complete(head, req.status, S_IOERR, 1);
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, head: u16, why: Refusal, status: Option<GuestAddress>) {
+        self.refused += 1;
+        if self.refused.is_power_of_two() {
+            tracing::warn!(ctrlr = %self.ctrl.name, refused = self.refused, "bad request: {}", why.reason());
+        }
+        match status {
+            Some(at) => {
+                let code = match why {
+                    Refusal::Unsupported => request::S_UNSUPP,
+                    _ => S_IOERR,
+                };
+                self.complete(head, at, code, 1);
+            }
+            None => self.complete_unreported(head),
+        }
+    }
+
+    /// Writes the status byte and returns the chain to the guest.
+    fn complete(&mut self, head: u16, status_at: GuestAddress, status: u8, used_len: u32) {
+        // The status address was checked when the chain was parsed; a failure here means the
+        // guest unmapped memory under us, and the request is returned all the same.
+        let _ = self.mem.write_obj(status, status_at);
+        self.complete_unreported_len(head, used_len);
+    }
+
+    fn complete_unreported(&mut self, head: u16) {
+        self.complete_unreported_len(head, 0);
+    }
+
+    fn complete_unreported_len(&mut self, head: u16, used_len: u32) {
+        if self.queue.add_used(&*self.mem, head, used_len).is_err() {
+            // A head outside the ring: nothing can be returned. Counted, not fatal.
+            self.refused += 1;
+            return;
+        }
+        if let Some(inf) = &mut self.inflight {
+            inf.mark_used(head, self.queue.next_used());
+        }
+        self.unsignalled += 1;
+    }
+
+    fn maybe_signal(&mut self, now_ns: u64) {
+        let delay_ns = self.ctrl.coalesce_delay_us.load(Ordering::Relaxed) as u64 * 1000;
+        if delay_ns > 0
+            && self.in_flight() > 0
+            && now_ns.saturating_sub(self.last_signal_ns) < delay_ns
+        {
+            return;
+        }
+        self.unsignalled = 0;
+        self.last_signal_ns = now_ns;
+        if self.queue.needs_notification(&*self.mem).unwrap_or(true) {
+            if let Some(call) = &self.call {
+                signal_eventfd(call.as_raw_fd());
+            }
+        }
+        self.publish_counts();
+    }
+
+    fn publish_counts(&self) {
+        self.ctrl.queue_requests[self.index as usize].store(self.requests, Ordering::Relaxed);
+        self.control.refused.store(self.refused, Ordering::Relaxed);
+    }
+
+    fn hand_back(&mut self) {
+        self.publish_counts();
+        let Some(tx) = self.stopped.take() else {
+            return;
+        };
+        // The kick eventfd goes back as a duplicate; the poller's own closes with it.
+        let Ok(kick) = self.kick.try_clone() else {
+            tracing::error!(ctrlr = %self.ctrl.name, queue = self.index, "cannot hand the kick eventfd back");
+            return;
+        };
+        let _ = tx.send(StoppedQueue {
+            queue: std::mem::take(&mut self.queue),
+            kick,
+            call: self.call.take(),
+            inflight: self.inflight.take(),
+        });
+    }
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor the caller owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// Reads an eventfd's counter to zero (it must be non-blocking).
+fn drain_eventfd(fd: RawFd) {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a live u64.
+    unsafe { libc::read(fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
+}
+
+fn signal_eventfd(fd: RawFd) {
+    let v = 1u64;
+    // SAFETY: writes 8 bytes from a live u64.
+    unsafe { libc::write(fd, &v as *const u64 as *const libc::c_void, 8) };
+}

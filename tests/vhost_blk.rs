@@ -1,0 +1,350 @@
+//! The vhost-user-blk front end against an independent client: libblkio's
+//! "virtio-blk-vhost-user" driver (the QEMU project's user-space block library), talking to a live
+//! `unblend serve` over its socket. Pattern write and verify on several queues, flush, discard,
+//! write-zeroes, refusals, read-only exports, disconnect and reconnect, and the RPC view.
+
+use std::io::{BufRead, BufReader};
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
+use serde_json::{json, Value};
+use unblend::rpc::client::RpcClient;
+
+const BLOCK: usize = 4096;
+
+struct Appliance {
+    child: Child,
+    rpc: PathBuf,
+    dir: PathBuf,
+}
+
+impl Appliance {
+    /// Boots `serve` on `config` (an SPDK JSON config), on cores 0 and 1.
+    fn start(name: &str, config: &Value) -> Appliance {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("config.json");
+        std::fs::write(&cfg, serde_json::to_vec(config).unwrap()).unwrap();
+        let rpc = dir.join("rpc.sock");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
+            .args(["serve", "-m", "0x3", "-c"])
+            .arg(&cfg)
+            .arg("-r")
+            .arg(&rpc)
+            .arg("-d")
+            .arg(&dir)
+            .arg("-S")
+            .arg(&dir)
+            .env("UNBLEND_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !line.contains("running;") {
+            assert!(Instant::now() < deadline, "serve did not start");
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "serve exited early");
+        }
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Appliance { child, rpc, dir }
+    }
+
+    fn socket(&self, ctrlr: &str) -> PathBuf {
+        self.dir.join(ctrlr)
+    }
+
+    fn call(&self, method: &str, params: Value) -> Result<Value, String> {
+        let mut c = RpcClient::connect(&self.rpc, Duration::from_secs(10)).unwrap();
+        c.call(method, Some(params)).map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(controllers: Value) -> Value {
+    json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 16384, "block_size": 4096}},
+            {"method": "bdev_malloc_create", "params": {"name": "Malloc1", "num_blocks": 1024, "block_size": 4096}},
+        ]},
+        {"subsystem": "vhost_blk", "config": controllers},
+    ]})
+}
+
+/// A libblkio connection with one memory region for buffers.
+struct Client {
+    // Field order matters: queues and the region go before the instance.
+    queues: Vec<Blkioq>,
+    region: MemoryRegion,
+    blkio: Blkio,
+    capacity: u64,
+}
+
+impl Client {
+    fn connect(socket: &Path, num_queues: i32) -> Result<Client, String> {
+        Self::connect_with(socket, num_queues, false)
+    }
+
+    fn connect_with(socket: &Path, num_queues: i32, read_only: bool) -> Result<Client, String> {
+        let e = |e: blkio::Error| e.to_string();
+        let mut b = Blkio::new("virtio-blk-vhost-user").map_err(e)?;
+        b.set_str("path", socket.to_str().unwrap()).map_err(e)?;
+        b.set_bool("read-only", read_only).map_err(e)?;
+        b.connect().map_err(e)?;
+        b.set_i32("num-queues", num_queues).map_err(e)?;
+        b.set_i32("queue-size", 128).map_err(e)?;
+        let started = b.start().map_err(e)?;
+        let region = b.alloc_mem_region(8 << 20).map_err(e)?;
+        b.map_mem_region(&region).map_err(e)?;
+        let capacity = b.get_u64("capacity").map_err(e)?;
+        Ok(Client {
+            queues: started.queues,
+            region,
+            blkio: b,
+            capacity,
+        })
+    }
+
+    fn buf(&mut self, off: usize, len: usize) -> &mut [u8] {
+        assert!(off + len <= self.region.len);
+        // SAFETY: the region is mapped for its whole length and outlives the borrow.
+        unsafe { std::slice::from_raw_parts_mut((self.region.addr + off) as *mut u8, len) }
+    }
+
+    /// Runs `submit` on queue `q` and waits for its one completion; returns its `ret`.
+    fn run(&mut self, q: usize, submit: impl FnOnce(&mut Blkioq, *mut u8)) -> i32 {
+        let base = self.region.addr as *mut u8;
+        let queue = &mut self.queues[q];
+        submit(queue, base);
+        let mut done = [MaybeUninit::<Completion>::uninit(); 1];
+        let mut timeout = Duration::from_secs(10);
+        let n = queue.do_io(&mut done, 1, Some(&mut timeout), None).unwrap();
+        assert_eq!(n, 1, "request did not complete within 10 s");
+        // SAFETY: do_io initialised the first `n` completions.
+        unsafe { done[0].assume_init_read() }.ret
+    }
+
+    fn write(&mut self, q: usize, start: u64, buf_off: usize, len: usize) -> i32 {
+        self.run(q, |qq, base| {
+            // SAFETY: the buffer lies inside the mapped region.
+            qq.write(
+                start,
+                unsafe { base.add(buf_off) },
+                len,
+                0,
+                ReqFlags::empty(),
+            )
+        })
+    }
+
+    fn read(&mut self, q: usize, start: u64, buf_off: usize, len: usize) -> i32 {
+        self.run(q, |qq, base| {
+            // SAFETY: the buffer lies inside the mapped region.
+            qq.read(
+                start,
+                unsafe { base.add(buf_off) },
+                len,
+                0,
+                ReqFlags::empty(),
+            )
+        })
+    }
+}
+
+fn pattern(seed: u64, out: &mut [u8]) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+#[test]
+fn libblkio_writes_verifies_flushes_discards_and_reconnects() {
+    let app = Appliance::start(
+        "vhost_blk_main",
+        &config(json!([
+            {"method": "vhost_create_blk_controller", "params": {"ctrlr": "vb0", "dev_name": "Malloc0"}},
+            {"method": "vhost_create_blk_controller", "params": {"ctrlr": "vb-ro", "dev_name": "Malloc1", "readonly": true}},
+        ])),
+    );
+    let sock = app.socket("vb0");
+    let mode = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+
+    let mut c = Client::connect(&sock, 2).expect("libblkio connects");
+    assert_eq!(c.capacity, 16384 * BLOCK as u64);
+    assert_eq!(c.blkio.get_i32("num-queues").unwrap(), 2);
+
+    // Pattern write on both queues, 64 KiB at a time at scattered offsets, then verify each
+    // on the other queue.
+    let chunk = 64 << 10;
+    let offsets: Vec<u64> = (0..32u64)
+        .map(|i| (i * 37 % 64) * 1024 * 1024 / 1)
+        .map(|o| o % (60 << 20))
+        .collect();
+    for (i, &off) in offsets.iter().enumerate() {
+        pattern(i as u64, c.buf(0, chunk));
+        assert_eq!(c.write(i % 2, off, 0, chunk), 0, "write {i} at {off}");
+    }
+    let mut expect = vec![0u8; chunk];
+    // Later writes to the same offset win.
+    let mut last = std::collections::BTreeMap::new();
+    for (i, &off) in offsets.iter().enumerate() {
+        last.insert(off, i);
+    }
+    for (&off, &i) in &last {
+        c.buf(chunk, chunk).fill(0);
+        assert_eq!(c.read((i + 1) % 2, off, chunk, chunk), 0);
+        pattern(i as u64, &mut expect);
+        assert!(c.buf(chunk, chunk) == &expect[..], "data at {off} differs");
+    }
+
+    // Flush.
+    assert_eq!(c.run(0, |q, _| q.flush(0, ReqFlags::empty())), 0);
+
+    // Write-zeroes and discard of a written range read back as zeroes.
+    let (off, _) = last.iter().next().map(|(o, i)| (*o, *i)).unwrap();
+    assert_eq!(
+        c.run(1, |q, _| q.write_zeroes(off, 16384, 0, ReqFlags::empty())),
+        0
+    );
+    assert_eq!(c.read(1, off, chunk, 16384), 0);
+    assert!(
+        c.buf(chunk, 16384).iter().all(|&b| b == 0),
+        "write-zeroes left data"
+    );
+    let (off2, _) = last.iter().nth(1).map(|(o, i)| (*o, *i)).unwrap();
+    assert_eq!(
+        c.run(0, |q, _| q.discard(
+            off2,
+            chunk as u64,
+            0,
+            ReqFlags::empty()
+        )),
+        0
+    );
+
+    // Requests the device must refuse, with the appliance going on: unaligned to the 4 KiB
+    // block, and past the end.
+    assert!(
+        c.write(0, 512, 0, 512) < 0,
+        "a 512-byte write to a 4 KiB-block device succeeded"
+    );
+    assert!(
+        c.read(0, c.capacity, 0, BLOCK) < 0,
+        "a read past the end succeeded"
+    );
+    assert_eq!(c.read(0, 0, 0, BLOCK), 0);
+
+    // Disconnect and reconnect: the data is still there, served by fresh queues.
+    let keep = *last.iter().last().unwrap().0;
+    let keep_i = last[&keep];
+    drop(c);
+    let mut c = Client::connect(&sock, 1).expect("libblkio reconnects");
+    assert_eq!(c.read(0, keep, 0, chunk), 0);
+    pattern(keep_i as u64, &mut expect);
+    assert!(
+        c.buf(0, chunk) == &expect[..],
+        "data lost across a reconnect"
+    );
+    drop(c);
+
+    // The read-only export takes reads and refuses writes; a read-write client is turned away.
+    let err = Client::connect(&app.socket("vb-ro"), 1)
+        .err()
+        .expect("read-write open of a read-only export");
+    assert!(err.contains("read-only"), "{err}");
+    let mut ro =
+        Client::connect_with(&app.socket("vb-ro"), 1, true).expect("read-only export connects");
+    assert_eq!(ro.read(0, 0, 0, BLOCK), 0);
+    assert!(
+        ro.write(0, 0, 0, BLOCK) < 0,
+        "a write to a read-only export succeeded"
+    );
+    drop(ro);
+
+    // The RPC view: both controllers, request counts, and a config that recreates them.
+    let ctrls = app.call("vhost_get_controllers", json!({})).unwrap();
+    let vb0 = ctrls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["ctrlr"] == "vb0")
+        .unwrap();
+    assert_eq!(vb0["backend_specific"]["block"]["bdev"], "Malloc0");
+    assert!(vb0["requests"].as_u64().unwrap() >= 60, "{vb0}");
+    let saved = app
+        .call("framework_get_config", json!({"name": "vhost_blk"}))
+        .unwrap();
+    let names: Vec<&str> = saved
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["params"]["ctrlr"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vb-ro", "vb0"]);
+
+    // Bad RPC calls get clear errors; deleting frees the socket name for a new controller.
+    let err = app
+        .call(
+            "vhost_create_blk_controller",
+            json!({"ctrlr": "vb0", "dev_name": "Malloc0"}),
+        )
+        .unwrap_err();
+    assert!(err.contains("exists"), "{err}");
+    assert!(app
+        .call(
+            "vhost_create_blk_controller",
+            json!({"ctrlr": "x", "dev_name": "nope"})
+        )
+        .unwrap_err()
+        .contains("nope"));
+    assert!(app
+        .call(
+            "vhost_create_blk_controller",
+            json!({"ctrlr": "../x", "dev_name": "Malloc1"})
+        )
+        .is_err());
+    assert!(app
+        .call(
+            "vhost_create_blk_controller",
+            json!({"ctrlr": "p", "dev_name": "Malloc1", "packed_ring": true})
+        )
+        .is_err());
+    app.call(
+        "vhost_controller_set_coalescing",
+        json!({"ctrlr": "vb0", "delay_base_us": 50, "iops_threshold": 60000}),
+    )
+    .unwrap();
+    app.call("vhost_delete_controller", json!({"ctrlr": "vb0"}))
+        .unwrap();
+    assert!(!sock.exists());
+    assert!(app
+        .call("vhost_delete_controller", json!({"ctrlr": "vb0"}))
+        .is_err());
+    app.call(
+        "vhost_create_blk_controller",
+        json!({"ctrlr": "vb0", "dev_name": "Malloc0", "cpumask": "0x2"}),
+    )
+    .unwrap();
+    let mut c = Client::connect(&sock, 1).expect("connects to the new controller");
+    assert_eq!(c.read(0, keep, 0, chunk), 0);
+    assert!(c.buf(0, chunk) == &expect[..]);
+}
