@@ -278,6 +278,8 @@ pub fn walk_chain(
     let mut next = Some(head);
     let mut ttl = size as u32;
     let mut indirect = false;
+    // A chain may not carry more than 2^32 bytes in all (virtio 1.2, 2.7.5.2).
+    let mut total_bytes: u32 = 0;
     std::iter::from_fn(move || loop {
         let i = next?;
         if ttl == 0 || i >= table_len {
@@ -302,6 +304,7 @@ pub fn walk_chain(
             next = Some(0);
             continue;
         }
+        total_bytes = total_bytes.checked_add(len)?;
         next = (flags & F_NEXT != 0).then_some(nx);
         return Some((GuestAddress(addr), len, flags & F_WRITE != 0));
     })

@@ -16,6 +16,9 @@ pub mod inflight;
 pub mod request;
 pub mod virtqueue;
 
+#[cfg(test)]
+mod fuzz_test;
+
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
