@@ -7,6 +7,7 @@
 //! caller's tags.
 
 pub mod channel;
+pub mod delay;
 pub mod iostat;
 pub mod malloc;
 pub mod null;
@@ -240,6 +241,14 @@ pub trait Bdev: Send + Sync {
     /// Makes everything written so far durable, from outside the I/O path (at shutdown).
     fn flush_sync(&self) -> Result<(), BdevError> {
         Ok(())
+    }
+    /// Most iovecs one READ or WRITE may carry (front ends advertise it, as virtio's seg_max).
+    fn max_iovs(&self) -> usize {
+        MAX_IOVS
+    }
+    /// Most blocks one READ or WRITE may move.
+    fn max_rw_blocks(&self) -> u64 {
+        MAX_DATA_BYTES / self.block_size() as u64
     }
 }
 

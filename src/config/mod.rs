@@ -162,6 +162,13 @@ pub fn create_bdev(
         "bdev_aio_create" => Arc::new(UringBdev::create_aio(&params_of::<AioCreateParams>(
             params,
         )?)?),
+        "bdev_delay_create" => {
+            let p: crate::bdev::delay::DelayCreateParams = params_of(params)?;
+            let base = registry
+                .get(&p.base_bdev_name)
+                .ok_or_else(|| BdevError::NotFound(p.base_bdev_name.clone()))?;
+            Arc::new(crate::bdev::delay::DelayBdev::create(&p, base)?)
+        }
         m if is_ignored_option_method(m) => return Ok(None),
         m => return Err(CallError::UnknownMethod(m.to_string())),
     };

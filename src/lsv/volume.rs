@@ -92,6 +92,12 @@ impl Bdev for LsvVolume {
     fn supports(&self, _io_type: IoType) -> bool {
         true
     }
+    fn max_iovs(&self) -> usize {
+        MAX_WRITE_IOVS
+    }
+    fn max_rw_blocks(&self) -> u64 {
+        MAX_READ_BLOCKS.min(MAX_DATA_BLOCKS as u64)
+    }
     fn create_channel(&self, ctx: &ChannelContext) -> Result<Box<dyn BdevChannel>, BdevError> {
         let qd = ctx.queue_depth as usize;
         // Record headers come from a small pool of the channel's own, so that the caller's

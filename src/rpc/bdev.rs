@@ -40,6 +40,9 @@ pub fn bdev_uring_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Valu
 pub fn bdev_aio_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
     create(ctx, "bdev_aio_create", p)
 }
+pub fn bdev_delay_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    create(ctx, "bdev_delay_create", p)
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +74,9 @@ pub fn bdev_uring_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Valu
 }
 pub fn bdev_aio_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
     delete(ctx, p, "AIO disk")
+}
+pub fn bdev_delay_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
+    delete(ctx, p, "delay")
 }
 
 /// SPDK's options, checked for type and then ignored.

@@ -196,6 +196,16 @@ pub static METHODS: &[Method] = &[
     m("bdev_aio_create", Allowed::Runtime, bdev::bdev_aio_create),
     m("bdev_aio_delete", Allowed::Runtime, bdev::bdev_aio_delete),
     m(
+        "bdev_delay_create",
+        Allowed::Runtime,
+        bdev::bdev_delay_create,
+    ),
+    m(
+        "bdev_delay_delete",
+        Allowed::Runtime,
+        bdev::bdev_delay_delete,
+    ),
+    m(
         "bdev_lvol_create_lvstore",
         Allowed::Runtime,
         lvol::bdev_lvol_create_lvstore,

@@ -245,6 +245,7 @@ impl BlkBackend {
             if let Some(mut q) = map.queue(i as u16, v.size) {
                 match q.recover(&mem, GuestAddress(v.used)) {
                     Some((used_idx, next_avail, heads)) => {
+                        tracing::debug!(ctrlr = %self.ctrl.name, queue = i, base = v.base, used_idx, next_avail, in_flight = heads.len(), "inflight region read");
                         if !heads.is_empty() {
                             tracing::info!(ctrlr = %self.ctrl.name, queue = i, requests = heads.len(), "running again the requests in flight when the last connection ended");
                         }
@@ -267,6 +268,8 @@ impl BlkBackend {
         let geometry = Geometry {
             block_size: self.config.block_size,
             num_blocks: self.config.num_blocks,
+            max_segs: self.config.seg_max as usize,
+            max_rw_blocks: self.bdev.bdev.max_rw_blocks(),
             readonly: self.config.readonly,
         };
         let bdev = self.bdev.clone();
@@ -574,6 +577,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     ) -> VuResult<(VhostUserInflight, File)> {
         let queues = inflight.num_queues;
         let size = inflight.queue_size;
+        tracing::debug!(ctrlr = %self.ctrl.name, queues, size, "new inflight region");
         if queues as usize > self.vrings.len() || size as u32 > MAX_QUEUE_SIZE as u32 {
             return Err(VuError::InvalidParam);
         }
@@ -584,6 +588,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VuResult<()> {
+        tracing::debug!(ctrlr = %self.ctrl.name, bytes = inflight.mmap_size, queues = inflight.num_queues, size = inflight.queue_size, "inflight region handed over");
         let map = InflightMap::map(
             &file,
             inflight.mmap_offset,

@@ -19,7 +19,7 @@ pub const F_VERSION_1: u64 = 1 << 32;
 /// vhost-user's own bit: the front end may negotiate protocol features.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
-/// Largest single data segment the device takes; advertised as `size_max`.
+/// Largest single data segment the device takes (`segment_limits` may advertise less).
 pub const SIZE_MAX_BYTES: u32 = 1 << 20;
 /// Largest discard or write-zeroes request, in 512-byte sectors (64 MiB).
 pub const MAX_DISCARD_SECTORS: u32 = (64 << 20) / SECTOR_BYTES as u32;
@@ -31,6 +31,10 @@ pub const CONFIG_BYTES: usize = 60;
 pub struct BlkConfig {
     pub num_blocks: u64,
     pub block_size: u32,
+    /// Most data segments per request, and the largest one (bytes): together they bound a
+    /// request to what the bdev takes in one I/O.
+    pub seg_max: u32,
+    pub size_max: u32,
     pub num_queues: u16,
     pub readonly: bool,
     pub unmap: bool,
@@ -39,6 +43,17 @@ pub struct BlkConfig {
 
 impl BlkConfig {
     /// The device features offered to the driver.
+    /// The segment limits for a bdev that takes at most `max_iovs` iovecs and `max_rw_blocks`
+    /// blocks per I/O: (seg_max, size_max).
+    pub fn segment_limits(block_size: u32, max_iovs: usize, max_rw_blocks: u64) -> (u32, u32) {
+        let bs = block_size as u64;
+        let max_bytes = max_rw_blocks.max(1) * bs;
+        let seg_max = (SEG_MAX.min(max_iovs.max(1)) as u64).min(max_bytes / bs);
+        let size_max = (max_bytes / seg_max / bs * bs).clamp(bs, SIZE_MAX_BYTES as u64);
+        debug_assert!(seg_max * size_max <= max_bytes);
+        (seg_max as u32, size_max as u32)
+    }
+
     pub fn features(&self) -> u64 {
         let mut f = F_VERSION_1
             | RING_F_INDIRECT_DESC
@@ -72,9 +87,9 @@ impl BlkConfig {
         };
         // capacity, in 512-byte sectors
         c[0..8].copy_from_slice(&(self.num_blocks * sectors_per_block).to_le_bytes());
-        put32(&mut c, 8, SIZE_MAX_BYTES); // size_max
-        put32(&mut c, 12, SEG_MAX as u32); // seg_max
-                                           // 16..20 geometry: left zero (unused by VERSION_1 drivers)
+        put32(&mut c, 8, self.size_max); // size_max
+        put32(&mut c, 12, self.seg_max); // seg_max
+                                         // 16..20 geometry: left zero (unused by VERSION_1 drivers)
         put32(&mut c, 20, self.block_size); // blk_size
                                             // topology: physical_block_exp, alignment_offset, min_io_size, opt_io_size
         c[24] = 0;
@@ -100,9 +115,14 @@ mod tests {
 
     #[test]
     fn config_space_layout() {
+        assert_eq!(BlkConfig::segment_limits(4096, 8, 64), (8, 32768));
+        assert_eq!(BlkConfig::segment_limits(4096, 64, 16384), (63, 1 << 20));
+        assert_eq!(BlkConfig::segment_limits(4096, 64, 4), (4, 4096));
         let cfg = BlkConfig {
             num_blocks: 1000,
             block_size: 4096,
+            seg_max: 8,
+            size_max: 32768,
             num_queues: 2,
             readonly: false,
             unmap: true,

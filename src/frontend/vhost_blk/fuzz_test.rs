@@ -146,6 +146,8 @@ fn a_million_hostile_descriptor_chains_never_panic() {
     let geo = Geometry {
         block_size: 4096,
         num_blocks: 256,
+        max_segs: 8,
+        max_rw_blocks: 64,
         readonly: false,
     };
     let mut q = Queue::new(QUEUE_SIZE).unwrap();

@@ -136,9 +136,13 @@ impl VhostBlkController {
         } else {
             queue_reactors
         };
+        let (seg_max, size_max) =
+            BlkConfig::segment_limits(bdev.block_size(), bdev.max_iovs(), bdev.max_rw_blocks());
         let config = BlkConfig {
             num_blocks: bdev.num_blocks(),
             block_size: bdev.block_size(),
+            seg_max,
+            size_max,
             num_queues: MAX_QUEUES,
             readonly: params.readonly,
             unmap: bdev.supports(IoType::Unmap),

@@ -92,6 +92,9 @@ impl Refusal {
 pub struct Geometry {
     pub block_size: u32,
     pub num_blocks: u64,
+    /// The bdev's limits per READ or WRITE: iovecs and blocks.
+    pub max_segs: usize,
+    pub max_rw_blocks: u64,
     pub readonly: bool,
 }
 
@@ -206,7 +209,11 @@ pub fn parse_chain(
             if other_bytes != 0 {
                 return fail("data descriptors point the wrong way for the request type");
             }
-            if data_bytes == 0 || data_bytes > MAX_DATA_BYTES || data_bytes % bs != 0 {
+            if data_bytes == 0
+                || data_bytes > MAX_DATA_BYTES
+                || data_bytes % bs != 0
+                || data_bytes / bs > geo.max_rw_blocks
+            {
                 return fail("data length is zero, too long, or not a multiple of the block size");
             }
             let start = match sector_to_block(sector, bs) {
@@ -221,7 +228,7 @@ pub fn parse_chain(
                 return fail("request lies beyond the end of the device");
             }
             for s in segs.iter().filter(|s| s.len > 0) {
-                if req.n_iovs == SEG_MAX {
+                if req.n_iovs == SEG_MAX.min(geo.max_segs) {
                     return fail("request has more data segments than seg_max");
                 }
                 match host_range(mem, s.addr, s.len) {
