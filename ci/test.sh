@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every test: unit and integration tests (the real binary on malloc, null and uring bdevs, real
 # files with O_DIRECT, the JSON-RPC server with hostile clients), the criterion benches compiled,
-# SPDK's own `spdk-rpc` client end to end, and the Python bindings' pytest suite against a live
-# appliance. Installs what a fresh machine lacks (jq from Debian; spdk and pytest from PyPI into
-# target/venv).
+# SPDK's own `spdk-rpc` client end to end, the Python bindings' pytest suite against a live
+# appliance, and a real QEMU guest (TCG) on the vhost-user-blk export. Installs what a fresh
+# machine lacks (jq from Debian; spdk and pytest from PyPI into target/venv; QEMU, busybox and a
+# Debian kernel through ci/guest/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null; then
@@ -28,3 +29,5 @@ fi
 export UNBLEND_BIN="$PWD/target/debug/unblend"   # built by cargo test above
 VENV="$VENV" ci/spdk-client-e2e.sh
 (cd bindings/python && "../../$VENV/bin/python" -m pytest -q tests)
+# A QEMU guest on the vhost-user-blk export: fio verify, ext4, and an appliance killed under I/O.
+ci/vhost-guest.sh "$UNBLEND_BIN"
