@@ -10,7 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::inflight::walk_chain;
-use super::request::{self, BlkOp, Geometry};
+use super::request::{BlkOp, ChainParser, Geometry, HostMap};
 
 const QUEUE_SIZE: u16 = 16;
 const DESC: u64 = 0x1000;
@@ -158,6 +158,8 @@ fn a_million_hostile_descriptor_chains_never_panic() {
     q.set_ready(true);
     assert!(q.is_valid(&mem));
     let (mut parsed_ok, mut refused, mut unpoppable) = (0u64, 0u64, 0u64);
+    let map = HostMap::of(&mem);
+    let mut parser = ChainParser::default();
     let mut avail_idx: u16 = 0;
     for n in 0..chains {
         // A fresh hostile descriptor table (and indirect table) every 16 chains.
@@ -201,10 +203,11 @@ fn a_million_hostile_descriptor_chains_never_panic() {
             ours, theirs,
             "chain walkers disagree at chain {n} (head {head})"
         );
-        match request::parse_chain(&mem, theirs.iter().copied(), &geo) {
-            Ok(r) => {
+        match parser.parse(&map, theirs.iter().copied(), &geo) {
+            Ok(()) => {
+                let r = &parser.req;
                 parsed_ok += 1;
-                assert!(mem.check_address(r.status).is_some());
+                assert!(in_guest_memory(&mem, r.status, 1));
                 let mut bytes = 0u64;
                 for v in &r.iovs[..r.n_iovs] {
                     assert!(
@@ -219,13 +222,14 @@ fn a_million_hostile_descriptor_chains_never_panic() {
                         assert!(r.offset_blocks + r.num_blocks <= geo.num_blocks);
                     }
                 }
-                let _ = mem.write_obj(0u8, r.status);
+                // SAFETY: checked above to lie in guest memory.
+                unsafe { r.status.write_volatile(0) };
                 let _ = q.add_used(&mem, head, r.used_len);
             }
             Err((_, status)) => {
                 refused += 1;
                 if let Some(at) = status {
-                    assert!(mem.check_address(at).is_some());
+                    assert!(in_guest_memory(&mem, at, 1));
                 }
                 let _ = q.add_used(&mem, head, 0);
             }

@@ -12,7 +12,7 @@
 //! (`MAX_CHAIN_DESCS`; the virtio-queue iterator also stops loops at the queue or table size).
 //! A chain that breaks a rule is an `Err` with the reason, never a panic.
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::bdev::{IoType, IoVec, MAX_DATA_BYTES, MAX_IOVS};
 
@@ -50,6 +50,44 @@ pub enum BlkOp {
     GetId,
 }
 
+/// Most guest memory regions a `HostMap` holds (vhost-user's memory slots).
+pub const MAX_REGIONS: usize = 32;
+
+/// Guest-physical to host addresses, for the regions of one guest memory map: a short linear
+/// scan, cheaper per request than the general lookup (the map has one to a few regions).
+pub struct HostMap {
+    /// (guest address, length, host address), sorted by guest address.
+    regions: [(u64, u64, usize); MAX_REGIONS],
+    n: usize,
+}
+
+impl HostMap {
+    /// The map of `mem`. The host addresses stay valid while `mem` lives.
+    pub fn of(mem: &GuestMemoryMmap) -> HostMap {
+        let mut m = HostMap {
+            regions: [(0, 0, 0); MAX_REGIONS],
+            n: 0,
+        };
+        for r in mem.iter().take(MAX_REGIONS) {
+            m.regions[m.n] = (r.start_addr().0, r.len(), r.as_ptr() as usize);
+            m.n += 1;
+        }
+        m
+    }
+
+    /// The host address of `len` guest bytes at `gpa`, if they lie inside one region.
+    #[inline]
+    pub fn host(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        for &(start, size, host) in &self.regions[..self.n] {
+            let off = gpa.wrapping_sub(start);
+            if gpa >= start && off < size {
+                return (len <= size - off).then_some((host + off as usize) as *mut u8);
+            }
+        }
+        None
+    }
+}
+
 /// A request ready to run. `iovs[..n_iovs]` point into guest memory.
 pub struct BlkRequest {
     pub op: BlkOp,
@@ -57,8 +95,8 @@ pub struct BlkRequest {
     pub num_blocks: u64,
     pub iovs: [IoVec; SEG_MAX],
     pub n_iovs: usize,
-    /// Where the status byte goes.
-    pub status: GuestAddress,
+    /// Where the status byte goes (host address inside guest memory).
+    pub status: *mut u8,
     /// What the used ring reports as written: the data read plus the status byte.
     pub used_len: u32,
     /// For a write-zeroes request: whether the guest allows unmapping.
@@ -105,19 +143,58 @@ struct Seg {
     writable: bool,
 }
 
-/// Parses one chain. `descs` yields (address, length, device-writable) in chain order.
-/// On refusal the status address (if any) comes back with the reason, so the caller can still
-/// answer the guest.
-pub fn parse_chain(
-    mem: &GuestMemoryMmap,
+/// Why a chain was refused, and where its status byte is (if it has one).
+pub type ParseError = (Refusal, Option<*mut u8>);
+
+/// Parses chains into one reusable request, so nothing is built or zeroed per request.
+pub struct ChainParser {
+    segs: [Seg; MAX_CHAIN_DESCS],
+    pub req: BlkRequest,
+}
+
+impl Default for ChainParser {
+    fn default() -> Self {
+        ChainParser {
+            segs: [Seg {
+                addr: GuestAddress(0),
+                len: 0,
+                writable: false,
+            }; MAX_CHAIN_DESCS],
+            req: BlkRequest {
+                op: BlkOp::GetId,
+                offset_blocks: 0,
+                num_blocks: 0,
+                iovs: [IoVec::empty(); SEG_MAX],
+                n_iovs: 0,
+                status: std::ptr::null_mut(),
+                used_len: 0,
+                may_unmap: false,
+            },
+        }
+    }
+}
+
+impl ChainParser {
+    /// Parses one chain into `self.req`. `descs` yields (address, length, device-writable) in
+    /// chain order. On refusal the status byte's address (if any) comes back with the reason,
+    /// so the caller can still answer the guest.
+    pub fn parse(
+        &mut self,
+        map: &HostMap,
+        descs: impl Iterator<Item = (GuestAddress, u32, bool)>,
+        geo: &Geometry,
+    ) -> Result<(), ParseError> {
+        parse_chain(&mut self.segs, &mut self.req, map, descs, geo)
+    }
+}
+
+fn parse_chain(
+    segs: &mut [Seg; MAX_CHAIN_DESCS],
+    req: &mut BlkRequest,
+    map: &HostMap,
     descs: impl Iterator<Item = (GuestAddress, u32, bool)>,
     geo: &Geometry,
-) -> Result<BlkRequest, (Refusal, Option<GuestAddress>)> {
-    let mut segs = [Seg {
-        addr: GuestAddress(0),
-        len: 0,
-        writable: false,
-    }; MAX_CHAIN_DESCS];
+) -> Result<(), ParseError> {
     let mut n = 0usize;
     let mut too_long = false;
     let mut misordered = false;
@@ -144,10 +221,14 @@ pub fn parse_chain(
     // The status byte: the last byte of the last descriptor, which must be writable.
     let status = match last {
         Some(s) if s.writable && s.len >= 1 => {
-            let at = s.addr.checked_add(s.len as u64 - 1);
-            match at {
-                Some(a) if mem.check_address(a).is_some() => a,
-                _ => return Err((Refusal::NoStatus, None)),
+            match s
+                .addr
+                .0
+                .checked_add(s.len as u64 - 1)
+                .and_then(|a| map.host(a, 1))
+            {
+                Some(p) => p,
+                None => return Err((Refusal::NoStatus, None)),
             }
         }
         _ => return Err((Refusal::NoStatus, None)),
@@ -166,8 +247,10 @@ pub fn parse_chain(
         return fail("header is not 16 device-readable bytes in the first descriptor");
     }
     let mut header = [0u8; 16];
-    if mem.read_slice(&mut header, head.addr).is_err() {
-        return fail("header lies outside guest memory");
+    match map.host(head.addr.0, 16) {
+        // SAFETY: 16 bytes inside a mapped guest region (checked by `host`).
+        Some(p) => unsafe { std::ptr::copy_nonoverlapping(p, header.as_mut_ptr(), 16) },
+        None => return fail("header lies outside guest memory"),
     }
     let req_type = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
     let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
@@ -177,16 +260,13 @@ pub fn parse_chain(
     let last_i = segs.len() - 1;
     segs[last_i].len -= 1;
 
-    let mut req = BlkRequest {
-        op: BlkOp::Io(IoType::Flush),
-        offset_blocks: 0,
-        num_blocks: 0,
-        iovs: [IoVec::empty(); SEG_MAX],
-        n_iovs: 0,
-        status,
-        used_len: 1,
-        may_unmap: false,
-    };
+    req.op = BlkOp::Io(IoType::Flush);
+    req.offset_blocks = 0;
+    req.num_blocks = 0;
+    req.n_iovs = 0;
+    req.status = status;
+    req.used_len = 1;
+    req.may_unmap = false;
     let (readable_bytes, writable_bytes) = segs.iter().fold((0u64, 0u64), |(r, w), s| {
         if s.writable {
             (r, w + s.len as u64)
@@ -231,7 +311,7 @@ pub fn parse_chain(
                 if req.n_iovs == SEG_MAX.min(geo.max_segs) {
                     return fail("request has more data segments than seg_max");
                 }
-                match host_range(mem, s.addr, s.len) {
+                match map.host(s.addr.0, s.len as u64) {
                     // SAFETY (of the IoVec's promise): the pointer lies in a mapping the poller
                     // keeps alive (it holds the memory map) until this request completes, and
                     // the guest gave the range to the device until it is returned used.
@@ -262,7 +342,7 @@ pub fn parse_chain(
                 .find(|s| s.writable && s.len > 0)
                 .expect("writable bytes exist");
             let len = (seg.len as usize).min(ID_BYTES);
-            match host_range(mem, seg.addr, len as u32) {
+            match map.host(seg.addr.0, len as u64) {
                 // SAFETY: as above; GET_ID is answered before the chain is returned.
                 Some(ptr) => req.iovs[0] = unsafe { IoVec::from_raw(ptr, len) },
                 None => return fail("GET_ID's buffer lies outside guest memory"),
@@ -286,8 +366,10 @@ pub fn parse_chain(
                 return fail("a discard range is split over descriptors");
             }
             let mut range = [0u8; 16];
-            if mem.read_slice(&mut range, seg.addr).is_err() {
-                return fail("discard range lies outside guest memory");
+            match map.host(seg.addr.0, 16) {
+                // SAFETY: 16 bytes inside a mapped guest region (checked by `host`).
+                Some(p) => unsafe { std::ptr::copy_nonoverlapping(p, range.as_mut_ptr(), 16) },
+                None => return fail("discard range lies outside guest memory"),
             }
             let r_sector = u64::from_le_bytes(range[0..8].try_into().expect("8 bytes"));
             let r_sectors = u32::from_le_bytes(range[8..12].try_into().expect("4 bytes"));
@@ -323,17 +405,11 @@ pub fn parse_chain(
         }
         _ => return Err((Refusal::Unsupported, Some(status))),
     }
-    Ok(req)
+    Ok(())
 }
 
 /// The block a sector starts, if it starts one.
 fn sector_to_block(sector: u64, block_size: u64) -> Option<u64> {
     let byte = sector.checked_mul(SECTOR_BYTES)?;
     byte.is_multiple_of(block_size).then(|| byte / block_size)
-}
-
-/// The host address of `len` guest bytes at `addr`, if they lie inside one mapped region.
-fn host_range(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32) -> Option<*mut u8> {
-    let slice = mem.get_slice(addr, len as usize).ok()?;
-    Some(slice.ptr_guard_mut().as_ptr())
 }

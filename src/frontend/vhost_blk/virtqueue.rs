@@ -17,10 +17,12 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::inflight::InflightQueue;
-use super::request::{self, BlkOp, BlkRequest, Geometry, Refusal, ID_BYTES, S_IOERR, S_OK};
+use super::request::{
+    self, BlkOp, ChainParser, Geometry, HostMap, ParseError, Refusal, ID_BYTES, S_IOERR, S_OK,
+};
 use super::ControllerShared;
 use crate::bdev::{IoChannel, IoCompletion, IoRequest, IoStatus};
 use crate::reactor::{PollContext, PollStatus};
@@ -69,7 +71,8 @@ pub struct StoppedQueue {
 #[derive(Clone, Copy)]
 struct InFlight {
     head: u16,
-    status: GuestAddress,
+    /// The status byte, in guest memory the poller keeps mapped.
+    status: *mut u8,
     used_len: u32,
 }
 
@@ -77,6 +80,9 @@ pub struct VirtqueuePoller {
     index: u16,
     queue: Queue,
     mem: Arc<GuestMemoryMmap>,
+    /// Fast guest-to-host translation of `mem`'s regions.
+    map: HostMap,
+    parser: ChainParser,
     kick: File,
     call: Option<File>,
     channel: IoChannel,
@@ -109,6 +115,8 @@ impl VirtqueuePoller {
         VirtqueuePoller {
             index: setup.index,
             queue: setup.queue,
+            map: HostMap::of(&setup.mem),
+            parser: ChainParser::default(),
             mem: setup.mem,
             kick: setup.kick,
             call: setup.call,
@@ -123,7 +131,7 @@ impl VirtqueuePoller {
             slots: vec![
                 InFlight {
                     head: 0,
-                    status: GuestAddress(0),
+                    status: std::ptr::null_mut(),
                     used_len: 0,
                 };
                 size
@@ -228,14 +236,12 @@ impl VirtqueuePoller {
         let mut popped = 0;
         while !self.resubmit.is_empty() && !self.free_slots.is_empty() {
             let head = self.resubmit.remove(0);
-            let mem = self.mem.clone();
-            let geometry = self.geometry;
             let desc_table = GuestAddress(self.queue.desc_table());
             let size = self.queue.size();
-            let parsed = request::parse_chain(
-                &mem,
-                super::inflight::walk_chain(&mem, desc_table, size, head),
-                &geometry,
+            let parsed = self.parser.parse(
+                &self.map,
+                super::inflight::walk_chain(&self.mem, desc_table, size, head),
+                &self.geometry,
             );
             self.start(head, parsed, now_ns);
             popped += 1;
@@ -248,8 +254,8 @@ impl VirtqueuePoller {
             if let Some(inf) = &mut self.inflight {
                 inf.mark_popped(head);
             }
-            let parsed = request::parse_chain(
-                &self.mem,
+            let parsed = self.parser.parse(
+                &self.map,
                 chain.map(|d| (d.addr(), d.len(), d.is_write_only())),
                 &self.geometry,
             );
@@ -259,27 +265,21 @@ impl VirtqueuePoller {
         popped
     }
 
-    fn start(
-        &mut self,
-        head: u16,
-        parsed: Result<BlkRequest, (Refusal, Option<GuestAddress>)>,
-        now_ns: u64,
-    ) {
+    fn start(&mut self, head: u16, parsed: Result<(), ParseError>, now_ns: u64) {
         self.requests += 1;
-        let req = match parsed {
-            Ok(r) => r,
-            Err((why, status)) => {
-                self.refuse(head, why, status);
-                return;
-            }
-        };
+        if let Err((why, status)) = parsed {
+            self.refuse(head, why, status);
+            return;
+        }
+        let req = &self.parser.req;
         match req.op {
             BlkOp::GetId => {
                 let v = req.iovs[0];
+                let (status, used_len) = (req.status, req.used_len);
                 // SAFETY: `v` was checked to lie inside a mapped guest region (parse_chain), and
                 // the mapping lives as long as `self.mem`.
                 unsafe { std::ptr::copy_nonoverlapping(self.serial.as_ptr(), v.addr(), v.len()) };
-                self.complete(head, req.status, S_OK, req.used_len);
+                self.complete(head, status, S_OK, used_len);
             }
             BlkOp::Io(io_type) => {
                 let slot = self.free_slots.pop().expect("pop checks for a free slot");
@@ -298,14 +298,15 @@ impl VirtqueuePoller {
                 };
                 if let Err(e) = self.channel.submit(&r, now_ns) {
                     tracing::debug!(ctrlr = %self.ctrl.name, "request refused by the bdev: {e}");
+                    let status = req.status;
                     self.free_slots.push(slot);
-                    self.complete(head, req.status, S_IOERR, 1);
+                    self.complete(head, status, S_IOERR, 1);
                 }
             }
         }
     }
 
-    fn refuse(&mut self, head: u16, why: Refusal, status: Option<GuestAddress>) {
+    fn refuse(&mut self, head: u16, why: Refusal, status: Option<*mut u8>) {
         self.refused += 1;
         if self.refused.is_power_of_two() {
             tracing::warn!(ctrlr = %self.ctrl.name, refused = self.refused, "bad request: {}", why.reason());
@@ -323,10 +324,10 @@ impl VirtqueuePoller {
     }
 
     /// Writes the status byte and returns the chain to the guest.
-    fn complete(&mut self, head: u16, status_at: GuestAddress, status: u8, used_len: u32) {
-        // The status address was checked when the chain was parsed; a failure here means the
-        // guest unmapped memory under us, and the request is returned all the same.
-        let _ = self.mem.write_obj(status, status_at);
+    fn complete(&mut self, head: u16, status_at: *mut u8, status: u8, used_len: u32) {
+        // SAFETY: `status_at` was checked to lie in guest memory when the chain was parsed, and
+        // the poller keeps that mapping (`self.mem`) until it stops.
+        unsafe { std::ptr::write_volatile(status_at, status) };
         self.complete_unreported_len(head, used_len);
     }
 
