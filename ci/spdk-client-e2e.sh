@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDK's own client (`spdk-rpc`, PyPI package `spdk`) drives a live unblend end to end:
 # create malloc/null/uring bdevs and an lvstore with an lvol, list them, iostat, methods,
-# reactors, save_config, restart from the saved file (the pool is examined, not reformatted)
-# and compare, load_config into a --wait-for-rpc appliance, delete.
+# reactors, a vhost-user-blk controller on the lvol, save_config, restart from the saved file (the
+# pool is examined, not reformatted, and the controller comes back) and compare, load_config into
+# a --wait-for-rpc appliance, delete.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-target/venv}
@@ -50,6 +51,16 @@ want='[["Data0",4096,262144],["M0",512,131072],["Malloc0",4096,16384],["N0",4096
 [ "$sizes" = "$want" ] || fail "bdev_get_bdevs sizes: $sizes, want $want"
 
 "$RPC" -s "$SOCK" bdev_get_iostat | jq -e '.bdevs | length == 8' >/dev/null || fail "bdev_get_iostat"
+
+# A vhost-user-blk controller on the lvol, with interrupt coalescing (the embedded default
+# already exports lvs0/vol0 as vhost.0).
+"$RPC" -s "$SOCK" vhost_create_blk_controller --cpumask 0x1 vhE lvsE/vol0 >/dev/null
+"$RPC" -s "$SOCK" vhost_controller_set_coalescing vhE 20 60000 >/dev/null
+[ -S "$W/data/vhE" ] && [ "$(stat -c %a "$W/data/vhE")" = 600 ] || fail "controller socket missing or not mode 0600"
+vhost_view() { "$RPC" -s "$SOCK" vhost_get_controllers | jq -c '[.[] | [.ctrlr, .backend_specific.block.bdev, .delay_base_us, .iops_threshold]] | sort'; }
+want_vhost='[["vhE","lvsE/vol0",20,60000],["vhost.0","lvs0/vol0",0,0]]'
+[ "$(vhost_view)" = "$want_vhost" ] || fail "vhost_get_controllers: $(vhost_view), want $want_vhost"
+if "$RPC" -s "$SOCK" vhost_create_blk_controller vhE lvsE/vol0 >/dev/null 2>&1; then fail "a second controller named vhE was made"; fi
 "$RPC" -s "$SOCK" rpc_get_methods | jq -e 'index("bdev_uring_create") != null' >/dev/null || fail "rpc_get_methods"
 "$RPC" -s "$SOCK" framework_get_reactors | jq -e '.reactors | length >= 1' >/dev/null || fail "framework_get_reactors"
 
@@ -60,6 +71,7 @@ stop
 start --config "$W/saved.json"
 after=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -S 'sort_by(.name)')
 [ "$before" = "$after" ] || { diff <(echo "$before") <(echo "$after") >&2; fail "restart from save_config changed bdev_get_bdevs"; }
+[ "$(vhost_view)" = "$want_vhost" ] || fail "restart from save_config: controllers $(vhost_view), want $want_vhost"
 
 "$RPC" -s "$SOCK" bdev_malloc_delete M0
 "$RPC" -s "$SOCK" bdev_get_bdevs | jq -e 'map(.name) | index("M0") == null' >/dev/null || fail "M0 still listed after delete"
@@ -71,6 +83,9 @@ if "$RPC" -s "$SOCK" bdev_get_bdevs >/dev/null 2>&1; then fail "runtime method a
 "$RPC" -s "$SOCK" load_config -j "$W/saved.json"
 loaded=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -S 'sort_by(.name)')
 [ "$before" = "$loaded" ] || fail "load_config did not recreate the same bdevs"
+[ "$(vhost_view)" = "$want_vhost" ] || fail "load_config: controllers $(vhost_view), want $want_vhost"
+"$RPC" -s "$SOCK" vhost_delete_controller vhE
+[ ! -e "$W/data/vhE" ] || fail "socket left after vhost_delete_controller"
 "$RPC" -s "$SOCK" bdev_lvol_delete lvsE/vol0
 "$RPC" -s "$SOCK" bdev_lvol_get_lvols | jq -e 'map(.alias) | index("lvsE/vol0") == null' >/dev/null || fail "lvol still listed after delete"
 stop
