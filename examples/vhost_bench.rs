@@ -57,7 +57,7 @@ fn parse() -> Result<Args, String> {
     if !matches!(a.rw.as_str(), "randread" | "randwrite") {
         return Err("--rw is randread or randwrite".into());
     }
-    if a.qd == 0 || a.qd > 256 || a.bs == 0 || a.bs % 512 != 0 || a.bs > 1 << 20 {
+    if a.qd == 0 || a.qd > 256 || a.bs == 0 || !a.bs.is_multiple_of(512) || a.bs > 1 << 20 {
         return Err("--qd must be 1..=256 and --bs a multiple of 512 up to 1 MiB".into());
     }
     Ok(a)
@@ -125,9 +125,9 @@ fn run(a: &Args) -> Result<(), blkio::Error> {
             q.read(off, buf, a.bs, slot, ReqFlags::empty());
         }
     };
-    for slot in 0..a.qd {
+    for (slot, at) in submitted_at.iter_mut().enumerate() {
         submit(&mut q, slot, next_offset());
-        submitted_at[slot] = Instant::now();
+        *at = Instant::now();
     }
     let mut hist =
         hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");

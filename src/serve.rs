@@ -298,7 +298,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         println!("  vhost-user-blk {DEFAULT_VHOST_CTRLR}: {DEFAULT_POOL_NAME}/{DEFAULT_VOLUME_NAME} on {}", sock.display());
         println!("  attach it to QEMU with:");
         println!(
-            "    qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\\n      -chardev socket,id=vhost0,path={},reconnect=1 -device vhost-user-blk-pci,chardev=vhost0,num-queues={}",
+            "    qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\\n      -chardev socket,id=vhost0,path={},reconnect-ms=500 -device vhost-user-blk-pci,chardev=vhost0,num-queues={}",
             sock.display(),
             handle.count()
         );

@@ -219,9 +219,9 @@ fn libblkio_writes_verifies_flushes_discards_and_reconnects() {
     // Pattern write on both queues, 64 KiB at a time at scattered offsets, then verify each
     // on the other queue.
     let chunk = 64 << 10;
+    // MiB-aligned offsets below 60 MiB, some of them twice (later writes must win).
     let offsets: Vec<u64> = (0..32u64)
-        .map(|i| (i * 37 % 64) * 1024 * 1024 / 1)
-        .map(|o| o % (60 << 20))
+        .map(|i| ((i * 37 % 64) << 20) % (60 << 20))
         .collect();
     for (i, &off) in offsets.iter().enumerate() {
         pattern(i as u64, c.buf(0, chunk));

@@ -295,7 +295,7 @@ pub fn walk_chain(
         let flags = u16::from_le_bytes(raw[12..14].try_into().ok()?);
         let nx = u16::from_le_bytes(raw[14..16].try_into().ok()?);
         if flags & F_INDIRECT != 0 {
-            if indirect || len % 16 != 0 || len / 16 > u16::MAX as u32 || len == 0 {
+            if indirect || !len.is_multiple_of(16) || len / 16 > u16::MAX as u32 || len == 0 {
                 return None;
             }
             indirect = true;

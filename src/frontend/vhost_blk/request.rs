@@ -291,7 +291,7 @@ fn parse_chain(
             }
             if data_bytes == 0
                 || data_bytes > MAX_DATA_BYTES
-                || data_bytes % bs != 0
+                || !data_bytes.is_multiple_of(bs)
                 || data_bytes / bs > geo.max_rw_blocks
             {
                 return fail("data length is zero, too long, or not a multiple of the block size");
@@ -384,7 +384,7 @@ fn parse_chain(
                 None => return fail("range start is not aligned to the block size"),
             };
             let bytes = r_sectors as u64 * SECTOR_BYTES;
-            if bytes == 0 || bytes % bs != 0 {
+            if bytes == 0 || !bytes.is_multiple_of(bs) {
                 return fail("range length is zero or not a multiple of the block size");
             }
             let count = bytes / bs;
