@@ -157,6 +157,15 @@ impl BlkBackend {
         {
             return Err(VuError::InvalidParam);
         }
+        // A region larger than its file would fault (SIGBUS) on the first access past the end.
+        let file_bytes = file.metadata().map_err(VuError::ReqHandlerError)?.len();
+        let (size, offset) = (r.memory_size, r.mmap_offset);
+        if offset.checked_add(size).is_none_or(|end| end > file_bytes) {
+            tracing::warn!(
+                "guest memory region of {size} bytes at offset {offset} does not fit its {file_bytes}-byte file"
+            );
+            return Err(VuError::InvalidParam);
+        }
         let mmap = MmapRegion::<()>::from_file(
             FileOffset::new(file, r.mmap_offset),
             r.memory_size as usize,

@@ -101,6 +101,14 @@ impl InflightMap {
                 format!("inflight region of {len} bytes does not fit {num_queues} queues of {queue_size}"),
             ));
         }
+        // A mapping past the file's end would fault (SIGBUS) when touched.
+        let file_bytes = file.metadata()?.len();
+        if offset.checked_add(len).is_none_or(|end| end > file_bytes) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("inflight region of {len} bytes at {offset} does not fit its {file_bytes}-byte file"),
+            ));
+        }
         // SAFETY: a shared mapping of a file we hold; the result is checked for MAP_FAILED.
         let base = unsafe {
             libc::mmap(
@@ -343,6 +351,8 @@ mod tests {
         drop(map);
         // The next appliance maps the same memory (QEMU hands the fd back).
         let len = queue_region_bytes(8) as u64 * 2;
+        // A region past the file's end is refused (touching it would fault).
+        assert!(InflightMap::map(&file, 4096, len, 2, 8).is_err());
         let map = Arc::new(InflightMap::map(&file, 0, len, 2, 8).unwrap());
         let mut q = map.queue(1, 8).unwrap();
         // Used index 2; head 3 still in flight, so the avail ring resumes at 3.
