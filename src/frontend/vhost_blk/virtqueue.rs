@@ -31,6 +31,8 @@ use crate::reactor::{PollContext, PollStatus};
 pub const POP_BUDGET: usize = 64;
 /// Idle time after which guest notifications are turned back on and the reactor may sleep.
 pub const NOTIFY_AFTER_IDLE_NS: u64 = 200_000;
+/// How often a queue measures its request rate (for the coalescing threshold).
+const RATE_WINDOW_NS: u64 = 100_000_000;
 
 /// What the control thread and the poller share.
 #[derive(Default)]
@@ -104,6 +106,10 @@ pub struct VirtqueuePoller {
     notify_on: bool,
     requests: u64,
     refused: u64,
+    /// Request rate measurement: window start and the request count then; the last rate.
+    rate_window_ns: u64,
+    rate_window_requests: u64,
+    iops: u64,
 }
 
 impl VirtqueuePoller {
@@ -145,6 +151,9 @@ impl VirtqueuePoller {
             notify_on: true,
             requests,
             refused: 0,
+            rate_window_ns: 0,
+            rate_window_requests: requests,
+            iops: 0,
         }
     }
 
@@ -347,9 +356,20 @@ impl VirtqueuePoller {
         self.unsignalled += 1;
     }
 
+    /// Signals the guest for the used entries added since the last signal. With coalescing
+    /// (`delay_base_us` > 0, and this queue at or above `iops_threshold` requests per second)
+    /// the signal waits up to the delay while requests are still in flight.
     fn maybe_signal(&mut self, now_ns: u64) {
+        let elapsed = now_ns.saturating_sub(self.rate_window_ns);
+        if elapsed >= RATE_WINDOW_NS {
+            self.iops = (self.requests - self.rate_window_requests) * 1_000_000_000 / elapsed;
+            self.rate_window_ns = now_ns;
+            self.rate_window_requests = self.requests;
+        }
         let delay_ns = self.ctrl.coalesce_delay_us.load(Ordering::Relaxed) as u64 * 1000;
+        let threshold = self.ctrl.iops_threshold.load(Ordering::Relaxed) as u64;
         if delay_ns > 0
+            && self.iops >= threshold
             && self.in_flight() > 0
             && now_ns.saturating_sub(self.last_signal_ns) < delay_ns
         {
