@@ -2,6 +2,8 @@
 //! JSON), batches and pipelining, startup states, socket ownership, slow and vanishing clients,
 //! and 10,000 hostile requests after which the appliance still answers with bounded memory.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -46,16 +48,7 @@ impl Appliance {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !line.contains("running;") {
-            assert!(Instant::now() < deadline, "serve did not start");
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "serve exited early");
-        }
-        // Keep draining stdout so the appliance never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        common::wait_until_running(&mut child);
         Appliance { child, sock }
     }
 

@@ -3,7 +3,8 @@
 //! `unblend serve` over its socket. Pattern write and verify on several queues, flush, discard,
 //! write-zeroes, refusals, read-only exports, disconnect and reconnect, and the RPC view.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,15 +44,7 @@ impl Appliance {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !line.contains("running;") {
-            assert!(Instant::now() < deadline, "serve did not start");
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "serve exited early");
-        }
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        common::wait_until_running(&mut child);
         Appliance { child, rpc, dir }
     }
 

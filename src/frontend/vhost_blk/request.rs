@@ -86,6 +86,16 @@ impl HostMap {
         }
         None
     }
+
+    /// A copy of the 16 guest bytes at `gpa` (a request header, a discard range).
+    #[inline]
+    pub fn read16(&self, gpa: u64) -> Option<[u8; 16]> {
+        let p = self.host(gpa, 16)?;
+        let mut out = [0u8; 16];
+        // SAFETY: 16 bytes inside a mapped guest region (checked by `host`).
+        unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), 16) };
+        Some(out)
+    }
 }
 
 /// A request ready to run. `iovs[..n_iovs]` point into guest memory.
@@ -246,12 +256,9 @@ fn parse_chain(
     if head.writable || head.len < 16 {
         return fail("header is not 16 device-readable bytes in the first descriptor");
     }
-    let mut header = [0u8; 16];
-    match map.host(head.addr.0, 16) {
-        // SAFETY: 16 bytes inside a mapped guest region (checked by `host`).
-        Some(p) => unsafe { std::ptr::copy_nonoverlapping(p, header.as_mut_ptr(), 16) },
-        None => return fail("header lies outside guest memory"),
-    }
+    let Some(header) = map.read16(head.addr.0) else {
+        return fail("header lies outside guest memory");
+    };
     let req_type = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
     let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
     // What remains: readable bytes after the header, writable bytes before the status.
@@ -365,12 +372,9 @@ fn parse_chain(
             if seg.len != 16 {
                 return fail("a discard range is split over descriptors");
             }
-            let mut range = [0u8; 16];
-            match map.host(seg.addr.0, 16) {
-                // SAFETY: 16 bytes inside a mapped guest region (checked by `host`).
-                Some(p) => unsafe { std::ptr::copy_nonoverlapping(p, range.as_mut_ptr(), 16) },
-                None => return fail("discard range lies outside guest memory"),
-            }
+            let Some(range) = map.read16(seg.addr.0) else {
+                return fail("discard range lies outside guest memory");
+            };
             let r_sector = u64::from_le_bytes(range[0..8].try_into().expect("8 bytes"));
             let r_sectors = u32::from_le_bytes(range[8..12].try_into().expect("4 bytes"));
             let flags = u32::from_le_bytes(range[12..16].try_into().expect("4 bytes"));

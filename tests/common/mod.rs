@@ -1,0 +1,28 @@
+//! What the integration tests share: waiting for a started `unblend serve` to say it runs.
+
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Reads the child's stdout until `serve` prints "running;" (at most 20 s; panics if it exits
+/// first) and returns everything it printed so far. The rest of its stdout is drained by a
+/// thread, so the appliance never blocks on a full pipe.
+pub fn wait_until_running(child: &mut Child) -> (String, JoinHandle<std::io::Result<u64>>) {
+    let mut out = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut banner = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !banner.contains("running;") {
+        assert!(
+            Instant::now() < deadline,
+            "serve never said it runs: {banner}"
+        );
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("serve exited early: {banner}");
+        }
+        banner.push_str(&line);
+    }
+    let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (banner, drain)
+}
