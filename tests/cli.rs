@@ -1,10 +1,10 @@
 //! The `unblend` binary, end to end: bad input is refused cleanly with exit code 2, the bench
 //! verifies data on malloc and uring bdevs, and `serve` boots and stops on a signal.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 fn unblend(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_unblend"))
@@ -260,20 +260,7 @@ fn serve_and_stop(extra: &[&str], signal: i32) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut banner = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !banner.contains("running;") {
-        assert!(
-            Instant::now() < deadline,
-            "serve never said it runs: {banner}"
-        );
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            panic!("serve exited early: {banner}");
-        }
-        banner.push_str(&line);
-    }
+    let (banner, mut out) = common::read_banner(&mut child);
     // SAFETY: kill(2) on the child's pid.
     unsafe { libc::kill(child.id() as i32, signal) };
     let mut rest = String::new();

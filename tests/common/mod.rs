@@ -1,14 +1,24 @@
 //! What the integration tests share: waiting for a started `unblend serve` to say it runs.
 
 use std::io::{BufRead, BufReader};
-use std::process::Child;
+use std::process::{Child, ChildStdout};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Reads the child's stdout until `serve` prints "running;" (at most 20 s; panics if it exits
 /// first) and returns everything it printed so far. The rest of its stdout is drained by a
 /// thread, so the appliance never blocks on a full pipe.
+#[allow(dead_code)] // not every test crate uses both
 pub fn wait_until_running(child: &mut Child) -> (String, JoinHandle<std::io::Result<u64>>) {
+    let (banner, mut out) = read_banner(child);
+    let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (banner, drain)
+}
+
+/// Reads the child's stdout until `serve` prints "running;" (at most 20 s); returns what it
+/// printed and the rest of its stdout, for the caller to read.
+#[allow(dead_code)]
+pub fn read_banner(child: &mut Child) -> (String, BufReader<ChildStdout>) {
     let mut out = BufReader::new(child.stdout.take().expect("stdout is piped"));
     let mut banner = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -23,6 +33,5 @@ pub fn wait_until_running(child: &mut Child) -> (String, JoinHandle<std::io::Res
         }
         banner.push_str(&line);
     }
-    let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    (banner, drain)
+    (banner, out)
 }
