@@ -441,3 +441,114 @@ fn front_ends_that_vanish_mid_io_leak_nothing() {
     let mut c = Client::connect(&sock, 1).unwrap();
     assert_eq!(c.read(0, 0, 0, BLOCK), 0);
 }
+
+/// A memfd of `bytes`, as a front end's guest memory.
+fn memfd(bytes: u64) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is owned by the File.
+    let fd = unsafe { libc::memfd_create(c"guest".as_ptr(), 0) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor we own.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.set_len(bytes).unwrap();
+    f
+}
+
+#[test]
+fn hostile_vhost_user_messages_get_errors_and_the_controller_goes_on() {
+    use std::os::fd::AsRawFd;
+    use vhost::vhost_user::message::{
+        VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+    };
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+
+    let app = Appliance::start(
+        "vhost_blk_hostile",
+        &config(json!([
+            {"method": "vhost_create_blk_controller", "params": {"ctrlr": "vb0", "dev_name": "Malloc0"}},
+        ])),
+    );
+    let sock = app.socket("vb0");
+    for round in 0..3 {
+        let mut f = Frontend::connect(&sock, 16).expect("vhost-user connect");
+        f.set_owner().unwrap();
+        let features = f.get_features().unwrap();
+        f.set_features(features).unwrap();
+        let proto = f.get_protocol_features().unwrap();
+        assert!(proto.contains(
+            VhostUserProtocolFeatures::INFLIGHT_SHMFD
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        ));
+        f.set_protocol_features(
+            proto
+                & (VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::CONFIG
+                    | VhostUserProtocolFeatures::MQ),
+        )
+        .unwrap();
+        assert_eq!(f.get_queue_num().unwrap(), 16);
+        // Every request asks for an answer (REPLY_ACK), so refusals come back as errors.
+        f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+
+        // A region that claims 64 MiB of a 1 MiB file: refused (touching it would fault).
+        let mem = memfd(1 << 20);
+        let region = |size: u64, offset: u64| VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: size,
+            userspace_addr: 0x7000_0000_0000,
+            mmap_offset: offset,
+            mmap_handle: mem.as_raw_fd(),
+        };
+        assert!(f.set_mem_table(&[region(64 << 20, 0)]).is_err());
+        assert!(f.set_mem_table(&[region(1 << 20, 4096)]).is_err());
+        // Bad vring sizes and indexes.
+        assert!(
+            f.set_vring_num(0, 3).is_err(),
+            "a ring size that is not a power of two"
+        );
+        assert!(
+            f.set_vring_num(0, 32768).is_err(),
+            "a ring larger than the device takes"
+        );
+        f.set_vring_num(15, 128).expect("ring 15 of 128 entries");
+        // Vring addresses outside every region (there is none yet).
+        let cfg = VringConfigData {
+            queue_max_size: 128,
+            queue_size: 128,
+            flags: 0,
+            desc_table_addr: 0x7000_0000_0000,
+            used_ring_addr: 0x7000_0000_1000,
+            avail_ring_addr: 0x7000_0000_2000,
+            log_addr: None,
+        };
+        assert!(f.set_vring_addr(0, &cfg).is_err());
+        // A good region, then vring addresses past its end.
+        f.set_mem_table(&[region(1 << 20, 0)]).unwrap();
+        let outside = VringConfigData {
+            desc_table_addr: 0x7000_0010_0000,
+            ..cfg
+        };
+        assert!(f.set_vring_addr(0, &outside).is_err());
+        // The configuration space is read-only; reads past it see zeroes.
+        assert!(f
+            .set_config(0, VhostUserConfigFlags::WRITABLE, &[0u8; 4])
+            .is_err());
+        let (_, cfg_bytes) = f
+            .get_config(0, 8, VhostUserConfigFlags::empty(), &[0u8; 8])
+            .unwrap();
+        assert_eq!(
+            u64::from_le_bytes(cfg_bytes[..8].try_into().unwrap()),
+            16384 * 8,
+            "capacity in sectors (round {round})"
+        );
+        drop(f);
+    }
+    // After all that, a well-behaved client is served.
+    let mut c = Client::connect(&sock, 2).expect("libblkio connects after hostile front ends");
+    pattern(7, c.buf(0, BLOCK));
+    assert_eq!(c.write(1, 4096, 0, BLOCK), 0);
+    assert_eq!(c.read(0, 4096, BLOCK, BLOCK), 0);
+    let (a, b) = (c.buf(0, BLOCK).to_vec(), c.buf(BLOCK, BLOCK).to_vec());
+    assert_eq!(a, b);
+}

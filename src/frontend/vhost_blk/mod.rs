@@ -237,15 +237,29 @@ fn control_loop(
             if !wait_readable(handler.as_raw_fd()) {
                 continue;
             }
-            if let Err(e) = handler.handle_request() {
-                match e {
-                    vhost::vhost_user::Error::Disconnected
-                    | vhost::vhost_user::Error::PartialMessage => {
-                        tracing::info!(ctrlr = %name, "front end disconnected")
-                    }
-                    e => tracing::warn!(ctrlr = %name, "closing the connection: {e}"),
+            use vhost::vhost_user::Error as E;
+            match handler.handle_request() {
+                Ok(()) => {}
+                // Our own refusal of a well-formed message (answered with a failure when the
+                // front end asked for replies): the connection goes on.
+                Err(
+                    e @ (E::InvalidParam
+                    | E::InvalidOperation(_)
+                    | E::InactiveFeature(_)
+                    | E::InactiveOperation(_)
+                    | E::ReqHandlerError(_)
+                    | E::FeatureMismatch
+                    | E::BackendInternalError),
+                ) => tracing::warn!(ctrlr = %name, "request refused: {e}"),
+                Err(E::Disconnected | E::PartialMessage) => {
+                    tracing::info!(ctrlr = %name, "front end disconnected");
+                    break;
                 }
-                break;
+                // A malformed stream cannot be resynchronised: close it.
+                Err(e) => {
+                    tracing::warn!(ctrlr = %name, "closing the connection: {e}");
+                    break;
+                }
             }
         }
         lock(&backend).disconnect();
