@@ -3,6 +3,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// Pollers' descriptors one sleeping reactor watches (each vhost-user queue has one).
+pub const MAX_WAKE_FDS: usize = 512;
+
 pub struct WakeFd {
     fd: OwnedFd,
 }
@@ -37,8 +40,9 @@ impl WakeFd {
 
     /// Like `wait`, but also returns when any of `others` becomes readable (a poller's
     /// socket or epoll fd). Their readiness is left for their pollers to consume.
+    /// At most `MAX_WAKE_FDS` of `others` are watched (the rest wait for the timeout).
     pub fn wait_with(&self, others: &[RawFd], timeout_ms: i32) {
-        const MAX_FDS: usize = 16;
+        const MAX_FDS: usize = 1 + MAX_WAKE_FDS;
         let mut pfds = [libc::pollfd {
             fd: -1,
             events: libc::POLLIN,

@@ -81,6 +81,12 @@ pub struct BlkBackend {
     mem: Option<Arc<GuestMemoryMmap>>,
     vrings: Vec<Vring>,
     inflight: Option<Arc<InflightMap>>,
+    /// Pollers that did not stop (or start) in time, by vring: their vring stays out of use
+    /// until they hand their queue back, so that two pollers never share one ring.
+    zombies: Vec<(usize, Running)>,
+    /// A request that needs an answer failed (the `vhost` crate then sends none): the
+    /// connection must close, or the front end would wait for that answer forever.
+    pub reply_missing: bool,
 }
 
 fn invalid(why: &'static str) -> VuError {
@@ -113,6 +119,8 @@ impl BlkBackend {
             mem: None,
             vrings,
             inflight: None,
+            zombies: Vec::new(),
+            reply_missing: false,
         }
     }
 
@@ -210,15 +218,33 @@ impl BlkBackend {
                 }
             }
         };
-        for i in running {
+        // Every ring that can run now (also those that could not start before this map).
+        let _ = running;
+        for i in 0..self.vrings.len() {
             self.try_start(i);
         }
         result
     }
 
+    /// Forgets the zombies that have handed their queue back at last; true if vring `i` still
+    /// has one.
+    fn zombie_holds(&mut self, i: usize) -> bool {
+        self.zombies.retain(|(_, run)| {
+            matches!(
+                run.stopped.try_recv(),
+                Err(std::sync::mpsc::TryRecvError::Empty)
+            )
+        });
+        self.zombies.iter().any(|(z, _)| *z == i)
+    }
+
     /// Starts vring `i`'s poller if everything it needs is there.
     fn try_start(&mut self, i: usize) {
         let Some(mem) = self.mem.clone() else { return };
+        if self.zombie_holds(i) {
+            tracing::warn!(ctrlr = %self.ctrl.name, queue = i, "queue not started: its previous poller has not stopped yet");
+            return;
+        }
         let event_idx = self.acked_features & RING_F_EVENT_IDX != 0;
         let inflight = self.inflight.clone();
         let reactor = self.queue_reactors[i % self.queue_reactors.len()];
@@ -349,7 +375,18 @@ impl BlkBackend {
                 }
             }
             Err(_) => {
-                tracing::error!(ctrlr = %self.ctrl.name, queue = i, "reactor {reactor} did not start the queue in time")
+                tracing::error!(ctrlr = %self.ctrl.name, queue = i, "reactor {reactor} did not start the queue in time");
+                // It may still start later: have it stop at once, and keep the ring out of use
+                // until it hands the queue back.
+                control.stop.store(true, Ordering::Relaxed);
+                self.zombies.push((
+                    i,
+                    Running {
+                        reactor,
+                        control,
+                        stopped: stopped_rx,
+                    },
+                ));
             }
         }
     }
@@ -369,11 +406,14 @@ impl BlkBackend {
                 v.kick = Some(s.kick);
                 v.call = s.call;
             }
-            Err(_) => tracing::error!(
-                ctrlr = %self.ctrl.name,
-                queue = i,
-                "queue did not stop within {STOP_TIMEOUT:?}; its requests are abandoned"
-            ),
+            Err(_) => {
+                tracing::error!(
+                    ctrlr = %self.ctrl.name,
+                    queue = i,
+                    "queue did not stop within {STOP_TIMEOUT:?}; the ring stays out of use until it does"
+                );
+                self.zombies.push((i, run));
+            }
         }
     }
 }
@@ -453,6 +493,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         v.desc = desc;
         v.used = used;
         v.avail = avail;
+        self.try_start(index as usize);
         Ok(())
     }
 
@@ -466,8 +507,16 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
-        self.vring(index)?;
+        if self.vring(index).is_err() {
+            self.reply_missing = true;
+            return Err(VuError::InvalidParam);
+        }
         self.stop(index as usize);
+        if self.zombie_holds(index as usize) {
+            // No true base to report while the old poller may still move the ring.
+            self.reply_missing = true;
+            return Err(invalid("vring did not stop"));
+        }
         let v = &mut self.vrings[index as usize];
         // The vring is stopped until a new kick eventfd starts it again.
         v.kick = None;
@@ -481,6 +530,9 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
         let i = index as usize;
         self.vring(index as u32)?;
+        if fd.as_ref().is_some_and(|f| !is_eventfd(f)) {
+            return Err(invalid("the kick descriptor is not an eventfd"));
+        }
         self.stop(i);
         let protocol = self.protocol_acked();
         let v = &mut self.vrings[i];
@@ -500,6 +552,10 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
         let i = index as usize;
         self.vring(index as u32)?;
+        // A pipe or socket here could block the reactor when the guest is signalled.
+        if fd.as_ref().is_some_and(|f| !is_eventfd(f)) {
+            return Err(invalid("the call descriptor is not an eventfd"));
+        }
         let was_running = self.vrings[i].running.is_some();
         self.stop(i);
         self.vrings[i].call = fd;
@@ -549,9 +605,12 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     ) -> VuResult<Vec<u8>> {
         let bytes = self.config.bytes();
         let start = offset as usize;
-        let end = start
-            .checked_add(size as usize)
-            .ok_or(VuError::InvalidParam)?;
+        // vhost-user's configuration space is at most 256 bytes.
+        if offset > 256 || size > 256 - offset {
+            self.reply_missing = true;
+            return Err(VuError::InvalidParam);
+        }
+        let end = start + size as usize;
         if end > bytes.len() {
             // Reads past what we describe see zeroes, as on a device with a shorter space.
             let mut out = vec![0u8; size as usize];
@@ -588,9 +647,13 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         let size = inflight.queue_size;
         tracing::debug!(ctrlr = %self.ctrl.name, queues, size, "new inflight region");
         if queues as usize > self.vrings.len() || size as u32 > MAX_QUEUE_SIZE as u32 {
+            self.reply_missing = true;
             return Err(VuError::InvalidParam);
         }
-        let (map, file) = InflightMap::create(queues, size).map_err(VuError::ReqHandlerError)?;
+        let (map, file) = InflightMap::create(queues, size).map_err(|e| {
+            self.reply_missing = true;
+            VuError::ReqHandlerError(e)
+        })?;
         let len = super::inflight::queue_region_bytes(size) as u64 * queues as u64;
         drop(map);
         Ok((VhostUserInflight::new(len, 0, queues, size), file))
@@ -624,9 +687,11 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
             return Err(VuError::InvalidParam);
         }
         let mapped = Self::map_region(region, fd)?;
+        let (gpa, size) = (mapped.gpa, mapped.size);
         self.regions.push(mapped);
         if let Err(e) = self.remap() {
-            self.regions.pop();
+            // `remap` sorted the regions: take back exactly the one just added.
+            self.regions.retain(|r| !(r.gpa == gpa && r.size == size));
             let _ = self.remap();
             return Err(e);
         }
@@ -663,6 +728,15 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
         Err(invalid("dirty logging (migration) is not supported"))
     }
+}
+
+/// Whether `f` is an eventfd (the only kind of kick or call descriptor taken: a pipe or a
+/// socket could block the reactor that reads or writes it).
+fn is_eventfd(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map(|p| p.as_os_str() == "anon_inode:[eventfd]")
+        .unwrap_or(false)
 }
 
 fn new_eventfd() -> std::io::Result<File> {

@@ -75,13 +75,31 @@ impl InflightMap {
             ));
         }
         // SAFETY: memfd_create with a NUL-terminated name; the fd is owned by the File below.
-        let fd = unsafe { libc::memfd_create(c"unblend-inflight".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"unblend-inflight".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor we own.
         let file = unsafe { std::fs::File::from_raw_fd(fd) };
         file.set_len(len as u64)?;
+        // The front end gets this fd: sealed, it cannot shrink the region under us (touching
+        // a truncated mapping would fault the appliance).
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe {
+            libc::fcntl(
+                fd,
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
         let map = Self::map(&file, 0, len as u64, num_queues, queue_size)?;
         Ok((map, file))
     }
@@ -219,8 +237,9 @@ impl InflightQueue {
         if head >= self.size {
             return;
         }
+        // The front end can write this region: never trust the counter not to be at the end.
         let counter = self.read_u64(16);
-        self.write_u64(16, counter + 1);
+        self.write_u64(16, counter.wrapping_add(1));
         self.write_u64(Self::entry(head) + 8, counter);
         self.write_u8(Self::entry(head), 1);
     }
@@ -303,7 +322,8 @@ pub fn walk_chain(
         let flags = u16::from_le_bytes(raw[12..14].try_into().ok()?);
         let nx = u16::from_le_bytes(raw[14..16].try_into().ok()?);
         if flags & F_INDIRECT != 0 {
-            if indirect || !len.is_multiple_of(16) || len / 16 > u16::MAX as u32 || len == 0 {
+            // An indirect table is no longer than the queue (virtio 1.2, 2.7.5.3.1).
+            if indirect || !len.is_multiple_of(16) || len / 16 > size as u32 || len == 0 {
                 return None;
             }
             indirect = true;

@@ -117,7 +117,15 @@ impl VhostBlkController {
             source,
         };
         // A stale socket from an appliance that died is replaced.
-        if socket.exists() {
+        // Only a stale socket is replaced; any other file at that path is left alone.
+        if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(sock_err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket",
+                )));
+            }
             std::fs::remove_file(&socket).map_err(sock_err)?;
         }
         let unix = UnixListener::bind(&socket).map_err(sock_err)?;
@@ -199,6 +207,28 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
+/// Longest a front end may take to finish sending a message or to read an answer.
+const MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn set_socket_timeouts(fd: i32, t: std::time::Duration) {
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: setsockopt with a live timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
 /// Waits up to `CONTROL_POLL_MS` for `fd` to be readable.
 fn wait_readable(fd: i32) -> bool {
     let mut p = libc::pollfd {
@@ -233,6 +263,9 @@ fn control_loop(
             }
         };
         tracing::info!(ctrlr = %name, "front end connected");
+        // A front end that stalls mid-message (or stops reading answers) must not hold this
+        // thread forever: socket reads and writes give up after MESSAGE_TIMEOUT.
+        set_socket_timeouts(handler.as_raw_fd(), MESSAGE_TIMEOUT);
         while !stop.load(Ordering::Relaxed) {
             if !wait_readable(handler.as_raw_fd()) {
                 continue;

@@ -123,6 +123,9 @@ pub enum Refusal {
     Bad(&'static str),
     /// A request type this device does not do (or a read-only device asked to write).
     Unsupported,
+    /// More descriptors than any request may have: walking on could take a hostile guest's
+    /// 65,535-entry indirect table per request, so it is returned unused at once.
+    TooLong,
 }
 
 impl Refusal {
@@ -131,6 +134,7 @@ impl Refusal {
             Refusal::NoStatus => "chain has no writable status byte",
             Refusal::Bad(why) => why,
             Refusal::Unsupported => "unsupported request type",
+            Refusal::TooLong => "chain is longer than any request the device takes",
         }
     }
 }
@@ -209,7 +213,7 @@ fn parse_chain(
     let mut too_long = false;
     let mut misordered = false;
     let mut last: Option<Seg> = None;
-    for (addr, len, writable) in descs {
+    for (addr, len, writable) in descs.take(MAX_CHAIN_DESCS + 1) {
         let seg = Seg {
             addr,
             len,
@@ -228,6 +232,9 @@ fn parse_chain(
             too_long = true;
         }
     }
+    if too_long {
+        return Err((Refusal::TooLong, None));
+    }
     // The status byte: the last byte of the last descriptor, which must be writable.
     let status = match last {
         Some(s) if s.writable && s.len >= 1 => {
@@ -244,9 +251,6 @@ fn parse_chain(
         _ => return Err((Refusal::NoStatus, None)),
     };
     let fail = |why: &'static str| Err((Refusal::Bad(why), Some(status)));
-    if too_long {
-        return fail("chain has more descriptors than seg_max allows");
-    }
     if misordered {
         return fail("a device-readable descriptor follows a device-writable one");
     }

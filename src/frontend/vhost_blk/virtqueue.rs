@@ -117,6 +117,9 @@ impl VirtqueuePoller {
         let size = setup.queue.size() as usize;
         debug_assert!(size > 0 && size <= super::MAX_QUEUE_SIZE as usize);
         set_nonblocking(setup.kick.as_raw_fd());
+        if let Some(call) = &setup.call {
+            set_nonblocking(call.as_raw_fd());
+        }
         let requests = setup.ctrl.queue_requests[setup.index as usize].load(Ordering::Relaxed);
         VirtqueuePoller {
             index: setup.index,
@@ -148,7 +151,9 @@ impl VirtqueuePoller {
             unsignalled: 0,
             last_signal_ns: 0,
             last_work_ns: 0,
-            notify_on: true,
+            // Off until the first idle pass turns them on: that pass also rewrites whatever a
+            // previous poller of this ring left in `avail_event` or the used flags.
+            notify_on: false,
             requests,
             refused: 0,
             rate_window_ns: 0,
@@ -192,29 +197,25 @@ impl VirtqueuePoller {
             }
             return PollStatus::Busy;
         }
+        if !self.notify_on {
+            if ctx.now_ns.saturating_sub(self.last_work_ns) < NOTIFY_AFTER_IDLE_NS {
+                // The guest is not kicking: keep the reactor polling (Busy, so that an adaptive
+                // reactor does not go to sleep on a kick that will not come).
+                return PollStatus::Busy;
+            }
+            // Going quiet: clear old kicks first, then turn notifications on and look once
+            // more, so that a request published in between is seen now or kicks us awake.
+            drain_eventfd(self.kick.as_raw_fd());
+            if let Ok(true) = self.queue.enable_notification(&*self.mem) {
+                return PollStatus::Busy;
+            }
+            self.notify_on = true;
+        }
+        // Notifications are on: a kick wakes a sleeping reactor, as does the bdev's completion.
         if self.in_flight() > 0 {
-            return PollStatus::Waiting;
-        }
-        if self.notify_on {
-            return PollStatus::Idle;
-        }
-        if ctx.now_ns.saturating_sub(self.last_work_ns) < NOTIFY_AFTER_IDLE_NS {
-            // Keep the reactor awake: the guest is not kicking yet.
-            return PollStatus::Waiting;
-        }
-        // Going idle: clear old kicks first, then turn notifications on and look once more, so
-        // that a request published in between is seen now or kicks the reactor awake.
-        drain_eventfd(self.kick.as_raw_fd());
-        match self.queue.enable_notification(&*self.mem) {
-            Ok(true) => PollStatus::Busy,
-            Ok(false) => {
-                self.notify_on = true;
-                PollStatus::Idle
-            }
-            Err(_) => {
-                self.notify_on = true;
-                PollStatus::Idle
-            }
+            PollStatus::Waiting
+        } else {
+            PollStatus::Idle
         }
     }
 
@@ -409,6 +410,23 @@ impl VirtqueuePoller {
     }
 }
 
+impl Drop for VirtqueuePoller {
+    fn drop(&mut self) {
+        if self.in_flight() > 0 {
+            // Dropped with requests still in flight (a reactor that gave up draining at
+            // shutdown): the device may still write into guest memory, so its mapping must
+            // outlive us. Leak it rather than unmap it under live I/O.
+            tracing::error!(
+                ctrlr = %self.ctrl.name,
+                queue = self.index,
+                in_flight = self.in_flight(),
+                "queue dropped with requests in flight; its guest memory stays mapped"
+            );
+            std::mem::forget(self.mem.clone());
+        }
+    }
+}
+
 fn set_nonblocking(fd: RawFd) {
     // SAFETY: fcntl on a descriptor the caller owns.
     unsafe {
@@ -419,8 +437,18 @@ fn set_nonblocking(fd: RawFd) {
     }
 }
 
-/// Reads an eventfd's counter to zero (it must be non-blocking).
+/// Reads an eventfd's counter to zero. It reads only when the fd is readable, so it cannot
+/// block even if the front end (which shares the open file) cleared O_NONBLOCK.
 fn drain_eventfd(fd: RawFd) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd, no wait.
+    if unsafe { libc::poll(&mut p, 1, 0) } <= 0 {
+        return;
+    }
     let mut v = 0u64;
     // SAFETY: reads 8 bytes into a live u64.
     unsafe { libc::read(fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
