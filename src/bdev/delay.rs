@@ -3,6 +3,9 @@
 //! appliance killed under I/O) and for latency experiments.
 //!
 //! One request in 100 takes the p99 latency instead of the average, as SPDK's does.
+//! Held completions wake nobody: on an adaptive reactor that went to sleep they are released
+//! at its next wake-up (at most `reactor::MAX_SLEEP_MS` later), so use it with busy reactors
+//! when its latencies are to be exact.
 
 use std::collections::VecDeque;
 use std::time::Instant;
