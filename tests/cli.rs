@@ -289,6 +289,22 @@ fn serve_boots_the_default_and_stops_on_sigterm() {
     };
     let first = vol_line(&banner);
     assert!(data.join("pool0.img").exists());
+    // The default volume is exported over vhost-user, with the QEMU line that attaches it; the
+    // socket (in the data directory without -S) is gone after a clean stop.
+    let sock = data.join("vhost.0");
+    assert!(
+        banner.contains(&format!(
+            "vhost-user-blk vhost.0: lvs0/vol0 on {}",
+            sock.display()
+        )),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("path={},reconnect-ms=500", sock.display()))
+            && banner.contains("-device vhost-user-blk-pci,chardev=vhost0"),
+        "{banner}"
+    );
+    assert!(!sock.exists(), "socket left after a clean stop");
     // A second boot loads the same pool (same volume uuid), it does not format it again.
     let again = serve_and_stop(&["-d", d], libc::SIGTERM);
     assert_eq!(vol_line(&again), first);
