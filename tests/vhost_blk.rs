@@ -544,6 +544,32 @@ fn hostile_vhost_user_messages_get_errors_and_the_controller_goes_on() {
         );
         drop(f);
     }
+    // A refused request that needs an answer (GET_INFLIGHT_FD for more queues than the device
+    // has) cannot be answered by the vhost crate: the connection closes rather than leave the
+    // front end waiting forever.
+    {
+        use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
+        use vhost::vhost_user::{Frontend, VhostUserFrontend};
+        use vhost::VhostBackend;
+        let mut f = Frontend::connect(&sock, 16).unwrap();
+        f.set_owner().unwrap();
+        let features = f.get_features().unwrap();
+        f.set_features(features).unwrap();
+        f.set_protocol_features(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+            .unwrap();
+        let t0 = Instant::now();
+        assert!(f
+            .get_inflight_fd(&VhostUserInflight::new(0, 0, 100, 128))
+            .is_err());
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "the refusal took until a timeout"
+        );
+        assert!(
+            f.get_queue_num().is_err(),
+            "connection still open after an unanswerable refusal"
+        );
+    }
     // After all that, a well-behaved client is served.
     let mut c = Client::connect(&sock, 2).expect("libblkio connects after hostile front ends");
     pattern(7, c.buf(0, BLOCK));

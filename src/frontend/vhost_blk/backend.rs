@@ -136,6 +136,7 @@ impl BlkBackend {
 
     /// The front end went away (or asked for a reset): stop every queue and forget its memory.
     pub fn disconnect(&mut self) {
+        self.reply_missing = false;
         for i in 0..self.vrings.len() {
             self.stop(i);
         }

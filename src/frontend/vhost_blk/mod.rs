@@ -116,8 +116,8 @@ impl VhostBlkController {
             path: socket.display().to_string(),
             source,
         };
-        // A stale socket from an appliance that died is replaced.
-        // Only a stale socket is replaced; any other file at that path is left alone.
+        // A stale socket (from an appliance that died) is replaced; any other file at that path
+        // is left alone.
         if let Ok(meta) = std::fs::symlink_metadata(&socket) {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
@@ -278,12 +278,18 @@ fn control_loop(
                 Err(
                     e @ (E::InvalidParam
                     | E::InvalidOperation(_)
-                    | E::InactiveFeature(_)
-                    | E::InactiveOperation(_)
                     | E::ReqHandlerError(_)
                     | E::FeatureMismatch
                     | E::BackendInternalError),
-                ) => tracing::warn!(ctrlr = %name, "request refused: {e}"),
+                ) => {
+                    tracing::warn!(ctrlr = %name, "request refused: {e}");
+                    if std::mem::take(&mut lock(&backend).reply_missing) {
+                        // A request that needed an answer got none (the vhost crate sends none
+                        // on error): the front end would wait for it forever, so close instead.
+                        tracing::warn!(ctrlr = %name, "closing the connection: a refused request could not be answered");
+                        break;
+                    }
+                }
                 Err(E::Disconnected | E::PartialMessage) => {
                     tracing::info!(ctrlr = %name, "front end disconnected");
                     break;
