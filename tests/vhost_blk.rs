@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
 use serde_json::{json, Value};
+use unblend::bench::pattern;
 use unblend::rpc::client::RpcClient;
 
 const BLOCK: usize = 4096;
@@ -155,16 +156,6 @@ impl Client {
     }
 }
 
-fn pattern(seed: u64, out: &mut [u8]) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-}
-
 #[test]
 fn libblkio_writes_verifies_flushes_discards_and_reconnects() {
     let app = Appliance::start(
@@ -217,7 +208,7 @@ fn libblkio_writes_verifies_flushes_discards_and_reconnects() {
         .map(|i| ((i * 37 % 64) << 20) % (60 << 20))
         .collect();
     for (i, &off) in offsets.iter().enumerate() {
-        pattern(i as u64, c.buf(0, chunk));
+        pattern::fill(c.buf(0, chunk), 0, BLOCK, i as u64);
         assert_eq!(c.write(i % 2, off, 0, chunk), 0, "write {i} at {off}");
     }
     let mut expect = vec![0u8; chunk];
@@ -229,7 +220,7 @@ fn libblkio_writes_verifies_flushes_discards_and_reconnects() {
     for (&off, &i) in &last {
         c.buf(chunk, chunk).fill(0);
         assert_eq!(c.read((i + 1) % 2, off, chunk, chunk), 0);
-        pattern(i as u64, &mut expect);
+        pattern::fill(&mut expect, 0, BLOCK, i as u64);
         assert!(c.buf(chunk, chunk) == &expect[..], "data at {off} differs");
     }
 
@@ -276,7 +267,7 @@ fn libblkio_writes_verifies_flushes_discards_and_reconnects() {
     drop(c);
     let mut c = Client::connect(&sock, 1).expect("libblkio reconnects");
     assert_eq!(c.read(0, keep, 0, chunk), 0);
-    pattern(keep_i as u64, &mut expect);
+    pattern::fill(&mut expect, 0, BLOCK, keep_i as u64);
     assert!(
         c.buf(0, chunk) == &expect[..],
         "data lost across a reconnect"
@@ -572,7 +563,7 @@ fn hostile_vhost_user_messages_get_errors_and_the_controller_goes_on() {
     }
     // After all that, a well-behaved client is served.
     let mut c = Client::connect(&sock, 2).expect("libblkio connects after hostile front ends");
-    pattern(7, c.buf(0, BLOCK));
+    pattern::fill(c.buf(0, BLOCK), 0, BLOCK, 7);
     assert_eq!(c.write(1, 4096, 0, BLOCK), 0);
     assert_eq!(c.read(0, 4096, BLOCK, BLOCK), 0);
     let (a, b) = (c.buf(0, BLOCK).to_vec(), c.buf(BLOCK, BLOCK).to_vec());

@@ -149,24 +149,19 @@ impl Bdev for NullBdev {
         }))
     }
     fn config_json(&self) -> Value {
+        let mut params = json!({
+            "name": self.name,
+            "num_blocks": self.num_blocks,
+            "block_size": self.block_size,
+            "uuid": self.uuid.to_string(),
+        });
+        if !self.zero_reads {
+            // Only when it differs from the default, so SPDK-made configs stay as they were.
+            params["read_zeroes"] = json!(false);
+        }
         json!({
             "method": "bdev_null_create",
-            "params": if self.zero_reads {
-                json!({
-                    "name": self.name,
-                    "num_blocks": self.num_blocks,
-                    "block_size": self.block_size,
-                    "uuid": self.uuid.to_string(),
-                })
-            } else {
-                json!({
-                    "name": self.name,
-                    "num_blocks": self.num_blocks,
-                    "block_size": self.block_size,
-                    "uuid": self.uuid.to_string(),
-                    "read_zeroes": false,
-                })
-            }
+            "params": params,
         })
     }
 }

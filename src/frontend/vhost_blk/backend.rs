@@ -76,7 +76,6 @@ pub struct BlkBackend {
     config: BlkConfig,
     serial: [u8; ID_BYTES],
     acked_features: u64,
-    acked_protocol: u64,
     regions: Vec<MappedRegion>,
     mem: Option<Arc<GuestMemoryMmap>>,
     vrings: Vec<Vring>,
@@ -114,7 +113,6 @@ impl BlkBackend {
             config,
             serial,
             acked_features: 0,
-            acked_protocol: 0,
             regions: Vec::new(),
             mem: None,
             vrings,
@@ -147,7 +145,6 @@ impl BlkBackend {
         self.regions.clear();
         self.inflight = None;
         self.acked_features = 0;
-        self.acked_protocol = 0;
     }
 
     /// Translates a front-end virtual address (vring addresses) to a guest-physical one.
@@ -193,12 +190,10 @@ impl BlkBackend {
         })
     }
 
-    /// Rebuilds the guest memory map from `self.regions`, restarting running queues around it.
+    /// Rebuilds the guest memory map from `self.regions`, stopping running queues first (their
+    /// in-flight requests point into the old map) and starting every ready queue after.
     fn remap(&mut self) -> VuResult<()> {
-        let running: Vec<usize> = (0..self.vrings.len())
-            .filter(|&i| self.vrings[i].running.is_some())
-            .collect();
-        for &i in &running {
+        for i in 0..self.vrings.len() {
             self.stop(i);
         }
         self.regions.sort_by_key(|r| r.gpa);
@@ -220,7 +215,6 @@ impl BlkBackend {
             }
         };
         // Every ring that can run now (also those that could not start before this map).
-        let _ = running;
         for i in 0..self.vrings.len() {
             self.try_start(i);
         }
@@ -321,12 +315,7 @@ impl BlkBackend {
             }) {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = stopped_tx.send(StoppedQueue {
-                        queue,
-                        kick,
-                        call,
-                        inflight: inflight_q,
-                    });
+                    let _ = stopped_tx.send(StoppedQueue { queue, kick, call });
                     let _ = ack_tx.send(Err(e.to_string()));
                     return;
                 }
@@ -579,8 +568,8 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD)
     }
 
-    fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
-        self.acked_protocol = features;
+    fn set_protocol_features(&mut self, _features: u64) -> VuResult<()> {
+        // The vhost crate keeps the acked set and checks each request against it.
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 
 use super::inflight::walk_chain;
 use super::request::{BlkOp, ChainParser, Geometry, HostMap};
+use crate::bdev::sim::SimRng;
 
 const QUEUE_SIZE: u16 = 16;
 const DESC: u64 = 0x1000;
@@ -22,23 +23,10 @@ const R0_END: u64 = 1 << 20;
 const R1_START: u64 = 2 << 20;
 const R1_END: u64 = R1_START + (64 << 10);
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// An address a hostile guest might use: mostly valid data areas, often boundaries and holes.
-fn addr(rng: &mut Rng) -> u64 {
+fn addr(rng: &mut SimRng) -> u64 {
     match rng.below(10) {
-        0 => rng.next(),
+        0 => rng.next_u64(),
         1 => R0_END - rng.below(64),
         2 => R1_END - rng.below(64),
         3 => R0_END + rng.below(R1_START - R0_END),
@@ -48,9 +36,9 @@ fn addr(rng: &mut Rng) -> u64 {
     }
 }
 
-fn len(rng: &mut Rng) -> u32 {
+fn len(rng: &mut SimRng) -> u32 {
     match rng.below(8) {
-        0 => rng.next() as u32,
+        0 => rng.next_u64() as u32,
         1 => 16,
         2 => 1,
         3 => rng.below(64) as u32,
@@ -58,16 +46,16 @@ fn len(rng: &mut Rng) -> u32 {
     }
 }
 
-fn write_desc(mem: &GuestMemoryMmap, table: u64, i: u64, rng: &mut Rng, table_len: u64) {
+fn write_desc(mem: &GuestMemoryMmap, table: u64, i: u64, rng: &mut SimRng, table_len: u64) {
     let flags: u16 = match rng.below(6) {
-        0 => rng.next() as u16,
+        0 => rng.next_u64() as u16,
         1 => 4,     // INDIRECT
         2 | 3 => 1, // NEXT
         4 => 1 | 2, // NEXT | WRITE
         _ => 2,     // WRITE (a chain's end)
     };
     let next = if rng.below(4) == 0 {
-        rng.next() as u16
+        rng.next_u64() as u16
     } else {
         ((i + 1 + rng.below(2)) % table_len) as u16
     };
@@ -85,8 +73,8 @@ fn write_desc(mem: &GuestMemoryMmap, table: u64, i: u64, rng: &mut Rng, table_le
 }
 
 /// A well-formed request now and then, so the parser's success paths are fuzzed too.
-fn write_good_chain(mem: &GuestMemoryMmap, rng: &mut Rng, head: u16) {
-    let t = [0u32, 1, 4, 8, 11, 13, rng.next() as u32][rng.below(7) as usize];
+fn write_good_chain(mem: &GuestMemoryMmap, rng: &mut SimRng, head: u16) {
+    let t = [0u32, 1, 4, 8, 11, 13, rng.next_u64() as u32][rng.below(7) as usize];
     let hdr_at = 0x8000u64;
     let mut hdr = [0u8; 16];
     hdr[0..4].copy_from_slice(&t.to_le_bytes());
@@ -141,7 +129,7 @@ fn a_million_hostile_descriptor_chains_never_panic() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5eed);
-    let mut rng = Rng(seed | 1);
+    let mut rng = SimRng::new(seed);
     let mem = memory();
     let geo = Geometry {
         block_size: 4096,
@@ -173,7 +161,7 @@ fn a_million_hostile_descriptor_chains_never_panic() {
             }
         }
         let head = if rng.below(20) == 0 {
-            rng.next() as u16
+            rng.next_u64() as u16
         } else {
             rng.below(QUEUE_SIZE as u64) as u16
         };

@@ -109,8 +109,6 @@ pub struct BlkRequest {
     pub status: *mut u8,
     /// What the used ring reports as written: the data read plus the status byte.
     pub used_len: u32,
-    /// For a write-zeroes request: whether the guest allows unmapping.
-    pub may_unmap: bool,
 }
 
 /// Why a chain was refused. The request is answered with IOERR (or UNSUPP) when it has a
@@ -182,7 +180,6 @@ impl Default for ChainParser {
                 n_iovs: 0,
                 status: std::ptr::null_mut(),
                 used_len: 0,
-                may_unmap: false,
             },
         }
     }
@@ -277,7 +274,6 @@ fn parse_chain(
     req.n_iovs = 0;
     req.status = status;
     req.used_len = 1;
-    req.may_unmap = false;
     let (readable_bytes, writable_bytes) = segs.iter().fold((0u64, 0u64), |(r, w), s| {
         if s.writable {
             (r, w + s.len as u64)
@@ -409,7 +405,6 @@ fn parse_chain(
             });
             req.offset_blocks = start;
             req.num_blocks = count;
-            req.may_unmap = zeroes && flags & WRITE_ZEROES_F_UNMAP != 0;
         }
         _ => return Err((Refusal::Unsupported, Some(status))),
     }

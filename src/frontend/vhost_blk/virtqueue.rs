@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
@@ -39,8 +39,6 @@ const RATE_WINDOW_NS: u64 = 100_000_000;
 pub struct QueueControl {
     /// Set by the control thread: stop popping, finish in-flight requests, hand the queue back.
     pub stop: AtomicBool,
-    /// Chains refused as malformed (or with a head outside the ring).
-    pub refused: AtomicU64,
 }
 
 /// Everything a poller needs; built by the control thread, moved to the reactor.
@@ -56,18 +54,18 @@ pub struct QueueSetup {
     pub control: Arc<QueueControl>,
     pub ctrl: Arc<ControllerShared>,
     pub inflight: Option<InflightQueue>,
-    /// Heads to run again first (requests in flight when the previous appliance died).
+    /// Heads to run again first, oldest first (requests in flight when the previous
+    /// appliance died).
     pub resubmit: Vec<u16>,
     /// Where the stopped queue goes back to the control thread.
     pub stopped: SyncSender<StoppedQueue>,
 }
 
-/// A queue handed back by a stopped poller, with its indices, eventfds and inflight region.
+/// A queue handed back by a stopped poller, with its indices and eventfds.
 pub struct StoppedQueue {
     pub queue: Queue,
     pub kick: File,
     pub call: Option<File>,
-    pub inflight: Option<InflightQueue>,
 }
 
 #[derive(Clone, Copy)]
@@ -93,6 +91,7 @@ pub struct VirtqueuePoller {
     control: Arc<QueueControl>,
     ctrl: Arc<ControllerShared>,
     inflight: Option<InflightQueue>,
+    /// Heads to run again, newest first (so the oldest pops off the end).
     resubmit: Vec<u16>,
     stopped: Option<SyncSender<StoppedQueue>>,
     slots: Box<[InFlight]>,
@@ -135,7 +134,7 @@ impl VirtqueuePoller {
             control: setup.control,
             ctrl: setup.ctrl,
             inflight: setup.inflight,
-            resubmit: setup.resubmit,
+            resubmit: setup.resubmit.into_iter().rev().collect(),
             stopped: Some(setup.stopped),
             slots: vec![
                 InFlight {
@@ -244,8 +243,10 @@ impl VirtqueuePoller {
     /// Pops and starts up to `POP_BUDGET` chains; returns how many.
     fn pop(&mut self, now_ns: u64) -> usize {
         let mut popped = 0;
-        while !self.resubmit.is_empty() && !self.free_slots.is_empty() {
-            let head = self.resubmit.remove(0);
+        while !self.free_slots.is_empty() {
+            let Some(head) = self.resubmit.pop() else {
+                break;
+            };
             let desc_table = GuestAddress(self.queue.desc_table());
             let size = self.queue.size();
             let parsed = self.parser.parse(
@@ -329,7 +330,7 @@ impl VirtqueuePoller {
                 };
                 self.complete(head, at, code, 1);
             }
-            None => self.complete_unreported(head),
+            None => self.return_used(head, 0),
         }
     }
 
@@ -338,14 +339,11 @@ impl VirtqueuePoller {
         // SAFETY: `status_at` was checked to lie in guest memory when the chain was parsed, and
         // the poller keeps that mapping (`self.mem`) until it stops.
         unsafe { std::ptr::write_volatile(status_at, status) };
-        self.complete_unreported_len(head, used_len);
+        self.return_used(head, used_len);
     }
 
-    fn complete_unreported(&mut self, head: u16) {
-        self.complete_unreported_len(head, 0);
-    }
-
-    fn complete_unreported_len(&mut self, head: u16, used_len: u32) {
+    /// Puts the chain on the used ring (`used_len` bytes written to it).
+    fn return_used(&mut self, head: u16, used_len: u32) {
         if self.queue.add_used(&*self.mem, head, used_len).is_err() {
             // A head outside the ring: nothing can be returned. Counted, not fatal.
             self.refused += 1;
@@ -388,7 +386,6 @@ impl VirtqueuePoller {
 
     fn publish_counts(&self) {
         self.ctrl.queue_requests[self.index as usize].store(self.requests, Ordering::Relaxed);
-        self.control.refused.store(self.refused, Ordering::Relaxed);
     }
 
     fn hand_back(&mut self) {
@@ -405,7 +402,6 @@ impl VirtqueuePoller {
             queue: std::mem::take(&mut self.queue),
             kick,
             call: self.call.take(),
-            inflight: self.inflight.take(),
         });
     }
 }
