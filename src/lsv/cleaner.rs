@@ -153,8 +153,12 @@ pub struct Cleaner {
     moving_seq: u64,
     /// Cleaned victims waiting for a flush before they are free, and the newest relocation
     /// record the flush in flight covers.
-    awaiting_flush: Vec<u64>,
+    /// Each with the room cleaning it gains (its blocks less what moving them wrote): the
+    /// credit throttled user writes get when it is freed.
+    awaiting_flush: Vec<(u64, u64)>,
     flushed_moving_seq: u64,
+    /// Blocks written so far moving the current victim.
+    victim_written: u64,
 }
 
 impl Cleaner {
@@ -208,6 +212,7 @@ impl Cleaner {
             moving_seq: 0,
             awaiting_flush: Vec::new(),
             flushed_moving_seq: 0,
+            victim_written: 0,
         })
     }
 
@@ -333,12 +338,13 @@ impl Cleaner {
                 }
                 Some(_) => {
                     self.last_moved_seq = self.flushed_moving_seq;
-                    for seg in self.awaiting_flush.drain(..count) {
+                    for (seg, gain) in self.awaiting_flush.drain(..count) {
                         // Its live blocks are in durable relocation records now, and the
                         // writes that superseded its dead blocks are durable too: reusable.
                         self.pool
                             .usage
                             .transition(seg, SegmentState::Cleaned, SegmentState::Free);
+                        self.pool.grant_credit(gain);
                     }
                     (State::Idle, CleanerPoll::Busy)
                 }
@@ -504,6 +510,7 @@ impl Cleaner {
 
     /// Walks the victim's records and keeps the blocks that are still live.
     fn collect_live(&mut self, seg: u64) {
+        self.victim_written = 0;
         self.live.clear();
         self.cursor = 0;
         self.unmaps.clear();
@@ -619,7 +626,8 @@ impl Cleaner {
             // Cleaned: free after the next flush of the base bdev (one flush covers a batch).
             self.pool.usage.mark_cleaned(seg, 0);
             self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
-            self.awaiting_flush.push(seg);
+            let gain = self.seg_blocks().saturating_sub(self.victim_written);
+            self.awaiting_flush.push((seg, gain));
             return (State::Idle, CleanerPoll::Busy);
         }
         let stream = self.live[self.cursor].cold as usize;
@@ -634,14 +642,17 @@ impl Cleaner {
         {
             count += 1;
         }
-        // Shrink to what fits the open segment, if that is at least half the batch.
+        // Shrink to what fits the open segment: its tail is filled, never left empty. (An
+        // unfilled tail is space nobody can use until the segment is cleaned again; leaving
+        // a third of each relocation segment empty once made greedy clean the same blocks
+        // round and round without gaining a segment.)
         if let Some((_, next, _)) = self.streams[stream].open {
             let left = seg_blocks - next;
             let fit = (0..=count)
                 .rev()
                 .find(|&n| n as u64 + header_blocks_for(n.max(1)) as u64 <= left)
                 .unwrap_or(0);
-            if fit > 0 && fit * 2 >= count {
+            if fit > 0 {
                 count = fit;
             }
         }
@@ -868,6 +879,7 @@ impl Cleaner {
         self.pool
             .cleaner_blocks_written
             .fetch_add(blocks, Ordering::Relaxed);
+        self.victim_written += blocks;
         self.cursor += count;
         (State::Moving { seg }, CleanerPoll::Busy)
     }
@@ -966,7 +978,7 @@ impl Drop for Cleaner {
         }
         if let State::Freeing { count } = self.state {
             if out.iter().any(|c| c.status == IoStatus::Success) {
-                for seg in self.awaiting_flush.drain(..count) {
+                for (seg, _) in self.awaiting_flush.drain(..count) {
                     self.pool
                         .usage
                         .transition(seg, SegmentState::Cleaned, SegmentState::Free);
@@ -981,7 +993,7 @@ impl Drop for Cleaner {
                 std::thread::yield_now();
             }
             if out.iter().all(|c| c.status == IoStatus::Success) {
-                for seg in self.awaiting_flush.drain(..) {
+                for (seg, _) in self.awaiting_flush.drain(..) {
                     self.pool
                         .usage
                         .transition(seg, SegmentState::Cleaned, SegmentState::Free);

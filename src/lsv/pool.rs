@@ -254,8 +254,11 @@ pub struct LsvPool {
     pub(super) full: AtomicBool,
     /// Set when the pool is being deleted or closed: its cleaner stops.
     pub(super) closing: AtomicBool,
-    /// User writes held back this moment by throttling (a gauge for statistics).
-    pub(super) throttled_writes: AtomicU64,
+    /// Blocks user records may take while throttled (earned by the cleaner; see
+    /// `admit_user_record`). Never above two segments.
+    throttle_credit_blocks: std::sync::atomic::AtomicI64,
+    /// User records held back by throttling since open (each hold counts once per try).
+    pub(super) throttled_records: AtomicU64,
     wa_history: Mutex<VecDeque<(Instant, u64, u64)>>,
     opened: Instant,
     /// Write every user record with FUA (acknowledged = durable) rather than relying on
@@ -427,7 +430,8 @@ impl LsvPool {
             cleaner_attached: AtomicBool::new(false),
             full: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            throttled_writes: AtomicU64::new(0),
+            throttle_credit_blocks: std::sync::atomic::AtomicI64::new(0),
+            throttled_records: AtomicU64::new(0),
             wa_history: Mutex::new(VecDeque::with_capacity(WA_WINDOW_SAMPLES)),
             opened: Instant::now(),
             fua_records: AtomicBool::new(false),
@@ -1214,21 +1218,48 @@ impl LsvPool {
         self.throttle_start() + (self.sb.segment_count / 64).max(2)
     }
 
-    /// Writes one channel may put in a record now: all of them while free segments are
-    /// plenty, then fewer and fewer as they run low (smooth throttling), never none.
+    /// Whether a user record of `blocks` may be written now (smooth throttling). While free
+    /// segments are plenty, always. Below `throttle_start` free segments, a record takes its
+    /// blocks from the credit the cleaner earns by freeing space (a victim's dead blocks), so
+    /// user writes go at the cleaner's pace: records are held back whole, never shrunk, since
+    /// a smaller record costs a header block per fewer writes and so more space to clean.
+    /// A pool the cleaner can free nothing in admits everything (the write then fails with
+    /// ENOSPC or finds room).
     #[inline]
-    pub(super) fn writes_per_record(&self, max: usize) -> usize {
-        if !self.cleaner_attached.load(Ordering::Relaxed) {
-            return max;
+    pub(super) fn admit_user_record(&self, blocks: u64) -> bool {
+        if !self.cleaner_attached.load(Ordering::Relaxed)
+            || (self.usage.free_count() as u64) >= self.throttle_start()
+            || self.full.load(Ordering::Acquire)
+        {
+            return true;
         }
-        let free = self.usage.free_count() as u64;
-        let start = self.throttle_start();
-        if free >= start {
-            return max;
+        let before = self
+            .throttle_credit_blocks
+            .fetch_sub(blocks as i64, Ordering::AcqRel);
+        if before >= blocks as i64 {
+            return true;
         }
-        let room = free.saturating_sub(CLEANER_RESERVE_SEGMENTS);
-        let span = start - CLEANER_RESERVE_SEGMENTS;
-        ((max as u64 * room / span) as usize).max(1)
+        self.throttle_credit_blocks
+            .fetch_add(blocks as i64, Ordering::AcqRel);
+        self.throttled_records.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// The cleaner freed `blocks` of room net of what it wrote: user writes may use them.
+    /// Credit is capped at two segments, so a throttled pool never bursts far ahead of it.
+    pub(super) fn grant_credit(&self, blocks: u64) {
+        let cap = 2 * self.seg_blocks as i64;
+        let _ = self.throttle_credit_blocks.fetch_update(
+            Ordering::AcqRel,
+            Ordering::Acquire,
+            |c| Some((c + blocks as i64).min(cap)),
+        );
+    }
+
+    /// Whether user writes are being throttled now.
+    pub fn throttled(&self) -> bool {
+        self.cleaner_attached.load(Ordering::Relaxed)
+            && (self.usage.free_count() as u64) < self.throttle_start()
     }
 
     /// `unblend_lsv_get_stats`'s figures for this pool.
@@ -1256,7 +1287,6 @@ impl LsvPool {
         };
         let uptime_s = self.opened.elapsed().as_secs_f64();
         let b = BLOCK_BYTES as u64;
-        let throttle = self.writes_per_record(1024);
         serde_json::json!({
             "name": self.name,
             "segment_bytes": self.sb.segment_bytes,
@@ -1280,8 +1310,9 @@ impl LsvPool {
                 "bytes_moved_per_s": if uptime_s > 0.0 { cleaner as f64 * b as f64 / uptime_s } else { 0.0 },
             },
             "throttle": {
-                "active": throttle < 1024,
-                "writes_per_record_permille": throttle * 1000 / 1024,
+                "active": self.throttled(),
+                "credit_bytes": self.throttle_credit_blocks.load(Ordering::Relaxed).max(0) as u64 * b,
+                "records_held": self.throttled_records.load(Ordering::Relaxed),
                 "start_below_free_segments": self.throttle_start(),
                 "pool_full": self.full.load(Ordering::Relaxed),
             },

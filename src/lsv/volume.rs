@@ -297,8 +297,7 @@ impl VolumeChannel {
             let Some(slot_idx) = self.records.iter().position(|r| r.is_none()) else {
                 return; // all record slots busy: the rest waits for the next pass
             };
-            // Take as many pending writes as fit one record (fewer while throttled).
-            let limit = self.pool.writes_per_record(self.record_writes);
+            // Take as many pending writes as fit one record.
             let mut take = 0;
             let mut data_blocks = 0u32;
             let mut iovs = 1;
@@ -308,7 +307,7 @@ impl VolumeChannel {
                 } else {
                     0
                 };
-                if take == limit
+                if take == self.record_writes
                     || data_blocks + d > MAX_DATA_BLOCKS
                     || iovs + w.iov_count > MAX_IOVS
                 {
@@ -320,17 +319,18 @@ impl VolumeChannel {
             }
             debug_assert!(take > 0, "a single write always fits a record");
             let blocks = header_blocks_for(take) as u64 + data_blocks as u64;
+            // Throttled: the whole record waits for the cleaner's credit (and grows meanwhile).
+            if !self.pool.admit_user_record(blocks) {
+                return;
+            }
             // A free record slot implies a free header buffer (both RECORDS_IN_FLIGHT).
             let Some(mut header_buf) = self.headers.get() else {
+                self.pool.grant_credit(blocks);
                 return;
             };
-            if limit < self.record_writes {
-                self.pool
-                    .throttled_writes
-                    .store((self.pending.len() - take) as u64, Ordering::Relaxed);
-            }
             let Some((seg, at)) = self.reserve(blocks) else {
                 self.headers.put(header_buf);
+                self.pool.grant_credit(blocks);
                 if !self.out_of_space() {
                     return; // the cleaner is making room: try again next pass
                 }
