@@ -4,14 +4,16 @@
 //! - `format`: the pool's layout and superblock; `record`: log records; `checkpoint`: the
 //!   checkpoint format. Each on-disk format is documented in its file, with its version.
 //! - `extent_table`: the lock-free map; `usage`: segment states, live counts, victim policies.
-//! - `pool`: a pool on its base bdev, volume table, recovery; `volume`: a volume as a bdev,
-//!   with a log head per channel; `cleaner`: moves live blocks and writes checkpoints.
+//! - `pool`: a pool on its base bdev, volume table, recovery; `volume`: a volume as a bdev;
+//!   `log_writer`: a reactor's log head, shared by that reactor's volume channels of a pool;
+//!   `cleaner`: moves live blocks and writes checkpoints.
 //! - `pools`: the appliance's pools and examine; `tools`: offline format/inspect/check.
 
 pub mod checkpoint;
 pub mod cleaner;
 pub mod extent_table;
 pub mod format;
+pub mod log_writer;
 pub mod pool;
 pub mod pools;
 pub mod record;

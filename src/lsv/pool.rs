@@ -209,8 +209,9 @@ type LoadedCheckpoint = (
 /// Sequence numbers skipped after recovery: more than every record that can be in flight at
 /// once (`MAX_LOG_HEADS` heads of at most `RECORDS_IN_FLIGHT` records each).
 pub const SEQ_GAP_AFTER_RECOVERY: u64 = 1 << 16;
-const _: () =
-    assert!(SEQ_GAP_AFTER_RECOVERY > (MAX_LOG_HEADS * super::volume::RECORDS_IN_FLIGHT) as u64 + 2);
+const _: () = assert!(
+    SEQ_GAP_AFTER_RECOVERY > (MAX_LOG_HEADS * super::log_writer::RECORDS_IN_FLIGHT) as u64 + 2
+);
 /// Free segments only the cleaner may take (two relocation streams, one spare).
 pub const CLEANER_RESERVE_SEGMENTS: u64 = 3;
 /// One-minute write-amplification window: a sample per second.
@@ -551,8 +552,8 @@ impl LsvPool {
 
     /// Applies one record's entries to the extent tables (replay and live I/O share this).
     /// `first_data_pba` is where the record's data starts.
-    /// `table`: the volume every entry belongs to (a live channel's records hold one volume),
-    /// or None to look each entry's volume up (replay). Entries read from disk are bounded
+    /// `tables`: the tables of the volumes a live log writer serves, by volume id; a volume
+    /// not among them (and every volume in replay) is looked up. Entries read from disk are bounded
     /// here: blocks past a volume's end, or of a volume no longer in the table, are skipped.
     pub(super) fn apply_record(
         &self,
@@ -560,7 +561,7 @@ impl LsvPool {
         first_data_pba: u64,
         deltas: &mut UsageDeltas,
         live: bool,
-        table: Option<&ExtentTable>,
+        tables: &[(u64, Arc<ExtentTable>)],
     ) {
         // Live I/O: a record older than this one may still be in flight (ours counts once).
         let older_in_flight = live && self.records_in_flight.load(Ordering::Acquire) > 1;
@@ -568,8 +569,8 @@ impl LsvPool {
         let mut pba = first_data_pba;
         for e in &h.entries {
             let looked_up;
-            let table = match table {
-                Some(t) => t,
+            let table = match tables.iter().find(|(v, _)| *v == e.volume) {
+                Some((_, t)) => t.as_ref(),
                 None => {
                     looked_up = self.table_of(e.volume as u32);
                     match &looked_up {
@@ -773,7 +774,7 @@ impl LsvPool {
         // Each record's blocks are summarized just before it is applied, in sequence order.
         for (_, first_data, rh) in &records {
             self.summarize(rh, *first_data);
-            self.apply_record(rh, *first_data, &mut deltas, false, None);
+            self.apply_record(rh, *first_data, &mut deltas, false, &[]);
         }
         // Live counts from the map itself.
         let mut live = vec![0u32; self.sb.segment_count as usize];
@@ -1249,11 +1250,11 @@ impl LsvPool {
     /// Credit is capped at two segments, so a throttled pool never bursts far ahead of it.
     pub(super) fn grant_credit(&self, blocks: u64) {
         let cap = 2 * self.seg_blocks as i64;
-        let _ = self.throttle_credit_blocks.fetch_update(
-            Ordering::AcqRel,
-            Ordering::Acquire,
-            |c| Some((c + blocks as i64).min(cap)),
-        );
+        let _ =
+            self.throttle_credit_blocks
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                    Some((c + blocks as i64).min(cap))
+                });
     }
 
     /// Whether user writes are being throttled now.

@@ -63,14 +63,22 @@ struct Harness {
 
 impl Harness {
     fn open(pool: &Arc<LsvPool>) -> Harness {
+        Self::open_as(pool, false)
+    }
+
+    /// With `own_log`, the channel gets a log writer of its own, as if on its own reactor.
+    fn open_as(pool: &Arc<LsvPool>, own_log: bool) -> Harness {
         let (meta, table) = pool.volume("v").expect("volume exists");
         let reg = BdevRegistry::new();
-        let entry = reg
-            .register(Arc::new(LsvVolume::new(pool.clone(), meta, table)))
-            .unwrap();
+        let mut volume = LsvVolume::new(pool.clone(), meta, table);
+        if own_log {
+            volume = volume.with_own_log();
+        }
+        let entry = reg.register(Arc::new(volume)).unwrap();
+        // 16 writes and a FLUSH may be in flight at once.
         let ch = entry
             .open_channel(&ChannelContext {
-                queue_depth: 16,
+                queue_depth: 17,
                 buffers: None,
             })
             .unwrap();
@@ -422,7 +430,7 @@ fn run_two_writers(seed: u64) -> Result<(), String> {
     pool.set_fua_records(true);
     pool.create_volume("v", VOLUME_BLOCKS)
         .map_err(|e| e.to_string())?;
-    let mut hs = [Harness::open(&pool), Harness::open(&pool)];
+    let mut hs = [Harness::open_as(&pool, true), Harness::open_as(&pool, true)];
     let mut in_flight = [[false; 16]; 2];
     const HOT: u64 = 8; // both writers hammer the same 8 blocks
     for step in 0..400u64 {
