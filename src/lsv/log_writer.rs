@@ -380,7 +380,14 @@ impl LogWriter {
             let Some(slot_idx) = self.records.iter().position(|r| r.is_none()) else {
                 return; // all record slots busy: the rest waits for the next poll
             };
-            // Take as many pending writes as fit one record.
+            // Take as many pending writes as fit one record. Throttled, records wait for
+            // credit anyway: let them carry everything pending, to spend fewer header blocks
+            // (space the cleaner must reclaim) per write.
+            let max_take = if self.pool.throttled() {
+                MAX_WRITES_PER_RECORD
+            } else {
+                self.record_writes
+            };
             let mut take = 0;
             let mut data_blocks = 0u32;
             let mut iovs = 1;
@@ -390,7 +397,7 @@ impl LogWriter {
                 } else {
                     0
                 };
-                if take == self.record_writes
+                if take == max_take
                     || data_blocks + d > MAX_DATA_BLOCKS
                     || iovs + w.iov_count > MAX_IOVS
                 {

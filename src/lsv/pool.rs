@@ -1216,7 +1216,7 @@ impl LsvPool {
 
     /// Free segments the cleaner works to keep in hand.
     pub(super) fn clean_target(&self) -> u64 {
-        self.throttle_start() + (self.sb.segment_count / 64).max(2)
+        self.throttle_start() + (self.sb.segment_count / 256).max(1)
     }
 
     /// Whether a user record of `blocks` may be written now (smooth throttling). While free
