@@ -40,7 +40,8 @@ impl SegmentState {
 pub enum CleanerPolicy {
     /// Fewest live blocks.
     Greedy,
-    /// Rosenblum & Ousterhout's cost-benefit: most `(1 - u) * age / (1 + u)`.
+    /// Rosenblum & Ousterhout's cost-benefit: most `(1 - u) * age / (1 + u)`, the age
+    /// counted in sequence numbers since the segment's first record.
     CostBenefit,
     /// Cost-benefit victims, and relocated blocks split by lifespan (SepBIT-style): blocks
     /// that already survived a long time go to a separate "cold" relocation stream.
@@ -77,8 +78,12 @@ impl CleanerPolicy {
 struct Segment {
     state: AtomicU8,
     live_blocks: AtomicU32,
-    /// Sequence number of the newest record written to it (its age is measured from this).
+    /// Sequence number of the newest record written to it.
     last_seq: AtomicU64,
+    /// Sequence number of the first record of its current use (0 while free): cost-benefit
+    /// measures a segment's age from this. (From the newest record instead, a relocation
+    /// segment that took cold blocks now and then would never look old.)
+    first_seq: AtomicU64,
     /// Records written into it that have not completed yet (the cleaner waits for none).
     records_in_flight: AtomicU32,
 }
@@ -98,6 +103,7 @@ impl UsageTable {
                     state: AtomicU8::new(SegmentState::Free as u8),
                     live_blocks: AtomicU32::new(0),
                     last_seq: AtomicU64::new(0),
+                    first_seq: AtomicU64::new(0),
                     records_in_flight: AtomicU32::new(0),
                 })
                 .collect(),
@@ -134,6 +140,15 @@ impl UsageTable {
         }
         s.live_blocks.store(live, Ordering::Relaxed);
         s.last_seq.store(last_seq, Ordering::Relaxed);
+        // Its first record's number is not kept across a restart; the newest stands in.
+        s.first_seq.store(
+            if state == SegmentState::Free {
+                0
+            } else {
+                last_seq
+            },
+            Ordering::Relaxed,
+        );
     }
 
     pub fn last_seq(&self, seg: u64) -> u64 {
@@ -198,6 +213,9 @@ impl UsageTable {
             .is_ok();
         if ok && to == SegmentState::Free {
             debug_assert_eq!(self.live(seg), 0, "segment {seg} freed with live blocks");
+            self.segments[seg as usize]
+                .first_seq
+                .store(0, Ordering::Relaxed);
             self.free.fetch_add(1, Ordering::AcqRel);
         }
         if ok && from == SegmentState::Free {
@@ -234,9 +252,12 @@ impl UsageTable {
     }
 
     pub fn note_write(&self, seg: u64, seq: u64) {
-        self.segments[seg as usize]
-            .last_seq
-            .fetch_max(seq, Ordering::Relaxed);
+        let s = &self.segments[seg as usize];
+        s.last_seq.fetch_max(seq, Ordering::Relaxed);
+        if s.first_seq.load(Ordering::Relaxed) == 0 {
+            // Only the segment's own log head writes into it: no other writer races this.
+            s.first_seq.store(seq, Ordering::Relaxed);
+        }
     }
 
     /// Applies a reactor's per-pass changes.
@@ -269,7 +290,7 @@ impl UsageTable {
                 .map(|s| {
                     let u = self.live(s) as f64 / cap;
                     let age = now_seq
-                        .saturating_sub(self.segments[s as usize].last_seq.load(Ordering::Relaxed))
+                        .saturating_sub(self.segments[s as usize].first_seq.load(Ordering::Relaxed))
                         as f64;
                     (s, (1.0 - u) * (age + 1.0) / (1.0 + u))
                 })
