@@ -3,9 +3,10 @@
 //! killed with SIGKILL at a random moment, restarted on the same file, and must find every
 //! journaled write (or a newer one) before it writes again. 20 cycles, then a clean run.
 //!
-//! The process is `unblend bench -w crashwrite` on an lsv volume (`open=1` reopens the pool):
-//! `unblend serve` has no data front end yet to drive I/O from outside, so the bench runs the
-//! same pool, reactors and cleaner in-process.
+//! The process is `unblend bench -w crashwrite` on an lsv volume (`open=1` reopens the pool),
+//! which journals from inside the process. The same kind of test against `unblend serve`
+//! itself, driven over vhost-user-blk from outside, is
+//! `lsv_behind_serve_keeps_flushed_writes_across_sigkill` in `vhost_blk.rs`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
