@@ -670,8 +670,8 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
         let mut busy = vec![false; BLOCKS as usize];
         let (mut writes, mut flushes) = (0u64, 0u64);
         while Instant::now() < kill_at {
-            for s in 0..QD {
-                if slots[s].is_some() {
+            for (s, slot) in slots.iter_mut().enumerate() {
+                if slot.is_some() {
                     continue;
                 }
                 let b = next(BLOCKS);
@@ -692,7 +692,7 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
                 );
                 busy[b as usize] = true;
                 allowed[b as usize].push(tag);
-                slots[s] = Some((b, tag));
+                *slot = Some((b, tag));
             }
             if !flush && next(20) == 0 {
                 c.queues[0].flush(FLUSH_SLOT as usize, ReqFlags::empty());
