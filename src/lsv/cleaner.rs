@@ -22,7 +22,7 @@
 //!   writes or unmaps that are in the log or a checkpoint, and its unmaps that neither
 //!   checkpoint covers are re-logged as relocation records too.
 //! - **Checkpoints** are taken every `CHECKPOINT_INTERVAL` while the pool is written, and when
-//!   the log written since the last one passes a quarter of the pool (at most 1 GiB), which
+//!   the log written since the last one passes a quarter of the pool (at most 512 MiB), which
 //!   bounds recovery time; cleaning needs none.
 //!
 //! Bounds: one victim and one record (at most `MAX_DATA_BLOCKS` blocks) in flight at a time;
@@ -45,7 +45,7 @@ use crate::mem::DmaRegion;
 /// A periodic checkpoint is taken this often while the pool is being written.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 /// Log bytes since the last checkpoint that trigger one (a quarter of the pool, at most this).
-pub const CHECKPOINT_LOG_BYTES: u64 = 1 << 30;
+pub const CHECKPOINT_LOG_BYTES: u64 = 512 << 20;
 /// How often an idle cleaner looks at the pool.
 const CHECK_EVERY: Duration = Duration::from_millis(1);
 const CHECKPOINT_IO_BYTES: usize = 4 << 20;
