@@ -629,6 +629,14 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
     let mut allowed: Vec<Vec<u64>> = vec![vec![0]; BLOCKS as usize];
     let mut next_tag = 1u64;
     for cycle in 0..=CYCLES {
+        // Killed when dropped, so a failing check leaves no appliance behind.
+        struct Killed(Child);
+        impl Drop for Killed {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
             .args(["serve", "-m", "0x3", "-r"])
             .arg(dir.join("rpc.sock"))
@@ -641,6 +649,7 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
             .spawn()
             .unwrap();
         common::wait_until_running(&mut child);
+        let mut child = Killed(child);
         let mut c = Client::connect(&dir.join("vhost.0"), 1)
             .unwrap_or_else(|e| panic!("cycle {cycle} (seed {seed}): connect: {e}"));
         // Verify every block, 64 at a time; what it holds now is all it may hold.
@@ -659,8 +668,6 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
             }
         }
         if cycle == CYCLES {
-            let _ = child.kill();
-            let _ = child.wait();
             break;
         }
         // Write until a random moment, then SIGKILL with whatever is in flight.
@@ -722,8 +729,8 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
                 }
             }
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = child.0.kill();
+        let _ = child.0.wait();
         assert!(
             writes > 0,
             "cycle {cycle}: no write completed before the kill"

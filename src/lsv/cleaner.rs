@@ -441,15 +441,19 @@ impl Cleaner {
             if free <= CLEANER_RESERVE_SEGMENTS && cleaned == 0 && self.victim().is_none() {
                 self.pool.full.store(true, Ordering::Release);
             }
+            self.pool.nothing_to_clean.store(stuck, Ordering::Release);
             return CleanerPoll::Idle;
         }
         let Some(seg) = self.victim() else {
             if free <= CLEANER_RESERVE_SEGMENTS && cleaned == 0 {
                 self.pool.full.store(true, Ordering::Release);
             }
+            // Throttled writes must not wait for credit that cleaning cannot earn.
+            self.pool.nothing_to_clean.store(true, Ordering::Release);
             return CleanerPoll::Idle;
         };
         self.pool.full.store(false, Ordering::Release);
+        self.pool.nothing_to_clean.store(false, Ordering::Release);
         if !self
             .pool
             .usage

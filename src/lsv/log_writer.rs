@@ -243,8 +243,11 @@ impl LogWriter {
             queue_depth,
             done: Vec::with_capacity(queue_depth),
         });
-        if !self.tables.iter().any(|(v, _)| *v == volume) {
-            self.tables.push((volume, table.clone()));
+        // A volume id may be reused after a delete: the newest table for an id wins.
+        match self.tables.iter_mut().find(|(v, _)| *v == volume) {
+            Some(cached) if !Arc::ptr_eq(&cached.1, table) => cached.1 = table.clone(),
+            Some(_) => {}
+            None => self.tables.push((volume, table.clone())),
         }
         self.resize_for_channels();
         Ok(id as u32)
@@ -388,6 +391,8 @@ impl LogWriter {
             } else {
                 self.record_writes
             };
+            // A record never spans segments (a single write always fits one: see submit).
+            let seg_blocks = self.blocks_per_segment();
             let mut take = 0;
             let mut data_blocks = 0u32;
             let mut iovs = 1;
@@ -400,6 +405,7 @@ impl LogWriter {
                 if take == max_take
                     || data_blocks + d > MAX_DATA_BLOCKS
                     || iovs + w.iov_count > MAX_IOVS
+                    || header_blocks_for(take + 1) as u64 + (data_blocks + d) as u64 > seg_blocks
                 {
                     break;
                 }
@@ -410,17 +416,17 @@ impl LogWriter {
             debug_assert!(take > 0, "a single write always fits a record");
             let blocks = header_blocks_for(take) as u64 + data_blocks as u64;
             // Throttled: the whole record waits for the cleaner's credit (and grows meanwhile).
-            if !self.pool.admit_user_record(blocks) {
+            let Some(charged) = self.pool.admit_user_record(blocks) else {
                 return;
-            }
+            };
             // A free record slot implies a free header buffer (both RECORDS_IN_FLIGHT).
             let Some(mut header_buf) = self.headers.get() else {
-                self.pool.grant_credit(blocks);
+                self.pool.grant_credit(charged);
                 return;
             };
             let Some((seg, at)) = self.reserve(blocks) else {
                 self.headers.put(header_buf);
-                self.pool.grant_credit(blocks);
+                self.pool.grant_credit(charged);
                 if !self.out_of_space() {
                     return; // the cleaner is making room: try again next poll
                 }
@@ -499,6 +505,13 @@ impl LogWriter {
                 }
                 Err(e) => {
                     tracing::error!("lsv record submit failed: {e}");
+                    // Its blocks stay unwritten: a hole that recovery would stop at, so
+                    // nothing more goes into this segment.
+                    if let Some(h) = self.head.take() {
+                        self.pool
+                            .usage
+                            .transition(h.seg, SegmentState::Open, SegmentState::Sealed);
+                    }
                     self.pool.usage.record_finished(seg);
                     self.pool.record_done();
                     self.publish_oldest();

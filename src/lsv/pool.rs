@@ -253,6 +253,9 @@ pub struct LsvPool {
     pub(super) cleaner_attached: AtomicBool,
     /// Set by the cleaner when no segment can be freed: writes that find no room fail.
     pub(super) full: AtomicBool,
+    /// Set by the cleaner while it finds no victim it could clean: throttled writes then go
+    /// on (to find room or fail with ENOSPC) rather than wait for credit nobody can earn.
+    pub(super) nothing_to_clean: AtomicBool,
     /// Set when the pool is being deleted or closed: its cleaner stops.
     pub(super) closing: AtomicBool,
     /// Blocks user records may take while throttled (earned by the cleaner; see
@@ -432,6 +435,7 @@ impl LsvPool {
             full: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             throttle_credit_blocks: std::sync::atomic::AtomicI64::new(0),
+            nothing_to_clean: AtomicBool::new(false),
             throttled_records: AtomicU64::new(0),
             wa_history: Mutex::new(VecDeque::with_capacity(WA_WINDOW_SAMPLES)),
             opened: Instant::now(),
@@ -511,7 +515,7 @@ impl LsvPool {
     pub(super) fn summarize(&self, h: &RecordHeader, first_data_pba: u64) {
         let seqs = self.seqs_of(h.segment);
         let seg_start = self.segment_first_block(h.segment);
-        self.usage.note_write(h.segment, h.seq);
+        self.usage.note_write(h.segment, h.seq, h.segment_epoch);
         let mut pba = first_data_pba;
         for e in &h.entries {
             if e.op == EntryOp::Write {
@@ -1226,24 +1230,27 @@ impl LsvPool {
     /// a smaller record costs a header block per fewer writes and so more space to clean.
     /// A pool the cleaner can free nothing in admits everything (the write then fails with
     /// ENOSPC or finds room).
+    /// Returns None to hold the record, or the credit it took (to give back if the record
+    /// does not go after all).
     #[inline]
-    pub(super) fn admit_user_record(&self, blocks: u64) -> bool {
+    pub(super) fn admit_user_record(&self, blocks: u64) -> Option<u64> {
         if !self.cleaner_attached.load(Ordering::Relaxed)
             || (self.usage.free_count() as u64) >= self.throttle_start()
             || self.full.load(Ordering::Acquire)
+            || self.nothing_to_clean.load(Ordering::Acquire)
         {
-            return true;
+            return Some(0);
         }
         let before = self
             .throttle_credit_blocks
             .fetch_sub(blocks as i64, Ordering::AcqRel);
         if before >= blocks as i64 {
-            return true;
+            return Some(blocks);
         }
         self.throttle_credit_blocks
             .fetch_add(blocks as i64, Ordering::AcqRel);
         self.throttled_records.fetch_add(1, Ordering::Relaxed);
-        false
+        None
     }
 
     /// The cleaner freed `blocks` of room net of what it wrote: user writes may use them.

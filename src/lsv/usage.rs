@@ -140,15 +140,13 @@ impl UsageTable {
         }
         s.live_blocks.store(live, Ordering::Relaxed);
         s.last_seq.store(last_seq, Ordering::Relaxed);
-        // Its first record's number is not kept across a restart; the newest stands in.
-        s.first_seq.store(
-            if state == SegmentState::Free {
-                0
-            } else {
-                last_seq
-            },
-            Ordering::Relaxed,
-        );
+        // Replay set the first record's number of segments written since the checkpoint;
+        // for the others, the newest record's stands in.
+        if state == SegmentState::Free {
+            s.first_seq.store(0, Ordering::Relaxed);
+        } else if s.first_seq.load(Ordering::Relaxed) == 0 {
+            s.first_seq.store(last_seq, Ordering::Relaxed);
+        }
     }
 
     pub fn last_seq(&self, seg: u64) -> u64 {
@@ -251,13 +249,12 @@ impl UsageTable {
             .count()
     }
 
-    pub fn note_write(&self, seg: u64, seq: u64) {
+    /// A record `seq` goes into `seg`, whose current use began with record `epoch`.
+    pub fn note_write(&self, seg: u64, seq: u64, epoch: u64) {
         let s = &self.segments[seg as usize];
         s.last_seq.fetch_max(seq, Ordering::Relaxed);
-        if s.first_seq.load(Ordering::Relaxed) == 0 {
-            // Only the segment's own log head writes into it: no other writer races this.
-            s.first_seq.store(seq, Ordering::Relaxed);
-        }
+        // Only the segment's own log head writes into it: no other writer races this.
+        s.first_seq.store(epoch, Ordering::Relaxed);
     }
 
     /// Applies a reactor's per-pass changes.
@@ -343,7 +340,7 @@ mod tests {
             if live > 0 {
                 assert!(d.add(seg, live));
             }
-            t.note_write(seg, seq);
+            t.note_write(seg, seq, seq);
             if seg < 3 {
                 assert!(t.transition(seg, SegmentState::Open, SegmentState::Sealed));
             }

@@ -267,7 +267,11 @@ impl BdevChannel for VolumeChannel {
                         count: req.num_blocks,
                     });
                 }
-                if write && req.num_blocks > MAX_DATA_BLOCKS as u64 {
+                // A write and its record's header fit one segment (records never span two).
+                let seg_blocks = self.pool.sb.segment_bytes / BLOCK_BYTES as u64;
+                if write
+                    && (req.num_blocks > MAX_DATA_BLOCKS as u64 || req.num_blocks >= seg_blocks)
+                {
                     return Err(SubmitError::BadLength {
                         count: req.num_blocks,
                     });
