@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
 use serde_json::{json, Value};
+use unblend::bdev::sim::SimRng;
 use unblend::bench::pattern;
 use unblend::rpc::client::RpcClient;
 
@@ -24,17 +25,27 @@ struct Appliance {
 }
 
 impl Appliance {
-    /// Boots `serve` on `config` (an SPDK JSON config), on cores 0 and 1.
+    /// Boots `serve` on `config` (an SPDK JSON config), on cores 0 and 1, in a fresh
+    /// directory named `name`.
     fn start(name: &str, config: &Value) -> Appliance {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("config.json");
         std::fs::write(&cfg, serde_json::to_vec(config).unwrap()).unwrap();
+        Self::boot(dir, Some(&cfg))
+    }
+
+    /// Boots `serve` in `dir` (its data, socket and RPC directory, kept as it is), on cores
+    /// 0 and 1: on the config file `config`, or on the embedded default without one.
+    fn boot(dir: PathBuf, config: Option<&Path>) -> Appliance {
         let rpc = dir.join("rpc.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
-            .args(["serve", "-m", "0x3", "-c"])
-            .arg(&cfg)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_unblend"));
+        cmd.args(["serve", "-m", "0x3"]);
+        if let Some(cfg) = config {
+            cmd.arg("-c").arg(cfg);
+        }
+        let mut child = cmd
             .arg("-r")
             .arg(&rpc)
             .arg("-d")
@@ -570,34 +581,6 @@ fn hostile_vhost_user_messages_get_errors_and_the_controller_goes_on() {
     assert_eq!(a, b);
 }
 
-/// Block `lba` written with `tag`: every 8-byte word says both, so a torn or mixed block (or
-/// one from the wrong place) does not parse. Tag 0 is the never-written block: zeroes.
-fn fill_tagged(buf: &mut [u8], lba: u64, tag: u64) {
-    for (i, w) in buf.chunks_exact_mut(8).enumerate() {
-        let v = tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (lba << 20) ^ i as u64;
-        w.copy_from_slice(&v.to_le_bytes());
-    }
-}
-
-fn parse_tagged(buf: &[u8], lba: u64) -> Result<u64, String> {
-    if buf.iter().all(|&b| b == 0) {
-        return Ok(0);
-    }
-    let first = u64::from_le_bytes(buf[..8].try_into().unwrap());
-    // Word 0 is tag * K ^ lba << 20: K is odd, so its inverse mod 2^64 recovers the tag.
-    let mut inv: u64 = 1;
-    for _ in 0..6 {
-        inv = inv.wrapping_mul(2u64.wrapping_sub(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(inv)));
-    }
-    let tag = (first ^ (lba << 20)).wrapping_mul(inv);
-    let mut expect = vec![0u8; buf.len()];
-    fill_tagged(&mut expect, lba, tag);
-    if expect != buf {
-        return Err(format!("block {lba} is torn, mixed or misplaced"));
-    }
-    Ok(tag)
-}
-
 /// Real crashes of the whole appliance: `unblend serve` on its embedded default (a
 /// file-backed lsv pool, io_uring with O_DIRECT, two reactors, the cleaner), its volume
 /// written over vhost-user-blk by libblkio (8 requests in flight, FLUSHes among them),
@@ -615,41 +598,16 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as u64
-        | 1;
+        .as_nanos() as u64;
     println!("seed {seed}");
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rng = SimRng::new(seed);
+    let mut next = move |n: u64| rng.below(n);
     // Per block, the tags it may hold, oldest first (0: zeroes).
     let mut allowed: Vec<Vec<u64>> = vec![vec![0]; BLOCKS as usize];
     let mut next_tag = 1u64;
     for cycle in 0..=CYCLES {
-        // Killed when dropped, so a failing check leaves no appliance behind.
-        struct Killed(Child);
-        impl Drop for Killed {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
-            .args(["serve", "-m", "0x3", "-r"])
-            .arg(dir.join("rpc.sock"))
-            .arg("-d")
-            .arg(&dir)
-            .arg("-S")
-            .arg(&dir)
-            .env("UNBLEND_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        common::wait_until_running(&mut child);
-        let mut child = Killed(child);
+        // The appliance is killed when dropped, so a failing check leaves none behind.
+        let mut app = Appliance::boot(dir.clone(), None);
         let mut c = Client::connect(&dir.join("vhost.0"), 1)
             .unwrap_or_else(|e| panic!("cycle {cycle} (seed {seed}): connect: {e}"));
         // Verify every block, 64 at a time; what it holds now is all it may hold.
@@ -657,8 +615,9 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
             assert_eq!(c.read(0, start * BLOCK as u64, 0, 64 * BLOCK), 0);
             for b in start..start + 64 {
                 let off = (b - start) as usize * BLOCK;
-                let tag = parse_tagged(c.buf(off, BLOCK), b)
-                    .unwrap_or_else(|e| panic!("cycle {cycle} (seed {seed}): {e}"));
+                let tag = pattern::read_tag(c.buf(off, BLOCK), b)
+                    .unwrap_or_else(|e| panic!("cycle {cycle} (seed {seed}): {e:?}"))
+                    .unwrap_or(0);
                 assert!(
                     allowed[b as usize].contains(&tag),
                     "cycle {cycle} (seed {seed}): block {b} holds write {tag}, allowed {:?}",
@@ -687,7 +646,7 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
                 }
                 let tag = next_tag;
                 next_tag += 1;
-                fill_tagged(c.buf(s * BLOCK, BLOCK), b, tag);
+                pattern::fill_tagged(c.buf(s * BLOCK, BLOCK), b, BLOCK, tag);
                 let base = c.region.addr as *mut u8;
                 // SAFETY: the slot's block of the mapped region, untouched until completion.
                 c.queues[0].write(
@@ -729,8 +688,8 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
                 }
             }
         }
-        let _ = child.0.kill();
-        let _ = child.0.wait();
+        let _ = app.child.kill();
+        let _ = app.child.wait();
         assert!(
             writes > 0,
             "cycle {cycle}: no write completed before the kill"
