@@ -125,27 +125,36 @@ pub(super) struct LogWriter {
 }
 
 impl LogWriter {
-    /// This thread's writer for `pool` (made on first use), with a new channel of queue depth
-    /// `ctx.queue_depth` for `volume` registered in it: (writer, channel id).
-    pub fn for_this_thread(
+    /// A writer for a new channel of queue depth `ctx.queue_depth` on `volume`, with the
+    /// channel registered in it: (writer, channel id). `shared`: this thread's writer for
+    /// `pool` (made on first use); otherwise one of its own (tests: two "reactors" on one
+    /// thread).
+    pub fn open(
         pool: &Arc<LsvPool>,
         volume: u64,
         table: &Arc<ExtentTable>,
         ctx: &ChannelContext,
+        shared: bool,
     ) -> Result<(Rc<RefCell<LogWriter>>, u32), BdevError> {
         let key = Arc::as_ptr(pool) as usize;
-        let existing = WRITERS.with(|w| {
-            let mut w = w.borrow_mut();
-            w.retain(|(_, weak)| weak.strong_count() > 0);
-            w.iter()
-                .find(|(k, _)| *k == key)
-                .and_then(|(_, weak)| weak.upgrade())
-        });
+        let existing = shared
+            .then(|| {
+                WRITERS.with(|w| {
+                    let mut w = w.borrow_mut();
+                    w.retain(|(_, weak)| weak.strong_count() > 0);
+                    w.iter()
+                        .find(|(k, _)| *k == key)
+                        .and_then(|(_, weak)| weak.upgrade())
+                })
+            })
+            .flatten();
         let writer = match existing {
             Some(w) => w,
             None => {
                 let w = Rc::new(RefCell::new(LogWriter::new(pool, ctx)?));
-                WRITERS.with(|ws| ws.borrow_mut().push((key, Rc::downgrade(&w))));
+                if shared {
+                    WRITERS.with(|ws| ws.borrow_mut().push((key, Rc::downgrade(&w))));
+                }
                 w
             }
         };
@@ -153,21 +162,6 @@ impl LogWriter {
             .borrow_mut()
             .register(volume, table, ctx.queue_depth as usize)?;
         Ok((writer, id))
-    }
-
-    /// A writer no other channel shares (tests: two "reactors" on one thread).
-    #[cfg(test)]
-    pub fn private(
-        pool: &Arc<LsvPool>,
-        volume: u64,
-        table: &Arc<ExtentTable>,
-        ctx: &ChannelContext,
-    ) -> Result<(Rc<RefCell<LogWriter>>, u32), BdevError> {
-        let w = Rc::new(RefCell::new(LogWriter::new(pool, ctx)?));
-        let id = w
-            .borrow_mut()
-            .register(volume, table, ctx.queue_depth as usize)?;
-        Ok((w, id))
     }
 
     fn new(pool: &Arc<LsvPool>, ctx: &ChannelContext) -> Result<LogWriter, BdevError> {

@@ -1234,8 +1234,7 @@ impl LsvPool {
     /// does not go after all).
     #[inline]
     pub(super) fn admit_user_record(&self, blocks: u64) -> Option<u64> {
-        if !self.cleaner_attached.load(Ordering::Relaxed)
-            || (self.usage.free_count() as u64) >= self.throttle_start()
+        if !self.throttled()
             || self.full.load(Ordering::Acquire)
             || self.nothing_to_clean.load(Ordering::Acquire)
         {

@@ -80,7 +80,8 @@ struct Segment {
     live_blocks: AtomicU32,
     /// Sequence number of the newest record written to it.
     last_seq: AtomicU64,
-    /// Sequence number of the first record of its current use (0 while free): cost-benefit
+    /// Sequence number of the first record of its current use (set by its every record;
+    /// 0 until its first, or, after recovery, while free): cost-benefit
     /// measures a segment's age from this. (From the newest record instead, a relocation
     /// segment that took cold blocks now and then would never look old.)
     first_seq: AtomicU64,
@@ -211,9 +212,6 @@ impl UsageTable {
             .is_ok();
         if ok && to == SegmentState::Free {
             debug_assert_eq!(self.live(seg), 0, "segment {seg} freed with live blocks");
-            self.segments[seg as usize]
-                .first_seq
-                .store(0, Ordering::Relaxed);
             self.free.fetch_add(1, Ordering::AcqRel);
         }
         if ok && from == SegmentState::Free {

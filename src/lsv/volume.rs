@@ -104,13 +104,10 @@ impl Bdev for LsvVolume {
         })?;
         let volume = self.meta.id as u64;
         #[cfg(test)]
-        let (writer, chan) = if self.own_log {
-            LogWriter::private(&self.pool, volume, &self.table, ctx)?
-        } else {
-            LogWriter::for_this_thread(&self.pool, volume, &self.table, ctx)?
-        };
+        let shared = !self.own_log;
         #[cfg(not(test))]
-        let (writer, chan) = LogWriter::for_this_thread(&self.pool, volume, &self.table, ctx)?;
+        let shared = true;
+        let (writer, chan) = LogWriter::open(&self.pool, volume, &self.table, ctx, shared)?;
         Ok(Box::new(VolumeChannel {
             pool: self.pool.clone(),
             writer,
