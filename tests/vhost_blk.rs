@@ -581,6 +581,89 @@ fn hostile_vhost_user_messages_get_errors_and_the_controller_goes_on() {
     assert_eq!(a, b);
 }
 
+/// A front end that reconnects finds used entries its guest was never told about: the old
+/// appliance died between the used ring and the call eventfd, or completed requests before
+/// QEMU sent the call eventfd (which QEMU sends only after enabling the rings). The new
+/// appliance signals the call eventfd once when a ring starts, so the guest looks again; without
+/// that the guest waits for good (a CI run of ci/vhost-guest.sh hung this way).
+#[test]
+fn a_started_ring_signals_the_guest_once() {
+    use std::os::fd::AsRawFd;
+    use vhost::vhost_user::message::VhostUserProtocolFeatures;
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    let app = Appliance::start(
+        "vhost_blk_signal_on_start",
+        &config(json!([
+            {"method": "vhost_create_blk_controller", "params": {"ctrlr": "vb0", "dev_name": "Malloc0"}},
+        ])),
+    );
+    const VA: u64 = 0x7000_0000_0000;
+    const AVAIL: u64 = 0x1000;
+    const USED: u64 = 0x2000;
+    let mem = memfd(1 << 20);
+    // Three requests were popped and used by the previous appliance (avail and used index 3),
+    // and the guest has not seen them.
+    use std::os::unix::fs::FileExt;
+    mem.write_all_at(&3u16.to_le_bytes(), AVAIL + 2).unwrap();
+    mem.write_all_at(&3u16.to_le_bytes(), USED + 2).unwrap();
+
+    let mut f = Frontend::connect(app.socket("vb0"), 16).expect("vhost-user connect");
+    f.set_owner().unwrap();
+    let features = f.get_features().unwrap();
+    f.set_features(features).unwrap();
+    let proto = f.get_protocol_features().unwrap();
+    f.set_protocol_features(proto & VhostUserProtocolFeatures::MQ)
+        .unwrap();
+    f.set_mem_table(&[VhostUserMemoryRegionInfo {
+        // Not at 0: a descriptor table at guest address 0 reads as "not set yet".
+        guest_phys_addr: 1 << 20,
+        memory_size: 1 << 20,
+        userspace_addr: VA,
+        mmap_offset: 0,
+        mmap_handle: mem.as_raw_fd(),
+    }])
+    .unwrap();
+    f.set_vring_num(0, 128).unwrap();
+    f.set_vring_base(0, 3).unwrap();
+    f.set_vring_addr(
+        0,
+        &VringConfigData {
+            queue_max_size: 128,
+            queue_size: 128,
+            flags: 0,
+            desc_table_addr: VA,
+            avail_ring_addr: VA + AVAIL,
+            used_ring_addr: VA + USED,
+            log_addr: None,
+        },
+    )
+    .unwrap();
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    let call = EventFd::new(EFD_NONBLOCK).unwrap();
+    // QEMU's order on a reconnect: kick, enable, and only then the call eventfd.
+    f.set_vring_kick(0, &kick).unwrap();
+    f.set_vring_enable(0, true).unwrap();
+    f.set_vring_call(0, &call).unwrap();
+    let t0 = Instant::now();
+    let signalled = loop {
+        match call.read() {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "no interrupt for the guest within 5 s of its ring starting"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("reading the call eventfd: {e}"),
+        }
+    };
+    assert!(signalled >= 1);
+}
+
 /// Real crashes of the whole appliance: `unblend serve` on its embedded default (a
 /// file-backed lsv pool, io_uring with O_DIRECT, two reactors, the cleaner), its volume
 /// written over vhost-user-blk by libblkio (8 requests in flight, FLUSHes among them),

@@ -118,6 +118,13 @@ impl VirtqueuePoller {
         set_nonblocking(setup.kick.as_raw_fd());
         if let Some(call) = &setup.call {
             set_nonblocking(call.as_raw_fd());
+            // One interrupt on every start, as libvhost-user does on SET_VRING_CALL: used
+            // entries a previous poller wrote may never have been signalled (an appliance
+            // killed between the used ring and the call eventfd, or a poller that ran before
+            // QEMU sent the call eventfd, which it does only after enabling the rings on a
+            // reconnect). Without this, a guest waiting only on those entries waits for good.
+            // A spurious interrupt costs the guest one look at the used ring.
+            signal_eventfd(call.as_raw_fd());
         }
         let requests = setup.ctrl.queue_requests[setup.index as usize].load(Ordering::Relaxed);
         VirtqueuePoller {
