@@ -461,6 +461,28 @@ impl Cleaner {
         {
             return CleanerPoll::Busy;
         }
+        if self.clean_unread(seg) {
+            // More dead victims join the same flush, up to a batch.
+            while self.awaiting_flush.len() < FLUSH_BATCH {
+                let Some(next) = self.victim() else { break };
+                if !self.unread_cleanable(next)
+                    || !self.pool.usage.transition(
+                        next,
+                        SegmentState::Sealed,
+                        SegmentState::Cleaning,
+                    )
+                {
+                    break;
+                }
+                if !self.clean_unread(next) {
+                    self.pool
+                        .usage
+                        .transition(next, SegmentState::Cleaning, SegmentState::Sealed);
+                    break;
+                }
+            }
+            return CleanerPoll::Busy;
+        }
         // SAFETY: our segment buffer, untouched until the read completes.
         let iov = unsafe { IoVec::from_raw(self.seg_buf.as_ptr(), self.seg_buf.len()) };
         let r = self.ch.submit(
@@ -490,6 +512,34 @@ impl Cleaner {
         self.pool
             .usage
             .pick_victim(self.pool.usage.policy(), now_seq, min_gain)
+    }
+
+    /// Whether victim `seg` can be cleaned without reading it: nothing in it is live (with no
+    /// record in flight into it, its live count is exact: writers apply a record's usage
+    /// changes before it stops counting as in flight), and every record in it is covered by
+    /// both checkpoints, so none of its unmaps needs logging again.
+    fn unread_cleanable(&self, seg: u64) -> bool {
+        self.pool.usage.live(seg) == 0
+            && self.pool.usage.records_in_flight(seg) == 0
+            && self.pool.usage.last_seq(seg) <= self.pool.reusable_seq()
+    }
+
+    /// Cleans a Cleaning victim that `unread_cleanable` allows without reading its 8 MiB:
+    /// it waits for the next flush like any cleaned segment. False (nothing done) otherwise.
+    /// Sequential overwrites leave every victim dead, and reading each one had the cleaner,
+    /// and so throttled user writes, at half the device's write bandwidth.
+    fn clean_unread(&mut self, seg: u64) -> bool {
+        debug_assert_eq!(self.pool.usage.state(seg), SegmentState::Cleaning);
+        if !self.unread_cleanable(seg) {
+            return false;
+        }
+        self.pool.usage.mark_cleaned(seg, 0);
+        self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
+        self.pool
+            .segments_cleaned_unread
+            .fetch_add(1, Ordering::Relaxed);
+        self.awaiting_flush.push((seg, self.seg_blocks()));
+        true
     }
 
     /// Gives a victim back (it stays sealed, to be tried again).

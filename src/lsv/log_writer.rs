@@ -583,6 +583,9 @@ impl LogWriter {
                 &self.tables,
             );
             self.pool.count_record(&rec.header);
+            // Before the record stops counting as in flight: a sealed segment with none in
+            // flight must show its true live count (the cleaner frees one showing 0 unread).
+            self.pool.apply_deltas(&mut self.deltas);
         }
         self.pool.usage.record_finished(rec.header.segment);
         self.pool.record_done();

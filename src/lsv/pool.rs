@@ -236,6 +236,8 @@ pub struct LsvPool {
     pub(super) cleaner_blocks_written: AtomicU64,
     pub(super) checkpoint_blocks_written: AtomicU64,
     pub(super) segments_cleaned: AtomicU64,
+    /// Of those, the ones freed without reading them (nothing live, nothing to re-log).
+    pub(super) segments_cleaned_unread: AtomicU64,
     next_seq: AtomicU64,
     volumes: RwLock<BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>>,
     /// Per log head: 0 unused, u64::MAX idle, else the oldest record it has in flight (or a
@@ -409,6 +411,7 @@ impl LsvPool {
             cleaner_blocks_written: AtomicU64::new(0),
             checkpoint_blocks_written: AtomicU64::new(0),
             segments_cleaned: AtomicU64::new(0),
+            segments_cleaned_unread: AtomicU64::new(0),
             name,
             usage: UsageTable::new(sb.segment_count, seg_blocks as u32),
             sb,
@@ -1314,6 +1317,7 @@ impl LsvPool {
                 "attached": self.cleaner_attached.load(Ordering::Relaxed),
                 "policy": self.usage.policy().as_str(),
                 "segments_cleaned": self.segments_cleaned.load(Ordering::Relaxed),
+                "segments_cleaned_unread": self.segments_cleaned_unread.load(Ordering::Relaxed),
                 "bytes_moved_per_s": if uptime_s > 0.0 { cleaner as f64 * b as f64 / uptime_s } else { 0.0 },
             },
             "throttle": {

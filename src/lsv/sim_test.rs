@@ -129,6 +129,8 @@ thread_local! {
     /// Segments cleaned, and the highest checkpoint generation reached, over a test's seeds.
     static CLEANED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static CHECKPOINTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Of the cleaned segments, those freed without being read (nothing live in them).
+    static CLEANED_UNREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// What the model knows of a volume's blocks.
@@ -284,6 +286,14 @@ fn run_until_crash(
                     .load(std::sync::atomic::Ordering::Relaxed),
         )
     });
+    CLEANED_UNREAD.with(|c| {
+        c.set(
+            c.get()
+                + pool
+                    .segments_cleaned_unread
+                    .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    });
     CHECKPOINTS.with(|c| {
         c.set(
             c.get().max(
@@ -405,8 +415,9 @@ fn crash_simulation_loses_no_acknowledged_write() {
             cleaned_seeds += 1;
         }
     }
+    let unread = CLEANED_UNREAD.with(|c| c.get());
     eprintln!(
-        "crash simulation: the cleaner ran in {cleaned_seeds} seeds; newest checkpoint generation {}",
+        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread); newest checkpoint generation {}",
         CHECKPOINTS.with(|c| c.get())
     );
     if many {
@@ -415,6 +426,8 @@ fn crash_simulation_loses_no_acknowledged_write() {
             cleaned_seeds >= 10,
             "the cleaner ran in only {cleaned_seeds} seeds"
         );
+        // And its unread path (a victim with nothing live, freed without reading it).
+        assert!(unread > 0, "no segment was ever freed unread");
     }
 }
 
