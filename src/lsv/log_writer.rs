@@ -120,7 +120,8 @@ pub(super) struct LogWriter {
     spare: Vec<(Vec<Entry>, RecordSlots)>,
     /// Record slots in flight behind a failed record; they fail when they complete.
     doomed: Vec<bool>,
-    /// The extent tables of the volumes whose channels use this writer.
+    /// The extent tables of the volumes whose channels use this writer, sorted by volume id
+    /// (`apply_record` finds each entry's table by binary search).
     tables: Vec<(u64, Arc<ExtentTable>)>,
 }
 
@@ -237,11 +238,12 @@ impl LogWriter {
             queue_depth,
             done: Vec::with_capacity(queue_depth),
         });
-        // A volume id may be reused after a delete: the newest table for an id wins.
-        match self.tables.iter_mut().find(|(v, _)| *v == volume) {
-            Some(cached) if !Arc::ptr_eq(&cached.1, table) => cached.1 = table.clone(),
-            Some(_) => {}
-            None => self.tables.push((volume, table.clone())),
+        match self.tables.binary_search_by_key(&volume, |(v, _)| *v) {
+            Ok(i) => debug_assert!(
+                Arc::ptr_eq(&self.tables[i].1, table),
+                "volume id {volume} names two tables (ids are never reused)"
+            ),
+            Err(i) => self.tables.insert(i, (volume, table.clone())),
         }
         self.resize_for_channels();
         Ok(id as u32)

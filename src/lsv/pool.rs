@@ -11,10 +11,13 @@
 //!    8  entries, 80 bytes each: id u32, name_len u8, 3 zero, num_blocks u64, uuid 16 bytes,
 //!       name 48 bytes (UTF-8, zero padded)
 //! 4000  pool name 48 bytes (UTF-8, zero padded), 4048 its length u8
+//! 4052  next volume id u32 (0 in tables written before it: one past the largest id is used)
 //! 4092  crc32c of bytes 0..4092
 //! ```
 //!
-//! It is rewritten (with FUA) whenever a volume is created or deleted.
+//! It is rewritten (with FUA) whenever a volume is created, resized or deleted. Volume ids are
+//! never reused: the log and the checkpoints name volumes by id, so a new volume given a
+//! deleted one's id would, after a crash, be replayed the deleted volume's data.
 //!
 //! ## Recovery
 //!
@@ -35,7 +38,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -57,6 +60,7 @@ const VT_NAME_BYTES: usize = 48;
 /// Volumes one pool holds (volume table version 1 fits them in one block).
 pub const MAX_VOLUMES: usize = (POOL_NAME_AT - 8) / VT_ENTRY_BYTES;
 const POOL_NAME_AT: usize = 4000;
+const NEXT_ID_AT: usize = POOL_NAME_AT + VT_NAME_BYTES + 4;
 /// Largest single request of checkpoint I/O.
 const CHECKPOINT_IO_BYTES: usize = 4 << 20;
 
@@ -240,6 +244,8 @@ pub struct LsvPool {
     pub(super) segments_cleaned_unread: AtomicU64,
     next_seq: AtomicU64,
     volumes: RwLock<BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>>,
+    /// The id the next volume gets (ids are never reused; changed under `volumes`' lock).
+    next_volume_id: AtomicU32,
     /// Per log head: 0 unused, u64::MAX idle, else the oldest record it has in flight (or a
     /// lower bound taken before that record was numbered).
     log_heads: Box<[AtomicU64]>,
@@ -272,13 +278,15 @@ pub struct LsvPool {
     fua_records: AtomicBool,
 }
 
-fn encode_volume_table(pool_name: &str, vols: &[VolumeMeta]) -> Vec<u8> {
+fn encode_volume_table(pool_name: &str, vols: &[VolumeMeta], next_volume_id: u32) -> Vec<u8> {
+    debug_assert!(vols.iter().all(|v| v.id < next_volume_id));
     debug_assert!(pool_name.len() <= VT_NAME_BYTES && vols.len() <= MAX_VOLUMES);
     let mut b = vec![0u8; BLOCK_BYTES];
     b[POOL_NAME_AT..POOL_NAME_AT + pool_name.len()].copy_from_slice(pool_name.as_bytes());
     b[POOL_NAME_AT + VT_NAME_BYTES] = pool_name.len() as u8;
     b[0..4].copy_from_slice(VT_MAGIC);
     b[4..8].copy_from_slice(&(vols.len() as u32).to_le_bytes());
+    b[NEXT_ID_AT..NEXT_ID_AT + 4].copy_from_slice(&next_volume_id.to_le_bytes());
     for (i, v) in vols.iter().enumerate() {
         let o = 8 + i * VT_ENTRY_BYTES;
         b[o..o + 4].copy_from_slice(&v.id.to_le_bytes());
@@ -292,7 +300,8 @@ fn encode_volume_table(pool_name: &str, vols: &[VolumeMeta]) -> Vec<u8> {
     b
 }
 
-fn decode_volume_table(b: &[u8]) -> Result<(String, Vec<VolumeMeta>), PoolError> {
+/// (pool name, volumes, the id the next volume gets).
+fn decode_volume_table(b: &[u8]) -> Result<(String, Vec<VolumeMeta>, u32), PoolError> {
     if &b[0..4] != VT_MAGIC {
         return Err(PoolError::VolumeTable("bad magic"));
     }
@@ -325,7 +334,14 @@ fn decode_volume_table(b: &[u8]) -> Result<(String, Vec<VolumeMeta>), PoolError>
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((pool_name, vols))
+    let stored = u32::from_le_bytes(b[NEXT_ID_AT..NEXT_ID_AT + 4].try_into().expect("4"));
+    let above_all = vols.iter().map(|v| v.id as u64 + 1).max().unwrap_or(1);
+    if above_all > u32::MAX as u64 {
+        return Err(PoolError::VolumeTable("volume id out of range"));
+    }
+    // Never below one past the largest id (a table from before the field has 0 there).
+    let next_volume_id = stored.max(above_all as u32);
+    Ok((pool_name, vols, next_volume_id))
 }
 
 impl LsvPool {
@@ -359,11 +375,11 @@ impl LsvPool {
             BLOCK_BYTES,
             false,
         )?;
-        let vt = encode_volume_table(name, &[]);
+        let vt = encode_volume_table(name, &[], 1);
         io.bytes_mut(BLOCK_BYTES).copy_from_slice(&vt);
         io.run(IoType::Write, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
         drop(io);
-        let pool = Self::new_in_memory(base, sb, name.to_string(), Vec::new());
+        let pool = Self::new_in_memory(base, sb, name.to_string(), Vec::new(), 1);
         // The first checkpoint (generation 1): all segments free, nothing mapped.
         pool.checkpoint_sync()?;
         let mut io = SyncIo::new(&pool.base, SUPERBLOCK_BYTES)?;
@@ -385,9 +401,9 @@ impl LsvPool {
         io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false)?;
         let sb = Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes)?;
         io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
-        let (name, metas) = decode_volume_table(io.bytes(BLOCK_BYTES))?;
+        let (name, metas, next_volume_id) = decode_volume_table(io.bytes(BLOCK_BYTES))?;
         drop(io);
-        let pool = Self::new_in_memory(base, sb, name, metas);
+        let pool = Self::new_in_memory(base, sb, name, metas, next_volume_id);
         pool.recover()?;
         Ok(Arc::new(pool))
     }
@@ -397,6 +413,7 @@ impl LsvPool {
         sb: Superblock,
         name: String,
         metas: Vec<VolumeMeta>,
+        next_volume_id: u32,
     ) -> LsvPool {
         let seg_blocks = (sb.segment_bytes / BLOCK_BYTES as u64) as usize;
         LsvPool {
@@ -417,6 +434,7 @@ impl LsvPool {
             sb,
             base,
             next_seq: AtomicU64::new(1),
+            next_volume_id: AtomicU32::new(next_volume_id),
             volumes: RwLock::new(
                 metas
                     .into_iter()
@@ -570,15 +588,19 @@ impl LsvPool {
         live: bool,
         tables: &[(u64, Arc<ExtentTable>)],
     ) {
+        debug_assert!(
+            tables.windows(2).all(|w| w[0].0 < w[1].0),
+            "tables sorted by id"
+        );
         // Live I/O: a record older than this one may still be in flight (ours counts once).
         let older_in_flight = live && self.records_in_flight.load(Ordering::Acquire) > 1;
         let seq_of = |a: u64| self.seq_of(a);
         let mut pba = first_data_pba;
         for e in &h.entries {
             let looked_up;
-            let table = match tables.iter().find(|(v, _)| *v == e.volume) {
-                Some((_, t)) => t.as_ref(),
-                None => {
+            let table = match tables.binary_search_by_key(&e.volume, |(v, _)| *v) {
+                Ok(i) => tables[i].1.as_ref(),
+                Err(_) => {
                     looked_up = self.table_of(e.volume as u32);
                     match &looked_up {
                         Some(t) => t.as_ref(),
@@ -1054,11 +1076,12 @@ impl LsvPool {
     fn write_volume_table(
         &self,
         vols: &BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>,
+        next_volume_id: u32,
     ) -> Result<(), PoolError> {
         let metas: Vec<VolumeMeta> = vols.values().map(|v| v.0.clone()).collect();
         let mut io = SyncIo::new(&self.base, BLOCK_BYTES)?;
         io.bytes_mut(BLOCK_BYTES)
-            .copy_from_slice(&encode_volume_table(&self.name, &metas));
+            .copy_from_slice(&encode_volume_table(&self.name, &metas, next_volume_id));
         io.run(IoType::Write, VOLUME_TABLE_OFFSET, BLOCK_BYTES, true)
     }
 
@@ -1078,9 +1101,12 @@ impl LsvPool {
         if vols.len() >= MAX_VOLUMES {
             return Err(PoolError::TooManyVolumes);
         }
-        let id = (1..)
-            .find(|i| !vols.contains_key(i))
-            .expect("fewer than u32::MAX volumes");
+        // Ids are never reused (see the volume table's format).
+        let id = self.next_volume_id.load(Ordering::Relaxed);
+        let Some(next_id) = id.checked_add(1) else {
+            return Err(PoolError::TooManyVolumes);
+        };
+        debug_assert!(!vols.contains_key(&id), "volume id {id} handed out twice");
         let meta = VolumeMeta {
             id,
             name: name.to_string(),
@@ -1089,10 +1115,11 @@ impl LsvPool {
         };
         let table = Arc::new(ExtentTable::new(num_blocks));
         vols.insert(id, (meta.clone(), table.clone()));
-        if let Err(e) = self.write_volume_table(&vols) {
+        if let Err(e) = self.write_volume_table(&vols, next_id) {
             vols.remove(&id);
             return Err(e);
         }
+        self.next_volume_id.store(next_id, Ordering::Relaxed);
         Ok((meta, table))
     }
 
@@ -1133,7 +1160,8 @@ impl LsvPool {
         }
         let old = meta.num_blocks;
         vols.get_mut(&id).expect("found above").0.num_blocks = blocks;
-        if let Err(e) = self.write_volume_table(&vols) {
+        if let Err(e) = self.write_volume_table(&vols, self.next_volume_id.load(Ordering::Relaxed))
+        {
             vols.get_mut(&id).expect("found above").0.num_blocks = old;
             return Err(e);
         }
@@ -1157,7 +1185,8 @@ impl LsvPool {
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
         let id = volume_id(&vols, name)?;
         let removed = vols.remove(&id).expect("found above");
-        if let Err(e) = self.write_volume_table(&vols) {
+        if let Err(e) = self.write_volume_table(&vols, self.next_volume_id.load(Ordering::Relaxed))
+        {
             vols.insert(id, removed);
             return Err(e);
         }
@@ -1428,7 +1457,7 @@ pub fn checkpoint_slots(
 pub fn read_volume_table(base: &BdevEntry) -> Result<(String, Vec<VolumeMeta>), PoolError> {
     let mut io = SyncIo::new(base, BLOCK_BYTES)?;
     io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
-    decode_volume_table(io.bytes(BLOCK_BYTES))
+    decode_volume_table(io.bytes(BLOCK_BYTES)).map(|(name, vols, _)| (name, vols))
 }
 
 /// The id of the volume named `name` in a volume table.
