@@ -278,22 +278,13 @@ fn run_until_crash(
     let image = disk.crash();
     drop(cleaner);
     drop(h);
-    CLEANED.with(|c| {
-        c.set(
-            c.get()
-                + pool
-                    .segments_cleaned
-                    .load(std::sync::atomic::Ordering::Relaxed),
-        )
-    });
-    CLEANED_UNREAD.with(|c| {
-        c.set(
-            c.get()
-                + pool
-                    .segments_cleaned_unread
-                    .load(std::sync::atomic::Ordering::Relaxed),
-        )
-    });
+    for (total, count) in [
+        (&CLEANED, &pool.segments_cleaned),
+        (&CLEANED_UNREAD, &pool.segments_cleaned_unread),
+    ] {
+        let n = count.load(std::sync::atomic::Ordering::Relaxed);
+        total.with(|c| c.set(c.get() + n));
+    }
     CHECKPOINTS.with(|c| {
         c.set(
             c.get().max(
