@@ -39,6 +39,7 @@ use super::record::{
     header_blocks_for, Entry, EntryOp, RecordHeader, BLOCK_BYTES, MAX_DATA_BLOCKS,
 };
 use super::usage::{CleanerPolicy, SegmentState, UsageDeltas};
+use super::victim_read::{PartialRead, Phase};
 use crate::bdev::{ChannelContext, IoChannel, IoCompletion, IoRequest, IoStatus, IoType, IoVec};
 use crate::mem::DmaRegion;
 
@@ -86,6 +87,10 @@ struct Stream {
 enum State {
     Idle,
     Reading {
+        seg: u64,
+    },
+    /// Reading the victim in parts (`victim_read`): its headers, then its live writes.
+    ReadingParts {
         seg: u64,
     },
     Moving {
@@ -159,6 +164,11 @@ pub struct Cleaner {
     flushed_moving_seq: u64,
     /// Blocks written so far moving the current victim.
     victim_written: u64,
+    /// The victim's part reads (taken out while its plan consults the extent tables).
+    partial: Option<PartialRead>,
+    /// Whether the current victim's live blocks were found by part reads (if any is left
+    /// behind after the moves, it is read whole and collected again).
+    victim_read_in_parts: bool,
 }
 
 impl Cleaner {
@@ -213,6 +223,8 @@ impl Cleaner {
             awaiting_flush: Vec::new(),
             flushed_moving_seq: 0,
             victim_written: 0,
+            partial: Some(PartialRead::new(seg_blocks)),
+            victim_read_in_parts: false,
         })
     }
 
@@ -259,6 +271,7 @@ impl Cleaner {
                     (State::Moving { seg }, CleanerPoll::Busy)
                 }
             },
+            State::ReadingParts { seg } => self.read_parts(seg, done),
             State::Moving { seg } => self.move_batch(seg),
             State::Writing {
                 seg,
@@ -483,6 +496,33 @@ impl Cleaner {
             }
             return CleanerPoll::Busy;
         }
+        // Mostly dead (as victims are): read its headers, then only its live writes.
+        if self.pool.usage.live(seg) as u64 * 2 <= self.seg_blocks() {
+            let mut p = self
+                .partial
+                .take()
+                .expect("the part reader is home when idle");
+            let planned = p.plan_headers(&self.pool, seg);
+            if planned {
+                self.pool
+                    .cleaner_blocks_read
+                    .fetch_add(p.planned_blocks(), Ordering::Relaxed);
+            }
+            self.partial = Some(p);
+            if planned {
+                let (state, poll) = self.read_parts(seg, &[]);
+                self.state = state;
+                return poll;
+            }
+        }
+        let (state, poll) = self.read_whole(seg);
+        self.state = state;
+        poll
+    }
+
+    /// Reads victim `seg` whole into the segment buffer.
+    fn read_whole(&mut self, seg: u64) -> (State, CleanerPoll) {
+        self.victim_read_in_parts = false;
         // SAFETY: our segment buffer, untouched until the read completes.
         let iov = unsafe { IoVec::from_raw(self.seg_buf.as_ptr(), self.seg_buf.len()) };
         let r = self.ch.submit(
@@ -499,10 +539,69 @@ impl Cleaner {
         if let Err(e) = r {
             tracing::error!(pool = %self.pool.name, "cleaner: read submit failed: {e}");
             self.abandon(seg);
-            return CleanerPoll::Idle;
+            return (State::Idle, CleanerPoll::Idle);
         }
-        self.state = State::Reading { seg };
-        CleanerPoll::Busy
+        self.pool
+            .cleaner_blocks_read
+            .fetch_add(self.seg_blocks(), Ordering::Relaxed);
+        (State::Reading { seg }, CleanerPoll::Busy)
+    }
+
+    /// Drives the part reads of victim `seg` (`done`: completions of this pass): submits
+    /// what the channel has room for; when the headers are in, plans the live writes' reads;
+    /// when those are in, collects the live blocks. Anything amiss: the victim is read whole.
+    fn read_parts(&mut self, seg: u64, done: &[IoCompletion]) -> (State, CleanerPoll) {
+        let mut p = self.partial.take().expect("the part reader is home");
+        let all_done = p.complete(done);
+        if !p.failed() && !all_done {
+            let first = self.pool.segment_first_block(seg);
+            let _ = p.submit(&mut self.ch, &self.seg_buf, first, QUEUE_DEPTH);
+        }
+        if !p.complete(&[]) {
+            self.partial = Some(p);
+            return (State::ReadingParts { seg }, CleanerPoll::Waiting);
+        }
+        // SAFETY: every read into the buffer has completed; it is ours.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(self.seg_buf.as_ptr(), self.seg_buf.len()) };
+        let ok = !p.failed()
+            && match p.phase {
+                Phase::Headers => {
+                    self.tables.clear();
+                    let pool = self.pool.clone();
+                    let planned = p.plan_live(&pool, seg, bytes, |volume, lba, pba| {
+                        self.table(volume).is_some_and(|t| {
+                            lba < t.num_blocks() && t.lookup(lba) == Mapping::At(pba)
+                        })
+                    });
+                    if planned {
+                        let first = self.pool.segment_first_block(seg);
+                        let _ = p.submit(&mut self.ch, &self.seg_buf, first, QUEUE_DEPTH);
+                        let blocks = p.planned_blocks();
+                        self.partial = Some(p);
+                        self.pool
+                            .cleaner_blocks_read
+                            .fetch_add(blocks, Ordering::Relaxed);
+                        return (State::ReadingParts { seg }, CleanerPoll::Busy);
+                    }
+                    false
+                }
+                Phase::Live => p.verify(&self.pool, seg, bytes),
+            };
+        if !ok {
+            self.partial = Some(p);
+            tracing::debug!(pool = %self.pool.name, seg, "cleaner: part reads did not do; reading the victim whole");
+            return self.read_whole(seg);
+        }
+        let chain = std::mem::take(&mut p.chain);
+        self.collect_from(seg, &chain);
+        p.chain = chain;
+        self.partial = Some(p);
+        self.victim_read_in_parts = true;
+        self.pool
+            .segments_read_in_parts
+            .fetch_add(1, Ordering::Relaxed);
+        (State::Moving { seg }, CleanerPoll::Busy)
     }
 
     fn victim(&self) -> Option<u64> {
@@ -564,28 +663,33 @@ impl Cleaner {
 
     /// Walks the victim's records and keeps the blocks that are still live.
     fn collect_live(&mut self, seg: u64) {
+        self.tables.clear();
+        // SAFETY: the read completed; the buffer is ours.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(self.seg_buf.as_ptr(), self.seg_buf.len()) };
+        match self.pool.walk_chain(seg, bytes) {
+            Ok(chain) => self.collect_from(seg, &chain),
+            Err(e) => {
+                self.collect_from(seg, &[]);
+                tracing::error!(pool = %self.pool.name, seg, "cleaner: {e}; segment left as it is");
+            }
+        }
+    }
+
+    /// Keeps the blocks of the victim's records (`chain`, their data in the segment buffer)
+    /// that the extent tables still point at, and its unmaps no checkpoint covers.
+    fn collect_from(&mut self, seg: u64, chain: &[(u64, RecordHeader)]) {
         self.victim_written = 0;
         self.live.clear();
         self.cursor = 0;
         self.unmaps.clear();
         self.unmap_cursor = 0;
         let reusable = self.pool.reusable_seq();
-        self.tables.clear();
-        // SAFETY: the read completed; the buffer is ours.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(self.seg_buf.as_ptr(), self.seg_buf.len()) };
-        let chain = match self.pool.walk_chain(seg, bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(pool = %self.pool.name, seg, "cleaner: {e}; segment left as it is");
-                return;
-            }
-        };
         let seg_start = self.pool.segment_first_block(seg);
         let now_seq = self.pool.complete_seq_now() + 1;
         let lifespan = self.pool.usage.policy() == CleanerPolicy::Lifespan;
         for (first_data, h) in chain {
-            let mut pba = first_data;
+            let mut pba = *first_data;
             for e in &h.entries {
                 if e.op != EntryOp::Write {
                     // An unmap newer than both checkpoints lives only in the log: re-log it,
@@ -665,6 +769,11 @@ impl Cleaner {
             self.cursor = 0;
             self.unmaps.clear();
             self.unmap_cursor = 0;
+            if self.pool.usage.live(seg) != 0 && self.victim_read_in_parts {
+                // Part reads missed something: look at the whole victim before giving up.
+                tracing::debug!(pool = %self.pool.name, seg, live = self.pool.usage.live(seg), "cleaner: live blocks left after part reads; reading the victim whole");
+                return self.read_whole(seg);
+            }
             if self.pool.usage.live(seg) != 0 {
                 tracing::warn!(pool = %self.pool.name, seg, live = self.pool.usage.live(seg), "cleaner: victim still has live blocks after the move; left sealed");
                 self.abandon(seg);

@@ -19,6 +19,7 @@ pub mod pools;
 pub mod record;
 pub mod tools;
 pub mod usage;
+mod victim_read;
 pub mod volume;
 
 pub use extent_table::{ExtentTable, Mapping, Update};

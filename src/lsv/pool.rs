@@ -218,6 +218,9 @@ const _: () = assert!(
 );
 /// Free segments only the cleaner may take (two relocation streams, one spare).
 pub const CLEANER_RESERVE_SEGMENTS: u64 = 3;
+/// In a segment summary, the mark of a record's first header block (sequence numbers, which
+/// the summary holds for data blocks, never come near it).
+pub(super) const HEADER_MARK: u64 = 0xFFFF << 48;
 /// One-minute write-amplification window: a sample per second.
 const WA_WINDOW_SAMPLES: usize = 61;
 
@@ -242,6 +245,10 @@ pub struct LsvPool {
     pub(super) segments_cleaned: AtomicU64,
     /// Of those, the ones freed without reading them (nothing live, nothing to re-log).
     pub(super) segments_cleaned_unread: AtomicU64,
+    /// Blocks the cleaner read from victims.
+    pub(super) cleaner_blocks_read: AtomicU64,
+    /// Victims whose live blocks the cleaner found reading only headers and live writes.
+    pub(super) segments_read_in_parts: AtomicU64,
     next_seq: AtomicU64,
     volumes: RwLock<BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>>,
     /// The id the next volume gets (ids are never reused; changed under `volumes`' lock).
@@ -429,6 +436,8 @@ impl LsvPool {
             checkpoint_blocks_written: AtomicU64::new(0),
             segments_cleaned: AtomicU64::new(0),
             segments_cleaned_unread: AtomicU64::new(0),
+            cleaner_blocks_read: AtomicU64::new(0),
+            segments_read_in_parts: AtomicU64::new(0),
             name,
             usage: UsageTable::new(sb.segment_count, seg_blocks as u32),
             sb,
@@ -533,10 +542,15 @@ impl LsvPool {
 
     /// Notes, before the record is written, which write's data each of its blocks holds, and
     /// the segment's age.
+    /// The record's first header block is marked `HEADER_MARK | header blocks`, so the
+    /// cleaner can read a victim's headers without walking its chain (`victim_read`).
     pub(super) fn summarize(&self, h: &RecordHeader, first_data_pba: u64) {
         let seqs = self.seqs_of(h.segment);
         let seg_start = self.segment_first_block(h.segment);
         self.usage.note_write(h.segment, h.seq, h.segment_epoch);
+        debug_assert!(h.seq < HEADER_MARK && (h.header_blocks as u64) < 1 << 32);
+        seqs.seqs[(first_data_pba - h.header_blocks as u64 - seg_start) as usize]
+            .store(HEADER_MARK | h.header_blocks as u64, Ordering::Release);
         let mut pba = first_data_pba;
         for e in &h.entries {
             if e.op == EntryOp::Write {
@@ -545,6 +559,24 @@ impl LsvPool {
                     seqs.seqs[(pba + b - seg_start) as usize].store(seq, Ordering::Release);
                 }
                 pba += e.num_blocks as u64;
+            }
+        }
+    }
+
+    /// Where segment `seg`'s summary marks record headers: (block offset, header blocks),
+    /// in offset order, appended to `out`. Marks of an earlier use of the segment may be
+    /// among them (where the current use has not written); the chain walk skips those.
+    pub(super) fn header_marks(&self, seg: u64, out: &mut Vec<(u32, u32)>) {
+        let Some(s) = self.summaries[seg as usize].get() else {
+            return;
+        };
+        for (i, v) in s.seqs.iter().enumerate() {
+            let v = v.load(Ordering::Acquire);
+            if v & HEADER_MARK == HEADER_MARK {
+                let blocks = (v & 0xFFFF_FFFF) as u32;
+                if blocks > 0 && i + blocks as usize <= self.seg_blocks {
+                    out.push((i as u32, blocks));
+                }
             }
         }
     }
@@ -1347,6 +1379,8 @@ impl LsvPool {
                 "policy": self.usage.policy().as_str(),
                 "segments_cleaned": self.segments_cleaned.load(Ordering::Relaxed),
                 "segments_cleaned_unread": self.segments_cleaned_unread.load(Ordering::Relaxed),
+                "bytes_read": self.cleaner_blocks_read.load(Ordering::Relaxed) * b,
+                "segments_read_in_parts": self.segments_read_in_parts.load(Ordering::Relaxed),
                 "bytes_moved_per_s": if uptime_s > 0.0 { cleaner as f64 * b as f64 / uptime_s } else { 0.0 },
             },
             "throttle": {

@@ -131,6 +131,8 @@ thread_local! {
     static CHECKPOINTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Of the cleaned segments, those freed without being read (nothing live in them).
     static CLEANED_UNREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Victims whose live blocks were found by reading only headers and live writes.
+    static READ_IN_PARTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// What the model knows of a volume's blocks.
@@ -281,6 +283,7 @@ fn run_until_crash(
     for (total, count) in [
         (&CLEANED, &pool.segments_cleaned),
         (&CLEANED_UNREAD, &pool.segments_cleaned_unread),
+        (&READ_IN_PARTS, &pool.segments_read_in_parts),
     ] {
         let n = count.load(std::sync::atomic::Ordering::Relaxed);
         total.with(|c| c.set(c.get() + n));
@@ -407,8 +410,9 @@ fn crash_simulation_loses_no_acknowledged_write() {
         }
     }
     let unread = CLEANED_UNREAD.with(|c| c.get());
+    let in_parts = READ_IN_PARTS.with(|c| c.get());
     eprintln!(
-        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread); newest checkpoint generation {}",
+        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread, {in_parts} read in parts); newest checkpoint generation {}",
         CHECKPOINTS.with(|c| c.get())
     );
     if many {
@@ -419,6 +423,8 @@ fn crash_simulation_loses_no_acknowledged_write() {
         );
         // And its unread path (a victim with nothing live, freed without reading it).
         assert!(unread > 0, "no segment was ever freed unread");
+        // And its part reads (headers, then live writes only).
+        assert!(in_parts > 0, "no victim was ever read in parts");
     }
 }
 

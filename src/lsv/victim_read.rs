@@ -1,0 +1,256 @@
+//! Reading a cleaner's victim in parts instead of whole: first its record headers, then only
+//! the writes that still hold live blocks.
+//!
+//! A victim is picked for having few live blocks, so reading all of it (8 MiB by default) to
+//! find them spends the device's bandwidth, which the user writes it is cleaning for need.
+//! The pool's segment summary marks where each record of a segment's current use begins
+//! (`LsvPool::summarize`: the first header block holds `HEADER_MARK | header blocks`), so the
+//! headers can be read at once, without walking the chain block by block. The chain is then
+//! walked through the headers read (the same checks as `LsvPool::walk_chain`: this segment,
+//! one epoch, rising sequence numbers), the extent tables tell which writes still hold live
+//! blocks, and those writes are read whole, each checked against its entry's data checksum.
+//!
+//! A victim's summary is complete for its current use when its first block is marked: a
+//! segment reused in this process summarizes every record it takes, and after a restart only
+//! replayed records are summarized, all of a segment's or none (its chain's sequence numbers
+//! rise, so once one record is past the checkpoint, all later ones are). Anything else (no
+//! mark at block 0, a header that does not check out, a data checksum that fails, more reads
+//! than the plan's bound) sends the cleaner back to reading the victim whole.
+//!
+//! Bounds: at most one read per block of the segment; reads go `QUEUE_DEPTH` at a time.
+
+use super::pool::LsvPool;
+use super::record::{EntryOp, RecordHeader, BLOCK_BYTES};
+use crate::bdev::{IoChannel, IoCompletion, IoRequest, IoStatus, IoType, IoVec};
+use crate::mem::DmaRegion;
+
+/// Reads whose gap is at most this many blocks are made one (one larger read beats two small
+/// ones on this kind of device).
+const MERGE_GAP_BLOCKS: u32 = 4;
+/// Most reads one phase may plan; a victim of many small records is read whole instead.
+const MAX_READS: usize = 256;
+
+/// What the victim's reads are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Headers,
+    Live,
+}
+
+/// One victim's part reads: what to read, what is in flight, and the chain walked.
+pub(super) struct PartialRead {
+    pub phase: Phase,
+    /// (block offset in the segment, blocks), in offset order.
+    reads: Vec<(u32, u32)>,
+    next: usize,
+    outstanding: u32,
+    failed: bool,
+    /// Header reads, kept for the walk: (offset, header blocks).
+    headers: Vec<(u32, u32)>,
+    /// The chain walked through the headers: (first data block in the pool, header).
+    pub chain: Vec<(u64, RecordHeader)>,
+}
+
+impl PartialRead {
+    pub fn new(seg_blocks: usize) -> PartialRead {
+        PartialRead {
+            phase: Phase::Headers,
+            reads: Vec::with_capacity(seg_blocks),
+            next: 0,
+            outstanding: 0,
+            failed: false,
+            headers: Vec::with_capacity(seg_blocks),
+            chain: Vec::new(),
+        }
+    }
+
+    /// Plans the header reads of victim `seg`; false if its summary cannot say where its
+    /// records are (read it whole).
+    pub fn plan_headers(&mut self, pool: &LsvPool, seg: u64) -> bool {
+        self.phase = Phase::Headers;
+        self.reads.clear();
+        self.headers.clear();
+        self.chain.clear();
+        self.next = 0;
+        self.outstanding = 0;
+        self.failed = false;
+        pool.header_marks(seg, &mut self.headers);
+        if self.headers.first().is_none_or(|&(at, _)| at != 0) {
+            return false;
+        }
+        for i in 0..self.headers.len() {
+            let (at, blocks) = self.headers[i];
+            self.plan_read(at, blocks);
+        }
+        self.reads.len() <= MAX_READS
+    }
+
+    /// Submits planned reads into `buf` (the victim's image, at their offsets) while the
+    /// channel has room. Err: a submit failed (the reads in flight still complete).
+    pub fn submit(
+        &mut self,
+        ch: &mut IoChannel,
+        buf: &DmaRegion,
+        seg_first_block: u64,
+        queue_depth: u32,
+    ) -> Result<(), ()> {
+        while self.next < self.reads.len() && ch.in_flight() < queue_depth {
+            let (at, blocks) = self.reads[self.next];
+            let off = at as usize * BLOCK_BYTES;
+            let len = blocks as usize * BLOCK_BYTES;
+            debug_assert!(off + len <= buf.len());
+            // SAFETY: an in-bounds range of the cleaner's segment buffer, untouched by anyone
+            // else until this read completes (the cleaner waits for every read of a victim).
+            let iov = unsafe { IoVec::from_raw(buf.as_ptr().add(off), len) };
+            let r = ch.submit(
+                &IoRequest {
+                    io_type: IoType::Read,
+                    offset_blocks: seg_first_block + at as u64,
+                    num_blocks: blocks as u64,
+                    iovs: &[iov],
+                    fua: false,
+                    tag: 0,
+                },
+                0,
+            );
+            if r.is_err() {
+                self.failed = true;
+                self.next = self.reads.len();
+                return Err(());
+            }
+            self.next += 1;
+            self.outstanding += 1;
+        }
+        Ok(())
+    }
+
+    /// Counts completed reads; true once every planned read has completed.
+    pub fn complete(&mut self, done: &[IoCompletion]) -> bool {
+        for c in done {
+            debug_assert!(self.outstanding > 0);
+            self.outstanding = self.outstanding.saturating_sub(1);
+            self.failed |= c.status != IoStatus::Success;
+        }
+        self.outstanding == 0 && self.next >= self.reads.len()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Walks the chain through the headers read into `bytes` (the victim's image) and plans
+    /// reads of every write that still holds a live block (`is_live(volume, lba, pba)`).
+    /// False if the chain does not check out (read the victim whole).
+    pub fn plan_live(
+        &mut self,
+        pool: &LsvPool,
+        seg: u64,
+        bytes: &[u8],
+        mut is_live: impl FnMut(u32, u64, u64) -> bool,
+    ) -> bool {
+        self.phase = Phase::Live;
+        self.reads.clear();
+        self.next = 0;
+        self.outstanding = 0;
+        self.chain.clear();
+        let seg_blocks = (pool.sb.segment_bytes / BLOCK_BYTES as u64) as usize;
+        let seg_start = pool.segment_first_block(seg);
+        let mut at = 0usize;
+        let mut epoch = None;
+        let mut last_seq = 0;
+        while at < seg_blocks {
+            // An unmarked block ends the chain: every record of this use is marked.
+            let Ok(i) = self.headers.binary_search_by_key(&(at as u32), |h| h.0) else {
+                break;
+            };
+            let Some(h) = bytes
+                .get(at * BLOCK_BYTES..)
+                .and_then(|b| RecordHeader::decode(b).ok())
+            else {
+                break;
+            };
+            let end = at + h.total_blocks() as usize;
+            if h.segment != seg
+                || end > seg_blocks
+                || epoch.is_some_and(|e| e != h.segment_epoch)
+                || h.seq <= last_seq
+            {
+                break;
+            }
+            if h.header_blocks != self.headers[i].1 {
+                return false; // the mark and the header disagree: do not guess
+            }
+            epoch = Some(h.segment_epoch);
+            last_seq = h.seq;
+            let first_data = at + h.header_blocks as usize;
+            let mut d = first_data;
+            for e in h.entries.iter().filter(|e| e.op == EntryOp::Write) {
+                let n = e.num_blocks as usize;
+                if d + n > end {
+                    return false;
+                }
+                let live = (0..n as u64).any(|b| {
+                    is_live(
+                        e.volume as u32,
+                        e.lba.wrapping_add(b),
+                        seg_start + (d as u64) + b,
+                    )
+                });
+                if live {
+                    self.plan_read(d as u32, n as u32);
+                }
+                d += n;
+            }
+            self.chain.push((seg_start + first_data as u64, h));
+            at = end;
+        }
+        !self.chain.is_empty() && self.reads.len() <= MAX_READS
+    }
+
+    /// Adds a read (planned in offset order), merged with the one before when they overlap,
+    /// touch or nearly do.
+    fn plan_read(&mut self, at: u32, blocks: u32) {
+        if let Some(last) = self.reads.last_mut() {
+            debug_assert!(at >= last.0);
+            let end = last.0 + last.1;
+            if at <= end + MERGE_GAP_BLOCKS {
+                last.1 = end.max(at + blocks) - last.0;
+                return;
+            }
+        }
+        self.reads.push((at, blocks));
+    }
+
+    /// Checks every write that was read against its entry's data checksum.
+    pub fn verify(&self, pool: &LsvPool, seg: u64, bytes: &[u8]) -> bool {
+        let seg_start = pool.segment_first_block(seg);
+        // Writes and reads both go in offset order: one pass over each.
+        let mut r = 0;
+        for (first_data, h) in &self.chain {
+            let mut d = (*first_data - seg_start) as usize;
+            for e in h.entries.iter().filter(|e| e.op == EntryOp::Write) {
+                let n = e.num_blocks as usize;
+                while r < self.reads.len() && (self.reads[r].0 + self.reads[r].1) as usize <= d {
+                    r += 1;
+                }
+                let read = self
+                    .reads
+                    .get(r)
+                    .is_some_and(|&(at, len)| at as usize <= d && d + n <= (at + len) as usize);
+                if read {
+                    let data = &bytes[d * BLOCK_BYTES..(d + n) * BLOCK_BYTES];
+                    if crc32c::crc32c(data) != e.data_crc {
+                        return false;
+                    }
+                }
+                d += n;
+            }
+        }
+        true
+    }
+
+    /// Blocks the plan reads (for the statistics).
+    pub fn planned_blocks(&self) -> u64 {
+        self.reads.iter().map(|&(_, n)| n as u64).sum()
+    }
+}
