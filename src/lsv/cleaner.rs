@@ -6,8 +6,10 @@
 //!
 //! - **Victims.** When free segments (plus cleaned ones waiting for checkpoints) fall below
 //!   `LsvPool::clean_target`, it picks a sealed segment with no record in flight by the pool's
-//!   policy (greedy, cost-benefit, or lifespan), reads the whole segment, walks its records,
-//!   and keeps the blocks the extent table still points at.
+//!   policy (greedy, cost-benefit, or lifespan), walks its records, and keeps the blocks the
+//!   extent table still points at. A victim with nothing live and every record covered by
+//!   both checkpoints is not read at all; a mostly dead one is read in parts (its headers,
+//!   then its live writes: `victim_read`); any other is read whole.
 //! - **Streams.** Moved blocks go to relocation log heads, never to a user head, so data that
 //!   survived a cleaning is kept apart from fresh user writes. With the lifespan policy, moved
 //!   blocks older than the running average age of moved blocks go to a second, "cold" stream
