@@ -476,6 +476,7 @@ impl Cleaner {
         {
             return CleanerPoll::Busy;
         }
+        self.victim_written = 0;
         if self.clean_unread(seg) {
             // More dead victims join the same flush, up to a batch.
             while self.awaiting_flush.len() < FLUSH_BATCH {
@@ -499,7 +500,12 @@ impl Cleaner {
             return CleanerPoll::Busy;
         }
         // Mostly dead (as victims are): read its headers, then only its live writes.
-        if self.pool.usage.live(seg) as u64 * 2 <= self.seg_blocks() {
+        // (A segment that took a failed record is read whole: a failed record's header may be
+        // on the media without its data, and only a whole read checks every record's data
+        // before trusting the records behind it.)
+        if self.pool.usage.live(seg) as u64 * 2 <= self.seg_blocks()
+            && !self.pool.usage.had_failed_record(seg)
+        {
             let mut p = self
                 .partial
                 .take()
@@ -620,8 +626,8 @@ impl Cleaner {
     /// changes before it stops counting as in flight), and every record in it is covered by
     /// both checkpoints, so none of its unmaps needs logging again.
     fn unread_cleanable(&self, seg: u64) -> bool {
-        self.pool.usage.live(seg) == 0
-            && self.pool.usage.records_in_flight(seg) == 0
+        self.pool.usage.records_in_flight(seg) == 0
+            && self.pool.usage.live(seg) == 0
             && self.pool.usage.last_seq(seg) <= self.pool.reusable_seq()
     }
 
@@ -681,7 +687,6 @@ impl Cleaner {
     /// Keeps the blocks of the victim's records (`chain`, their data in the segment buffer)
     /// that the extent tables still point at, and its unmaps no checkpoint covers.
     fn collect_from(&mut self, seg: u64, chain: &[(u64, RecordHeader)]) {
-        self.victim_written = 0;
         self.live.clear();
         self.cursor = 0;
         self.unmaps.clear();
@@ -1007,6 +1012,9 @@ impl Cleaner {
         blocks: u64,
         ok: bool,
     ) -> (State, CleanerPoll) {
+        if !ok {
+            self.pool.usage.note_failed_record(to_seg);
+        }
         self.pool.usage.record_finished(to_seg);
         self.pool.record_done();
         if !ok {
@@ -1176,8 +1184,10 @@ impl Drop for Cleaner {
             self.pool.record_done();
             self.pool.head_oldest(self.streams[stream].head, None);
         }
-        if let State::Reading { seg } | State::Moving { seg } | State::Writing { seg, .. } =
-            self.state
+        if let State::Reading { seg }
+        | State::ReadingParts { seg }
+        | State::Moving { seg }
+        | State::Writing { seg, .. } = self.state
         {
             self.pool
                 .usage

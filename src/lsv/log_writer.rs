@@ -508,6 +508,7 @@ impl LogWriter {
                             .usage
                             .transition(h.seg, SegmentState::Open, SegmentState::Sealed);
                     }
+                    self.pool.usage.note_failed_record(seg);
                     self.pool.usage.record_finished(seg);
                     self.pool.record_done();
                     self.publish_oldest();
@@ -588,6 +589,8 @@ impl LogWriter {
             // Before the record stops counting as in flight: a sealed segment with none in
             // flight must show its true live count (the cleaner frees one showing 0 unread).
             self.pool.apply_deltas(&mut self.deltas);
+        } else {
+            self.pool.usage.note_failed_record(rec.header.segment);
         }
         self.pool.usage.record_finished(rec.header.segment);
         self.pool.record_done();

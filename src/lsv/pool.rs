@@ -218,6 +218,9 @@ const _: () = assert!(
 );
 /// Free segments only the cleaner may take (two relocation streams, one spare).
 pub const CLEANER_RESERVE_SEGMENTS: u64 = 3;
+/// In recovery's map of what each block read holds, a record header block (a sequence
+/// number of 0 matches no checkpoint entry).
+const HEADER_CONTENT: (u32, u64, u64) = (u32::MAX, u64::MAX, 0);
 /// In a segment summary, the mark of a record's first header block (sequence numbers, which
 /// the summary holds for data blocks, never come near it).
 pub(super) const HEADER_MARK: u64 = 0xFFFF << 48;
@@ -586,7 +589,13 @@ impl LsvPool {
         let seg = self.segment_of(pba);
         match self.summaries[seg as usize].get() {
             Some(s) => {
-                s.seqs[(pba - self.segment_first_block(seg)) as usize].load(Ordering::Acquire)
+                let seq =
+                    s.seqs[(pba - self.segment_first_block(seg)) as usize].load(Ordering::Acquire);
+                debug_assert!(
+                    seq & HEADER_MARK != HEADER_MARK,
+                    "block {pba} is mapped but holds a record header"
+                );
+                seq
             }
             None => {
                 debug_assert!(
@@ -781,6 +790,11 @@ impl LsvPool {
             let bytes = io.bytes(self.sb.segment_bytes as usize);
             for (first_data, rh) in self.walk_chain(seg, bytes)? {
                 newest_in[seg as usize] = rh.seq;
+                // Header blocks hold no volume's data: a checkpoint entry pointing at one
+                // points at a place its segment's later use overwrote.
+                for b in first_data - rh.header_blocks as u64..first_data {
+                    content.insert(b, HEADER_CONTENT);
+                }
                 let mut pba = first_data;
                 for e in rh.entries.iter().filter(|e| e.op == EntryOp::Write) {
                     for b in 0..e.num_blocks as u64 {

@@ -5,7 +5,7 @@
 //! collects its changes for one poll pass in a `UsageDeltas` and applies them at the end of
 //! the pass, one atomic add per segment touched, not one per write.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -87,6 +87,8 @@ struct Segment {
     first_seq: AtomicU64,
     /// Records written into it that have not completed yet (the cleaner waits for none).
     records_in_flight: AtomicU32,
+    /// Whether a record written into it in its current use failed (cleared when reopened).
+    had_failed_record: AtomicBool,
 }
 
 pub struct UsageTable {
@@ -106,6 +108,7 @@ impl UsageTable {
                     last_seq: AtomicU64::new(0),
                     first_seq: AtomicU64::new(0),
                     records_in_flight: AtomicU32::new(0),
+                    had_failed_record: AtomicBool::new(false),
                 })
                 .collect(),
             blocks_per_segment,
@@ -226,8 +229,26 @@ impl UsageTable {
         if self.free.load(Ordering::Acquire) <= keep {
             return None;
         }
-        (0..self.segments.len() as u64)
-            .find(|&s| self.transition(s, SegmentState::Free, SegmentState::Open))
+        let seg = (0..self.segments.len() as u64)
+            .find(|&s| self.transition(s, SegmentState::Free, SegmentState::Open))?;
+        self.segments[seg as usize]
+            .had_failed_record
+            .store(false, Ordering::Release);
+        Some(seg)
+    }
+
+    /// A record written into `seg` failed (or was failed behind one that did).
+    pub fn note_failed_record(&self, seg: u64) {
+        self.segments[seg as usize]
+            .had_failed_record
+            .store(true, Ordering::Release);
+    }
+
+    /// Whether a record written into `seg` in its current use failed.
+    pub fn had_failed_record(&self, seg: u64) -> bool {
+        self.segments[seg as usize]
+            .had_failed_record
+            .load(Ordering::Acquire)
     }
 
     pub fn live(&self, seg: u64) -> u32 {
