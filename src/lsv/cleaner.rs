@@ -420,6 +420,12 @@ impl Cleaner {
             return CleanerPoll::Idle;
         }
         self.next_check = now + self.check_every;
+        // Deleted volumes' blocks come off the live counts here, between victims.
+        if let Ok(mut dead) = self.pool.dead_blocks.try_lock() {
+            if !dead.is_empty() {
+                self.pool.apply_dead_blocks(&mut dead);
+            }
+        }
         if now >= self.next_sample {
             self.next_sample = now + Duration::from_secs(1);
             self.pool.sample_write_amplification();

@@ -336,3 +336,30 @@ fn a_new_volume_never_reads_a_deleted_ones_data_after_a_crash() {
     pool.create_volume("w", VOLUME_BLOCKS).unwrap();
     assert!(pool.volume("w").unwrap().0.id > new_id);
 }
+
+/// A deleted volume's blocks stop counting as live (the cleaner takes them off between
+/// victims), or its segments would look live for good and the cleaner would go round them.
+#[test]
+fn a_deleted_volumes_blocks_stop_counting_as_live() {
+    let (_disk, pool) = new_pool();
+    let mut cleaner = super::cleaner::Cleaner::new(pool.clone()).unwrap();
+    cleaner.check_every_poll();
+    let mut h = Harness::open(&pool);
+    for lba in 0..20 {
+        h.write(lba, 1);
+    }
+    drop(h);
+    let live = |p: &LsvPool| -> u64 {
+        (0..p.usage.len() as u64)
+            .map(|s| p.usage.live(s) as u64)
+            .sum()
+    };
+    assert_eq!(live(&pool), 20);
+    pool.delete_volume("v").unwrap();
+    cleaner.poll();
+    assert_eq!(
+        live(&pool),
+        0,
+        "a deleted volume's blocks still count as live"
+    );
+}

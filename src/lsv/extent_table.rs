@@ -367,6 +367,35 @@ impl ExtentTable {
         }
     }
 
+    /// Empties every entry (the volume is deleted), calling `f` with each pool block that
+    /// was mapped. Each entry is swapped, not read, so a racing `remap_if` either moved the
+    /// block first (and `f` gets its new place) or fails.
+    pub fn drain(&self, mut f: impl FnMut(u64)) {
+        for slot in self.top.iter() {
+            let node = slot.load(Ordering::Acquire);
+            if node.is_null() {
+                continue;
+            }
+            // SAFETY: installed nodes and leaves live until the table drops.
+            for l in unsafe { &*node }.leaves.iter() {
+                let leaf = l.load(Ordering::Acquire);
+                if leaf.is_null() {
+                    continue;
+                }
+                // SAFETY: as above.
+                for e in unsafe { &*leaf }.entries.iter() {
+                    if e.load(Ordering::Relaxed) == 0 {
+                        continue;
+                    }
+                    if let Mapping::At(a) = decode(e.swap(0, Ordering::AcqRel)) {
+                        self.mapped.fetch_sub(1, Ordering::Relaxed);
+                        f(a);
+                    }
+                }
+            }
+        }
+    }
+
     /// Recovery only: sets an entry as a checkpoint stored it.
     pub fn restore(&self, lba: u64, stored: Stored) {
         assert!(lba < self.capacity_blocks());

@@ -256,6 +256,9 @@ pub struct LsvPool {
     volumes: RwLock<BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>>,
     /// The id the next volume gets (ids are never reused; changed under `volumes`' lock).
     next_volume_id: AtomicU32,
+    /// Blocks of deleted volumes per segment, for the cleaner to take off the live counts
+    /// (at most one entry per segment).
+    pub(super) dead_blocks: Mutex<BTreeMap<u64, u32>>,
     /// Per log head: 0 unused, u64::MAX idle, else the oldest record it has in flight (or a
     /// lower bound taken before that record was numbered).
     log_heads: Box<[AtomicU64]>,
@@ -447,6 +450,7 @@ impl LsvPool {
             base,
             next_seq: AtomicU64::new(1),
             next_volume_id: AtomicU32::new(next_volume_id),
+            dead_blocks: Mutex::new(BTreeMap::new()),
             volumes: RwLock::new(
                 metas
                     .into_iter()
@@ -1236,7 +1240,29 @@ impl LsvPool {
             vols.insert(id, removed);
             return Err(e);
         }
+        drop(vols);
+        // Its blocks are dead now: they come off the segments' live counts, or the cleaner
+        // would find victims with live blocks nobody maps and go round them for good. The
+        // cleaner applies the counts itself, between victims: a block it is moving right now
+        // has its new segment's count raised by the cleaner after the move, and must not be
+        // taken off that count before.
+        let mut dead = self.dead_blocks.lock().unwrap_or_else(|e| e.into_inner());
+        removed
+            .1
+            .drain(|pba| *dead.entry(self.segment_of(pba)).or_insert(0) += 1);
+        if !self.cleaner_attached.load(Ordering::Acquire) {
+            self.apply_dead_blocks(&mut dead);
+        }
         Ok(())
+    }
+
+    /// Takes deleted volumes' blocks off their segments' live counts (see `delete_volume`).
+    pub(super) fn apply_dead_blocks(&self, dead: &mut BTreeMap<u64, u32>) {
+        let mut deltas = UsageDeltas::default();
+        for (seg, n) in std::mem::take(dead) {
+            self.add_delta(&mut deltas, seg, -(n as i32));
+        }
+        self.apply_deltas(&mut deltas);
     }
 
     /// Counts a record written for the log (live I/O only).
