@@ -720,7 +720,10 @@ impl Cleaner {
                 let table = self.table(e.volume as u32);
                 for b in 0..e.num_blocks as u64 {
                     let p = pba + b;
-                    let lba = e.lba + b;
+                    // A record that checks out may still name blocks past any volume's end.
+                    let Some(lba) = e.lba.checked_add(b) else {
+                        continue;
+                    };
                     let live = table
                         .as_ref()
                         .is_some_and(|t| lba < t.num_blocks() && t.lookup(lba) == Mapping::At(p));
