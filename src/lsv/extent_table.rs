@@ -335,6 +335,39 @@ impl ExtentTable {
     /// Calls `f` for every entry that is not empty, in LBA order (a checkpoint's snapshot;
     /// entries changing meanwhile are seen either before or after their change).
     pub fn for_each(&self, mut f: impl FnMut(u64, Stored)) {
+        self.for_each_installed(|lba, e| {
+            let v = e.load(Ordering::Acquire);
+            if v == 0 {
+                return;
+            }
+            f(
+                lba,
+                if v & TOMBSTONE_BIT != 0 {
+                    Stored::Tombstone(v & !TOMBSTONE_BIT)
+                } else {
+                    Stored::At(v - 1)
+                },
+            );
+        });
+    }
+
+    /// Empties every entry (the volume is deleted), calling `f` with each pool block that
+    /// was mapped. Each entry is swapped, not read, so a racing `remap_if` either moved the
+    /// block first (and `f` gets its new place) or fails.
+    pub fn drain(&self, mut f: impl FnMut(u64)) {
+        self.for_each_installed(|_, e| {
+            if e.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            if let Mapping::At(a) = decode(e.swap(0, Ordering::AcqRel)) {
+                self.mapped.fetch_sub(1, Ordering::Relaxed);
+                f(a);
+            }
+        });
+    }
+
+    /// Calls `f` with every entry of every installed leaf and its LBA, in LBA order.
+    fn for_each_installed(&self, mut f: impl FnMut(u64, &AtomicU64)) {
         for (t, slot) in self.top.iter().enumerate() {
             let node = slot.load(Ordering::Acquire);
             if node.is_null() {
@@ -348,49 +381,9 @@ impl ExtentTable {
                 }
                 // SAFETY: as above.
                 for (i, e) in unsafe { &*leaf }.entries.iter().enumerate() {
-                    let v = e.load(Ordering::Acquire);
-                    if v == 0 {
-                        continue;
-                    }
                     let lba =
                         ((t as u64) << (2 * FANOUT_BITS)) | ((n as u64) << FANOUT_BITS) | i as u64;
-                    f(
-                        lba,
-                        if v & TOMBSTONE_BIT != 0 {
-                            Stored::Tombstone(v & !TOMBSTONE_BIT)
-                        } else {
-                            Stored::At(v - 1)
-                        },
-                    );
-                }
-            }
-        }
-    }
-
-    /// Empties every entry (the volume is deleted), calling `f` with each pool block that
-    /// was mapped. Each entry is swapped, not read, so a racing `remap_if` either moved the
-    /// block first (and `f` gets its new place) or fails.
-    pub fn drain(&self, mut f: impl FnMut(u64)) {
-        for slot in self.top.iter() {
-            let node = slot.load(Ordering::Acquire);
-            if node.is_null() {
-                continue;
-            }
-            // SAFETY: installed nodes and leaves live until the table drops.
-            for l in unsafe { &*node }.leaves.iter() {
-                let leaf = l.load(Ordering::Acquire);
-                if leaf.is_null() {
-                    continue;
-                }
-                // SAFETY: as above.
-                for e in unsafe { &*leaf }.entries.iter() {
-                    if e.load(Ordering::Relaxed) == 0 {
-                        continue;
-                    }
-                    if let Mapping::At(a) = decode(e.swap(0, Ordering::AcqRel)) {
-                        self.mapped.fetch_sub(1, Ordering::Relaxed);
-                        f(a);
-                    }
+                    f(lba, e);
                 }
             }
         }
