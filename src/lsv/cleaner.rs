@@ -242,7 +242,7 @@ impl Cleaner {
     }
 
     fn seg_blocks(&self) -> u64 {
-        self.pool.sb.segment_bytes / BLOCK_BYTES as u64
+        self.pool.seg_blocks as u64
     }
 
     /// One step of work. Call it from a poller (or a test's loop).
@@ -512,17 +512,11 @@ impl Cleaner {
         if self.pool.usage.live(seg) as u64 * 2 <= self.seg_blocks()
             && !self.pool.usage.had_failed_record(seg)
         {
-            let mut p = self
+            let planned = self
                 .partial
-                .take()
-                .expect("the part reader is home when idle");
-            let planned = p.plan_headers(&self.pool, seg);
-            if planned {
-                self.pool
-                    .cleaner_blocks_read
-                    .fetch_add(p.planned_blocks(), Ordering::Relaxed);
-            }
-            self.partial = Some(p);
+                .as_mut()
+                .expect("the part reader is home when idle")
+                .plan_headers(&self.pool, seg);
             if planned {
                 let (state, poll) = self.read_parts(seg, &[]);
                 self.state = state;
@@ -566,39 +560,30 @@ impl Cleaner {
     /// when those are in, collects the live blocks. Anything amiss: the victim is read whole.
     fn read_parts(&mut self, seg: u64, done: &[IoCompletion]) -> (State, CleanerPoll) {
         let mut p = self.partial.take().expect("the part reader is home");
-        let all_done = p.complete(done);
-        if !p.failed() && !all_done {
-            let first = self.pool.segment_first_block(seg);
-            let _ = p.submit(&mut self.ch, &self.seg_buf, first, QUEUE_DEPTH);
-        }
-        if !p.complete(&[]) {
+        p.complete(done);
+        let first = self.pool.segment_first_block(seg);
+        let submitted = p.submit(&mut self.ch, &self.seg_buf, first, QUEUE_DEPTH);
+        self.pool
+            .cleaner_blocks_read
+            .fetch_add(submitted, Ordering::Relaxed);
+        if !p.finished() {
             self.partial = Some(p);
             return (State::ReadingParts { seg }, CleanerPoll::Waiting);
         }
         // SAFETY: every read into the buffer has completed; it is ours.
         let bytes =
             unsafe { std::slice::from_raw_parts(self.seg_buf.as_ptr(), self.seg_buf.len()) };
+        let headers_in = p.phase == Phase::Headers;
         let ok = !p.failed()
             && match p.phase {
                 Phase::Headers => {
                     self.tables.clear();
                     let pool = self.pool.clone();
-                    let planned = p.plan_live(&pool, seg, bytes, |volume, lba, pba| {
+                    p.plan_live(&pool, seg, bytes, |volume, lba, pba| {
                         self.table(volume).is_some_and(|t| {
                             lba < t.num_blocks() && t.lookup(lba) == Mapping::At(pba)
                         })
-                    });
-                    if planned {
-                        let first = self.pool.segment_first_block(seg);
-                        let _ = p.submit(&mut self.ch, &self.seg_buf, first, QUEUE_DEPTH);
-                        let blocks = p.planned_blocks();
-                        self.partial = Some(p);
-                        self.pool
-                            .cleaner_blocks_read
-                            .fetch_add(blocks, Ordering::Relaxed);
-                        return (State::ReadingParts { seg }, CleanerPoll::Busy);
-                    }
-                    false
+                    })
                 }
                 Phase::Live => p.verify(&self.pool, seg, bytes),
             };
@@ -606,6 +591,11 @@ impl Cleaner {
             self.partial = Some(p);
             tracing::debug!(pool = %self.pool.name, seg, "cleaner: part reads did not do; reading the victim whole");
             return self.read_whole(seg);
+        }
+        if headers_in {
+            // The live writes' reads are planned: the next pass submits them.
+            self.partial = Some(p);
+            return (State::ReadingParts { seg }, CleanerPoll::Busy);
         }
         let chain = std::mem::take(&mut p.chain);
         self.collect_from(seg, &chain);

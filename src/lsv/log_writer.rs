@@ -304,7 +304,6 @@ impl LogWriter {
                 self.record_completed(idx, status);
             }
             self.base_done = base_done;
-            self.pool.apply_deltas(&mut self.deltas);
         }
     }
 
@@ -316,7 +315,7 @@ impl LogWriter {
     }
 
     fn blocks_per_segment(&self) -> u64 {
-        self.pool.sb.segment_bytes / BLOCK_BYTES as u64
+        self.pool.seg_blocks as u64
     }
 
     fn pending_blocks(&self) -> u32 {

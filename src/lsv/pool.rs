@@ -234,7 +234,8 @@ pub struct LsvPool {
     pub(super) usage: UsageTable,
     /// Allocated when a segment first takes a record, so an empty pool costs nothing here.
     summaries: Box<[std::sync::OnceLock<SegmentSeqs>]>,
-    seg_blocks: usize,
+    /// Blocks per segment.
+    pub(super) seg_blocks: usize,
     /// Records submitted and not yet applied, over all channels.
     records_in_flight: AtomicU64,
     /// Since the pool was opened: blocks of user data written, blocks the log took for them

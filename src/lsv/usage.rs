@@ -1,9 +1,10 @@
 //! Segment usage: each segment's state, live blocks and age, and the cleaner's choice of
 //! victim among sealed segments.
 //!
-//! Live counts change on every overwrite (the old copy's segment loses a block). A reactor
-//! collects its changes for one poll pass in a `UsageDeltas` and applies them at the end of
-//! the pass, one atomic add per segment touched, not one per write.
+//! Live counts change on every overwrite (the old copy's segment loses a block). A log writer
+//! collects one record's changes in a `UsageDeltas` and applies them before the record stops
+//! counting as in flight (so a sealed segment with nothing in flight shows its true count),
+//! one atomic add per segment touched, not one per write.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 

@@ -17,7 +17,8 @@
 //! mark at block 0, a header that does not check out, a data checksum that fails, more reads
 //! than the plan's bound) sends the cleaner back to reading the victim whole.
 //!
-//! Bounds: at most one read per block of the segment; reads go `QUEUE_DEPTH` at a time.
+//! Bounds: at most `MAX_READS` reads a phase (a plan over that reads the victim whole), at most
+//! one header mark a block; reads go `QUEUE_DEPTH` at a time.
 
 use super::pool::LsvPool;
 use super::record::{EntryOp, RecordHeader, BLOCK_BYTES};
@@ -86,15 +87,17 @@ impl PartialRead {
     }
 
     /// Submits planned reads into `buf` (the victim's image, at their offsets) while the
-    /// channel has room. Err: a submit failed (the reads in flight still complete).
+    /// channel has room; returns the blocks submitted. A failed submit marks the whole plan
+    /// failed (the reads in flight still complete).
     pub fn submit(
         &mut self,
         ch: &mut IoChannel,
         buf: &DmaRegion,
         seg_first_block: u64,
         queue_depth: u32,
-    ) -> Result<(), ()> {
-        while self.next < self.reads.len() && ch.in_flight() < queue_depth {
+    ) -> u64 {
+        let mut submitted = 0;
+        while !self.failed && self.next < self.reads.len() && ch.in_flight() < queue_depth {
             let (at, blocks) = self.reads[self.next];
             let off = at as usize * BLOCK_BYTES;
             let len = blocks as usize * BLOCK_BYTES;
@@ -115,23 +118,28 @@ impl PartialRead {
             );
             if r.is_err() {
                 self.failed = true;
-                self.next = self.reads.len();
-                return Err(());
+                break;
             }
             self.next += 1;
             self.outstanding += 1;
+            submitted += blocks as u64;
         }
-        Ok(())
+        submitted
     }
 
-    /// Counts completed reads; true once every planned read has completed.
-    pub fn complete(&mut self, done: &[IoCompletion]) -> bool {
+    /// Counts completed reads.
+    pub fn complete(&mut self, done: &[IoCompletion]) {
         for c in done {
             debug_assert!(self.outstanding > 0);
             self.outstanding = self.outstanding.saturating_sub(1);
             self.failed |= c.status != IoStatus::Success;
         }
-        self.outstanding == 0 && self.next >= self.reads.len()
+    }
+
+    /// Whether the phase is over: every planned read completed, or, after a failure, every
+    /// read in flight did.
+    pub fn finished(&self) -> bool {
+        self.outstanding == 0 && (self.failed || self.next >= self.reads.len())
     }
 
     pub fn failed(&self) -> bool {
@@ -247,10 +255,5 @@ impl PartialRead {
             }
         }
         true
-    }
-
-    /// Blocks the plan reads (for the statistics).
-    pub fn planned_blocks(&self) -> u64 {
-        self.reads.iter().map(|&(_, n)| n as u64).sum()
     }
 }

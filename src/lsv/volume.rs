@@ -265,9 +265,9 @@ impl BdevChannel for VolumeChannel {
                     });
                 }
                 // A write and its record's header fit one segment (records never span two).
-                let seg_blocks = self.pool.sb.segment_bytes / BLOCK_BYTES as u64;
                 if write
-                    && (req.num_blocks > MAX_DATA_BLOCKS as u64 || req.num_blocks >= seg_blocks)
+                    && (req.num_blocks > MAX_DATA_BLOCKS as u64
+                        || req.num_blocks >= self.pool.seg_blocks as u64)
                 {
                     return Err(SubmitError::BadLength {
                         count: req.num_blocks,
