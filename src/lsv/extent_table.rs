@@ -3,22 +3,28 @@
 //! One table per volume: a three-level radix of atomics (a top array, then 512-way nodes,
 //! then leaves of 512 entries). Nodes and leaves are allocated on first write to their range
 //! and installed with compare-and-swap, so unmapped ranges cost nothing and readers and writers
-//! on every reactor use the table without locks. A mapped 4 KiB block costs one 8-byte entry
-//! (plus its share of a 4 KiB leaf).
+//! on every reactor use the table without locks. A mapped 4 KiB block costs one 4-byte entry
+//! (plus its share of a 2 KiB leaf and of the nodes: about 4.03 bytes in all when dense).
 //!
-//! ## Entry format (version 1)
+//! ## Entry format (version 2, in memory only: checkpoints store `Stored`, see `checkpoint.rs`)
 //!
 //! ```text
-//!  63  62                                                          0
-//! +---+-------------------------------------------------------------+
-//! | 0 |  pool block address + 1   (0 in the whole entry: never written) |
-//! | 1 |  sequence number of the unmap that left this tombstone          |
-//! +---+-------------------------------------------------------------+
+//!  31      28 27                                                  0
+//! +----------+----------------------------------------------------+
+//! | 0x0      | 0: never written                                    |
+//! | < 0xF    | pool block address + 1 (addresses up to MAX_POOL_BLOCK) |
+//! | 0xF      | tombstone: the low 28 bits of its unmap's sequence number; the whole |
+//! |          | number is in the leaf's tombstone array, at the same index            |
+//! +----------+----------------------------------------------------+
 //! ```
 //!
 //! - A never-written entry (0) reads zeroes, and any write replaces it.
 //! - A tombstone reads zeroes and keeps the unmap's sequence number, so an older write still
-//!   in flight cannot resurrect the block.
+//!   in flight (or a relocation replayed after the unmap) cannot resurrect the block. A leaf
+//!   gets its tombstone array (8 bytes per entry) with its first tombstone. The unmap raises
+//!   the array's number (`fetch_max`) before it swaps the entry, and the entry's low bits
+//!   make two tombstones different values, so a racing write's compare-and-swap fails when
+//!   a newer unmap got in between its two loads.
 //! - Two writes to one block in flight at once (on two reactors) are ordered by sequence
 //!   number, so the entry ends as log replay would leave it (the higher one wins). A mapped
 //!   entry does not store its sequence number: the caller's `seq_of(address)` gives it, from
@@ -27,17 +33,17 @@
 //! - The cleaner moves a block with `remap_if`, which swaps the address only if the entry
 //!   still holds the old one, so a newer write always wins over a relocation.
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// Entries per leaf and pointers per node.
 pub const FANOUT: usize = 512;
 const FANOUT_BITS: u32 = 9;
-/// Largest pool block address an entry can hold.
-pub const MAX_POOL_BLOCK: u64 = (1 << 63) - 2;
-/// Largest sequence number a tombstone can hold.
-pub const MAX_SEQ: u64 = (1 << 63) - 1;
+/// Largest pool block address an entry can hold (pools up to 15 TiB of 4 KiB blocks).
+pub const MAX_POOL_BLOCK: u64 = TOMBSTONE_TAG as u64 - 2;
 
-const TOMBSTONE_BIT: u64 = 1 << 63;
+/// Entries at or above this are tombstones.
+const TOMBSTONE_TAG: u32 = 0xF000_0000;
+const TOMBSTONE_LOW_BITS: u64 = 0x0FFF_FFFF;
 
 /// Where a block lives, as an extent-table entry sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,40 +55,72 @@ pub enum Mapping {
 }
 
 #[inline]
-fn encode(addr: Option<u64>, seq: u64) -> u64 {
-    match addr {
-        Some(a) => {
-            debug_assert!(a <= MAX_POOL_BLOCK);
-            a + 1
-        }
-        None => {
-            debug_assert!(seq <= MAX_SEQ);
-            TOMBSTONE_BIT | seq
-        }
-    }
+fn mapped_entry(addr: u64) -> u32 {
+    debug_assert!(addr <= MAX_POOL_BLOCK);
+    (addr + 1) as u32
 }
 
 #[inline]
-fn decode(e: u64) -> Mapping {
-    if e == 0 || e & TOMBSTONE_BIT != 0 {
+fn tombstone_entry(seq: u64) -> u32 {
+    TOMBSTONE_TAG | (seq & TOMBSTONE_LOW_BITS) as u32
+}
+
+#[inline]
+fn is_tombstone(e: u32) -> bool {
+    e >= TOMBSTONE_TAG
+}
+
+#[inline]
+fn decode(e: u32) -> Mapping {
+    if e == 0 || is_tombstone(e) {
         Mapping::Zero
     } else {
-        Mapping::At(e - 1)
-    }
-}
-
-/// The sequence number behind a non-zero entry.
-#[inline]
-fn seq_of_entry(e: u64, seq_of: &dyn Fn(u64) -> u64) -> u64 {
-    if e & TOMBSTONE_BIT != 0 {
-        e & !TOMBSTONE_BIT
-    } else {
-        seq_of(e - 1)
+        Mapping::At(e as u64 - 1)
     }
 }
 
 struct Leaf {
-    entries: [AtomicU64; FANOUT],
+    entries: [AtomicU32; FANOUT],
+    /// The sequence numbers of the unmaps behind tombstones (allocated with the first one).
+    tombstones: AtomicPtr<TombstoneSeqs>,
+}
+
+struct TombstoneSeqs {
+    seqs: [AtomicU64; FANOUT],
+}
+
+impl Leaf {
+    /// The sequence number of the unmap behind the tombstone at `i`.
+    #[inline]
+    fn tombstone_seq(&self, i: usize) -> u64 {
+        let t = self.tombstones.load(Ordering::Acquire);
+        debug_assert!(!t.is_null(), "a tombstone without its array");
+        if t.is_null() {
+            return 0;
+        }
+        // SAFETY: an installed array lives until the table drops; `&self` keeps it alive.
+        unsafe { &*t }.seqs[i].load(Ordering::Acquire)
+    }
+
+    /// The sequence number behind the non-zero entry value `e` at `i`.
+    #[inline]
+    fn seq_of_entry(&self, i: usize, e: u32, seq_of: &dyn Fn(u64) -> u64) -> u64 {
+        debug_assert!(e != 0);
+        if is_tombstone(e) {
+            self.tombstone_seq(i)
+        } else {
+            seq_of(e as u64 - 1)
+        }
+    }
+
+    /// The stored form of the non-zero entry value `e` at `i`.
+    fn stored(&self, i: usize, e: u32) -> Stored {
+        if is_tombstone(e) {
+            Stored::Tombstone(self.tombstone_seq(i))
+        } else {
+            Stored::At(e as u64 - 1)
+        }
+    }
 }
 
 struct Node {
@@ -113,25 +151,51 @@ pub struct ExtentTable {
     num_blocks: AtomicU64,
     leaves: AtomicU64,
     nodes: AtomicU64,
+    tombstone_arrays: AtomicU64,
     mapped: AtomicU64,
 }
 
-// SAFETY: all shared state is atomics; nodes and leaves are only freed in `Drop`, when no
-// other reference to the table exists.
+// SAFETY: all shared state is atomics; nodes, leaves and tombstone arrays are only freed in
+// `Drop`, when no other reference to the table exists.
 unsafe impl Send for ExtentTable {}
 // SAFETY: as above.
 unsafe impl Sync for ExtentTable {}
 
-fn new_leaf() -> *mut Leaf {
-    Box::into_raw(Box::new(Leaf {
-        entries: std::array::from_fn(|_| AtomicU64::new(0)),
-    }))
+/// Installs a fresh allocation in `slot` if it is empty; returns what the slot holds and
+/// whether this call installed it. `make` allocates; a loser's allocation is freed.
+fn install<T>(slot: &AtomicPtr<T>, make: fn() -> Box<T>) -> (*mut T, bool) {
+    let cur = slot.load(Ordering::Acquire);
+    if !cur.is_null() {
+        return (cur, false);
+    }
+    let fresh = Box::into_raw(make());
+    match slot.compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => (fresh, true),
+        Err(winner) => {
+            // SAFETY: `fresh` came from Box::into_raw above and was never shared.
+            drop(unsafe { Box::from_raw(fresh) });
+            (winner, false)
+        }
+    }
 }
 
-fn new_node() -> *mut Node {
-    Box::into_raw(Box::new(Node {
+fn new_leaf() -> Box<Leaf> {
+    Box::new(Leaf {
+        entries: std::array::from_fn(|_| AtomicU32::new(0)),
+        tombstones: AtomicPtr::new(std::ptr::null_mut()),
+    })
+}
+
+fn new_node() -> Box<Node> {
+    Box::new(Node {
         leaves: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
-    }))
+    })
+}
+
+fn new_tombstone_seqs() -> Box<TombstoneSeqs> {
+    Box::new(TombstoneSeqs {
+        seqs: std::array::from_fn(|_| AtomicU64::new(0)),
+    })
 }
 
 impl ExtentTable {
@@ -147,6 +211,7 @@ impl ExtentTable {
             num_blocks: AtomicU64::new(num_blocks),
             leaves: AtomicU64::new(0),
             nodes: AtomicU64::new(0),
+            tombstone_arrays: AtomicU64::new(0),
             mapped: AtomicU64::new(0),
         }
     }
@@ -175,8 +240,8 @@ impl ExtentTable {
         let old = self.num_blocks.swap(blocks, Ordering::AcqRel);
         let mut freed = Vec::new();
         for lba in blocks..old {
-            if let Some(e) = self.entry(lba) {
-                let v = e.swap(0, Ordering::AcqRel);
+            if let Some((leaf, i)) = self.leaf(lba) {
+                let v = leaf.entries[i].swap(0, Ordering::AcqRel);
                 if let Mapping::At(p) = decode(v) {
                     self.mapped.fetch_sub(1, Ordering::Relaxed);
                     freed.push(p);
@@ -194,9 +259,9 @@ impl ExtentTable {
         (top_i, node_i, leaf_i)
     }
 
-    /// The entry for `lba`, if its leaf exists (reads never allocate).
+    /// The leaf holding `lba` and its index there, if the leaf exists (reads never allocate).
     #[inline]
-    fn entry(&self, lba: u64) -> Option<&AtomicU64> {
+    fn leaf(&self, lba: u64) -> Option<(&Leaf, usize)> {
         let (t, n, l) = Self::split(lba);
         let node = self.top.get(t)?.load(Ordering::Acquire);
         if node.is_null() {
@@ -208,47 +273,33 @@ impl ExtentTable {
             return None;
         }
         // SAFETY: as for nodes.
-        Some(&unsafe { &*leaf }.entries[l])
+        Some((unsafe { &*leaf }, l))
     }
 
-    /// The entry for `lba`, allocating its node and leaf if needed.
-    fn entry_or_create(&self, lba: u64) -> &AtomicU64 {
+    /// The leaf holding `lba` and its index there, allocating the node and leaf if needed.
+    fn leaf_or_create(&self, lba: u64) -> (&Leaf, usize) {
         let (t, n, l) = Self::split(lba);
-        let slot = &self.top[t];
-        let mut node = slot.load(Ordering::Acquire);
-        if node.is_null() {
-            let fresh = new_node();
-            match slot.compare_exchange(node, fresh, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    self.nodes.fetch_add(1, Ordering::Relaxed);
-                    node = fresh;
-                }
-                Err(winner) => {
-                    // SAFETY: `fresh` was never shared.
-                    drop(unsafe { Box::from_raw(fresh) });
-                    node = winner;
-                }
-            }
+        let (node, fresh) = install(&self.top[t], new_node);
+        if fresh {
+            self.nodes.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: installed nodes live until the table drops.
-        let lslot = &unsafe { &*node }.leaves[n];
-        let mut leaf = lslot.load(Ordering::Acquire);
-        if leaf.is_null() {
-            let fresh = new_leaf();
-            match lslot.compare_exchange(leaf, fresh, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    self.leaves.fetch_add(1, Ordering::Relaxed);
-                    leaf = fresh;
-                }
-                Err(winner) => {
-                    // SAFETY: `fresh` was never shared.
-                    drop(unsafe { Box::from_raw(fresh) });
-                    leaf = winner;
-                }
-            }
+        let (leaf, fresh) = install(&unsafe { &*node }.leaves[n], new_leaf);
+        if fresh {
+            self.leaves.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: installed leaves live until the table drops.
-        &unsafe { &*leaf }.entries[l]
+        (unsafe { &*leaf }, l)
+    }
+
+    /// The tombstone number slot for index `i` of `leaf`, allocating the leaf's array if needed.
+    fn tombstone_slot<'a>(&self, leaf: &'a Leaf, i: usize) -> &'a AtomicU64 {
+        let (seqs, fresh) = install(&leaf.tombstones, new_tombstone_seqs);
+        if fresh {
+            self.tombstone_arrays.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: installed arrays live until the table drops, and so as long as `leaf`.
+        &unsafe { &*seqs }.seqs[i]
     }
 
     /// Where `lba` lives now. Plain atomic loads; never allocates.
@@ -257,8 +308,9 @@ impl ExtentTable {
         if lba >= self.capacity_blocks() {
             return Mapping::Zero;
         }
-        self.entry(lba)
-            .map_or(Mapping::Zero, |e| decode(e.load(Ordering::Acquire)))
+        self.leaf(lba).map_or(Mapping::Zero, |(leaf, i)| {
+            decode(leaf.entries[i].load(Ordering::Acquire))
+        })
     }
 
     /// Records that the write (or unmap, with `addr` None) with sequence number `seq` put
@@ -278,18 +330,30 @@ impl ExtentTable {
         if lba >= self.num_blocks() {
             return Update::Stale;
         }
-        if addr.is_none() && !older_in_flight && self.entry(lba).is_none() {
+        if addr.is_none() && !older_in_flight && self.leaf(lba).is_none() {
             return Update::Applied {
                 previous: Mapping::Zero,
             };
         }
-        let entry = self.entry_or_create(lba);
-        let new = encode(addr, seq);
+        let (leaf, i) = self.leaf_or_create(lba);
+        let new = match addr {
+            Some(a) => mapped_entry(a),
+            None => {
+                // Raised before the entry changes, so a write that sees the new tombstone
+                // sees at least this number.
+                self.tombstone_slot(leaf, i)
+                    .fetch_max(seq, Ordering::AcqRel);
+                tombstone_entry(seq)
+            }
+        };
+        let entry = &leaf.entries[i];
         let mut cur = entry.load(Ordering::Acquire);
         loop {
-            if cur != 0 && seq_of_entry(cur, seq_of) > seq {
+            if cur != 0 && leaf.seq_of_entry(i, cur, seq_of) > seq {
                 return Update::Stale;
             }
+            #[cfg(test)]
+            tests::between_check_and_swap();
             match entry.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     let previous = decode(cur);
@@ -312,12 +376,17 @@ impl ExtentTable {
     /// The cleaner's move: points `lba` at `to` only if it still lives at `from`. Returns
     /// whether it moved (false: a newer write or an unmap got there first, and wins).
     pub fn remap_if(&self, lba: u64, from: u64, to: u64) -> bool {
-        let Some(entry) = self.entry(lba) else {
+        let Some((leaf, i)) = self.leaf(lba) else {
             return false;
         };
         debug_assert!(from <= MAX_POOL_BLOCK && to <= MAX_POOL_BLOCK);
-        entry
-            .compare_exchange(from + 1, to + 1, Ordering::AcqRel, Ordering::Acquire)
+        leaf.entries[i]
+            .compare_exchange(
+                mapped_entry(from),
+                mapped_entry(to),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok()
     }
 
@@ -335,19 +404,11 @@ impl ExtentTable {
     /// Calls `f` for every entry that is not empty, in LBA order (a checkpoint's snapshot;
     /// entries changing meanwhile are seen either before or after their change).
     pub fn for_each(&self, mut f: impl FnMut(u64, Stored)) {
-        self.for_each_installed(|lba, e| {
-            let v = e.load(Ordering::Acquire);
-            if v == 0 {
-                return;
+        self.for_each_installed(|lba, leaf, i| {
+            let v = leaf.entries[i].load(Ordering::Acquire);
+            if v != 0 {
+                f(lba, leaf.stored(i, v));
             }
-            f(
-                lba,
-                if v & TOMBSTONE_BIT != 0 {
-                    Stored::Tombstone(v & !TOMBSTONE_BIT)
-                } else {
-                    Stored::At(v - 1)
-                },
-            );
         });
     }
 
@@ -355,7 +416,8 @@ impl ExtentTable {
     /// was mapped. Each entry is swapped, not read, so a racing `remap_if` either moved the
     /// block first (and `f` gets its new place) or fails.
     pub fn drain(&self, mut f: impl FnMut(u64)) {
-        self.for_each_installed(|_, e| {
+        self.for_each_installed(|_, leaf, i| {
+            let e = &leaf.entries[i];
             if e.load(Ordering::Relaxed) == 0 {
                 return;
             }
@@ -366,8 +428,8 @@ impl ExtentTable {
         });
     }
 
-    /// Calls `f` with every entry of every installed leaf and its LBA, in LBA order.
-    fn for_each_installed(&self, mut f: impl FnMut(u64, &AtomicU64)) {
+    /// Calls `f` with every index of every installed leaf and its LBA, in LBA order.
+    fn for_each_installed(&self, mut f: impl FnMut(u64, &Leaf, usize)) {
         for (t, slot) in self.top.iter().enumerate() {
             let node = slot.load(Ordering::Acquire);
             if node.is_null() {
@@ -380,23 +442,29 @@ impl ExtentTable {
                     continue;
                 }
                 // SAFETY: as above.
-                for (i, e) in unsafe { &*leaf }.entries.iter().enumerate() {
+                let leaf = unsafe { &*leaf };
+                for i in 0..FANOUT {
                     let lba =
                         ((t as u64) << (2 * FANOUT_BITS)) | ((n as u64) << FANOUT_BITS) | i as u64;
-                    f(lba, e);
+                    f(lba, leaf, i);
                 }
             }
         }
     }
 
-    /// Recovery only: sets an entry as a checkpoint stored it.
+    /// Recovery only (no other user of the table yet): sets an entry as a checkpoint
+    /// stored it.
     pub fn restore(&self, lba: u64, stored: Stored) {
         assert!(lba < self.capacity_blocks());
+        let (leaf, i) = self.leaf_or_create(lba);
         let new = match stored {
-            Stored::At(a) => encode(Some(a), 0),
-            Stored::Tombstone(seq) => encode(None, seq),
+            Stored::At(a) => mapped_entry(a),
+            Stored::Tombstone(seq) => {
+                self.tombstone_slot(leaf, i).store(seq, Ordering::Release);
+                tombstone_entry(seq)
+            }
         };
-        let old = self.entry_or_create(lba).swap(new, Ordering::AcqRel);
+        let old = leaf.entries[i].swap(new, Ordering::AcqRel);
         let was_mapped = matches!(decode(old), Mapping::At(_));
         let is_mapped = matches!(stored, Stored::At(_));
         if is_mapped && !was_mapped {
@@ -411,6 +479,8 @@ impl ExtentTable {
         (self.top.len() * std::mem::size_of::<AtomicPtr<Node>>()) as u64
             + self.nodes.load(Ordering::Relaxed) * std::mem::size_of::<Node>() as u64
             + self.leaves.load(Ordering::Relaxed) * std::mem::size_of::<Leaf>() as u64
+            + self.tombstone_arrays.load(Ordering::Relaxed)
+                * std::mem::size_of::<TombstoneSeqs>() as u64
     }
 }
 
@@ -426,9 +496,15 @@ impl Drop for ExtentTable {
             let node = unsafe { Box::from_raw(node) };
             for l in node.leaves.iter() {
                 let leaf = l.load(Ordering::Acquire);
-                if !leaf.is_null() {
+                if leaf.is_null() {
+                    continue;
+                }
+                // SAFETY: as above.
+                let leaf = unsafe { Box::from_raw(leaf) };
+                let seqs = leaf.tombstones.load(Ordering::Acquire);
+                if !seqs.is_null() {
                     // SAFETY: as above.
-                    drop(unsafe { Box::from_raw(leaf) });
+                    drop(unsafe { Box::from_raw(seqs) });
                 }
             }
         }
@@ -441,6 +517,18 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
     use std::sync::Arc;
+
+    thread_local! {
+        /// Runs once, on this thread, between an update's check and its swap.
+        static BETWEEN: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    pub(super) fn between_check_and_swap() {
+        if let Some(f) = BETWEEN.with(|b| b.borrow_mut().take()) {
+            f();
+        }
+    }
 
     /// Test oracle: the data at address `a` was written by sequence number `a % 1_000_000`.
     fn seq_of(a: u64) -> u64 {
@@ -522,17 +610,83 @@ mod tests {
     }
 
     #[test]
-    fn eight_bytes_per_mapped_block_when_dense() {
+    fn four_bytes_per_mapped_block_when_dense_and_tombstones_cost_only_their_leaves() {
         let t = ExtentTable::new(1 << 20);
         for lba in 0..(1 << 20) {
             t.update(lba, Some(addr(1)), 1, &seq_of, false);
         }
         let per_block = t.memory_bytes() as f64 / t.mapped_blocks() as f64;
-        assert!(per_block <= 8.1, "{per_block} bytes per mapped block");
+        assert!(per_block <= 4.05, "{per_block} bytes per mapped block");
+        // Unmapping one leaf's blocks gives that leaf (only) its tombstone array.
+        let before = t.memory_bytes();
+        for lba in 0..FANOUT as u64 {
+            t.update(lba, None, 2, &seq_of, false);
+        }
+        assert_eq!(
+            t.memory_bytes() - before,
+            std::mem::size_of::<TombstoneSeqs>() as u64
+        );
+        assert_eq!(t.mapped_blocks(), (1 << 20) - FANOUT as u64);
     }
 
     #[test]
-    fn concurrent_writers_end_with_the_highest_sequence() {
+    fn tombstones_keep_whole_sequence_numbers() {
+        let t = ExtentTable::new(1024);
+        // Numbers past the entry's 28 low bits still order as whole numbers.
+        let big = (1u64 << 40) + 5;
+        t.update(3, Some(addr(1)), 1, &seq_of, true);
+        t.update(3, None, big, &seq_of, true);
+        assert_eq!(t.update(3, Some(addr(6)), 6, &seq_of, true), Update::Stale);
+        assert_eq!(
+            t.update(3, Some(addr(5)), big - (1 << 28), &seq_of, true),
+            Update::Stale
+        );
+        let mut seen = Vec::new();
+        t.for_each(|lba, s| seen.push((lba, s)));
+        assert_eq!(seen, vec![(3, Stored::Tombstone(big))]);
+        // An older unmap changes nothing; a newer write wins.
+        assert_eq!(t.update(3, None, big - 1, &seq_of, true), Update::Stale);
+        let newer = big + 1_000_000; // seq_of(addr(newer)) is its residue: use a real oracle
+        let oracle = move |a: u64| if a == 77 { newer } else { seq_of(a) };
+        assert!(matches!(
+            t.update(3, Some(77), newer, &oracle, true),
+            Update::Applied { .. }
+        ));
+        assert_eq!(t.lookup(3), Mapping::At(77));
+        // A checkpoint's tombstone comes back whole.
+        let r = ExtentTable::new(1024);
+        r.restore(9, Stored::Tombstone(big));
+        assert_eq!(r.update(9, Some(addr(6)), 6, &seq_of, false), Update::Stale);
+        assert_eq!(r.lookup(9), Mapping::Zero);
+    }
+
+    #[test]
+    fn a_newer_unmap_between_a_writes_check_and_swap_wins() {
+        let t = Arc::new(ExtentTable::new(1024));
+        t.update(4, Some(addr(1)), 1, &seq_of, true);
+        t.update(4, None, 2, &seq_of, true);
+        // Write 3 checks the tombstone of unmap 2 and passes; before it swaps, unmap 4
+        // lands. The tombstone's value changed, so the write's swap fails and it looks again.
+        let u = t.clone();
+        BETWEEN.with(|b| {
+            *b.borrow_mut() = Some(Box::new(move || {
+                assert!(matches!(
+                    u.update(4, None, 4, &seq_of, true),
+                    Update::Applied { .. }
+                ));
+            }))
+        });
+        assert_eq!(t.update(4, Some(addr(3)), 3, &seq_of, true), Update::Stale);
+        assert_eq!(t.lookup(4), Mapping::Zero);
+        let mut seen = Vec::new();
+        t.for_each(|lba, s| seen.push((lba, s)));
+        assert_eq!(seen, vec![(4, Stored::Tombstone(4))]);
+    }
+
+    #[test]
+    fn concurrent_writers_and_unmappers_end_with_the_highest_sequence() {
+        // Block `lba` is unmapped by sequence numbers where (seq + lba) % 5 == 0.
+        let unmaps = |seq: u64, lba: u64| (seq + lba).is_multiple_of(5);
         let t = Arc::new(ExtentTable::new(4096));
         let threads: Vec<_> = (0..4u64)
             .map(|w| {
@@ -541,7 +695,8 @@ mod tests {
                     for round in 0..2000u64 {
                         let seq = round * 4 + w;
                         for lba in 0..64 {
-                            t.update(lba, Some(addr(seq)), seq, &seq_of, true);
+                            let a = (!unmaps(seq, lba)).then_some(addr(seq));
+                            t.update(lba, a, seq, &seq_of, true);
                         }
                     }
                 })
@@ -550,10 +705,19 @@ mod tests {
         for th in threads {
             th.join().unwrap();
         }
+        let last = 1999 * 4 + 3;
         for lba in 0..64 {
-            assert_eq!(t.lookup(lba), Mapping::At(addr(1999 * 4 + 3)));
+            let want = if unmaps(last, lba) {
+                Mapping::Zero
+            } else {
+                Mapping::At(addr(last))
+            };
+            assert_eq!(t.lookup(lba), want, "lba {lba}");
         }
-        assert_eq!(t.mapped_blocks(), 64);
+        assert_eq!(
+            t.mapped_blocks(),
+            (0..64).filter(|&l| !unmaps(last, l)).count() as u64
+        );
     }
 
     #[derive(Debug, Clone)]

@@ -44,6 +44,9 @@ pub const MAX_SEGMENT_BYTES: u64 = 256 << 20;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 8 << 20;
 /// A pool needs room for at least this many segments (the cleaner needs free ones to work).
 pub const MIN_SEGMENTS: u64 = 8;
+/// The largest pool: every block address must fit an extent-table entry (32 bits, see
+/// `extent_table.rs`), about 15 TiB.
+pub const MAX_POOL_BYTES: u64 = (super::extent_table::MAX_POOL_BLOCK + 1) * POOL_BLOCK_BYTES as u64;
 /// Where the volume table lives.
 pub const VOLUME_TABLE_OFFSET: u64 = 4096;
 pub const CHECKPOINT_HEADER_BYTES: u64 = 4096;
@@ -67,6 +70,8 @@ pub enum FormatError {
     Inconsistent(String),
     #[error("segment size {0} is not a power of two between 1 MiB and 256 MiB")]
     BadSegmentSize(u64),
+    #[error("a pool of {0} bytes is larger than the {MAX_POOL_BYTES} bytes the extent table can address")]
+    TooLarge(u64),
     #[error("a pool of {pool_bytes} bytes holds fewer than {MIN_SEGMENTS} segments of {segment_bytes} bytes after its metadata")]
     TooSmall { pool_bytes: u64, segment_bytes: u64 },
 }
@@ -98,6 +103,9 @@ impl Superblock {
             || !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&segment_bytes)
         {
             return Err(FormatError::BadSegmentSize(segment_bytes));
+        }
+        if pool_bytes > MAX_POOL_BYTES {
+            return Err(FormatError::TooLarge(pool_bytes));
         }
         let too_small = FormatError::TooSmall {
             pool_bytes,
@@ -223,6 +231,11 @@ mod tests {
         assert!(s.segment_offset(s.segment_count - 1) + s.segment_bytes <= s.pool_bytes);
         assert!(s.metadata_slot_bytes >= (1 << 30) / 4096 * 24);
         assert!(Superblock::plan(16 << 20, DEFAULT_SEGMENT_BYTES, Uuid::nil()).is_err());
+        assert!(Superblock::plan(MAX_POOL_BYTES, DEFAULT_SEGMENT_BYTES, Uuid::nil()).is_ok());
+        assert_eq!(
+            Superblock::plan(MAX_POOL_BYTES + 4096, DEFAULT_SEGMENT_BYTES, Uuid::nil()),
+            Err(FormatError::TooLarge(MAX_POOL_BYTES + 4096))
+        );
         assert_eq!(
             Superblock::plan(1 << 30, 3 << 20, Uuid::nil()),
             Err(FormatError::BadSegmentSize(3 << 20))
