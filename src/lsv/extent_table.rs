@@ -33,7 +33,7 @@
 //! - The cleaner moves a block with `remap_if`, which swaps the address only if the entry
 //!   still holds the old one, so a newer write always wins over a relocation.
 
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// Entries per leaf and pointers per node.
 pub const FANOUT: usize = 512;
@@ -140,8 +140,13 @@ pub enum Stored {
 pub enum Update {
     /// The entry now holds the new mapping; `previous` is what it held (for usage accounting).
     Applied { previous: Mapping },
-    /// A write with a higher sequence number got there first; nothing changed.
+    /// A write with a higher sequence number got there first (or the volume was deleted
+    /// before this update began); nothing changed.
     Stale,
+    /// The volume was deleted while this write was applied: its new mapping was taken back,
+    /// and `previous` is gone (for usage accounting: the previous block is dead, the new one
+    /// was never live).
+    Dropped { previous: Mapping },
 }
 
 /// One volume's map.
@@ -153,6 +158,8 @@ pub struct ExtentTable {
     nodes: AtomicU64,
     tombstone_arrays: AtomicU64,
     mapped: AtomicU64,
+    /// Set by `drain` (the volume was deleted): no update installs a mapping after that.
+    retired: AtomicBool,
 }
 
 // SAFETY: all shared state is atomics; nodes, leaves and tombstone arrays are only freed in
@@ -213,11 +220,17 @@ impl ExtentTable {
             nodes: AtomicU64::new(0),
             tombstone_arrays: AtomicU64::new(0),
             mapped: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
         }
     }
 
     pub fn num_blocks(&self) -> u64 {
         self.num_blocks.load(Ordering::Acquire)
+    }
+
+    /// Whether the volume was deleted (`drain` ran): its channels fail their I/O.
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// How far a volume created with `num_blocks` may grow: 8 times its size, and at least
@@ -326,8 +339,9 @@ impl ExtentTable {
         seq_of: &dyn Fn(u64) -> u64,
         older_in_flight: bool,
     ) -> Update {
-        // A block past the end (a shrink raced with this record) takes nothing.
-        if lba >= self.num_blocks() {
+        // A block past the end (a shrink raced with this record), or of a deleted volume,
+        // takes nothing.
+        if lba >= self.num_blocks() || self.retired() {
             return Update::Stale;
         }
         if addr.is_none() && !older_in_flight && self.leaf(lba).is_none() {
@@ -354,9 +368,25 @@ impl ExtentTable {
             }
             #[cfg(test)]
             tests::between_check_and_swap();
-            match entry.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            // SeqCst (no dearer than AcqRel on x86): with `drain`'s, orders this swap and
+            // the `retired` load after it against `drain`'s store and swaps (below).
+            match entry.compare_exchange_weak(cur, new, Ordering::SeqCst, Ordering::Acquire) {
                 Ok(_) => {
                     let previous = decode(cur);
+                    if addr.is_some() && self.retired.load(Ordering::SeqCst) {
+                        // `drain` began after the check above. If it has not reached this
+                        // entry, take the new mapping back (else it took it, and counts it
+                        // dead): either way nothing of a deleted volume stays live.
+                        if entry
+                            .compare_exchange(new, 0, Ordering::SeqCst, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            if previous != Mapping::Zero {
+                                self.mapped.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            return Update::Dropped { previous };
+                        }
+                    }
                     match (previous, addr) {
                         (Mapping::Zero, Some(_)) => {
                             self.mapped.fetch_add(1, Ordering::Relaxed);
@@ -415,13 +445,16 @@ impl ExtentTable {
     /// Empties every entry (the volume is deleted), calling `f` with each pool block that
     /// was mapped. Each entry is swapped, not read, so a racing `remap_if` either moved the
     /// block first (and `f` gets its new place) or fails.
+    /// An update that installs a mapping after this began takes it back itself (`Dropped`),
+    /// or finds it taken here.
     pub fn drain(&self, mut f: impl FnMut(u64)) {
+        self.retired.store(true, Ordering::SeqCst);
         self.for_each_installed(|_, leaf, i| {
             let e = &leaf.entries[i];
-            if e.load(Ordering::Relaxed) == 0 {
+            if e.load(Ordering::SeqCst) == 0 {
                 return;
             }
-            if let Mapping::At(a) = decode(e.swap(0, Ordering::AcqRel)) {
+            if let Mapping::At(a) = decode(e.swap(0, Ordering::SeqCst)) {
                 self.mapped.fetch_sub(1, Ordering::Relaxed);
                 f(a);
             }
@@ -681,6 +714,38 @@ mod tests {
         let mut seen = Vec::new();
         t.for_each(|lba, s| seen.push((lba, s)));
         assert_eq!(seen, vec![(4, Stored::Tombstone(4))]);
+    }
+
+    #[test]
+    fn a_write_that_swaps_after_a_drain_began_takes_its_mapping_back() {
+        let t = Arc::new(ExtentTable::new(1024));
+        t.update(6, Some(addr(1)), 1, &seq_of, true);
+        t.update(8, Some(addr(2)), 2, &seq_of, true);
+        // Write 3 to block 8 has checked; the volume is deleted; the write swaps.
+        let d = t.clone();
+        let drained = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = drained.clone();
+        BETWEEN.with(|b| {
+            *b.borrow_mut() = Some(Box::new(move || {
+                d.drain(|a| seen.lock().unwrap().push(a));
+            }))
+        });
+        // The drain emptied block 8 while the write waited, so the write's swap fails; its
+        // retry installs into the empty entry, then sees the volume retired and takes its
+        // mapping back.
+        let r = t.update(8, Some(addr(3)), 3, &seq_of, true);
+        assert_eq!(
+            r,
+            Update::Dropped {
+                previous: Mapping::Zero
+            }
+        );
+        assert_eq!(*drained.lock().unwrap(), vec![addr(1), addr(2)]);
+        assert_eq!(t.lookup(8), Mapping::Zero);
+        assert_eq!(t.mapped_blocks(), 0);
+        // Updates that begin after the drain change nothing.
+        assert_eq!(t.update(9, Some(addr(4)), 4, &seq_of, true), Update::Stale);
+        assert_eq!(t.lookup(9), Mapping::Zero);
     }
 
     #[test]

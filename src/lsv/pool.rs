@@ -672,15 +672,17 @@ impl LsvPool {
                     break;
                 };
                 let addr = (e.op == EntryOp::Write).then_some(pba + b);
-                if let Update::Applied { previous } =
-                    table.update(lba, addr, seq, &seq_of, older_in_flight)
-                {
-                    if let Mapping::At(old) = previous {
-                        self.add_delta(deltas, self.segment_of(old), -1);
-                    }
-                    if let Some(a) = addr {
-                        self.add_delta(deltas, self.segment_of(a), 1);
-                    }
+                let (previous, installed) =
+                    match table.update(lba, addr, seq, &seq_of, older_in_flight) {
+                        Update::Applied { previous } => (previous, addr),
+                        Update::Dropped { previous } => (previous, None),
+                        Update::Stale => continue,
+                    };
+                if let Mapping::At(old) = previous {
+                    self.add_delta(deltas, self.segment_of(old), -1);
+                }
+                if let Some(a) = installed {
+                    self.add_delta(deltas, self.segment_of(a), 1);
                 }
             }
             if e.op == EntryOp::Write {
@@ -1231,7 +1233,8 @@ impl LsvPool {
     }
 
     /// Deletes a volume: it leaves the volume table at once; its blocks become garbage for the
-    /// cleaner. Channels still open on it keep working until they close.
+    /// cleaner. Channels still open on it fail every request from then on with ENODEV (as
+    /// SPDK's bdevs do once hot-removed), and its writes in flight are not mapped.
     pub fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
         let id = volume_id(&vols, name)?;

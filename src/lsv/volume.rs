@@ -238,6 +238,14 @@ impl VolumeChannel {
 
 impl BdevChannel for VolumeChannel {
     fn submit(&mut self, slot: u32, req: &IoRequest<'_>) -> Result<(), SubmitError> {
+        // The volume was deleted since this channel opened.
+        if self.table.retired() {
+            self.done.push(SlotCompletion {
+                slot,
+                status: IoStatus::Failed(libc::ENODEV),
+            });
+            return Ok(());
+        }
         // The volume may have shrunk since this channel opened.
         let size = self.table.num_blocks();
         if req.io_type != IoType::Flush
