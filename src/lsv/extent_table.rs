@@ -344,7 +344,14 @@ impl ExtentTable {
         if lba >= self.num_blocks() || self.retired() {
             return Update::Stale;
         }
-        if addr.is_none() && !older_in_flight && self.leaf(lba).is_none() {
+        // An unmap of a never-written block needs no tombstone when no older write can
+        // still land (a newer one that lands meanwhile wins anyway), and so no memory.
+        if addr.is_none()
+            && !older_in_flight
+            && self
+                .leaf(lba)
+                .is_none_or(|(leaf, i)| leaf.entries[i].load(Ordering::Acquire) == 0)
+        {
             return Update::Applied {
                 previous: Mapping::Zero,
             };
