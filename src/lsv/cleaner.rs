@@ -171,6 +171,9 @@ pub struct Cleaner {
     /// Whether the current victim's live blocks were found by part reads (if any is left
     /// behind after the moves, it is read whole and collected again).
     victim_read_in_parts: bool,
+    /// Tests: the next victim, cleaned whatever the free segments.
+    #[cfg(test)]
+    forced_victim: Option<u64>,
 }
 
 impl Cleaner {
@@ -227,6 +230,8 @@ impl Cleaner {
             victim_written: 0,
             partial: Some(PartialRead::new(seg_blocks)),
             victim_read_in_parts: false,
+            #[cfg(test)]
+            forced_victim: None,
         })
     }
 
@@ -234,6 +239,12 @@ impl Cleaner {
     /// deterministic mode: nothing then depends on the wall clock but periodic checkpoints).
     pub fn check_every_poll(&mut self) {
         self.check_every = Duration::ZERO;
+    }
+
+    /// Tests: cleans sealed segment `seg` next, however many segments are free.
+    #[cfg(test)]
+    pub fn force_victim(&mut self, seg: u64) {
+        self.forced_victim = Some(seg);
     }
 
     /// Takes a checkpoint at the next chance.
@@ -458,14 +469,18 @@ impl Cleaner {
         // One free segment is enough to move a victim's live blocks (less than a segment's
         // worth, by `victim`'s minimum gain); with none, only victims with nothing live.
         let stuck = free == 0 && self.victim().is_none_or(|v| self.pool.usage.live(v) > 0);
-        if free + cleaned >= self.pool.clean_target() || stuck {
+        #[cfg(test)]
+        let forced = self.forced_victim.take();
+        #[cfg(not(test))]
+        let forced: Option<u64> = None;
+        if forced.is_none() && (free + cleaned >= self.pool.clean_target() || stuck) {
             if free <= CLEANER_RESERVE_SEGMENTS && cleaned == 0 && self.victim().is_none() {
                 self.pool.full.store(true, Ordering::Release);
             }
             self.pool.nothing_to_clean.store(stuck, Ordering::Release);
             return CleanerPoll::Idle;
         }
-        let Some(seg) = self.victim() else {
+        let Some(seg) = forced.or_else(|| self.victim()) else {
             if free <= CLEANER_RESERVE_SEGMENTS && cleaned == 0 {
                 self.pool.full.store(true, Ordering::Release);
             }

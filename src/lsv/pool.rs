@@ -98,6 +98,12 @@ pub struct VolumeMeta {
     pub num_blocks: u64,
 }
 
+/// Requests a `SyncIo` keeps in flight at most (recovery's probes; everything else runs one
+/// at a time).
+const SYNC_IO_DEPTH: u32 = 32;
+/// Blocks `SyncIo::read_blocks` reads in one call.
+const PROBE_BATCH: usize = 256;
+
 /// Blocking I/O on the base bdev for the control path (format, open, volume table).
 struct SyncIo {
     ch: IoChannel,
@@ -108,7 +114,7 @@ impl SyncIo {
     fn new(base: &BdevEntry, bytes: usize) -> Result<SyncIo, PoolError> {
         let ch = base
             .open_channel(&ChannelContext {
-                queue_depth: 4,
+                queue_depth: SYNC_IO_DEPTH,
                 buffers: None,
             })
             .map_err(|e| PoolError::Base(e.to_string()))?;
@@ -167,6 +173,56 @@ impl SyncIo {
                 };
             }
             std::thread::yield_now();
+        }
+    }
+
+    /// Reads the 4 KiB block at each of `offsets` (at most `PROBE_BATCH` of them) at once,
+    /// into consecutive blocks of the buffer: block `i` of `bytes` holds `offsets[i]`.
+    fn read_blocks(&mut self, offsets: &[u64]) -> Result<(), PoolError> {
+        assert!(offsets.len() <= PROBE_BATCH && offsets.len() * BLOCK_BYTES <= self.buf.len());
+        let mut next = 0;
+        let mut done = 0;
+        let mut out = Vec::with_capacity(PROBE_BATCH);
+        let mut failed = None;
+        while done < offsets.len() {
+            while next < offsets.len() && self.ch.in_flight() < self.ch.queue_depth() {
+                // SAFETY: block `next` of our buffer, untouched until all reads complete.
+                let iov = unsafe {
+                    IoVec::from_raw(self.buf.as_ptr().add(next * BLOCK_BYTES), BLOCK_BYTES)
+                };
+                debug_assert!(offsets[next].is_multiple_of(BLOCK_BYTES as u64));
+                self.ch
+                    .submit(
+                        &IoRequest {
+                            io_type: IoType::Read,
+                            offset_blocks: offsets[next] / BLOCK_BYTES as u64,
+                            num_blocks: 1,
+                            iovs: &[iov],
+                            fua: false,
+                            tag: next as u64,
+                        },
+                        0,
+                    )
+                    .map_err(|e| PoolError::Io(e.to_string()))?;
+                next += 1;
+            }
+            out.clear();
+            self.ch.poll(0, &mut out);
+            for c in &out {
+                done += 1;
+                if let IoStatus::Failed(errno) = c.status {
+                    failed = Some(errno);
+                }
+            }
+            if out.is_empty() {
+                std::thread::yield_now();
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some(errno) => Err(PoolError::Io(
+                std::io::Error::from_raw_os_error(errno).to_string(),
+            )),
         }
     }
 
@@ -772,19 +828,33 @@ impl LsvPool {
             std::collections::HashMap::new();
         let mut newest_in = vec![0u64; self.sb.segment_count as usize];
         let mut segments_read = 0u64;
+        // Which segments to read whole, their first blocks read PROBE_BATCH at a time.
+        let mut whole = vec![false; self.sb.segment_count as usize];
+        let mut probe = Vec::with_capacity(PROBE_BATCH);
         for seg in 0..self.sb.segment_count {
             let row = rows[seg as usize];
-            let whole = row.state == SegmentState::Open || row.last_seq > after || {
-                io.run(
-                    IoType::Read,
-                    self.sb.segment_offset(seg),
-                    BLOCK_BYTES,
-                    false,
-                )?;
-                RecordHeader::decode(io.bytes(BLOCK_BYTES))
-                    .is_ok_and(|r| r.segment == seg && r.seq > after)
-            };
-            if !whole {
+            if row.state == SegmentState::Open || row.last_seq > after {
+                whole[seg as usize] = true;
+            } else {
+                probe.push(seg);
+            }
+            if probe.len() == PROBE_BATCH || (seg + 1 == self.sb.segment_count && !probe.is_empty())
+            {
+                let offsets: Vec<u64> = probe.iter().map(|&s| self.sb.segment_offset(s)).collect();
+                io.read_blocks(&offsets)?;
+                let bytes = io.bytes(probe.len() * BLOCK_BYTES);
+                for (i, &s) in probe.iter().enumerate() {
+                    // The first block alone: a header may span several (a cleaner's record
+                    // of many moves), and checking it whole here would miss that segment.
+                    let block = &bytes[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+                    whole[s as usize] = RecordHeader::peek(block)
+                        .is_some_and(|(seq, segment)| segment == s && seq > after);
+                }
+                probe.clear();
+            }
+        }
+        for seg in 0..self.sb.segment_count {
+            if !whole[seg as usize] {
                 continue;
             }
             segments_read += 1;

@@ -179,6 +179,17 @@ impl RecordHeader {
         out[60..64].copy_from_slice(&crc.to_le_bytes());
     }
 
+    /// From a record's first block alone: its (sequence number, segment), if the block
+    /// starts like a record of this version. Nothing is checksummed (a header may span
+    /// several blocks): recovery's probe for segments used since a checkpoint uses it, and a
+    /// false match costs only a read of the segment, whose chain is then checked whole.
+    pub fn peek(block: &[u8]) -> Option<(u64, u64)> {
+        let block = block.get(..FIXED_HEADER_BYTES)?;
+        let u64_at = |o: usize| u64::from_le_bytes(block[o..o + 8].try_into().expect("8"));
+        (block[0..4] == RECORD_MAGIC.to_le_bytes() && block[4..6] == RECORD_VERSION.to_le_bytes())
+            .then(|| (u64_at(8), u64_at(16)))
+    }
+
     /// Reads a header from `bytes` (at least its first block; all its blocks for success).
     pub fn decode(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
         if bytes.len() < BLOCK_BYTES {
@@ -312,6 +323,29 @@ mod tests {
         let mut bad = data.clone();
         bad[5000] ^= 1;
         assert_eq!(back.verify_data(&bad), Err(RecordError::DataChecksum));
+    }
+
+    #[test]
+    fn a_header_of_several_blocks_is_known_by_its_first_block() {
+        let mut h = RecordHeader::new(77, 5, 70);
+        for i in 0..200 {
+            h.push(Entry {
+                volume: 1,
+                lba: i * 2,
+                num_blocks: 1,
+                op: EntryOp::Unmap,
+                data_crc: 0,
+                data_seq: 0,
+            })
+            .unwrap();
+        }
+        assert_eq!(h.header_blocks, 2);
+        let mut buf = vec![0u8; 2 * BLOCK_BYTES];
+        h.encode(&mut buf);
+        assert!(RecordHeader::decode(&buf[..BLOCK_BYTES]).is_err());
+        assert_eq!(RecordHeader::peek(&buf[..BLOCK_BYTES]), Some((77, 5)));
+        assert_eq!(RecordHeader::peek(&[0u8; BLOCK_BYTES]), None);
+        assert_eq!(RecordHeader::peek(&buf[..10]), None);
     }
 
     #[test]
