@@ -23,8 +23,9 @@
 //!   in flight (or a relocation replayed after the unmap) cannot resurrect the block. A leaf
 //!   gets its tombstone array (8 bytes per entry) with its first tombstone. The unmap raises
 //!   the array's number (`fetch_max`) before it swaps the entry, and the entry's low bits
-//!   make two tombstones different values, so a racing write's compare-and-swap fails when
-//!   a newer unmap got in between its two loads.
+//!   make two tombstones different values (unless their numbers are a multiple of 2^28
+//!   apart, far more records than one write stays in flight for), so a racing write's
+//!   compare-and-swap fails when a newer unmap got in between its two loads.
 //! - Two writes to one block in flight at once (on two reactors) are ordered by sequence
 //!   number, so the entry ends as log replay would leave it (the higher one wins). A mapped
 //!   entry does not store its sequence number: the caller's `seq_of(address)` gives it, from
@@ -170,13 +171,15 @@ unsafe impl Sync for ExtentTable {}
 
 /// Installs a fresh allocation in `slot` if it is empty; returns what the slot holds and
 /// whether this call installed it. `make` allocates; a loser's allocation is freed.
+/// SeqCst (once per allocation, so cheap): `drain`'s SeqCst walk then finds a node or leaf a
+/// racing update installed before it read `retired` as false.
 fn install<T>(slot: &AtomicPtr<T>, make: fn() -> Box<T>) -> (*mut T, bool) {
     let cur = slot.load(Ordering::Acquire);
     if !cur.is_null() {
         return (cur, false);
     }
     let fresh = Box::into_raw(make());
-    match slot.compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire) {
+    match slot.compare_exchange(cur, fresh, Ordering::SeqCst, Ordering::Acquire) {
         Ok(_) => (fresh, true),
         Err(winner) => {
             // SAFETY: `fresh` came from Box::into_raw above and was never shared.
@@ -254,6 +257,13 @@ impl ExtentTable {
         let mut freed = Vec::new();
         for lba in blocks..old {
             if let Some((leaf, i)) = self.leaf(lba) {
+                // A block past the end keeps no tombstone number, which a later unmap
+                // (after the volume grows again) would otherwise inherit through fetch_max.
+                let seqs = leaf.tombstones.load(Ordering::Acquire);
+                if !seqs.is_null() {
+                    // SAFETY: installed arrays live until the table drops.
+                    unsafe { &*seqs }.seqs[i].store(0, Ordering::Release);
+                }
                 let v = leaf.entries[i].swap(0, Ordering::AcqRel);
                 if let Mapping::At(p) = decode(v) {
                     self.mapped.fetch_sub(1, Ordering::Relaxed);
@@ -469,15 +479,16 @@ impl ExtentTable {
     }
 
     /// Calls `f` with every index of every installed leaf and its LBA, in LBA order.
+    /// The pointers are loaded SeqCst, for `drain` (see `install`).
     fn for_each_installed(&self, mut f: impl FnMut(u64, &Leaf, usize)) {
         for (t, slot) in self.top.iter().enumerate() {
-            let node = slot.load(Ordering::Acquire);
+            let node = slot.load(Ordering::SeqCst);
             if node.is_null() {
                 continue;
             }
             // SAFETY: installed nodes and leaves live until the table drops.
             for (n, l) in unsafe { &*node }.leaves.iter().enumerate() {
-                let leaf = l.load(Ordering::Acquire);
+                let leaf = l.load(Ordering::SeqCst);
                 if leaf.is_null() {
                     continue;
                 }

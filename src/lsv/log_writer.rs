@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::extent_table::ExtentTable;
-use super::pool::{LsvPool, CLEANER_RESERVE_SEGMENTS, MAX_LOG_HEADS};
+use super::pool::{Applying, LsvPool, CLEANER_RESERVE_SEGMENTS, MAX_LOG_HEADS};
 use super::record::{
     header_blocks_for, Entry, EntryOp, RecordHeader, BLOCK_BYTES, MAX_DATA_BLOCKS,
 };
@@ -581,7 +581,7 @@ impl LogWriter {
                 &rec.header,
                 rec.first_data_pba,
                 &mut self.deltas,
-                true,
+                Applying::Live,
                 &self.tables,
             );
             self.pool.count_record(&rec.header);

@@ -104,6 +104,18 @@ const SYNC_IO_DEPTH: u32 = 32;
 /// Blocks `SyncIo::read_blocks` reads in one call.
 const PROBE_BATCH: usize = 256;
 
+/// How `LsvPool::apply_record` applies a record.
+#[derive(Clone, Copy)]
+pub(super) enum Applying<'a> {
+    /// A log writer's record that just completed.
+    Live,
+    /// Recovery's replay, in sequence order; `moved`: the (volume, block)s that replayed
+    /// relocation records move.
+    Replay {
+        moved: &'a std::collections::HashSet<(u64, u64)>,
+    },
+}
+
 /// Blocking I/O on the base bdev for the control path (format, open, volume table).
 struct SyncIo {
     ch: IoChannel,
@@ -678,7 +690,7 @@ impl LsvPool {
     }
 
     /// Applies one record's entries to the extent tables (replay and live I/O share this).
-    /// `first_data_pba` is where the record's data starts.
+    /// `first_data_pba` is where the record's data starts. `how`: live, or replay.
     /// `tables`: the tables of the volumes a live log writer serves, by volume id; a volume
     /// not among them (and every volume in replay) is looked up. Entries read from disk are bounded
     /// here: blocks past a volume's end, or of a volume no longer in the table, are skipped.
@@ -687,15 +699,20 @@ impl LsvPool {
         h: &RecordHeader,
         first_data_pba: u64,
         deltas: &mut UsageDeltas,
-        live: bool,
+        how: Applying<'_>,
         tables: &[(u64, Arc<ExtentTable>)],
     ) {
         debug_assert!(
             tables.windows(2).all(|w| w[0].0 < w[1].0),
             "tables sorted by id"
         );
-        // Live I/O: a record older than this one may still be in flight (ours counts once).
-        let older_in_flight = live && self.records_in_flight.load(Ordering::Acquire) > 1;
+        // Whether an unmap of a never-written block must leave a tombstone: live, when a
+        // record older than this one may still be in flight (ours counts once); in replay,
+        // when a later record moves older data of that block (see `Applying::Replay`).
+        let (older_in_flight, moved) = match how {
+            Applying::Live => (self.records_in_flight.load(Ordering::Acquire) > 1, None),
+            Applying::Replay { moved } => (false, Some(moved)),
+        };
         let seq_of = |a: u64| self.seq_of(a);
         let mut pba = first_data_pba;
         for e in &h.entries {
@@ -719,8 +736,13 @@ impl LsvPool {
             #[cfg(test)]
             if traced(e.lba, e.num_blocks as u64) {
                 eprintln!(
-                    "trace: apply live={live} record {} seg {} {:?} seq {seq} lba {}+{} at {pba}",
-                    h.seq, h.segment, e.op, e.lba, e.num_blocks
+                    "trace: apply live={} record {} seg {} {:?} seq {seq} lba {}+{} at {pba}",
+                    moved.is_none(),
+                    h.seq,
+                    h.segment,
+                    e.op,
+                    e.lba,
+                    e.num_blocks
                 );
             }
             for b in 0..e.num_blocks as u64 {
@@ -728,6 +750,8 @@ impl LsvPool {
                     break;
                 };
                 let addr = (e.op == EntryOp::Write).then_some(pba + b);
+                let older_in_flight = older_in_flight
+                    || (addr.is_none() && moved.is_some_and(|m| m.contains(&(e.volume, lba))));
                 let (previous, installed) =
                     match table.update(lba, addr, seq, &seq_of, older_in_flight) {
                         Update::Applied { previous } => (previous, addr),
@@ -922,11 +946,35 @@ impl LsvPool {
         drop(content);
 
         records.sort_by_key(|r| r.0);
+        // Blocks the replayed records move (the cleaner's entries carry their data's older
+        // sequence number): an unmap replayed before such a move must leave a tombstone, or
+        // the move would bring back data the unmap dropped (the write it unmapped may be
+        // gone with its reused segment). At most one per block of the log replayed.
+        let mut moved = std::collections::HashSet::new();
+        for (_, _, rh) in &records {
+            for e in rh
+                .entries
+                .iter()
+                .filter(|e| e.op == EntryOp::Write && e.data_seq != 0)
+            {
+                for b in 0..e.num_blocks as u64 {
+                    if let Some(lba) = e.lba.checked_add(b) {
+                        moved.insert((e.volume, lba));
+                    }
+                }
+            }
+        }
         let mut deltas = UsageDeltas::default();
         // Each record's blocks are summarized just before it is applied, in sequence order.
         for (_, first_data, rh) in &records {
             self.summarize(rh, *first_data);
-            self.apply_record(rh, *first_data, &mut deltas, false, &[]);
+            self.apply_record(
+                rh,
+                *first_data,
+                &mut deltas,
+                Applying::Replay { moved: &moved },
+                &[],
+            );
         }
         // Live counts from the map itself.
         let mut live = vec![0u32; self.sb.segment_count as usize];
