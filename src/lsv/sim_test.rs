@@ -24,6 +24,8 @@ use crate::bdev::{BdevRegistry, ChannelContext, IoChannel, IoRequest, IoStatus, 
 const BLOCK: usize = 4096;
 const DISK_BLOCKS: u64 = 8192; // 32 MiB
 const VOLUME_BLOCKS: u64 = 512;
+/// The volume of the dense seeds: about 60% of the small disk's segments.
+const DENSE_VOLUME_BLOCKS: u64 = 2048;
 /// The crash simulation's pool: 16 MiB, 13 segments of 1 MiB, so the log wraps quickly.
 const SMALL_DISK_BLOCKS: u64 = 4096;
 
@@ -147,6 +149,10 @@ struct Model {
     allowed: HashMap<u64, Vec<Option<u64>>>,
     /// FUA pools: every acknowledged write must survive, FLUSH or not.
     strict: bool,
+    /// The volume's size, the most requests submitted per step, and the largest request.
+    volume_blocks: u64,
+    burst: usize,
+    max_request_blocks: u64,
 }
 
 /// The harness's tag for its FLUSH requests.
@@ -165,15 +171,18 @@ fn run_until_crash(
     let mut h = Harness::open(pool);
     let mut cleaner = Cleaner::new(pool.clone())?;
     cleaner.check_every_poll();
-    let mut busy = vec![false; VOLUME_BLOCKS as usize];
+    let mut busy = vec![false; model.volume_blocks as usize];
     let mut slots: Vec<Option<InFlight>> = vec![None; 16];
     #[allow(clippy::type_complexity)]
     let mut flush: Option<(HashMap<u64, Option<u64>>, HashMap<u64, usize>)> = None;
     for step in 0..steps {
-        // Submit one request on a free slot, to blocks with nothing in flight.
-        if let Some(slot) = slots.iter().position(|s| s.is_none()) {
-            let blocks = 1 + rng.below(4);
-            let lba = rng.below(VOLUME_BLOCKS - blocks);
+        // Submit requests (one, or a burst) on free slots, to blocks with nothing in flight.
+        for _ in 0..model.burst {
+            let Some(slot) = slots.iter().position(|s| s.is_none()) else {
+                break;
+            };
+            let blocks = 1 + rng.below(model.max_request_blocks);
+            let lba = rng.below(model.volume_blocks - blocks);
             if (lba..lba + blocks).all(|b| !busy[b as usize]) {
                 let unmap = rng.below(5) == 0;
                 let tag = tag_base + step * 16 + slot as u64 + 1;
@@ -250,7 +259,7 @@ fn run_until_crash(
                 }
                 // Everything acknowledged before the flush was issued is durable now.
                 let (acked, marks) = flush.take().expect("a flush in flight");
-                for b in 0..VOLUME_BLOCKS {
+                for b in 0..model.volume_blocks {
                     let floor = acked.get(&b).copied().flatten();
                     let since = model
                         .allowed
@@ -313,7 +322,7 @@ fn recover_and_check(
     let pool = LsvPool::open_named(base).map_err(|e| format!("recovery failed: {e}"))?;
     pool.set_fua_records(model.strict);
     let mut h = Harness::open(&pool);
-    for lba in 0..VOLUME_BLOCKS {
+    for lba in 0..model.volume_blocks {
         let empty = Vec::new();
         let all_tags = model.tags.get(&lba).unwrap_or(&empty);
         let data = h.read_block(lba);
@@ -359,16 +368,32 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let reg = BdevRegistry::new();
     let base = reg.register(disk.clone()).unwrap();
     let pool = LsvPool::create("p", base, 1 << 20).map_err(|e| e.to_string())?;
-    pool.create_volume("v", VOLUME_BLOCKS)
+    // One seed in eight writes a volume near the pool's size with single-block writes, many
+    // at a time: the cleaner works under pressure, and its victims hold many scattered live
+    // blocks (records of many moves, whose headers span several blocks).
+    let dense = seed % 8 == 5;
+    let volume_blocks = if dense {
+        DENSE_VOLUME_BLOCKS
+    } else {
+        VOLUME_BLOCKS
+    };
+    pool.create_volume("v", volume_blocks)
         .map_err(|e| e.to_string())?;
     // A third of the seeds write every record with FUA, and check every acknowledged write.
     let strict = seed.is_multiple_of(3);
     pool.set_fua_records(strict);
     let mut model = Model {
         strict,
+        volume_blocks,
+        burst: if dense { 16 } else { 1 },
+        max_request_blocks: if dense { 1 } else { 4 },
         ..Model::default()
     };
-    let steps = 20 + rng.below(1500);
+    let steps = if dense {
+        200 + rng.below(800)
+    } else {
+        20 + rng.below(1500)
+    };
     let (image, in_flight) = run_until_crash(&mut rng, &disk, &pool, &mut model, steps, 0)?;
     drop(pool);
     let (disk2, pool2) = recover_and_check(image, seed, &mut model, &in_flight)?;
