@@ -103,6 +103,8 @@ pub struct VolumeMeta {
 const SYNC_IO_DEPTH: u32 = 32;
 /// Blocks `SyncIo::read_blocks` reads in one call.
 const PROBE_BATCH: usize = 256;
+/// The pieces `SyncIo::read_into` reads a long range in (recovery's checkpoint and segments).
+const READ_PIECE_BYTES: usize = 256 << 10;
 
 /// How `LsvPool::apply_record` applies a record.
 #[derive(Clone, Copy)]
@@ -185,6 +187,55 @@ impl SyncIo {
                 };
             }
             std::thread::yield_now();
+        }
+    }
+
+    /// Reads `len` bytes at `offset` into `ptr` (the caller's memory, untouched meanwhile) in
+    /// pieces of `READ_PIECE_BYTES`, up to the channel's depth at once.
+    fn read_into(&mut self, offset: u64, ptr: *mut u8, len: usize) -> Result<(), PoolError> {
+        assert!(len.is_multiple_of(BLOCK_BYTES) && offset.is_multiple_of(BLOCK_BYTES as u64));
+        let pieces = len.div_ceil(READ_PIECE_BYTES);
+        let (mut next, mut done) = (0, 0);
+        let mut out = Vec::with_capacity(SYNC_IO_DEPTH as usize);
+        let mut failed = None;
+        while done < pieces {
+            while next < pieces && self.ch.in_flight() < self.ch.queue_depth() {
+                let at = next * READ_PIECE_BYTES;
+                let n = (len - at).min(READ_PIECE_BYTES);
+                // SAFETY: inside the caller's memory, untouched until every piece completes.
+                let iov = unsafe { IoVec::from_raw(ptr.add(at), n) };
+                self.ch
+                    .submit(
+                        &IoRequest {
+                            io_type: IoType::Read,
+                            offset_blocks: (offset + at as u64) / BLOCK_BYTES as u64,
+                            num_blocks: (n / BLOCK_BYTES) as u64,
+                            iovs: &[iov],
+                            fua: false,
+                            tag: next as u64,
+                        },
+                        0,
+                    )
+                    .map_err(|e| PoolError::Io(e.to_string()))?;
+                next += 1;
+            }
+            out.clear();
+            self.ch.poll(0, &mut out);
+            for c in &out {
+                done += 1;
+                if let IoStatus::Failed(errno) = c.status {
+                    failed = Some(errno);
+                }
+            }
+            if out.is_empty() {
+                std::thread::yield_now();
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some(errno) => Err(PoolError::Io(
+                std::io::Error::from_raw_os_error(errno).to_string(),
+            )),
         }
     }
 
@@ -787,11 +838,6 @@ impl LsvPool {
         self.sb.metadata_offset + ((gen - 1) % 2) * self.sb.metadata_slot_bytes
     }
 
-    /// Reads and checks the checkpoint in the slot at `offset`: its header, then its body.
-    fn read_checkpoint(&self, offset: u64) -> Result<LoadedCheckpoint, String> {
-        read_checkpoint_at(&self.base, &self.sb, offset)
-    }
-
     /// Recovery: the newest checkpoint whose header and body check out (falling back to the
     /// other slot), then every record written after it, in sequence order.
     fn recover(&self) -> Result<(), PoolError> {
@@ -800,23 +846,28 @@ impl LsvPool {
             self.sb.metadata_offset,
             self.sb.metadata_offset + self.sb.metadata_slot_bytes,
         ];
+        // Both headers, then the body of the newest only (the other's only if that fails):
+        // a body holds the whole map, and reading two doubled the time to open.
         let mut found: Vec<_> = slots
             .iter()
-            .map(|&o| (o, self.read_checkpoint(o)))
+            .map(|&o| (o, read_checkpoint_header(&self.base, &self.sb, o)))
             .collect();
-        found.sort_by_key(|(_, r)| std::cmp::Reverse(r.as_ref().map_or(0, |c| c.0.generation)));
+        found.sort_by_key(|(_, r)| std::cmp::Reverse(r.as_ref().map_or(0, |h| h.generation)));
         let mut damage = Vec::new();
         let mut chosen = None;
         let mut other_seq = 0;
         for (offset, r) in found {
-            match r {
-                Ok(c) => {
-                    if chosen.is_none() {
-                        chosen = Some(c);
-                    } else {
-                        other_seq = c.0.complete_seq;
-                    }
+            match r.and_then(|h| {
+                if chosen.is_some() {
+                    // The older checkpoint: its header says what it covers (its body is
+                    // checked when recovery falls back to it).
+                    other_seq = h.complete_seq;
+                    return Ok(());
                 }
+                chosen = Some(read_checkpoint_body(&self.base, offset, h)?);
+                Ok(())
+            }) {
+                Ok(()) => {}
                 Err(e) if e == "no checkpoint here" => {}
                 Err(e) => damage.push(format!("slot at {offset}: {e}")),
             }
@@ -882,11 +933,11 @@ impl LsvPool {
                 continue;
             }
             segments_read += 1;
-            io.run(
-                IoType::Read,
+            let buf = io.buf.as_ptr();
+            io.read_into(
                 self.sb.segment_offset(seg),
+                buf,
                 self.sb.segment_bytes as usize,
-                false,
             )?;
             let bytes = io.bytes(self.sb.segment_bytes as usize);
             for (first_data, rh) in self.walk_chain(seg, bytes)? {
@@ -1600,6 +1651,16 @@ fn read_checkpoint_at(
     sb: &Superblock,
     offset: u64,
 ) -> Result<LoadedCheckpoint, String> {
+    let h = read_checkpoint_header(base, sb, offset)?;
+    read_checkpoint_body(base, offset, h)
+}
+
+/// Reads and checks the header of the checkpoint in the slot at `offset`.
+fn read_checkpoint_header(
+    base: &BdevEntry,
+    sb: &Superblock,
+    offset: u64,
+) -> Result<CheckpointHeader, String> {
     let mut io = SyncIo::new(base, CP_HEADER_BYTES).map_err(|e| e.to_string())?;
     io.run(IoType::Read, offset, CP_HEADER_BYTES, false)
         .map_err(|e| e.to_string())?;
@@ -1609,22 +1670,20 @@ fn read_checkpoint_at(
     {
         return Err("checkpoint does not match the pool's layout".into());
     }
+    Ok(h)
+}
+
+/// Reads and checks the body of the checkpoint `h` in the slot at `offset`.
+fn read_checkpoint_body(
+    base: &BdevEntry,
+    offset: u64,
+    h: CheckpointHeader,
+) -> Result<LoadedCheckpoint, String> {
+    let mut io = SyncIo::new(base, BLOCK_BYTES).map_err(|e| e.to_string())?;
     let len = (h.body_bytes as usize).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
     let body = DmaRegion::new_lazy(len.max(BLOCK_BYTES)).map_err(|e| e.to_string())?;
-    let mut at = 0;
-    while at < len {
-        let n = (len - at).min(CHECKPOINT_IO_BYTES);
-        // SAFETY: inside `body`, which we own and do not touch meanwhile.
-        io.run_on(
-            IoType::Read,
-            offset + (CP_HEADER_BYTES + at) as u64,
-            unsafe { body.as_ptr().add(at) },
-            n,
-            false,
-        )
+    io.read_into(offset + CP_HEADER_BYTES as u64, body.as_ptr(), len)
         .map_err(|e| e.to_string())?;
-        at += n;
-    }
     // SAFETY: the reads are done; the region is at least `body_bytes` long.
     let bytes = unsafe { std::slice::from_raw_parts(body.as_ptr(), h.body_bytes as usize) };
     let mut entries = Vec::new();
