@@ -144,7 +144,8 @@ pub enum Update {
     /// A write with a higher sequence number got there first (or the volume was deleted
     /// before this update began); nothing changed.
     Stale,
-    /// The volume was deleted while this write was applied: its new mapping was taken back,
+    /// The volume was deleted (or shrunk past the block) while this write was applied: its
+    /// new mapping was taken back,
     /// and `previous` is gone (for usage accounting: the previous block is dead, the new one
     /// was never live).
     Dropped { previous: Mapping },
@@ -253,7 +254,9 @@ impl ExtentTable {
         if blocks > self.capacity_blocks() {
             return Err(self.capacity_blocks());
         }
-        let old = self.num_blocks.swap(blocks, Ordering::AcqRel);
+        // SeqCst, as `drain`'s: an update that installs past the new end after this either
+        // sees the new size and takes its mapping back, or is found by the walk below.
+        let old = self.num_blocks.swap(blocks, Ordering::SeqCst);
         let mut freed = Vec::new();
         for lba in blocks..old {
             if let Some((leaf, i)) = self.leaf(lba) {
@@ -264,7 +267,7 @@ impl ExtentTable {
                     // SAFETY: installed arrays live until the table drops.
                     unsafe { &*seqs }.seqs[i].store(0, Ordering::Release);
                 }
-                let v = leaf.entries[i].swap(0, Ordering::AcqRel);
+                let v = leaf.entries[i].swap(0, Ordering::SeqCst);
                 if let Mapping::At(p) = decode(v) {
                     self.mapped.fetch_sub(1, Ordering::Relaxed);
                     freed.push(p);
@@ -283,15 +286,16 @@ impl ExtentTable {
     }
 
     /// The leaf holding `lba` and its index there, if the leaf exists (reads never allocate).
+    /// SeqCst loads (plain loads on x86), for `resize`'s walk (see `install`).
     #[inline]
     fn leaf(&self, lba: u64) -> Option<(&Leaf, usize)> {
         let (t, n, l) = Self::split(lba);
-        let node = self.top.get(t)?.load(Ordering::Acquire);
+        let node = self.top.get(t)?.load(Ordering::SeqCst);
         if node.is_null() {
             return None;
         }
         // SAFETY: installed nodes live until the table drops; `&self` keeps it alive.
-        let leaf = unsafe { &*node }.leaves[n].load(Ordering::Acquire);
+        let leaf = unsafe { &*node }.leaves[n].load(Ordering::SeqCst);
         if leaf.is_null() {
             return None;
         }
@@ -390,10 +394,14 @@ impl ExtentTable {
             match entry.compare_exchange_weak(cur, new, Ordering::SeqCst, Ordering::Acquire) {
                 Ok(_) => {
                     let previous = decode(cur);
-                    if addr.is_some() && self.retired.load(Ordering::SeqCst) {
-                        // `drain` began after the check above. If it has not reached this
-                        // entry, take the new mapping back (else it took it, and counts it
-                        // dead): either way nothing of a deleted volume stays live.
+                    if addr.is_some()
+                        && (self.retired.load(Ordering::SeqCst)
+                            || lba >= self.num_blocks.load(Ordering::SeqCst))
+                    {
+                        // `drain` (or a shrink past `lba`) began after the check above. If
+                        // its walk has not reached this entry, take the new mapping back
+                        // (else it took it, and counts it dead): either way nothing of a
+                        // deleted volume, or past its end, stays live.
                         if entry
                             .compare_exchange(new, 0, Ordering::SeqCst, Ordering::Relaxed)
                             .is_ok()
@@ -764,6 +772,31 @@ mod tests {
         // Updates that begin after the drain change nothing.
         assert_eq!(t.update(9, Some(addr(4)), 4, &seq_of, true), Update::Stale);
         assert_eq!(t.lookup(9), Mapping::Zero);
+    }
+
+    #[test]
+    fn a_write_that_swaps_after_a_shrink_past_it_takes_its_mapping_back() {
+        let t = Arc::new(ExtentTable::new(1024));
+        t.update(8, Some(addr(2)), 2, &seq_of, true);
+        let d = t.clone();
+        let freed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = freed.clone();
+        BETWEEN.with(|b| {
+            *b.borrow_mut() = Some(Box::new(move || {
+                *seen.lock().unwrap() = d.resize(4).unwrap();
+            }))
+        });
+        let r = t.update(8, Some(addr(3)), 3, &seq_of, true);
+        assert_eq!(
+            r,
+            Update::Dropped {
+                previous: Mapping::Zero
+            }
+        );
+        assert_eq!(*freed.lock().unwrap(), vec![addr(2)]);
+        assert_eq!(t.mapped_blocks(), 0);
+        t.resize(1024).unwrap();
+        assert_eq!(t.lookup(8), Mapping::Zero);
     }
 
     #[test]

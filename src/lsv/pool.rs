@@ -1388,11 +1388,8 @@ impl LsvPool {
             return Err(e);
         }
         let freed = table.resize(blocks).map_err(PoolError::BadSize)?;
-        let mut deltas = UsageDeltas::default();
-        for p in &freed {
-            self.add_delta(&mut deltas, self.segment_of(*p), -1);
-        }
-        self.usage.apply(&mut deltas);
+        // Dead now; off the live counts between the cleaner's victims (see `delete_volume`).
+        self.note_dead_blocks(&freed);
         let meta = vols.get(&id).expect("found above").0.clone();
         drop(vols);
         if blocks < old {
@@ -1419,14 +1416,23 @@ impl LsvPool {
         // cleaner applies the counts itself, between victims: a block it is moving right now
         // has its new segment's count raised by the cleaner after the move, and must not be
         // taken off that count before.
+        let mut freed = Vec::new();
+        removed.1.drain(|pba| freed.push(pba));
+        self.note_dead_blocks(&freed);
+        Ok(())
+    }
+
+    /// Blocks no volume maps any more (deleted, or past a shrunk volume's end): they come
+    /// off their segments' live counts when the cleaner is between victims (at once with
+    /// no cleaner).
+    fn note_dead_blocks(&self, pbas: &[u64]) {
         let mut dead = self.dead_blocks.lock().unwrap_or_else(|e| e.into_inner());
-        removed
-            .1
-            .drain(|pba| *dead.entry(self.segment_of(pba)).or_insert(0) += 1);
+        for &pba in pbas {
+            *dead.entry(self.segment_of(pba)).or_insert(0) += 1;
+        }
         if !self.cleaner_attached.load(Ordering::Acquire) {
             self.apply_dead_blocks(&mut dead);
         }
-        Ok(())
     }
 
     /// Takes deleted volumes' blocks off their segments' live counts (see `delete_volume`).
