@@ -432,6 +432,60 @@ fn a_volume_deleted_while_open_fails_its_requests_and_leaves_nothing_live() {
     assert_eq!(live(&pool), 0, "a deleted volume's blocks count as live");
 }
 
+/// The first segment filled with 128 one-block records at even blocks (tag 1): 128 live
+/// blocks, no two adjacent, so moving them takes one entry each (a header of 2 blocks).
+/// Returns the segment and where block 0 lives in it.
+fn fill_even_blocks(
+    pool: &Arc<LsvPool>,
+    h: &mut Harness,
+    model: &mut BTreeMap<u64, u64>,
+) -> (u64, u64) {
+    for lba in (0..VOLUME_BLOCKS).step_by(2) {
+        h.write(lba, 1);
+        model.insert(lba, 1);
+    }
+    let at = |lba| match pool.volume("v").unwrap().1.lookup(lba) {
+        Mapping::At(p) => p,
+        Mapping::Zero => panic!("block {lba} is not mapped"),
+    };
+    let victim = pool.segment_of(at(0));
+    assert_eq!(pool.segment_of(at(VOLUME_BLOCKS - 2)), victim);
+    (victim, at(0))
+}
+
+/// Has the cleaner clean `victim` until the segment is free for reuse.
+fn clean(pool: &LsvPool, cleaner: &mut super::cleaner::Cleaner, victim: u64) {
+    use super::usage::SegmentState;
+    cleaner.force_victim(victim);
+    for _ in 0..10_000 {
+        cleaner.poll();
+        if pool.usage.state(victim) == SegmentState::Free {
+            return;
+        }
+    }
+    panic!(
+        "segment {victim} is {:?}, not free",
+        pool.usage.state(victim)
+    );
+}
+
+/// Writes block 1 (recorded in `model`) until `reused(where it lands)`, within 300 writes.
+fn write_block_1_until(
+    h: &mut Harness,
+    pool: &LsvPool,
+    model: &mut BTreeMap<u64, u64>,
+    reused: impl Fn(u64) -> bool,
+) {
+    for tag in 2..300 {
+        h.write(1, tag);
+        model.insert(1, tag);
+        if matches!(pool.volume("v").unwrap().1.lookup(1), Mapping::At(p) if reused(p)) {
+            return;
+        }
+    }
+    panic!("the victim was not reused");
+}
+
 /// Recovery finds the segments used since the checkpoint by their first block. A segment the
 /// cleaner opened takes a record of many moves first, whose header spans several blocks;
 /// before, the probe checked that header whole from one block, missed the segment, and the
@@ -443,39 +497,15 @@ fn a_segment_opened_by_the_cleaner_with_a_long_header_is_replayed() {
     cleaner.check_every_poll();
     let mut h = Harness::open(&pool);
     let mut model = BTreeMap::new();
-    // 128 one-block records at even blocks fill the first segment: 128 live blocks, no two
-    // adjacent, so moving them takes one entry each (a header of 2 blocks).
-    for lba in (0..VOLUME_BLOCKS).step_by(2) {
-        h.write(lba, 1);
-        model.insert(lba, 1);
-    }
-    let (_, table) = pool.volume("v").unwrap();
-    let Mapping::At(p0) = table.lookup(0) else {
-        panic!("block 0 is not mapped")
-    };
-    let victim = pool.segment_of(p0);
-    assert_eq!(
-        pool.segment_of(match table.lookup(254) {
-            Mapping::At(p) => p,
-            Mapping::Zero => panic!("block 254 is not mapped"),
-        }),
-        victim
-    );
+    let (victim, p0) = fill_even_blocks(&pool, &mut h, &mut model);
     // The next record seals the victim (the head opens another segment).
     h.write(1, 2);
     model.insert(1, 2);
     // Both checkpoints cover the victim's records (so it is free once cleaned).
     pool.checkpoint_sync().unwrap();
     pool.checkpoint_sync().unwrap();
-    cleaner.force_victim(victim);
-    for _ in 0..10_000 {
-        cleaner.poll();
-        if pool.usage.state(victim) == super::usage::SegmentState::Free {
-            break;
-        }
-    }
-    assert_eq!(pool.usage.state(victim), super::usage::SegmentState::Free);
-    let Mapping::At(moved) = table.lookup(0) else {
+    clean(&pool, &mut cleaner, victim);
+    let Mapping::At(moved) = pool.volume("v").unwrap().1.lookup(0) else {
         panic!("block 0 is not mapped after the move")
     };
     let to = pool.segment_of(moved);
@@ -489,13 +519,7 @@ fn a_segment_opened_by_the_cleaner_with_a_long_header_is_replayed() {
     );
     // Once the user's head fills its segment, its next one is the victim (the lowest free),
     // and its first record overwrites the place the checkpoints still map block 0 to.
-    let mut tag = 3;
-    while table.lookup(1) != Mapping::At(p0) {
-        assert!(tag < 300, "the victim was not reused where block 0 was");
-        h.write(1, tag);
-        model.insert(1, tag);
-        tag += 1;
-    }
+    write_block_1_until(&mut h, &pool, &mut model, |p| p == p0);
     drop(h);
     drop(cleaner);
     let image = image_of(&disk);
@@ -517,15 +541,8 @@ fn an_unmap_replayed_before_a_move_of_older_data_keeps_the_block_unmapped() {
     cleaner.check_every_poll();
     let mut h = Harness::open(&pool);
     let mut model = BTreeMap::new();
-    for lba in (0..VOLUME_BLOCKS).step_by(2) {
-        h.write(lba, 1);
-        model.insert(lba, 1);
-    }
-    let (_, table) = pool.volume("v").unwrap();
-    let Mapping::At(p4) = table.lookup(4) else {
-        panic!("block 4 is not mapped")
-    };
-    let victim = pool.segment_of(p4);
+    let (victim, _) = fill_even_blocks(&pool, &mut h, &mut model);
+    let table = pool.volume("v").unwrap().1;
     // The unmap of block 4 takes its sequence number (its record seals the victim) ...
     let mut none = vec![0u8; BLOCK];
     // SAFETY: `none` lives until the unmap completes below.
@@ -534,26 +551,13 @@ fn an_unmap_replayed_before_a_move_of_older_data_keeps_the_block_unmapped() {
     model.remove(&4);
     // ... the cleaner moves block 4's data (a newer record, carrying the older data's number)
     // and frees the victim ...
-    cleaner.force_victim(victim);
-    for _ in 0..10_000 {
-        cleaner.poll();
-        if pool.usage.state(victim) == super::usage::SegmentState::Free {
-            break;
-        }
-    }
-    assert_eq!(pool.usage.state(victim), super::usage::SegmentState::Free);
+    clean(&pool, &mut cleaner, victim);
     assert!(matches!(table.lookup(4), Mapping::At(p) if pool.segment_of(p) != victim));
     // ... then the unmap lands.
     assert_eq!(h.finish(), IoStatus::Success);
     assert_eq!(table.lookup(4), Mapping::Zero);
     // The victim is reused, so the write of block 4 is gone from the log.
-    let mut tag = 2;
-    while !matches!(table.lookup(1), Mapping::At(p) if pool.segment_of(p) == victim) {
-        assert!(tag < 300, "the victim was not reused");
-        h.write(1, tag);
-        model.insert(1, tag);
-        tag += 1;
-    }
+    write_block_1_until(&mut h, &pool, &mut model, |p| pool.segment_of(p) == victim);
     drop(h);
     drop(cleaner);
     let image = image_of(&disk);

@@ -193,73 +193,52 @@ impl SyncIo {
     /// Reads `len` bytes at `offset` into `ptr` (the caller's memory, untouched meanwhile) in
     /// pieces of `READ_PIECE_BYTES`, up to the channel's depth at once.
     fn read_into(&mut self, offset: u64, ptr: *mut u8, len: usize) -> Result<(), PoolError> {
-        assert!(len.is_multiple_of(BLOCK_BYTES) && offset.is_multiple_of(BLOCK_BYTES as u64));
-        let pieces = len.div_ceil(READ_PIECE_BYTES);
-        let (mut next, mut done) = (0, 0);
-        let mut out = Vec::with_capacity(SYNC_IO_DEPTH as usize);
-        let mut failed = None;
-        while done < pieces {
-            while next < pieces && self.ch.in_flight() < self.ch.queue_depth() {
-                let at = next * READ_PIECE_BYTES;
-                let n = (len - at).min(READ_PIECE_BYTES);
-                // SAFETY: inside the caller's memory, untouched until every piece completes.
-                let iov = unsafe { IoVec::from_raw(ptr.add(at), n) };
-                self.ch
-                    .submit(
-                        &IoRequest {
-                            io_type: IoType::Read,
-                            offset_blocks: (offset + at as u64) / BLOCK_BYTES as u64,
-                            num_blocks: (n / BLOCK_BYTES) as u64,
-                            iovs: &[iov],
-                            fua: false,
-                            tag: next as u64,
-                        },
-                        0,
-                    )
-                    .map_err(|e| PoolError::Io(e.to_string()))?;
-                next += 1;
-            }
-            out.clear();
-            self.ch.poll(0, &mut out);
-            for c in &out {
-                done += 1;
-                if let IoStatus::Failed(errno) = c.status {
-                    failed = Some(errno);
-                }
-            }
-            if out.is_empty() {
-                std::thread::yield_now();
-            }
-        }
-        match failed {
-            None => Ok(()),
-            Some(errno) => Err(PoolError::Io(
-                std::io::Error::from_raw_os_error(errno).to_string(),
-            )),
-        }
+        assert!(len.is_multiple_of(BLOCK_BYTES));
+        self.read_pieces(len.div_ceil(READ_PIECE_BYTES), |i| {
+            let at = i * READ_PIECE_BYTES;
+            // SAFETY: inside the caller's `len` bytes.
+            let dst = unsafe { ptr.add(at) };
+            (offset + at as u64, dst, (len - at).min(READ_PIECE_BYTES))
+        })
     }
 
     /// Reads the 4 KiB block at each of `offsets` (at most `PROBE_BATCH` of them) at once,
     /// into consecutive blocks of the buffer: block `i` of `bytes` holds `offsets[i]`.
     fn read_blocks(&mut self, offsets: &[u64]) -> Result<(), PoolError> {
         assert!(offsets.len() <= PROBE_BATCH && offsets.len() * BLOCK_BYTES <= self.buf.len());
-        let mut next = 0;
-        let mut done = 0;
-        let mut out = Vec::with_capacity(PROBE_BATCH);
+        let buf = self.buf.as_ptr();
+        self.read_pieces(offsets.len(), |i| {
+            // SAFETY: block `i` of our buffer (checked above).
+            let dst = unsafe { buf.add(i * BLOCK_BYTES) };
+            (offsets[i], dst, BLOCK_BYTES)
+        })
+    }
+
+    /// Reads `count` pieces, `piece(i)` = (byte offset, destination, bytes), up to the
+    /// channel's depth at once, and waits for all of them. Each destination must be memory
+    /// the caller leaves untouched until this returns.
+    fn read_pieces(
+        &mut self,
+        count: usize,
+        piece: impl Fn(usize) -> (u64, *mut u8, usize),
+    ) -> Result<(), PoolError> {
+        let (mut next, mut done) = (0, 0);
+        let mut out = Vec::with_capacity(SYNC_IO_DEPTH as usize);
         let mut failed = None;
-        while done < offsets.len() {
-            while next < offsets.len() && self.ch.in_flight() < self.ch.queue_depth() {
-                // SAFETY: block `next` of our buffer, untouched until all reads complete.
-                let iov = unsafe {
-                    IoVec::from_raw(self.buf.as_ptr().add(next * BLOCK_BYTES), BLOCK_BYTES)
-                };
-                debug_assert!(offsets[next].is_multiple_of(BLOCK_BYTES as u64));
+        while done < count {
+            while next < count && self.ch.in_flight() < self.ch.queue_depth() {
+                let (offset, dst, len) = piece(next);
+                debug_assert!(
+                    offset.is_multiple_of(BLOCK_BYTES as u64) && len.is_multiple_of(BLOCK_BYTES)
+                );
+                // SAFETY: the caller's memory, untouched until every piece completes.
+                let iov = unsafe { IoVec::from_raw(dst, len) };
                 self.ch
                     .submit(
                         &IoRequest {
                             io_type: IoType::Read,
-                            offset_blocks: offsets[next] / BLOCK_BYTES as u64,
-                            num_blocks: 1,
+                            offset_blocks: offset / BLOCK_BYTES as u64,
+                            num_blocks: (len / BLOCK_BYTES) as u64,
                             iovs: &[iov],
                             fua: false,
                             tag: next as u64,
