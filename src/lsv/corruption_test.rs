@@ -155,6 +155,40 @@ fn flip(image: &mut [u8], at: u64, mask: u8) {
     image[at as usize] ^= mask;
 }
 
+/// A fresh pool (requests delayed up to `max_delay_polls` polls), its cleaner looking at it
+/// on every poll, and a channel on "v".
+fn pool_with_cleaner(
+    max_delay_polls: u32,
+) -> (Arc<SimDisk>, Arc<LsvPool>, super::cleaner::Cleaner, Harness) {
+    let (disk, pool) = new_pool_with_delays(max_delay_polls);
+    let mut cleaner = super::cleaner::Cleaner::new(pool.clone()).unwrap();
+    cleaner.check_every_poll();
+    let h = Harness::open(&pool);
+    (disk, pool, cleaner, h)
+}
+
+/// Stops writing (every write so far was durable), crashes the disk, and opens the pool on
+/// its image.
+fn crash_and_reopen(
+    disk: &SimDisk,
+    pool: Arc<LsvPool>,
+    h: Harness,
+    cleaner: super::cleaner::Cleaner,
+) -> Arc<LsvPool> {
+    drop(h);
+    drop(cleaner);
+    let image = image_of(disk);
+    drop(pool);
+    open_image(image).unwrap()
+}
+
+/// Blocks the pool's segments count live.
+fn live_blocks(pool: &LsvPool) -> u64 {
+    (0..pool.usage.len() as u64)
+        .map(|s| pool.usage.live(s) as u64)
+        .sum()
+}
+
 /// Every block of the volume reads what `model` says (absent: zeroes).
 fn assert_reads(pool: &Arc<LsvPool>, model: &BTreeMap<u64, u64>) {
     let mut h = Harness::open(pool);
@@ -375,24 +409,16 @@ fn a_new_volume_never_reads_a_deleted_ones_data_after_a_crash() {
 /// victims), or its segments would look live for good and the cleaner would go round them.
 #[test]
 fn a_deleted_volumes_blocks_stop_counting_as_live() {
-    let (_disk, pool) = new_pool();
-    let mut cleaner = super::cleaner::Cleaner::new(pool.clone()).unwrap();
-    cleaner.check_every_poll();
-    let mut h = Harness::open(&pool);
+    let (_disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
     for lba in 0..20 {
         h.write(lba, 1);
     }
     drop(h);
-    let live = |p: &LsvPool| -> u64 {
-        (0..p.usage.len() as u64)
-            .map(|s| p.usage.live(s) as u64)
-            .sum()
-    };
-    assert_eq!(live(&pool), 20);
+    assert_eq!(live_blocks(&pool), 20);
     pool.delete_volume("v").unwrap();
     cleaner.poll();
     assert_eq!(
-        live(&pool),
+        live_blocks(&pool),
         0,
         "a deleted volume's blocks still count as live"
     );
@@ -403,15 +429,7 @@ fn a_deleted_volumes_blocks_stop_counting_as_live() {
 /// counts as live (before, its writes went on and counted live with nobody mapping them).
 #[test]
 fn a_volume_deleted_while_open_fails_its_requests_and_leaves_nothing_live() {
-    let (_disk, pool) = new_pool();
-    let mut cleaner = super::cleaner::Cleaner::new(pool.clone()).unwrap();
-    cleaner.check_every_poll();
-    let live = |p: &LsvPool| -> u64 {
-        (0..p.usage.len() as u64)
-            .map(|s| p.usage.live(s) as u64)
-            .sum()
-    };
-    let mut h = Harness::open(&pool);
+    let (_disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
     for lba in 0..10 {
         h.write(lba, 1);
     }
@@ -429,7 +447,11 @@ fn a_volume_deleted_while_open_fails_its_requests_and_leaves_nothing_live() {
         );
     }
     cleaner.poll();
-    assert_eq!(live(&pool), 0, "a deleted volume's blocks count as live");
+    assert_eq!(
+        live_blocks(&pool),
+        0,
+        "a deleted volume's blocks count as live"
+    );
 }
 
 /// The first segment filled with 128 one-block records at even blocks (tag 1): 128 live
@@ -492,10 +514,7 @@ fn write_block_1_until(
 /// moves were not replayed: a block whose old place was reused read zeroes.
 #[test]
 fn a_segment_opened_by_the_cleaner_with_a_long_header_is_replayed() {
-    let (disk, pool) = new_pool();
-    let mut cleaner = super::cleaner::Cleaner::new(pool.clone()).unwrap();
-    cleaner.check_every_poll();
-    let mut h = Harness::open(&pool);
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
     let mut model = BTreeMap::new();
     let (victim, p0) = fill_even_blocks(&pool, &mut h, &mut model);
     // The next record seals the victim (the head opens another segment).
@@ -520,11 +539,7 @@ fn a_segment_opened_by_the_cleaner_with_a_long_header_is_replayed() {
     // Once the user's head fills its segment, its next one is the victim (the lowest free),
     // and its first record overwrites the place the checkpoints still map block 0 to.
     write_block_1_until(&mut h, &pool, &mut model, |p| p == p0);
-    drop(h);
-    drop(cleaner);
-    let image = image_of(&disk);
-    drop(pool);
-    let pool = open_image(image).unwrap();
+    let pool = crash_and_reopen(&disk, pool, h, cleaner);
     assert_reads(&pool, &model);
 }
 
@@ -536,10 +551,7 @@ fn a_segment_opened_by_the_cleaner_with_a_long_header_is_replayed() {
 #[test]
 fn an_unmap_replayed_before_a_move_of_older_data_keeps_the_block_unmapped() {
     // Requests complete only when their channel is polled enough: the unmap waits for its.
-    let (disk, pool) = new_pool_with_delays(20);
-    let mut cleaner = super::cleaner::Cleaner::new(pool.clone()).unwrap();
-    cleaner.check_every_poll();
-    let mut h = Harness::open(&pool);
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(20);
     let mut model = BTreeMap::new();
     let (victim, _) = fill_even_blocks(&pool, &mut h, &mut model);
     let table = pool.volume("v").unwrap().1;
@@ -558,10 +570,6 @@ fn an_unmap_replayed_before_a_move_of_older_data_keeps_the_block_unmapped() {
     assert_eq!(table.lookup(4), Mapping::Zero);
     // The victim is reused, so the write of block 4 is gone from the log.
     write_block_1_until(&mut h, &pool, &mut model, |p| pool.segment_of(p) == victim);
-    drop(h);
-    drop(cleaner);
-    let image = image_of(&disk);
-    drop(pool);
-    let pool = open_image(image).unwrap();
+    let pool = crash_and_reopen(&disk, pool, h, cleaner);
     assert_reads(&pool, &model);
 }

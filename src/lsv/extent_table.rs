@@ -583,6 +583,11 @@ mod tests {
             const { std::cell::RefCell::new(None) };
     }
 
+    /// Has `f` run (once, on this thread) between the next update's check and its swap.
+    fn between_check_and_swap_run(f: impl FnOnce() + 'static) {
+        BETWEEN.with(|b| *b.borrow_mut() = Some(Box::new(f)));
+    }
+
     pub(super) fn between_check_and_swap() {
         if let Some(f) = BETWEEN.with(|b| b.borrow_mut().take()) {
             f();
@@ -727,13 +732,11 @@ mod tests {
         // Write 3 checks the tombstone of unmap 2 and passes; before it swaps, unmap 4
         // lands. The tombstone's value changed, so the write's swap fails and it looks again.
         let u = t.clone();
-        BETWEEN.with(|b| {
-            *b.borrow_mut() = Some(Box::new(move || {
-                assert!(matches!(
-                    u.update(4, None, 4, &seq_of, true),
-                    Update::Applied { .. }
-                ));
-            }))
+        between_check_and_swap_run(move || {
+            assert!(matches!(
+                u.update(4, None, 4, &seq_of, true),
+                Update::Applied { .. }
+            ));
         });
         assert_eq!(t.update(4, Some(addr(3)), 3, &seq_of, true), Update::Stale);
         assert_eq!(t.lookup(4), Mapping::Zero);
@@ -751,10 +754,8 @@ mod tests {
         let d = t.clone();
         let drained = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = drained.clone();
-        BETWEEN.with(|b| {
-            *b.borrow_mut() = Some(Box::new(move || {
-                d.drain(|a| seen.lock().unwrap().push(a));
-            }))
+        between_check_and_swap_run(move || {
+            d.drain(|a| seen.lock().unwrap().push(a));
         });
         // The drain emptied block 8 while the write waited, so the write's swap fails; its
         // retry installs into the empty entry, then sees the volume retired and takes its
@@ -781,10 +782,8 @@ mod tests {
         let d = t.clone();
         let freed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = freed.clone();
-        BETWEEN.with(|b| {
-            *b.borrow_mut() = Some(Box::new(move || {
-                *seen.lock().unwrap() = d.resize(4).unwrap();
-            }))
+        between_check_and_swap_run(move || {
+            *seen.lock().unwrap() = d.resize(4).unwrap();
         });
         let r = t.update(8, Some(addr(3)), 3, &seq_of, true);
         assert_eq!(
