@@ -225,28 +225,32 @@ impl SyncIo {
         let (mut next, mut done) = (0, 0);
         let mut out = Vec::with_capacity(SYNC_IO_DEPTH as usize);
         let mut failed = None;
-        while done < count {
-            while next < count && self.ch.in_flight() < self.ch.queue_depth() {
+        let mut refused = None;
+        // Until every piece submitted has completed: none may write into memory the caller
+        // frees after an error.
+        while done < next || (refused.is_none() && done < count) {
+            while refused.is_none() && next < count && self.ch.in_flight() < self.ch.queue_depth() {
                 let (offset, dst, len) = piece(next);
                 debug_assert!(
                     offset.is_multiple_of(BLOCK_BYTES as u64) && len.is_multiple_of(BLOCK_BYTES)
                 );
                 // SAFETY: the caller's memory, untouched until every piece completes.
                 let iov = unsafe { IoVec::from_raw(dst, len) };
-                self.ch
-                    .submit(
-                        &IoRequest {
-                            io_type: IoType::Read,
-                            offset_blocks: offset / BLOCK_BYTES as u64,
-                            num_blocks: (len / BLOCK_BYTES) as u64,
-                            iovs: &[iov],
-                            fua: false,
-                            tag: next as u64,
-                        },
-                        0,
-                    )
-                    .map_err(|e| PoolError::Io(e.to_string()))?;
-                next += 1;
+                let r = self.ch.submit(
+                    &IoRequest {
+                        io_type: IoType::Read,
+                        offset_blocks: offset / BLOCK_BYTES as u64,
+                        num_blocks: (len / BLOCK_BYTES) as u64,
+                        iovs: &[iov],
+                        fua: false,
+                        tag: next as u64,
+                    },
+                    0,
+                );
+                match r {
+                    Ok(()) => next += 1,
+                    Err(e) => refused = Some(e),
+                }
             }
             out.clear();
             self.ch.poll(0, &mut out);
@@ -259,6 +263,9 @@ impl SyncIo {
             if out.is_empty() {
                 std::thread::yield_now();
             }
+        }
+        if let Some(e) = refused {
+            return Err(PoolError::Io(e.to_string()));
         }
         match failed {
             None => Ok(()),
