@@ -109,6 +109,12 @@ impl Harness {
         }
     }
 
+    /// Writes blocks `lba..lba + n` with `tag`'s pattern in one request.
+    fn write_run(&mut self, lba: u64, n: u64, tag: u64) {
+        let mut buf: Vec<u8> = (lba..lba + n).flat_map(|b| pattern(b, tag)).collect();
+        self.run(IoType::Write, lba, &mut buf);
+    }
+
     /// Writes block `lba` with `tag`'s pattern: one record (header block, data block).
     fn write(&mut self, lba: u64, tag: u64) {
         let mut buf = pattern(lba, tag);
@@ -492,17 +498,19 @@ fn clean(pool: &LsvPool, cleaner: &mut super::cleaner::Cleaner, victim: u64) {
 }
 
 /// Writes block 1 (recorded in `model`) until `reused(where it lands)`, within 300 writes.
+/// Returns what block 1 held before that last write (its tag; 0 for zeroes).
 fn write_block_1_until(
     h: &mut Harness,
     pool: &LsvPool,
     model: &mut BTreeMap<u64, u64>,
     reused: impl Fn(u64) -> bool,
-) {
+) -> u64 {
     for tag in 2..300 {
+        let before = model.get(&1).copied().unwrap_or(0);
         h.write(1, tag);
         model.insert(1, tag);
         if matches!(pool.volume("v").unwrap().1.lookup(1), Mapping::At(p) if reused(p)) {
-            return;
+            return before;
         }
     }
     panic!("the victim was not reused");
@@ -571,5 +579,59 @@ fn an_unmap_replayed_before_a_move_of_older_data_keeps_the_block_unmapped() {
     // The victim is reused, so the write of block 4 is gone from the log.
     write_block_1_until(&mut h, &pool, &mut model, |p| pool.segment_of(p) == victim);
     let pool = crash_and_reopen(&disk, pool, h, cleaner);
+    assert_reads(&pool, &model);
+}
+
+/// A segment used since the checkpoint, cleaned and reused before the next one, whose new
+/// use's first record was lost at the crash while its second landed (inside the old first
+/// record's data): the old use's chain then has a record with bad data that a later one says
+/// was durable. That is a torn reuse, not damage, and the pool must open (before, it refused).
+#[test]
+fn a_reused_segment_whose_new_first_record_was_lost_still_opens() {
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
+    let generation = || {
+        pool.checkpoint_gen
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let at_start = generation();
+    let mut model = BTreeMap::new();
+    // Records of 4 blocks (a header and 4 data blocks each) fill the first segment; the
+    // 52nd does not fit and seals it.
+    for i in 0..52 {
+        h.write_run(4 * i, 4, 1);
+        for b in 4 * i..4 * i + 4 {
+            model.insert(b, 1);
+        }
+    }
+    let Mapping::At(p0) = pool.volume("v").unwrap().1.lookup(0) else {
+        panic!("block 0 is not mapped")
+    };
+    let victim = pool.segment_of(p0);
+    let seg_at = pool.sb.segment_offset(victim) as usize;
+    let old_first = image_of(&disk)[seg_at..seg_at + 2 * BLOCK].to_vec();
+    clean(&pool, &mut cleaner, victim);
+    // The new use: its first record (block 1's write) at blocks 0-1, its second (block 3's)
+    // at blocks 2-3, inside the old first record's data (blocks 1-4).
+    let before = write_block_1_until(&mut h, &pool, &mut model, |p| p == p0);
+    h.write(3, 999);
+    assert_eq!(
+        pool.volume("v").unwrap().1.lookup(3),
+        Mapping::At(p0 + 2),
+        "block 3's write is not the new use's second record"
+    );
+    assert_eq!(
+        generation(),
+        at_start,
+        "a checkpoint ran: the case is not set up"
+    );
+    drop(h);
+    drop(cleaner);
+    let mut image = image_of(&disk);
+    drop(pool);
+    // The crash lost the new first record: its blocks hold the old one's again.
+    image[seg_at..seg_at + 2 * BLOCK].copy_from_slice(&old_first);
+    model.insert(1, before);
+    let pool = open_image(image).unwrap_or_else(|e| panic!("the pool does not open: {e}"));
+    // Both new records are gone (neither was flushed past a lost one); the rest reads back.
     assert_reads(&pool, &model);
 }

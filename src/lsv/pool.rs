@@ -1098,9 +1098,17 @@ impl LsvPool {
             if h.verify_data(data).is_err() {
                 // A later record whose writer knew this one durable makes this damage;
                 // otherwise it is a write the crash tore (later ones may have landed: they
-                // lie beyond the hole, unflushed, and are dropped).
-                if good_header(end, Some(h.segment_epoch), h.seq)
-                    .is_some_and(|next| next.durable_seq >= h.seq)
+                // lie beyond the hole, unflushed, and are dropped). Unless a newer use of
+                // the segment wrote over this record: its first record lost at the crash,
+                // a later one landed here; the old use was cleaned before the reuse.
+                let reused = (at + h.header_blocks as usize..end).any(|b| {
+                    RecordHeader::decode(&bytes[b * BLOCK_BYTES..]).is_ok_and(|r| {
+                        r.segment == seg && r.segment_epoch != h.segment_epoch && r.seq > h.seq
+                    })
+                });
+                if !reused
+                    && good_header(end, Some(h.segment_epoch), h.seq)
+                        .is_some_and(|next| next.durable_seq >= h.seq)
                 {
                     return Err(PoolError::Corrupt(format!(
                         "segment {seg}: record {} has bad data and a later record says it was durable",
