@@ -1431,11 +1431,9 @@ impl LsvPool {
 
     /// Takes deleted volumes' blocks off their segments' live counts (see `delete_volume`).
     pub(super) fn apply_dead_blocks(&self, dead: &mut BTreeMap<u64, u32>) {
-        let mut deltas = UsageDeltas::default();
         for (seg, n) in std::mem::take(dead) {
-            self.add_delta(&mut deltas, seg, -(n as i32));
+            self.usage.take_dead(seg, n);
         }
-        self.apply_deltas(&mut deltas);
     }
 
     /// Counts a record written for the log (live I/O only).
