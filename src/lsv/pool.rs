@@ -1100,11 +1100,11 @@ impl LsvPool {
                 // otherwise it is a write the crash tore (later ones may have landed: they
                 // lie beyond the hole, unflushed, and are dropped). Unless a newer use of
                 // the segment wrote over this record: its first record lost at the crash,
-                // a later one landed here; the old use was cleaned before the reuse.
+                // a later one landed here; the old use was cleaned before the reuse. A newer
+                // use began after every record of this one, so its epoch is above this seq.
                 let reused = (at + h.header_blocks as usize..end).any(|b| {
-                    RecordHeader::decode(&bytes[b * BLOCK_BYTES..]).is_ok_and(|r| {
-                        r.segment == seg && r.segment_epoch != h.segment_epoch && r.seq > h.seq
-                    })
+                    RecordHeader::decode(&bytes[b * BLOCK_BYTES..])
+                        .is_ok_and(|r| r.segment == seg && r.segment_epoch > h.seq)
                 });
                 if !reused
                     && good_header(end, Some(h.segment_epoch), h.seq)
