@@ -433,7 +433,7 @@ impl Cleaner {
         self.next_check = now + self.check_every;
         // Deleted volumes' blocks come off the live counts here, between victims.
         if let Ok(mut dead) = self.pool.dead_blocks.try_lock() {
-            if !dead.is_empty() {
+            if !dead.is_empty() && self.pool.dead_blocks_ready() {
                 self.pool.apply_dead_blocks(&mut dead);
             }
         }

@@ -365,6 +365,10 @@ pub struct LsvPool {
     /// Blocks of deleted volumes per segment, for the cleaner to take off the live counts
     /// (at most one entry per segment).
     pub(super) dead_blocks: Mutex<BTreeMap<u64, u32>>,
+    /// `dead_blocks` wait until every record numbered below this has completed: a user
+    /// write's record that installed one of them just before the delete or shrink adds its
+    /// +1 when it completes, and the -1 must not come first.
+    pub(super) dead_blocks_after_seq: AtomicU64,
     /// Per log head: 0 unused, u64::MAX idle, else the oldest record it has in flight (or a
     /// lower bound taken before that record was numbered).
     log_heads: Box<[AtomicU64]>,
@@ -557,6 +561,7 @@ impl LsvPool {
             next_seq: AtomicU64::new(1),
             next_volume_id: AtomicU32::new(next_volume_id),
             dead_blocks: Mutex::new(BTreeMap::new()),
+            dead_blocks_after_seq: AtomicU64::new(0),
             volumes: RwLock::new(
                 metas
                     .into_iter()
@@ -1417,23 +1422,33 @@ impl LsvPool {
     }
 
     /// Blocks no volume maps any more (deleted, or past a shrunk volume's end): they come
-    /// off their segments' live counts when the cleaner is between victims (at once with
-    /// no cleaner).
+    /// off their segments' live counts when the cleaner is between victims and every record
+    /// in flight now has completed (`dead_blocks_ready`); at once with no cleaner.
     fn note_dead_blocks(&self, pbas: &[u64]) {
         let mut dead = self.dead_blocks.lock().unwrap_or_else(|e| e.into_inner());
         for &pba in pbas {
             *dead.entry(self.segment_of(pba)).or_insert(0) += 1;
         }
+        self.dead_blocks_after_seq
+            .fetch_max(self.next_seq_now(), Ordering::SeqCst);
         if !self.cleaner_attached.load(Ordering::Acquire) {
             self.apply_dead_blocks(&mut dead);
         }
     }
 
+    /// Whether every record that was in flight when blocks were last noted dead has
+    /// completed (and so added its own counts first).
+    pub(super) fn dead_blocks_ready(&self) -> bool {
+        self.complete_seq_now() + 1 >= self.dead_blocks_after_seq.load(Ordering::SeqCst)
+    }
+
     /// Takes deleted volumes' blocks off their segments' live counts (see `delete_volume`).
     pub(super) fn apply_dead_blocks(&self, dead: &mut BTreeMap<u64, u32>) {
+        let mut deltas = UsageDeltas::default();
         for (seg, n) in std::mem::take(dead) {
-            self.usage.take_dead(seg, n);
+            self.add_delta(&mut deltas, seg, -(n as i32));
         }
+        self.apply_deltas(&mut deltas);
     }
 
     /// Counts a record written for the log (live I/O only).

@@ -294,16 +294,6 @@ impl UsageTable {
 
     /// The sealed segment the policy would clean next, if any: one with no record still in
     /// flight into it, and with at least `min_gain` dead blocks (cleaning it frees space).
-    /// Takes `n` blocks that no volume maps any more off segment `seg`'s live count. A block
-    /// a user write installed just before its volume was deleted or shrunk can come off here
-    /// before that write's log writer has added it (its +1 waits in the writer's deltas), so
-    /// the count may wrap below zero for that moment; the +1 brings it back.
-    pub fn take_dead(&self, seg: u64, n: u32) {
-        self.segments[seg as usize]
-            .live_blocks
-            .fetch_sub(n, Ordering::Relaxed);
-    }
-
     pub fn pick_victim(&self, policy: CleanerPolicy, now_seq: u64, min_gain: u32) -> Option<u64> {
         let cap = self.blocks_per_segment as f64;
         let sealed = (0..self.segments.len() as u64).filter(|&s| {
