@@ -56,6 +56,8 @@ const QUEUE_DEPTH: u32 = 16;
 /// Entries one relocation record carries at most (its header stays under 10 blocks).
 const MAX_MOVE_ENTRIES: usize = 1024;
 const TAG_CHECKPOINT: u64 = 1;
+/// The writes that zero a cleaned victim's first block.
+const TAG_FREE_MARK: u64 = 2;
 /// Cleaned victims freed by one flush at most.
 const FLUSH_BATCH: usize = 8;
 
@@ -115,6 +117,13 @@ enum State {
         outstanding: u32,
         failed: bool,
     },
+    /// The first blocks of cleaned victims are being zeroed (`mark_free`), before the flush.
+    Marking {
+        /// How many of `awaiting_flush` (its first ones) are being marked.
+        count: usize,
+        outstanding: usize,
+        failed: bool,
+    },
     /// Everything live was moved; a flush of the base bdev makes durable the user records
     /// that superseded the victim's dead blocks before the victim is reused.
     Freeing {
@@ -135,6 +144,8 @@ pub struct Cleaner {
     ch: IoChannel,
     seg_buf: DmaRegion,
     staging: DmaRegion,
+    /// One zero block: what `mark_free` writes over a cleaned victim's first block.
+    free_mark: DmaRegion,
     cp_buf: Option<DmaRegion>,
     streams: [Stream; 2],
     state: State,
@@ -192,6 +203,8 @@ impl Cleaner {
             (header_blocks_for(MAX_MOVE_ENTRIES) as usize + MAX_DATA_BLOCKS as usize) * BLOCK_BYTES,
         )
         .map_err(|e| e.to_string())?;
+        // Anonymous memory: zero, and never written.
+        let free_mark = DmaRegion::new(BLOCK_BYTES, false).map_err(|e| e.to_string())?;
         let mut heads = [0usize; 2];
         for h in heads.iter_mut() {
             *h = pool
@@ -207,6 +220,7 @@ impl Cleaner {
             ch,
             seg_buf,
             staging,
+            free_mark,
             cp_buf: None,
             streams: heads.map(|head| Stream { head, open: None }),
             state: State::Idle,
@@ -239,6 +253,41 @@ impl Cleaner {
     /// deterministic mode: nothing then depends on the wall clock but periodic checkpoints).
     pub fn check_every_poll(&mut self) {
         self.check_every = Duration::ZERO;
+    }
+
+    /// Starts freeing the first of the `waiting` cleaned victims: zeroes each one's first
+    /// block, so that once the flush after it makes that durable, a crash that loses the
+    /// first record of the segment's next use leaves no chain of its old use to walk (the
+    /// old records, already moved, could otherwise look damaged under the new use's later
+    /// records). None if nothing could be submitted (tried again on the next pass).
+    fn mark_free(&mut self, waiting: usize) -> Option<State> {
+        let count = waiting.min(QUEUE_DEPTH as usize);
+        let mut submitted = 0;
+        for i in 0..count {
+            let seg = self.awaiting_flush[i].0;
+            // SAFETY: the free-mark block is ours, zero, and never written to.
+            let iov = unsafe { IoVec::from_raw(self.free_mark.as_ptr(), BLOCK_BYTES) };
+            let r = self.ch.submit(
+                &IoRequest {
+                    io_type: IoType::Write,
+                    offset_blocks: self.pool.segment_first_block(seg),
+                    num_blocks: 1,
+                    iovs: &[iov],
+                    fua: false,
+                    tag: TAG_FREE_MARK,
+                },
+                0,
+            );
+            if r.is_err() {
+                break;
+            }
+            submitted += 1;
+        }
+        (submitted > 0).then_some(State::Marking {
+            count: submitted,
+            outstanding: submitted,
+            failed: false,
+        })
     }
 
     /// Tests: cleans sealed segment `seg` next, however many segments are free.
@@ -355,6 +404,35 @@ impl Cleaner {
                     CleanerPoll::Waiting,
                 )
             }
+            State::Marking {
+                count,
+                mut outstanding,
+                mut failed,
+            } => {
+                for c in done {
+                    outstanding -= 1;
+                    failed |= c.status != IoStatus::Success;
+                }
+                if outstanding > 0 {
+                    (
+                        State::Marking {
+                            count,
+                            outstanding,
+                            failed,
+                        },
+                        CleanerPoll::Waiting,
+                    )
+                } else if failed {
+                    // The cleaned segments stay Cleaned; the next pass marks them again.
+                    tracing::error!(pool = %self.pool.name, "cleaner: marking cleaned segments free failed");
+                    (State::Idle, CleanerPoll::Busy)
+                } else if self.ch.submit(&flush_request(), 0).is_ok() {
+                    self.flushed_moving_seq = self.moving_seq;
+                    (State::Freeing { count }, CleanerPoll::Busy)
+                } else {
+                    (State::Idle, CleanerPoll::Busy)
+                }
+            }
             State::Freeing { count } => match done.first() {
                 None => (State::Freeing { count }, CleanerPoll::Waiting),
                 Some(c) if c.status != IoStatus::Success => {
@@ -458,13 +536,11 @@ impl Cleaner {
         // run short, or when there is no more cleaning to do now.
         let waiting = self.awaiting_flush.len();
         let short = free + waiting as u64 >= self.pool.clean_target() || free < 2;
-        if waiting > 0
-            && (waiting >= FLUSH_BATCH || short || free <= self.pool.throttle_start())
-            && self.ch.submit(&flush_request(), 0).is_ok()
-        {
-            self.flushed_moving_seq = self.moving_seq;
-            self.state = State::Freeing { count: waiting };
-            return CleanerPoll::Busy;
+        if waiting > 0 && (waiting >= FLUSH_BATCH || short || free <= self.pool.throttle_start()) {
+            if let Some(state) = self.mark_free(waiting) {
+                self.state = state;
+                return CleanerPoll::Busy;
+            }
         }
         // One free segment is enough to move a victim's live blocks (less than a segment's
         // worth, by `victim`'s minimum gain); with none, only victims with nothing live.

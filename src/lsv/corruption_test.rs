@@ -635,3 +635,47 @@ fn a_reused_segment_whose_new_first_record_was_lost_still_opens() {
     // Both new records are gone (neither was flushed past a lost one); the rest reads back.
     assert_reads(&pool, &model);
 }
+
+/// The same torn reuse, but the crash kept only a data block of the new use's first record
+/// (its header block lost, no later record): nothing of the new use is left to recognise.
+/// The cleaner marks a victim's first block free before the flush that frees it, so the old
+/// use's chain is gone and the pool opens (before, the old first record's bad data, with a
+/// later record saying it was durable, made recovery refuse the pool).
+#[test]
+fn a_reused_segment_whose_new_first_header_was_lost_still_opens() {
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
+    let generation = || {
+        pool.checkpoint_gen
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let at_start = generation();
+    let mut model = BTreeMap::new();
+    for i in 0..52 {
+        h.write_run(4 * i, 4, 1);
+        for b in 4 * i..4 * i + 4 {
+            model.insert(b, 1);
+        }
+    }
+    let Mapping::At(p0) = pool.volume("v").unwrap().1.lookup(0) else {
+        panic!("block 0 is not mapped")
+    };
+    let victim = pool.segment_of(p0);
+    let seg_at = pool.sb.segment_offset(victim) as usize;
+    clean(&pool, &mut cleaner, victim);
+    let first_before_reuse = image_of(&disk)[seg_at..seg_at + BLOCK].to_vec();
+    let before = write_block_1_until(&mut h, &pool, &mut model, |p| p == p0);
+    assert_eq!(
+        generation(),
+        at_start,
+        "a checkpoint ran: the case is not set up"
+    );
+    drop(h);
+    drop(cleaner);
+    let mut image = image_of(&disk);
+    drop(pool);
+    // The crash lost the new first record's header block; its data block landed.
+    image[seg_at..seg_at + BLOCK].copy_from_slice(&first_before_reuse);
+    model.insert(1, before);
+    let pool = open_image(image).unwrap_or_else(|e| panic!("the pool does not open: {e}"));
+    assert_reads(&pool, &model);
+}
