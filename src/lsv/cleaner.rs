@@ -121,7 +121,7 @@ enum State {
     Marking {
         /// How many of `awaiting_flush` (its first ones) are being marked.
         count: usize,
-        outstanding: usize,
+        outstanding: u32,
         failed: bool,
     },
     /// Everything live was moved; a flush of the base bdev makes durable the user records
@@ -285,7 +285,7 @@ impl Cleaner {
         }
         (submitted > 0).then_some(State::Marking {
             count: submitted,
-            outstanding: submitted,
+            outstanding: submitted as u32,
             failed: false,
         })
     }
@@ -370,10 +370,7 @@ impl Cleaner {
                 mut outstanding,
                 mut failed,
             } => {
-                for c in done {
-                    outstanding -= 1;
-                    failed |= c.status != IoStatus::Success;
-                }
+                count_done(done, &mut outstanding, &mut failed);
                 if failed {
                     if outstanding == 0 {
                         tracing::error!(pool = %self.pool.name, "checkpoint write failed");
@@ -409,10 +406,7 @@ impl Cleaner {
                 mut outstanding,
                 mut failed,
             } => {
-                for c in done {
-                    outstanding -= 1;
-                    failed |= c.status != IoStatus::Success;
-                }
+                count_done(done, &mut outstanding, &mut failed);
                 if outstanding > 0 {
                     (
                         State::Marking {
@@ -1229,6 +1223,16 @@ fn flush_request() -> IoRequest<'static> {
         fua: false,
         tag: TAG_CHECKPOINT,
     }
+}
+
+/// Counts `done` off `outstanding` requests, noting in `failed` whether any failed.
+fn count_done(done: &[IoCompletion], outstanding: &mut u32, failed: &mut bool) {
+    debug_assert!(
+        done.len() <= *outstanding as usize,
+        "more completions than requests"
+    );
+    *outstanding -= done.len() as u32;
+    *failed |= done.iter().any(|c| c.status != IoStatus::Success);
 }
 
 impl Drop for Cleaner {

@@ -481,6 +481,31 @@ fn fill_even_blocks(
     (victim, at(0))
 }
 
+/// Records of 4 blocks (a header and 4 data blocks each, tag 1) fill the first segment; the
+/// 52nd does not fit and seals it. Returns the segment and where block 0 lives in it.
+fn fill_with_runs_of_4(
+    pool: &Arc<LsvPool>,
+    h: &mut Harness,
+    model: &mut BTreeMap<u64, u64>,
+) -> (u64, u64) {
+    for i in 0..52 {
+        h.write_run(4 * i, 4, 1);
+        for b in 4 * i..4 * i + 4 {
+            model.insert(b, 1);
+        }
+    }
+    let Mapping::At(p0) = pool.volume("v").unwrap().1.lookup(0) else {
+        panic!("block 0 is not mapped")
+    };
+    (pool.segment_of(p0), p0)
+}
+
+/// The generation of the pool's newest checkpoint.
+fn checkpoint_generation(pool: &LsvPool) -> u64 {
+    pool.checkpoint_gen
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Has the cleaner clean `victim` until the segment is free for reuse.
 fn clean(pool: &LsvPool, cleaner: &mut super::cleaner::Cleaner, victim: u64) {
     use super::usage::SegmentState;
@@ -589,24 +614,9 @@ fn an_unmap_replayed_before_a_move_of_older_data_keeps_the_block_unmapped() {
 #[test]
 fn a_reused_segment_whose_new_first_record_was_lost_still_opens() {
     let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
-    let generation = || {
-        pool.checkpoint_gen
-            .load(std::sync::atomic::Ordering::SeqCst)
-    };
-    let at_start = generation();
+    let at_start = checkpoint_generation(&pool);
     let mut model = BTreeMap::new();
-    // Records of 4 blocks (a header and 4 data blocks each) fill the first segment; the
-    // 52nd does not fit and seals it.
-    for i in 0..52 {
-        h.write_run(4 * i, 4, 1);
-        for b in 4 * i..4 * i + 4 {
-            model.insert(b, 1);
-        }
-    }
-    let Mapping::At(p0) = pool.volume("v").unwrap().1.lookup(0) else {
-        panic!("block 0 is not mapped")
-    };
-    let victim = pool.segment_of(p0);
+    let (victim, p0) = fill_with_runs_of_4(&pool, &mut h, &mut model);
     let seg_at = pool.sb.segment_offset(victim) as usize;
     let old_first = image_of(&disk)[seg_at..seg_at + 2 * BLOCK].to_vec();
     clean(&pool, &mut cleaner, victim);
@@ -620,7 +630,7 @@ fn a_reused_segment_whose_new_first_record_was_lost_still_opens() {
         "block 3's write is not the new use's second record"
     );
     assert_eq!(
-        generation(),
+        checkpoint_generation(&pool),
         at_start,
         "a checkpoint ran: the case is not set up"
     );
@@ -628,7 +638,8 @@ fn a_reused_segment_whose_new_first_record_was_lost_still_opens() {
     drop(cleaner);
     let mut image = image_of(&disk);
     drop(pool);
-    // The crash lost the new first record: its blocks hold the old one's again.
+    // The crash lost the new first record: its blocks hold the old one's again (as in a
+    // pool written before the cleaner zeroed a victim's first block; see the next test).
     image[seg_at..seg_at + 2 * BLOCK].copy_from_slice(&old_first);
     model.insert(1, before);
     let pool = open_image(image).unwrap_or_else(|e| panic!("the pool does not open: {e}"));
@@ -644,28 +655,15 @@ fn a_reused_segment_whose_new_first_record_was_lost_still_opens() {
 #[test]
 fn a_reused_segment_whose_new_first_header_was_lost_still_opens() {
     let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
-    let generation = || {
-        pool.checkpoint_gen
-            .load(std::sync::atomic::Ordering::SeqCst)
-    };
-    let at_start = generation();
+    let at_start = checkpoint_generation(&pool);
     let mut model = BTreeMap::new();
-    for i in 0..52 {
-        h.write_run(4 * i, 4, 1);
-        for b in 4 * i..4 * i + 4 {
-            model.insert(b, 1);
-        }
-    }
-    let Mapping::At(p0) = pool.volume("v").unwrap().1.lookup(0) else {
-        panic!("block 0 is not mapped")
-    };
-    let victim = pool.segment_of(p0);
+    let (victim, p0) = fill_with_runs_of_4(&pool, &mut h, &mut model);
     let seg_at = pool.sb.segment_offset(victim) as usize;
     clean(&pool, &mut cleaner, victim);
     let first_before_reuse = image_of(&disk)[seg_at..seg_at + BLOCK].to_vec();
     let before = write_block_1_until(&mut h, &pool, &mut model, |p| p == p0);
     assert_eq!(
-        generation(),
+        checkpoint_generation(&pool),
         at_start,
         "a checkpoint ran: the case is not set up"
     );
