@@ -211,7 +211,7 @@ impl Cleaner {
                 .claim_head()
                 .ok_or("no free log head for the cleaner")?;
         }
-        let seg_blocks = (pool.sb.segment_bytes / BLOCK_BYTES as u64) as usize;
+        let seg_blocks = pool.seg_blocks;
         pool.cleaner_attached.store(true, Ordering::Release);
         let now = Instant::now();
         Ok(Cleaner {

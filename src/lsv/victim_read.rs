@@ -161,7 +161,7 @@ impl PartialRead {
         self.next = 0;
         self.outstanding = 0;
         self.chain.clear();
-        let seg_blocks = (pool.sb.segment_bytes / BLOCK_BYTES as u64) as usize;
+        let seg_blocks = pool.seg_blocks;
         let seg_start = pool.segment_first_block(seg);
         let mut at = 0usize;
         let mut epoch = None;
