@@ -607,28 +607,41 @@ fn an_unmap_replayed_before_a_move_of_older_data_keeps_the_block_unmapped() {
     assert_reads(&pool, &model);
 }
 
-/// A segment used since the checkpoint, cleaned and reused before the next one, whose new
-/// use's first record was lost at the crash while its second landed (inside the old first
-/// record's data): the old use's chain then has a record with bad data that a later one says
-/// was durable. That is a torn reuse, not damage, and the pool must open (before, it refused).
-#[test]
-fn a_reused_segment_whose_new_first_record_was_lost_still_opens() {
+/// What a crash that tore a reused segment's new use left at the segment's start.
+enum TornReuse {
+    /// The new first record lost whole, the old use's first record back in its place (as in a
+    /// pool written before the cleaner zeroed a victim's first block), the new second record
+    /// landed inside the old first record's data.
+    FirstRecordLost,
+    /// Only the new first record's header block lost (what the cleaner left there before the
+    /// reuse is back); its data block landed, and no later record was written.
+    FirstHeaderLost,
+}
+
+/// A segment used since the checkpoint, cleaned and reused before the next one, then torn by
+/// a crash as `how` says: the old use's chain must not read as damage (a record with bad data
+/// that a later one says was durable), and the pool must open with everything else intact.
+fn a_torn_reuse_opens(how: TornReuse) {
     let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
     let at_start = checkpoint_generation(&pool);
     let mut model = BTreeMap::new();
     let (victim, p0) = fill_with_runs_of_4(&pool, &mut h, &mut model);
     let seg_at = pool.sb.segment_offset(victim) as usize;
+    // The old first record (header and first data block), as written.
     let old_first = image_of(&disk)[seg_at..seg_at + 2 * BLOCK].to_vec();
     clean(&pool, &mut cleaner, victim);
-    // The new use: its first record (block 1's write) at blocks 0-1, its second (block 3's)
-    // at blocks 2-3, inside the old first record's data (blocks 1-4).
+    let cleaned_first = image_of(&disk)[seg_at..seg_at + BLOCK].to_vec();
+    // The new use: its first record (block 1's write) at blocks 0-1.
     let before = write_block_1_until(&mut h, &pool, &mut model, |p| p == p0);
-    h.write(3, 999);
-    assert_eq!(
-        pool.volume("v").unwrap().1.lookup(3),
-        Mapping::At(p0 + 2),
-        "block 3's write is not the new use's second record"
-    );
+    if let TornReuse::FirstRecordLost = how {
+        // Its second (block 3's) at blocks 2-3, inside the old first record's data (1-4).
+        h.write(3, 999);
+        assert_eq!(
+            pool.volume("v").unwrap().1.lookup(3),
+            Mapping::At(p0 + 2),
+            "block 3's write is not the new use's second record"
+        );
+    }
     assert_eq!(
         checkpoint_generation(&pool),
         at_start,
@@ -638,42 +651,27 @@ fn a_reused_segment_whose_new_first_record_was_lost_still_opens() {
     drop(cleaner);
     let mut image = image_of(&disk);
     drop(pool);
-    // The crash lost the new first record: its blocks hold the old one's again (as in a
-    // pool written before the cleaner zeroed a victim's first block; see the next test).
-    image[seg_at..seg_at + 2 * BLOCK].copy_from_slice(&old_first);
+    match how {
+        TornReuse::FirstRecordLost => image[seg_at..seg_at + 2 * BLOCK].copy_from_slice(&old_first),
+        TornReuse::FirstHeaderLost => image[seg_at..seg_at + BLOCK].copy_from_slice(&cleaned_first),
+    }
+    // The new records are gone (none was flushed past a lost one); the rest reads back.
     model.insert(1, before);
     let pool = open_image(image).unwrap_or_else(|e| panic!("the pool does not open: {e}"));
-    // Both new records are gone (neither was flushed past a lost one); the rest reads back.
     assert_reads(&pool, &model);
 }
 
-/// The same torn reuse, but the crash kept only a data block of the new use's first record
-/// (its header block lost, no later record): nothing of the new use is left to recognise.
-/// The cleaner marks a victim's first block free before the flush that frees it, so the old
-/// use's chain is gone and the pool opens (before, the old first record's bad data, with a
-/// later record saying it was durable, made recovery refuse the pool).
+/// Found by review: recovery refused the pool (the newer use's record inside the old first
+/// record is what tells a torn reuse from damage).
+#[test]
+fn a_reused_segment_whose_new_first_record_was_lost_still_opens() {
+    a_torn_reuse_opens(TornReuse::FirstRecordLost);
+}
+
+/// Nothing of the new use is left to recognise: the cleaner zeroes a victim's first block
+/// before the flush that frees it, so the old use's chain is gone (before, recovery refused
+/// the pool).
 #[test]
 fn a_reused_segment_whose_new_first_header_was_lost_still_opens() {
-    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
-    let at_start = checkpoint_generation(&pool);
-    let mut model = BTreeMap::new();
-    let (victim, p0) = fill_with_runs_of_4(&pool, &mut h, &mut model);
-    let seg_at = pool.sb.segment_offset(victim) as usize;
-    clean(&pool, &mut cleaner, victim);
-    let first_before_reuse = image_of(&disk)[seg_at..seg_at + BLOCK].to_vec();
-    let before = write_block_1_until(&mut h, &pool, &mut model, |p| p == p0);
-    assert_eq!(
-        checkpoint_generation(&pool),
-        at_start,
-        "a checkpoint ran: the case is not set up"
-    );
-    drop(h);
-    drop(cleaner);
-    let mut image = image_of(&disk);
-    drop(pool);
-    // The crash lost the new first record's header block; its data block landed.
-    image[seg_at..seg_at + BLOCK].copy_from_slice(&first_before_reuse);
-    model.insert(1, before);
-    let pool = open_image(image).unwrap_or_else(|e| panic!("the pool does not open: {e}"));
-    assert_reads(&pool, &model);
+    a_torn_reuse_opens(TornReuse::FirstHeaderLost);
 }
