@@ -16,6 +16,8 @@ if ! command -v jq >/dev/null; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq jq >/dev/null
 fi
 export CARGO_TERM_COLOR=never
+# The disk this runs on: a full one fails the build with ENOSPC, and this line says why.
+df -h . | tail -1 | awk '{print "ci/test.sh: " $4 " free on " $6}'
 cargo test --locked
 # The log-structured store's crash simulation over 1,000 seeds (cargo test runs 200).
 UNBLEND_SIM_SEEDS=1000 cargo test --locked --lib crash_simulation

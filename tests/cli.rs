@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 fn unblend(args: &[&str]) -> Output {
@@ -12,14 +11,6 @@ fn unblend(args: &[&str]) -> Output {
         .env("UNBLEND_LOG", "warn")
         .output()
         .expect("run unblend")
-}
-
-fn tmp_dir(name: &str) -> PathBuf {
-    // CARGO_TARGET_TMPDIR is on the build's filesystem, which supports O_DIRECT (tmpfs may not).
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Exit code 2, exactly one line on stderr that names the problem, and no panic.
@@ -107,7 +98,7 @@ fn cpumask_naming_a_missing_core_is_refused() {
 
 #[test]
 fn malformed_config_is_refused() {
-    let dir = tmp_dir("malformed_config");
+    let dir = common::TestDir::new("malformed_config");
     let bad_json = dir.join("bad.json");
     std::fs::write(&bad_json, "{\"subsystems\": [").unwrap();
     let s = bad_json.to_str().unwrap();
@@ -169,7 +160,7 @@ fn verify_passes_on_malloc() {
 
 #[test]
 fn verify_passes_on_uring_file_with_two_reactors() {
-    let dir = tmp_dir("verify_uring");
+    let dir = common::TestDir::new("verify_uring");
     let img = dir.join("disk.img");
     let spec = format!("uring:path={},size=64M", img.display());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -213,7 +204,7 @@ fn bench_json_has_the_documented_shape() {
 
 #[test]
 fn bench_reads_a_bdev_from_a_config() {
-    let dir = tmp_dir("bench_config");
+    let dir = common::TestDir::new("bench_config");
     let cfg = dir.join("c.json");
     std::fs::write(
         &cfg,
@@ -246,7 +237,7 @@ fn bench_reads_a_bdev_from_a_config() {
 fn serve_and_stop(extra: &[&str], signal: i32) -> String {
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let data = tmp_dir(&format!("serve_data_{n}"));
+    let data = common::TestDir::new(&format!("serve_data_{n}"));
     let sock = data.join("s.sock");
     let mut args = vec!["serve", "-r", sock.to_str().unwrap()];
     if !extra.contains(&"-d") {
@@ -276,7 +267,7 @@ fn serve_and_stop(extra: &[&str], signal: i32) -> String {
 
 #[test]
 fn serve_boots_the_default_and_stops_on_sigterm() {
-    let data = tmp_dir("serve_default_data");
+    let data = common::TestDir::new("serve_default_data");
     let d = data.to_str().unwrap();
     let banner = serve_and_stop(&["-d", d], libc::SIGTERM);
     assert!(banner.contains("embedded default"), "{banner}");
@@ -312,7 +303,7 @@ fn serve_boots_the_default_and_stops_on_sigterm() {
 
 #[test]
 fn serve_boots_a_config_and_stops_on_sigint() {
-    let dir = tmp_dir("serve_config");
+    let dir = common::TestDir::new("serve_config");
     let cfg = dir.join("c.json");
     let img = dir.join("u.img");
     // Preallocate the file for the uring bdev.
@@ -345,7 +336,7 @@ fn serve_boots_a_config_and_stops_on_sigint() {
 fn adaptive_reactor_sleeping_on_uring_io_is_woken_by_completions() {
     // With a 1-pass spin the reactor sleeps whenever it waits for the disk; only the io_uring
     // eventfd wakes it. Without that wake-up each I/O would wait out a 100 ms sleep.
-    let dir = tmp_dir("adaptive_uring");
+    let dir = common::TestDir::new("adaptive_uring");
     let spec = format!("uring:path={},size=16M", dir.join("d.img").display());
     let out = Command::new(env!("CARGO_BIN_EXE_unblend"))
         .args([
@@ -371,7 +362,7 @@ fn adaptive_reactor_sleeping_on_uring_io_is_woken_by_completions() {
 
 #[test]
 fn uring_with_sqpoll_verifies() {
-    let dir = tmp_dir("sqpoll");
+    let dir = common::TestDir::new("sqpoll");
     let spec = format!(
         "uring:path={},size=16M,sqpoll=1",
         dir.join("d.img").display()
@@ -386,7 +377,7 @@ fn uring_with_sqpoll_verifies() {
 
 #[test]
 fn pool_format_inspect_check() {
-    let dir = tmp_dir("pool_cli");
+    let dir = common::TestDir::new("pool_cli");
     let img = dir.join("pool.img");
     let p = img.to_str().unwrap();
     let out = unblend(&[
@@ -493,7 +484,7 @@ fn pool_format_inspect_check() {
 
 #[test]
 fn verify_passes_on_an_lsv_volume_over_a_uring_file() {
-    let dir = tmp_dir("verify_lsv");
+    let dir = common::TestDir::new("verify_lsv");
     let spec = format!(
         "lsv:path={},size=256M,volume=64M,segment=1M",
         dir.join("pool.img").display()

@@ -8,21 +8,16 @@
 //! itself, driven over vhost-user-blk from outside, is
 //! `lsv_behind_serve_keeps_flushed_writes_across_sigkill` in `vhost_blk.rs`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const CYCLES: u32 = 20;
 const REACTORS: usize = 2;
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn spawn(img: &Path, journal: &Path, seconds: u32) -> Child {
     let spec = format!(
@@ -111,7 +106,7 @@ fn wait_bounded(child: &mut Child, secs: u64) -> std::process::ExitStatus {
 
 #[test]
 fn sigkill_cycles_lose_no_acknowledged_write() {
-    let dir = tmp_dir("lsv_kill");
+    let dir = common::TestDir::new("lsv_kill");
     let img = dir.join("pool.img");
     let journal = dir.join("journal");
     let seed = std::time::SystemTime::now()

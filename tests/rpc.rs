@@ -16,18 +16,13 @@ use unblend::rpc::client::{ClientError, RpcClient};
 struct Appliance {
     child: Child,
     sock: PathBuf,
-}
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    /// Removed after `Drop` below has stopped the child.
+    _dir: common::TestDir,
 }
 
 impl Appliance {
     fn start(name: &str, extra: &[&str]) -> Appliance {
-        let dir = tmp_dir(name);
+        let dir = common::TestDir::new(name);
         let sock = dir.join("unblend.sock");
         let data = dir.join("data");
         let mut args = vec![
@@ -49,7 +44,11 @@ impl Appliance {
             .spawn()
             .unwrap();
         common::wait_until_running(&mut child);
-        Appliance { child, sock }
+        Appliance {
+            child,
+            sock,
+            _dir: dir,
+        }
     }
 
     fn client(&self) -> RpcClient {
@@ -285,7 +284,7 @@ fn socket_of_a_live_appliance_is_refused_and_a_stale_one_replaced() {
     a.stop();
 
     // A socket file nobody listens on is stale: removed, said so, and replaced.
-    let stale_dir = tmp_dir("rpc_stale");
+    let stale_dir = common::TestDir::new("rpc_stale");
     let stale = stale_dir.join("s.sock");
     let stale_data = stale_dir.join("data");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
@@ -536,7 +535,7 @@ fn unblend_rpc_command_shows_results_and_errors_plainly() {
 
 #[test]
 fn a_failed_framework_start_init_keeps_the_config_for_a_retry() {
-    let dir = tmp_dir("rpc_start_retry");
+    let dir = common::TestDir::new("rpc_start_retry");
     let img = dir.join("late.img");
     let cfg = dir.join("c.json");
     std::fs::write(

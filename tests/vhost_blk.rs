@@ -22,18 +22,21 @@ struct Appliance {
     child: Child,
     rpc: PathBuf,
     dir: PathBuf,
+    /// The directory `start` made, removed after `Drop` below has stopped the child; `boot`'s
+    /// caller owns its own.
+    _owned: Option<common::TestDir>,
 }
 
 impl Appliance {
     /// Boots `serve` on `config` (an SPDK JSON config), on cores 0 and 1, in a fresh
     /// directory named `name`.
     fn start(name: &str, config: &Value) -> Appliance {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::TestDir::new(name);
         let cfg = dir.join("config.json");
         std::fs::write(&cfg, serde_json::to_vec(config).unwrap()).unwrap();
-        Self::boot(dir, Some(&cfg))
+        let mut app = Self::boot(dir.to_path_buf(), Some(&cfg));
+        app._owned = Some(dir);
+        app
     }
 
     /// Boots `serve` in `dir` (its data, socket and RPC directory, kept as it is), on cores
@@ -57,7 +60,12 @@ impl Appliance {
             .spawn()
             .unwrap();
         common::wait_until_running(&mut child);
-        Appliance { child, rpc, dir }
+        Appliance {
+            child,
+            rpc,
+            dir,
+            _owned: None,
+        }
     }
 
     fn socket(&self, ctrlr: &str) -> PathBuf {
@@ -675,9 +683,7 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
     const BLOCKS: u64 = 2048;
     const QD: usize = 8;
     const FLUSH_SLOT: u64 = QD as u64;
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lsv_serve_kill");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TestDir::new("lsv_serve_kill");
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -690,7 +696,7 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
     let mut next_tag = 1u64;
     for cycle in 0..=CYCLES {
         // The appliance is killed when dropped, so a failing check leaves none behind.
-        let mut app = Appliance::boot(dir.clone(), None);
+        let mut app = Appliance::boot(dir.to_path_buf(), None);
         let mut c = Client::connect(&dir.join("vhost.0"), 1)
             .unwrap_or_else(|e| panic!("cycle {cycle} (seed {seed}): connect: {e}"));
         // Verify every block, 64 at a time; what it holds now is all it may hold.

@@ -35,3 +35,34 @@ pub fn read_banner(child: &mut Child) -> (String, BufReader<ChildStdout>) {
     }
     (banner, out)
 }
+
+/// A fresh directory under cargo's per-target temporary directory (on the build's filesystem,
+/// which supports O_DIRECT; tmpfs may not), removed with everything in it when dropped. A
+/// served default pool is a 1 GiB fallocated file, so directories left behind by the whole
+/// suite would fill a CI machine's disk (11 GiB did once).
+#[allow(dead_code)]
+pub struct TestDir(std::path::PathBuf);
+
+#[allow(dead_code)]
+impl TestDir {
+    /// Empties (or makes) `CARGO_TARGET_TMPDIR/name`.
+    pub fn new(name: &str) -> TestDir {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDir(dir)
+    }
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
