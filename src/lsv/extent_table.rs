@@ -33,6 +33,11 @@
 //!   block the cleaner moved keeps its original write's number).
 //! - The cleaner moves a block with `remap_if`, which swaps the address only if the entry
 //!   still holds the old one, so a newer write always wins over a relocation.
+//! - A volume that grew carries a `GrowFence`: a write numbered below the grow, to a block
+//!   at or past the size the volume grew from, was made for a block that was cut off by a
+//!   shrink (it raced the shrink, or the log still holds it from before), and is never
+//!   mapped, live or in replay. Without it, a block cut off and then grown back could read
+//!   its old data after a crash.
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
@@ -151,6 +156,16 @@ pub enum Update {
     Dropped { previous: Mapping },
 }
 
+/// What a volume was when it last grew: writes numbered below `seq` to blocks at or past
+/// `floor_blocks` are never mapped (see the module's notes, and `LsvPool::resize_volume`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrowFence {
+    /// The sequence number the grow took (no record has it).
+    pub seq: u64,
+    /// The volume's size before the grow.
+    pub floor_blocks: u64,
+}
+
 /// One volume's map.
 pub struct ExtentTable {
     top: Box<[AtomicPtr<Node>]>,
@@ -162,6 +177,9 @@ pub struct ExtentTable {
     mapped: AtomicU64,
     /// Set by `drain` (the volume was deleted): no update installs a mapping after that.
     retired: AtomicBool,
+    /// The `GrowFence`'s sequence number (0: none) and floor; set before the size it guards.
+    fence_seq: AtomicU64,
+    fence_floor_blocks: AtomicU64,
 }
 
 // SAFETY: all shared state is atomics; nodes, leaves and tombstone arrays are only freed in
@@ -225,6 +243,8 @@ impl ExtentTable {
             tombstone_arrays: AtomicU64::new(0),
             mapped: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            fence_seq: AtomicU64::new(0),
+            fence_floor_blocks: AtomicU64::new(0),
         }
     }
 
@@ -248,15 +268,60 @@ impl ExtentTable {
         (self.top.len() * FANOUT * FANOUT) as u64
     }
 
-    /// Changes the volume's size. Shrinking clears the entries past the new end and returns
-    /// the pool blocks they mapped (the caller frees them). Err: past `capacity_blocks`.
-    pub fn resize(&self, blocks: u64) -> Result<Vec<u64>, u64> {
+    /// The fence the volume's last grow left, if it still stands.
+    pub fn fence(&self) -> Option<GrowFence> {
+        let seq = self.fence_seq.load(Ordering::SeqCst);
+        (seq != 0).then(|| GrowFence {
+            seq,
+            floor_blocks: self.fence_floor_blocks.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Sets the fence a reopened pool's volume table holds, or drops one that no replay can
+    /// need any more (no write numbered below it is in flight or will be replayed).
+    pub fn set_fence(&self, fence: Option<GrowFence>) {
+        let f = fence.unwrap_or(GrowFence {
+            seq: 0,
+            floor_blocks: 0,
+        });
+        self.fence_floor_blocks
+            .store(f.floor_blocks, Ordering::SeqCst);
+        self.fence_seq.store(f.seq, Ordering::SeqCst);
+    }
+
+    /// Whether a write of `lba` numbered `seq` is kept out by the fence.
+    #[inline]
+    pub fn fenced(&self, lba: u64, seq: u64) -> bool {
+        let f = self.fence_seq.load(Ordering::SeqCst);
+        f != 0 && seq < f && lba >= self.fence_floor_blocks.load(Ordering::SeqCst)
+    }
+
+    /// Grows the volume to `blocks`, fenced at `fence_seq` (a sequence number no record
+    /// has): a write numbered below it to the blocks gained is never mapped. The fence is
+    /// set before the new size shows, so an update that sees the size sees the fence.
+    /// Err: past `capacity_blocks`.
+    pub fn grow(&self, blocks: u64, fence_seq: u64) -> Result<(), u64> {
         if blocks > self.capacity_blocks() {
             return Err(self.capacity_blocks());
         }
+        let old = self.num_blocks();
+        assert!(blocks >= old, "grow from {old} to {blocks} blocks");
+        debug_assert!(fence_seq != 0);
+        self.set_fence(Some(GrowFence {
+            seq: fence_seq,
+            floor_blocks: old,
+        }));
+        self.num_blocks.store(blocks, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Shrinks the volume to `blocks`: clears the entries past the new end and returns the
+    /// pool blocks they mapped (the caller frees them).
+    pub fn shrink(&self, blocks: u64) -> Vec<u64> {
         // SeqCst, as `drain`'s: an update that installs past the new end after this either
         // sees the new size and takes its mapping back, or is found by the walk below.
         let old = self.num_blocks.swap(blocks, Ordering::SeqCst);
+        assert!(blocks <= old, "shrink from {old} to {blocks} blocks");
         let mut freed = Vec::new();
         for lba in blocks..old {
             if let Some((leaf, i)) = self.leaf(lba) {
@@ -274,7 +339,7 @@ impl ExtentTable {
                 }
             }
         }
-        Ok(freed)
+        freed
     }
 
     #[inline]
@@ -353,9 +418,9 @@ impl ExtentTable {
         seq_of: &dyn Fn(u64) -> u64,
         older_in_flight: bool,
     ) -> Update {
-        // A block past the end (a shrink raced with this record), or of a deleted volume,
-        // takes nothing.
-        if lba >= self.num_blocks() || self.retired() {
+        // A block past the end (a shrink raced with this record), of a deleted volume, or
+        // written before the volume grew back over it, takes nothing.
+        if lba >= self.num_blocks() || self.retired() || (addr.is_some() && self.fenced(lba, seq)) {
             return Update::Stale;
         }
         // An unmap of a never-written block needs no tombstone when no older write can
@@ -783,7 +848,7 @@ mod tests {
         let freed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = freed.clone();
         between_check_and_swap_run(move || {
-            *seen.lock().unwrap() = d.resize(4).unwrap();
+            *seen.lock().unwrap() = d.shrink(4);
         });
         let r = t.update(8, Some(addr(3)), 3, &seq_of, true);
         assert_eq!(
@@ -794,8 +859,42 @@ mod tests {
         );
         assert_eq!(*freed.lock().unwrap(), vec![addr(2)]);
         assert_eq!(t.mapped_blocks(), 0);
-        t.resize(1024).unwrap();
+        t.grow(1024, 4).unwrap();
         assert_eq!(t.lookup(8), Mapping::Zero);
+    }
+
+    #[test]
+    fn a_write_numbered_before_a_grow_never_maps_a_block_the_grow_gave_back() {
+        let t = ExtentTable::new(1024);
+        assert_eq!(t.shrink(4), Vec::<u64>::new());
+        t.grow(1024, 10).unwrap();
+        assert_eq!(
+            t.fence(),
+            Some(GrowFence {
+                seq: 10,
+                floor_blocks: 4
+            })
+        );
+        // Numbered below the grow: past the old end it is kept out, below it not.
+        assert_eq!(t.update(8, Some(addr(1)), 9, &seq_of, true), Update::Stale);
+        assert_eq!(t.lookup(8), Mapping::Zero);
+        assert!(matches!(
+            t.update(3, Some(addr(2)), 9, &seq_of, true),
+            Update::Applied { .. }
+        ));
+        // Numbered after it: mapped. An unmap is never kept out.
+        assert!(matches!(
+            t.update(8, Some(addr(3)), 11, &seq_of, true),
+            Update::Applied { .. }
+        ));
+        assert_eq!(t.lookup(8), Mapping::At(addr(3)));
+        assert!(matches!(
+            t.update(8, None, 12, &seq_of, true),
+            Update::Applied { .. }
+        ));
+        t.set_fence(None);
+        assert_eq!(t.fence(), None);
+        assert!(!t.fenced(8, 1));
     }
 
     #[test]

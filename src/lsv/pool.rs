@@ -10,6 +10,8 @@
 //!    0  magic "UVT1"   4  count u32
 //!    8  entries, 80 bytes each: id u32, name_len u8, 3 zero, num_blocks u64, uuid 16 bytes,
 //!       name 48 bytes (UTF-8, zero padded)
+//! 3968  grow fence: volume id u32, 4 zero, sequence number u64 (0: none), floor_blocks u64
+//!       (all zero in tables written before it)
 //! 4000  pool name 48 bytes (UTF-8, zero padded), 4048 its length u8
 //! 4052  next volume id u32 (0 in tables written before it: one past the largest id is used)
 //! 4092  crc32c of bytes 0..4092
@@ -18,6 +20,15 @@
 //! It is rewritten (with FUA) whenever a volume is created, resized or deleted. Volume ids are
 //! never reused: the log and the checkpoints name volumes by id, so a new volume given a
 //! deleted one's id would, after a crash, be replayed the deleted volume's data.
+//!
+//! The grow fence is the last grow's `GrowFence` (see `extent_table.rs`), at most one per
+//! pool: a volume that grows takes a sequence number F, and no write numbered below F to a
+//! block at or past its old size is mapped, by replay or by a checkpoint entry. The log and
+//! an older checkpoint may still hold such writes, for blocks a shrink cut off; without the
+//! fence they would map again into the grown volume after a crash. A grow while another
+//! grow's fence stands first waits for both checkpoint slots to have begun after that grow
+//! and to cover every record below its F (writing checkpoints), when no replay can meet
+//! such a write any more.
 //!
 //! ## Recovery
 //!
@@ -47,7 +58,7 @@ use uuid::Uuid;
 
 use super::checkpoint::{decode_body, BodyWriter, CheckpointHeader, SegmentRow, CP_HEADER_BYTES};
 use super::extent_table::Stored;
-use super::extent_table::{ExtentTable, Mapping, Update};
+use super::extent_table::{ExtentTable, GrowFence, Mapping, Update};
 use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES, VOLUME_TABLE_OFFSET};
 use super::record::{EntryOp, RecordHeader, BLOCK_BYTES};
 use super::usage::{SegmentState, UsageDeltas, UsageTable};
@@ -61,6 +72,10 @@ const VT_NAME_BYTES: usize = 48;
 pub const MAX_VOLUMES: usize = (POOL_NAME_AT - 8) / VT_ENTRY_BYTES;
 const POOL_NAME_AT: usize = 4000;
 const NEXT_ID_AT: usize = POOL_NAME_AT + VT_NAME_BYTES + 4;
+/// The grow fence: volume id, sequence number, floor.
+const FENCE_AT: usize = 3968;
+const _: () =
+    assert!(8 + MAX_VOLUMES * VT_ENTRY_BYTES <= FENCE_AT && FENCE_AT + 24 <= POOL_NAME_AT);
 /// Largest single request of checkpoint I/O.
 const CHECKPOINT_IO_BYTES: usize = 4 << 20;
 
@@ -88,6 +103,8 @@ pub enum PoolError {
     Corrupt(String),
     #[error("volume size of {0} blocks is zero or more than its map can grow to")]
     BadSize(u64),
+    #[error("volume {0:?} grew moments ago and its writes from before are still in flight; retry the resize")]
+    Busy(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,6 +394,11 @@ pub struct LsvPool {
     pub(super) checkpoint_seq: AtomicU64,
     /// complete_seq of the other (older) slot's checkpoint; 0 if it is not valid.
     checkpoint_seq_prev: AtomicU64,
+    /// The lower of the two slots' `next_seq` (as `checkpoint_seq_prev`): every checkpoint
+    /// recovery may load began after this number was taken.
+    checkpoint_next_seq_prev: AtomicU64,
+    /// The newest checkpoint's `next_seq`.
+    checkpoint_next_seq: AtomicU64,
     /// Log blocks written (user and cleaner) when the newest checkpoint began.
     pub(super) log_blocks_at_checkpoint: AtomicU64,
     checkpoint_busy: AtomicBool,
@@ -401,8 +423,24 @@ pub struct LsvPool {
     fua_records: AtomicBool,
 }
 
-fn encode_volume_table(pool_name: &str, vols: &[VolumeMeta], next_volume_id: u32) -> Vec<u8> {
+/// A decoded volume table.
+struct VolumeTable {
+    pool_name: String,
+    volumes: Vec<VolumeMeta>,
+    /// The id the next volume gets.
+    next_volume_id: u32,
+    /// The last grow's fence and its volume, while it stands.
+    fence: Option<(u32, GrowFence)>,
+}
+
+fn encode_volume_table(
+    pool_name: &str,
+    vols: &[VolumeMeta],
+    next_volume_id: u32,
+    fence: Option<(u32, GrowFence)>,
+) -> Vec<u8> {
     debug_assert!(vols.iter().all(|v| v.id < next_volume_id));
+    debug_assert!(fence.is_none_or(|(id, f)| f.seq != 0 && vols.iter().any(|v| v.id == id)));
     debug_assert!(pool_name.len() <= VT_NAME_BYTES && vols.len() <= MAX_VOLUMES);
     let mut b = vec![0u8; BLOCK_BYTES];
     b[POOL_NAME_AT..POOL_NAME_AT + pool_name.len()].copy_from_slice(pool_name.as_bytes());
@@ -410,6 +448,11 @@ fn encode_volume_table(pool_name: &str, vols: &[VolumeMeta], next_volume_id: u32
     b[0..4].copy_from_slice(VT_MAGIC);
     b[4..8].copy_from_slice(&(vols.len() as u32).to_le_bytes());
     b[NEXT_ID_AT..NEXT_ID_AT + 4].copy_from_slice(&next_volume_id.to_le_bytes());
+    if let Some((id, f)) = fence {
+        b[FENCE_AT..FENCE_AT + 4].copy_from_slice(&id.to_le_bytes());
+        b[FENCE_AT + 8..FENCE_AT + 16].copy_from_slice(&f.seq.to_le_bytes());
+        b[FENCE_AT + 16..FENCE_AT + 24].copy_from_slice(&f.floor_blocks.to_le_bytes());
+    }
     for (i, v) in vols.iter().enumerate() {
         let o = 8 + i * VT_ENTRY_BYTES;
         b[o..o + 4].copy_from_slice(&v.id.to_le_bytes());
@@ -423,8 +466,7 @@ fn encode_volume_table(pool_name: &str, vols: &[VolumeMeta], next_volume_id: u32
     b
 }
 
-/// (pool name, volumes, the id the next volume gets).
-fn decode_volume_table(b: &[u8]) -> Result<(String, Vec<VolumeMeta>, u32), PoolError> {
+fn decode_volume_table(b: &[u8]) -> Result<VolumeTable, PoolError> {
     if &b[0..4] != VT_MAGIC {
         return Err(PoolError::VolumeTable("bad magic"));
     }
@@ -464,7 +506,33 @@ fn decode_volume_table(b: &[u8]) -> Result<(String, Vec<VolumeMeta>, u32), PoolE
     }
     // Never below one past the largest id (a table from before the field has 0 there).
     let next_volume_id = stored.max(above_all as u32);
-    Ok((pool_name, vols, next_volume_id))
+    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8"));
+    let fence_id = u32::from_le_bytes(b[FENCE_AT..FENCE_AT + 4].try_into().expect("4"));
+    let fence = GrowFence {
+        seq: u64_at(FENCE_AT + 8),
+        floor_blocks: u64_at(FENCE_AT + 16),
+    };
+    // A fence of a volume no longer in the table guards nothing (ids are never reused).
+    let fence =
+        (fence.seq != 0 && vols.iter().any(|v| v.id == fence_id)).then_some((fence_id, fence));
+    Ok(VolumeTable {
+        pool_name,
+        volumes: vols,
+        next_volume_id,
+        fence,
+    })
+}
+
+/// The grow fence standing in a pool's volumes, if any (at most one).
+fn standing_fence(
+    vols: &BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>,
+) -> Option<(u32, GrowFence)> {
+    let mut fences = vols
+        .iter()
+        .filter_map(|(id, v)| v.1.fence().map(|f| (*id, f)));
+    let first = fences.next();
+    debug_assert!(fences.next().is_none(), "two grow fences stand");
+    first
 }
 
 impl LsvPool {
@@ -498,7 +566,7 @@ impl LsvPool {
             BLOCK_BYTES,
             false,
         )?;
-        let vt = encode_volume_table(name, &[], 1);
+        let vt = encode_volume_table(name, &[], 1, None);
         io.bytes_mut(BLOCK_BYTES).copy_from_slice(&vt);
         io.run(IoType::Write, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
         drop(io);
@@ -524,9 +592,15 @@ impl LsvPool {
         io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false)?;
         let sb = Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes)?;
         io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
-        let (name, metas, next_volume_id) = decode_volume_table(io.bytes(BLOCK_BYTES))?;
+        let vt = decode_volume_table(io.bytes(BLOCK_BYTES))?;
         drop(io);
-        let pool = Self::new_in_memory(base, sb, name, metas, next_volume_id);
+        let pool = Self::new_in_memory(base, sb, vt.pool_name, vt.volumes, vt.next_volume_id);
+        if let Some((id, fence)) = vt.fence {
+            let table = pool
+                .table_of(id)
+                .expect("decode keeps only a present volume's fence");
+            table.set_fence(Some(fence));
+        }
         pool.recover()?;
         Ok(Arc::new(pool))
     }
@@ -577,6 +651,8 @@ impl LsvPool {
             checkpoint_gen: AtomicU64::new(0),
             checkpoint_seq: AtomicU64::new(0),
             checkpoint_seq_prev: AtomicU64::new(0),
+            checkpoint_next_seq_prev: AtomicU64::new(0),
+            checkpoint_next_seq: AtomicU64::new(0),
             log_blocks_at_checkpoint: AtomicU64::new(0),
             checkpoint_busy: AtomicBool::new(false),
             cleaner_attached: AtomicBool::new(false),
@@ -847,12 +923,14 @@ impl LsvPool {
         let mut damage = Vec::new();
         let mut chosen = None;
         let mut other_seq = 0;
+        let mut other_next_seq = 0;
         for (offset, r) in found {
             match r.and_then(|h| {
                 if chosen.is_some() {
                     // The older checkpoint: its header says what it covers (its body is
                     // checked when recovery falls back to it).
                     other_seq = h.complete_seq;
+                    other_next_seq = h.next_seq;
                     return Ok(());
                 }
                 chosen = Some(read_checkpoint_body(&self.base, offset, h)?);
@@ -960,7 +1038,9 @@ impl LsvPool {
             let Some(table) = self.table_of(vol) else {
                 continue;
             };
-            if lba >= table.num_blocks() {
+            if lba >= table.num_blocks()
+                || (matches!(stored, Stored::At(_)) && table.fenced(lba, seq))
+            {
                 continue;
             }
             let mut stored = stored;
@@ -1066,6 +1146,9 @@ impl LsvPool {
         self.checkpoint_seq.store(after, Ordering::SeqCst);
         self.checkpoint_seq_prev
             .store(other_seq.min(after), Ordering::SeqCst);
+        self.checkpoint_next_seq.store(h.next_seq, Ordering::SeqCst);
+        self.checkpoint_next_seq_prev
+            .store(other_next_seq.min(h.next_seq), Ordering::SeqCst);
         // A segment the checkpoint saw Cleaned had its moves completed before the snapshot,
         // and the checkpoint's flush made them durable: it is free.
         self.usage.free_cleaned(u64::MAX);
@@ -1233,6 +1316,8 @@ impl LsvPool {
             self.checkpoint_gen.store(h.generation, Ordering::SeqCst);
             let prev = self.checkpoint_seq.swap(h.complete_seq, Ordering::SeqCst);
             self.checkpoint_seq_prev.store(prev, Ordering::SeqCst);
+            let prev = self.checkpoint_next_seq.swap(h.next_seq, Ordering::SeqCst);
+            self.checkpoint_next_seq_prev.store(prev, Ordering::SeqCst);
             let (_, len) = self.checkpoint_extent(h);
             self.checkpoint_blocks_written
                 .fetch_add((len / BLOCK_BYTES) as u64, Ordering::Relaxed);
@@ -1294,15 +1379,23 @@ impl LsvPool {
         Ok(h.generation)
     }
 
+    /// Writes the volume table of `vols` with the fence standing in them, or `fence`.
     fn write_volume_table(
         &self,
         vols: &BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>,
         next_volume_id: u32,
+        fence: Option<(u32, GrowFence)>,
     ) -> Result<(), PoolError> {
         let metas: Vec<VolumeMeta> = vols.values().map(|v| v.0.clone()).collect();
+        let fence = fence.or_else(|| standing_fence(vols));
         let mut io = SyncIo::new(&self.base, BLOCK_BYTES)?;
         io.bytes_mut(BLOCK_BYTES)
-            .copy_from_slice(&encode_volume_table(&self.name, &metas, next_volume_id));
+            .copy_from_slice(&encode_volume_table(
+                &self.name,
+                &metas,
+                next_volume_id,
+                fence,
+            ));
         io.run(IoType::Write, VOLUME_TABLE_OFFSET, BLOCK_BYTES, true)
     }
 
@@ -1336,7 +1429,7 @@ impl LsvPool {
         };
         let table = Arc::new(ExtentTable::new(num_blocks));
         vols.insert(id, (meta.clone(), table.clone()));
-        if let Err(e) = self.write_volume_table(&vols, next_id) {
+        if let Err(e) = self.write_volume_table(&vols, next_id, None) {
             vols.remove(&id);
             return Err(e);
         }
@@ -1364,14 +1457,36 @@ impl LsvPool {
 }
 
 impl LsvPool {
-    /// Resizes a volume to `blocks`. Growing is immediate (up to the size its map was made
-    /// for: `ExtentTable::growth_capacity`). Shrinking drops the blocks past the new end and
-    /// frees their space, then writes a checkpoint, so no record of them is replayed into the
-    /// volume if it grows again. Channels opened before a resize check I/O against the size
-    /// they saw when they opened.
+    /// Resizes a volume to `blocks`.
+    /// - Growing is immediate, up to the size its map was made for
+    ///   (`ExtentTable::growth_capacity`). It takes a sequence number and leaves a grow fence
+    ///   (see the volume table's notes): no write numbered below it maps the blocks gained,
+    ///   which an earlier shrink may have cut off while the log still holds writes of them.
+    ///   A fence another grow left must first be retired (`fence_retired`), by up to two
+    ///   checkpoints; if writes from before that grow are still in flight even then, the
+    ///   resize fails with `Busy`.
+    /// - Shrinking drops the blocks past the new end and frees their space. Replay and
+    ///   checkpoint loading skip blocks past a volume's end, so it writes no checkpoint.
+    ///
+    /// Channels opened before a resize check I/O against the size they saw when they opened;
+    /// a write past the end then maps nothing (`ExtentTable::update`).
     pub fn resize_volume(&self, name: &str, blocks: u64) -> Result<VolumeMeta, PoolError> {
         if blocks == 0 {
             return Err(PoolError::BadSize(0));
+        }
+        // Retire a standing fence before a grow sets its own. Outside the volumes' lock: a
+        // checkpoint's snapshot takes it.
+        let grows = self
+            .volume(name)
+            .is_some_and(|(m, _)| blocks > m.num_blocks);
+        for _ in 0..2 {
+            let standing = standing_fence(&self.volumes.read().unwrap_or_else(|e| e.into_inner()));
+            match standing {
+                Some((_, f)) if grows && !self.fence_retired(f) => {
+                    self.checkpoint_sync()?;
+                }
+                _ => break,
+            }
         }
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
         let id = volume_id(&vols, name)?;
@@ -1380,21 +1495,51 @@ impl LsvPool {
             return Err(PoolError::BadSize(blocks));
         }
         let old = meta.num_blocks;
+        let standing = standing_fence(&vols);
+        let fence = if blocks > old {
+            if standing.is_some_and(|(_, f)| !self.fence_retired(f)) {
+                return Err(PoolError::Busy(name.to_string()));
+            }
+            let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+            Some((
+                id,
+                GrowFence {
+                    seq,
+                    floor_blocks: old,
+                },
+            ))
+        } else {
+            None
+        };
         vols.get_mut(&id).expect("found above").0.num_blocks = blocks;
-        if let Err(e) = self.write_volume_table(&vols, self.next_volume_id.load(Ordering::Relaxed))
+        if let Err(e) =
+            self.write_volume_table(&vols, self.next_volume_id.load(Ordering::Relaxed), fence)
         {
             vols.get_mut(&id).expect("found above").0.num_blocks = old;
             return Err(e);
         }
-        let freed = table.resize(blocks).map_err(PoolError::BadSize)?;
-        // Dead now; off the live counts between the cleaner's victims (see `delete_volume`).
-        self.note_dead_blocks(&freed);
-        let meta = vols.get(&id).expect("found above").0.clone();
-        drop(vols);
-        if blocks < old {
-            self.checkpoint_sync()?;
+        // The table on the media says the new size (and fence) first: a write the new size
+        // lets in is never acknowledged for a volume that would reopen smaller.
+        if let Some((_, f)) = fence {
+            if let Some((was, _)) = standing {
+                vols.get(&was).expect("standing in vols").1.set_fence(None);
+            }
+            table.grow(blocks, f.seq).map_err(PoolError::BadSize)?;
+        } else if blocks < old {
+            let freed = table.shrink(blocks);
+            // Dead now; off the live counts between the cleaner's victims (see `delete_volume`).
+            self.note_dead_blocks(&freed);
         }
-        Ok(meta)
+        Ok(vols.get(&id).expect("found above").0.clone())
+    }
+
+    /// Whether no recovery can meet a write that grow fence `f` keeps out: both checkpoint
+    /// slots began after the grow took its number, and cover every record below it. A
+    /// checkpoint that began before could hold a block of a shrunk range (loaded into the
+    /// grown volume), and a record below the number could be replayed into it.
+    fn fence_retired(&self, f: GrowFence) -> bool {
+        self.reusable_seq() + 1 >= f.seq
+            && self.checkpoint_next_seq_prev.load(Ordering::SeqCst) > f.seq
     }
 
     /// Deletes a volume: it leaves the volume table at once; its blocks become garbage for the
@@ -1404,7 +1549,8 @@ impl LsvPool {
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
         let id = volume_id(&vols, name)?;
         let removed = vols.remove(&id).expect("found above");
-        if let Err(e) = self.write_volume_table(&vols, self.next_volume_id.load(Ordering::Relaxed))
+        if let Err(e) =
+            self.write_volume_table(&vols, self.next_volume_id.load(Ordering::Relaxed), None)
         {
             vols.insert(id, removed);
             return Err(e);
@@ -1721,11 +1867,14 @@ pub fn checkpoint_slots(
     .collect()
 }
 
-/// Reads and checks the volume table of the pool on `base`: the pool's name and its volumes.
-pub fn read_volume_table(base: &BdevEntry) -> Result<(String, Vec<VolumeMeta>), PoolError> {
+/// The pool's name, its volumes, and the grow fence standing (with its volume's id).
+pub type VolumeTableView = (String, Vec<VolumeMeta>, Option<(u32, GrowFence)>);
+
+/// Reads and checks the volume table of the pool on `base`.
+pub fn read_volume_table(base: &BdevEntry) -> Result<VolumeTableView, PoolError> {
     let mut io = SyncIo::new(base, BLOCK_BYTES)?;
     io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
-    decode_volume_table(io.bytes(BLOCK_BYTES)).map(|(name, vols, _)| (name, vols))
+    decode_volume_table(io.bytes(BLOCK_BYTES)).map(|vt| (vt.pool_name, vt.volumes, vt.fence))
 }
 
 /// The id of the volume named `name` in a volume table.

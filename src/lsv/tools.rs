@@ -279,7 +279,7 @@ pub fn inspect(path: &Path) -> Result<String, ToolError> {
     );
     let entry = open_bdev(path)?;
     match read_volume_table(&entry) {
-        Ok((name, vols)) => {
+        Ok((name, vols, fence)) => {
             out.push_str(&format!(
                 "volume table: pool name {name}, {} volume(s)\n",
                 vols.len()
@@ -292,6 +292,13 @@ pub fn inspect(path: &Path) -> Result<String, ToolError> {
                     v.uuid,
                     v.num_blocks,
                     v.num_blocks * BLOCK_BYTES as u64
+                ));
+            }
+            if let Some((id, f)) = fence {
+                out.push_str(&format!(
+                    "  grow fence: volume id {id} grew from {} blocks at sequence {}; older \
+                     writes past that size are not replayed\n",
+                    f.floor_blocks, f.seq
                 ));
             }
         }
