@@ -103,7 +103,7 @@ pub enum PoolError {
     Corrupt(String),
     #[error("volume size of {0} blocks is zero or more than its map can grow to")]
     BadSize(u64),
-    #[error("volume {0:?} grew moments ago and its writes from before are still in flight; retry the resize")]
+    #[error("volume {0:?} cannot grow until a checkpoint covers the pool's last grow (one is being written, or writes from before that grow are in flight); retry the resize")]
     Busy(String),
 }
 
@@ -1463,8 +1463,8 @@ impl LsvPool {
     ///   (see the volume table's notes): no write numbered below it maps the blocks gained,
     ///   which an earlier shrink may have cut off while the log still holds writes of them.
     ///   A fence another grow left must first be retired (`fence_retired`), by up to two
-    ///   checkpoints; if writes from before that grow are still in flight even then, the
-    ///   resize fails with `Busy`.
+    ///   checkpoints; if the cleaner is writing one, or writes from before that grow are
+    ///   still in flight even then, the resize fails with `Busy`.
     /// - Shrinking drops the blocks past the new end and frees their space. Replay and
     ///   checkpoint loading skip blocks past a volume's end, so it writes no checkpoint.
     ///
@@ -1475,7 +1475,9 @@ impl LsvPool {
             return Err(PoolError::BadSize(0));
         }
         // Retire a standing fence before a grow sets its own. Outside the volumes' lock: a
-        // checkpoint's snapshot takes it.
+        // checkpoint's snapshot takes it. Never waits for the cleaner's checkpoint: this may
+        // run on the cleaner's own reactor (the RPC poller), which would then never finish
+        // it; the caller is told to retry instead.
         let grows = self
             .volume(name)
             .is_some_and(|(m, _)| blocks > m.num_blocks);
@@ -1483,7 +1485,10 @@ impl LsvPool {
             let standing = standing_fence(&self.volumes.read().unwrap_or_else(|e| e.into_inner()));
             match standing {
                 Some((_, f)) if grows && !self.fence_retired(f) => {
-                    self.checkpoint_sync()?;
+                    if !self.begin_checkpoint() {
+                        break;
+                    }
+                    self.write_checkpoint_blocking()?;
                 }
                 _ => break,
             }
