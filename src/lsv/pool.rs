@@ -1468,8 +1468,8 @@ impl LsvPool {
     /// - Shrinking drops the blocks past the new end and frees their space. Replay and
     ///   checkpoint loading skip blocks past a volume's end, so it writes no checkpoint.
     ///
-    /// Channels opened before a resize check I/O against the size they saw when they opened;
-    /// a write past the end then maps nothing (`ExtentTable::update`).
+    /// Channels check every request against the size now; a write that passed the check
+    /// before a shrink cut its block off maps nothing (`ExtentTable::update`).
     pub fn resize_volume(&self, name: &str, blocks: u64) -> Result<VolumeMeta, PoolError> {
         if blocks == 0 {
             return Err(PoolError::BadSize(0));

@@ -7,7 +7,9 @@
 //! mid-checkpoint included), recover from what the disk kept, and check that every
 //! acknowledged write is there, that a write in flight at the crash left either its old or
 //! its new contents in each block and never a mix within a block, and that unmapped blocks
-//! read zeroes. Half the seeds crash a second time after writing on the recovered pool.
+//! read zeroes. Half the seeds crash a second time after writing on the recovered pool. Two
+//! seeds in five also shrink and grow the volume now and then: blocks cut off read zeroes
+//! once grown back (before and after a crash), whatever the log still holds of them.
 //!
 //! `UNBLEND_SIM_SEEDS=N` runs N seeds (default 200); `UNBLEND_SIM_SEED=S` runs only seed S,
 //! which is how a failure printed by this test is replayed.
@@ -135,6 +137,9 @@ thread_local! {
     static CLEANED_UNREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Victims whose live blocks were found by reading only headers and live writes.
     static READ_IN_PARTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Shrinks, and grows (of a volume that had shrunk, so over blocks cut off).
+    static SHRINKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static GROWS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// What the model knows of a volume's blocks.
@@ -149,8 +154,12 @@ struct Model {
     allowed: HashMap<u64, Vec<Option<u64>>>,
     /// FUA pools: every acknowledged write must survive, FLUSH or not.
     strict: bool,
-    /// The volume's size, the most requests submitted per step, and the largest request.
+    /// The volume's size at creation (its largest), the most requests submitted per step, and
+    /// the largest request.
     volume_blocks: u64,
+    /// The volume's size now, and whether it is shrunk and grown now and then.
+    size_blocks: u64,
+    resizes: bool,
     burst: usize,
     max_request_blocks: u64,
 }
@@ -173,16 +182,24 @@ fn run_until_crash(
     cleaner.check_every_poll();
     let mut busy = vec![false; model.volume_blocks as usize];
     let mut slots: Vec<Option<InFlight>> = vec![None; 16];
-    #[allow(clippy::type_complexity)]
-    let mut flush: Option<(HashMap<u64, Option<u64>>, HashMap<u64, usize>)> = None;
+    let mut flush: Option<FlushMarks> = None;
     for step in 0..steps {
+        // A channel keeps the size its bdev had when it opened: after a grow, a new one
+        // reaches the blocks gained (once the old one is idle).
+        if h.ch.num_blocks() < model.size_blocks
+            && slots.iter().all(|s| s.is_none())
+            && flush.is_none()
+        {
+            h = Harness::open(pool);
+        }
+        let reach = model.size_blocks.min(h.ch.num_blocks());
         // Submit requests (one, or a burst) on free slots, to blocks with nothing in flight.
         for _ in 0..model.burst {
             let Some(slot) = slots.iter().position(|s| s.is_none()) else {
                 break;
             };
             let blocks = 1 + rng.below(model.max_request_blocks);
-            let lba = rng.below(model.volume_blocks - blocks);
+            let lba = rng.below(reach - blocks);
             if (lba..lba + blocks).all(|b| !busy[b as usize]) {
                 let unmap = rng.below(5) == 0;
                 let tag = tag_base + step * 16 + slot as u64 + 1;
@@ -229,6 +246,9 @@ fn run_until_crash(
         }
         if rng.below(200) == 0 {
             cleaner.request_checkpoint();
+        }
+        if model.resizes && rng.below(100) == 0 {
+            resize(rng, pool, model, &busy, &mut flush)?;
         }
         if flush.is_none() && rng.below(25) == 0 {
             let req = IoRequest {
@@ -280,7 +300,9 @@ fn run_until_crash(
             }
             for b in f.lba..f.lba + f.blocks {
                 busy[b as usize] = false;
-                model.acked.insert(b, f.tag);
+                // A write that a shrink cut off maps nothing.
+                let kept = if b < model.size_blocks { f.tag } else { None };
+                model.acked.insert(b, kept);
             }
         }
     }
@@ -308,6 +330,51 @@ fn run_until_crash(
     Ok((image, in_flight))
 }
 
+/// What a FLUSH in flight covers: each block's acknowledged contents when it was issued, and
+/// how much of each block's history (`Model::allowed`) came before it.
+type FlushMarks = (HashMap<u64, Option<u64>>, HashMap<u64, usize>);
+
+/// Shrinks the volume to a random size, or grows it back towards its largest. A shrink cuts
+/// off blocks (writes in flight to them map nothing); a grow waits until none are in flight
+/// past the end (whether such a write maps after a grow depends on when it was numbered)
+/// and may be refused with Busy while the cleaner writes a checkpoint.
+fn resize(
+    rng: &mut SimRng,
+    pool: &LsvPool,
+    model: &mut Model,
+    busy: &[bool],
+    flush: &mut Option<FlushMarks>,
+) -> Result<(), String> {
+    let size = model.size_blocks;
+    let floor = (model.volume_blocks / 4).max(model.max_request_blocks + 1);
+    if rng.below(2) == 0 && size > floor {
+        let to = floor + rng.below(size - floor);
+        pool.resize_volume("v", to)
+            .map_err(|e| format!("shrink: {e}"))?;
+        for b in to..size {
+            model.acked.insert(b, None);
+            model.allowed.insert(b, vec![None]);
+            if let Some((acked, marks)) = flush.as_mut() {
+                acked.insert(b, None);
+                marks.insert(b, 1);
+            }
+        }
+        model.size_blocks = to;
+        SHRINKS.with(|c| c.set(c.get() + 1));
+    } else if size < model.volume_blocks && !busy[size as usize..].iter().any(|&b| b) {
+        let to = size + 1 + rng.below(model.volume_blocks - size);
+        match pool.resize_volume("v", to) {
+            Ok(_) => {
+                model.size_blocks = to;
+                GROWS.with(|c| c.set(c.get() + 1));
+            }
+            Err(super::pool::PoolError::Busy(_)) => {}
+            Err(e) => return Err(format!("grow: {e}")),
+        }
+    }
+    Ok(())
+}
+
 /// Opens the pool on a crashed image and checks every block against the model; then the
 /// blocks in flight at the crash are settled to what they read.
 fn recover_and_check(
@@ -321,8 +388,15 @@ fn recover_and_check(
     let base = reg.register(disk.clone()).unwrap();
     let pool = LsvPool::open_named(base).map_err(|e| format!("recovery failed: {e}"))?;
     pool.set_fua_records(model.strict);
+    let size = pool.volume("v").expect("volume v").0.num_blocks;
+    if size != model.size_blocks {
+        return Err(format!(
+            "the volume reopened with {size} blocks, not {}",
+            model.size_blocks
+        ));
+    }
     let mut h = Harness::open(&pool);
-    for lba in 0..model.volume_blocks {
+    for lba in 0..model.size_blocks {
         let empty = Vec::new();
         let all_tags = model.tags.get(&lba).unwrap_or(&empty);
         let data = h.read_block(lba);
@@ -385,6 +459,8 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let mut model = Model {
         strict,
         volume_blocks,
+        size_blocks: volume_blocks,
+        resizes: seed % 5 < 2,
         burst: if dense { 16 } else { 1 },
         max_request_blocks: if dense { 1 } else { 4 },
         ..Model::default()
@@ -436,8 +512,9 @@ fn crash_simulation_loses_no_acknowledged_write() {
     }
     let unread = CLEANED_UNREAD.with(|c| c.get());
     let in_parts = READ_IN_PARTS.with(|c| c.get());
+    let (shrinks, grows) = (SHRINKS.with(|c| c.get()), GROWS.with(|c| c.get()));
     eprintln!(
-        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread, {in_parts} read in parts); newest checkpoint generation {}",
+        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread, {in_parts} read in parts); newest checkpoint generation {}; {shrinks} shrinks, {grows} grows",
         CHECKPOINTS.with(|c| c.get())
     );
     if many {
@@ -450,6 +527,8 @@ fn crash_simulation_loses_no_acknowledged_write() {
         assert!(unread > 0, "no segment was ever freed unread");
         // And its part reads (headers, then live writes only).
         assert!(in_parts > 0, "no victim was ever read in parts");
+        // And volumes shrunk and grown back over the blocks cut off.
+        assert!(shrinks > 0 && grows > 0, "{shrinks} shrinks, {grows} grows");
     }
 }
 
