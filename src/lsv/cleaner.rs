@@ -214,6 +214,13 @@ impl Cleaner {
         let seg_blocks = pool.seg_blocks;
         pool.cleaner_attached.store(true, Ordering::Release);
         let now = Instant::now();
+        // Segments recovery found Cleaned: their moves are durable, but a checkpoint taken
+        // before their free marks saw them, so their first blocks may still begin their old
+        // chains. They are freed as every cleaned victim is: marked, flushed, then free.
+        let awaiting_flush = (0..pool.sb.segment_count)
+            .filter(|&s| pool.usage.state(s) == SegmentState::Cleaned)
+            .map(|s| (s, seg_blocks as u64))
+            .collect();
         Ok(Cleaner {
             seq_at_checkpoint: pool.next_seq_now(),
             pool,
@@ -239,7 +246,7 @@ impl Cleaner {
             checkpoint_requested: false,
             last_moved_seq: 0,
             moving_seq: 0,
-            awaiting_flush: Vec::new(),
+            awaiting_flush,
             flushed_moving_seq: 0,
             victim_written: 0,
             partial: Some(PartialRead::new(seg_blocks)),
@@ -288,6 +295,42 @@ impl Cleaner {
             outstanding: submitted as u32,
             failed: false,
         })
+    }
+
+    /// Zeroes the first block of every cleaned victim waiting (`mark_free`), waiting for the
+    /// writes: for `drop`, which frees them with a last flush. False if a write failed (they
+    /// then stay Cleaned).
+    fn mark_all_waiting(&mut self) -> bool {
+        let mut out = Vec::with_capacity(QUEUE_DEPTH as usize);
+        let mut at = 0;
+        while at < self.awaiting_flush.len() {
+            let n = (self.awaiting_flush.len() - at).min(QUEUE_DEPTH as usize);
+            for &(seg, _) in &self.awaiting_flush[at..at + n] {
+                // SAFETY: the free-mark block is ours, zero, and never written to.
+                let iov = unsafe { IoVec::from_raw(self.free_mark.as_ptr(), BLOCK_BYTES) };
+                let req = IoRequest {
+                    io_type: IoType::Write,
+                    offset_blocks: self.pool.segment_first_block(seg),
+                    num_blocks: 1,
+                    iovs: &[iov],
+                    fua: false,
+                    tag: TAG_FREE_MARK,
+                };
+                if self.ch.submit(&req, 0).is_err() {
+                    break;
+                }
+            }
+            out.clear();
+            while self.ch.in_flight() > 0 {
+                self.ch.poll(0, &mut out);
+                std::thread::yield_now();
+            }
+            if out.len() != n || out.iter().any(|c| c.status != IoStatus::Success) {
+                return false;
+            }
+            at += n;
+        }
+        true
     }
 
     /// Tests: cleans sealed segment `seg` next, however many segments are free.
@@ -721,7 +764,7 @@ impl Cleaner {
         if !self.unread_cleanable(seg) {
             return false;
         }
-        self.pool.usage.mark_cleaned(seg, 0);
+        self.pool.usage.mark_cleaned(seg);
         self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
         self.pool
             .segments_cleaned_unread
@@ -878,7 +921,7 @@ impl Cleaner {
                 );
             }
             // Cleaned: free after the next flush of the base bdev (one flush covers a batch).
-            self.pool.usage.mark_cleaned(seg, 0);
+            self.pool.usage.mark_cleaned(seg);
             self.pool.segments_cleaned.fetch_add(1, Ordering::Relaxed);
             let gain = self.seg_blocks().saturating_sub(self.victim_written);
             self.awaiting_flush.push((seg, gain));
@@ -1252,8 +1295,12 @@ impl Drop for Cleaner {
                 }
             }
         }
-        // Cleaned victims still waiting: one last flush frees them (a stop, not the I/O path).
-        if !self.awaiting_flush.is_empty() && self.ch.submit(&flush_request(), 0).is_ok() {
+        // Cleaned victims still waiting: marked, then one last flush frees them (a stop, not
+        // the I/O path).
+        if !self.awaiting_flush.is_empty()
+            && self.mark_all_waiting()
+            && self.ch.submit(&flush_request(), 0).is_ok()
+        {
             out.clear();
             while self.ch.in_flight() > 0 {
                 self.ch.poll(0, &mut out);

@@ -607,6 +607,73 @@ fn an_unmap_replayed_before_a_move_of_older_data_keeps_the_block_unmapped() {
     assert_reads(&pool, &model);
 }
 
+/// Has the cleaner clean `victim` up to Cleaned: moved out, waiting for its free mark and
+/// flush (nothing of either submitted yet).
+fn clean_until_waiting(pool: &LsvPool, cleaner: &mut super::cleaner::Cleaner, victim: u64) {
+    use super::usage::SegmentState;
+    cleaner.force_victim(victim);
+    for _ in 0..10_000 {
+        cleaner.poll();
+        if pool.usage.state(victim) == SegmentState::Cleaned {
+            return;
+        }
+    }
+    panic!("segment {victim} is {:?}", pool.usage.state(victim));
+}
+
+/// Whether the first block of segment `seg` is zero in `image` (its free mark).
+fn marked_free(pool: &LsvPool, image: &[u8], seg: u64) -> bool {
+    let at = pool.sb.segment_offset(seg) as usize;
+    image[at..at + BLOCK].iter().all(|&b| b == 0)
+}
+
+/// A cleaner stopped while a cleaned victim waits for its flush frees it with a last flush;
+/// it zeroes the victim's first block before, as it does running (else the victim's old
+/// chain stays for a torn reuse to find).
+#[test]
+fn a_stopped_cleaner_marks_the_victims_it_frees() {
+    use super::usage::SegmentState;
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
+    let mut model = BTreeMap::new();
+    let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
+    clean_until_waiting(&pool, &mut cleaner, victim);
+    drop(cleaner);
+    assert_eq!(pool.usage.state(victim), SegmentState::Free);
+    drop(h);
+    assert!(marked_free(&pool, &image_of(&disk), victim));
+}
+
+/// A checkpoint taken while a cleaned victim waits for its free mark records it Cleaned. After
+/// a crash, recovery must not free it as it is (its first block still begins its old chain):
+/// it stays Cleaned until a cleaner has marked it, and the data moved out of it reads back.
+#[test]
+fn a_victim_cleaned_at_a_checkpoint_is_marked_before_reuse_after_a_crash() {
+    use super::usage::SegmentState;
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
+    let mut model = BTreeMap::new();
+    let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
+    clean_until_waiting(&pool, &mut cleaner, victim);
+    pool.checkpoint_sync().unwrap();
+    // The crash: before the free mark was written.
+    let image = image_of(&disk);
+    assert!(!marked_free(&pool, &image, victim));
+    drop((h, cleaner, pool));
+    let disk = Arc::new(SimDisk::from_image("sim", image, 2, 0));
+    let pool = LsvPool::open_named(BdevRegistry::new().register(disk.clone()).unwrap()).unwrap();
+    assert_eq!(pool.usage.state(victim), SegmentState::Cleaned);
+    assert_reads(&pool, &model);
+    let mut cleaner = super::cleaner::Cleaner::new(pool.clone()).unwrap();
+    cleaner.check_every_poll();
+    for _ in 0..1000 {
+        if pool.usage.state(victim) == SegmentState::Free {
+            break;
+        }
+        cleaner.poll();
+    }
+    assert_eq!(pool.usage.state(victim), SegmentState::Free);
+    assert!(marked_free(&pool, &disk.crash(), victim));
+}
+
 /// What a crash that tore a reused segment's new use left at the segment's start.
 enum TornReuse {
     /// The new first record lost whole, the old use's first record back in its place (as in a

@@ -1150,8 +1150,9 @@ impl LsvPool {
         self.checkpoint_next_seq_prev
             .store(other_next_seq.min(h.next_seq), Ordering::SeqCst);
         // A segment the checkpoint saw Cleaned had its moves completed before the snapshot,
-        // and the checkpoint's flush made them durable: it is free.
-        self.usage.free_cleaned(u64::MAX);
+        // and the checkpoint's flush made them durable; it stays Cleaned until the cleaner
+        // has zeroed its first block (`Cleaner::new`), since the checkpoint may have been
+        // taken before that (recovery writes nothing).
         tracing::info!(pool = %self.name, checkpoint = h.generation, records = records.len(), segments_read, ms = t0.elapsed().as_millis() as u64, "pool recovered");
         Ok(())
     }

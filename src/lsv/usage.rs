@@ -158,23 +158,10 @@ impl UsageTable {
         self.segments[seg as usize].last_seq.load(Ordering::Relaxed)
     }
 
-    /// Marks a Cleaning segment Cleaned, and Free at once if every record in it is at or
-    /// below `reusable_seq` (both checkpoints cover it).
-    pub fn mark_cleaned(&self, seg: u64, reusable_seq: u64) -> bool {
-        let ok = self.transition(seg, SegmentState::Cleaning, SegmentState::Cleaned);
-        if ok && self.last_seq(seg) <= reusable_seq {
-            self.transition(seg, SegmentState::Cleaned, SegmentState::Free);
-        }
-        ok
-    }
-
-    /// Frees every Cleaned segment whose records are all at or below `reusable_seq`.
-    pub fn free_cleaned(&self, reusable_seq: u64) {
-        for seg in 0..self.segments.len() as u64 {
-            if self.state(seg) == SegmentState::Cleaned && self.last_seq(seg) <= reusable_seq {
-                self.transition(seg, SegmentState::Cleaned, SegmentState::Free);
-            }
-        }
+    /// Marks a Cleaning segment Cleaned: free once the cleaner's free mark and flush are
+    /// durable.
+    pub fn mark_cleaned(&self, seg: u64) -> bool {
+        self.transition(seg, SegmentState::Cleaning, SegmentState::Cleaned)
     }
 
     pub fn record_started(&self, seg: u64) {
@@ -392,13 +379,10 @@ mod tests {
         assert_eq!((t.live(0), t.live(1)), (0, 45));
         assert!(t.transition(0, SegmentState::Sealed, SegmentState::Cleaning));
         assert!(!t.transition(0, SegmentState::Sealed, SegmentState::Cleaning));
-        // Its newest record (seq 900) is not yet covered by both checkpoints.
-        assert!(t.mark_cleaned(0, 899));
+        assert!(t.mark_cleaned(0));
+        assert!(!t.mark_cleaned(0));
         assert_eq!(t.state(0), SegmentState::Cleaned);
-        t.free_cleaned(899);
-        assert_eq!(t.state(0), SegmentState::Cleaned);
-        t.free_cleaned(900);
-        assert_eq!(t.state(0), SegmentState::Free);
+        assert!(t.transition(0, SegmentState::Cleaned, SegmentState::Free));
         assert_eq!(t.free_count(), 1);
         assert_eq!(t.open_free(1), None, "the reserve is kept");
         assert_eq!(t.open_free(0), Some(0));
