@@ -217,8 +217,12 @@ impl UsageTable {
         if self.free.load(Ordering::Acquire) <= keep {
             return None;
         }
-        let seg = (0..self.segments.len() as u64)
-            .find(|&s| self.transition(s, SegmentState::Free, SegmentState::Open))?;
+        // A plain load first: a failed compare-and-swap costs a locked instruction, and the
+        // scan passes every sealed segment below the lowest free one.
+        let seg = (0..self.segments.len() as u64).find(|&s| {
+            self.state(s) == SegmentState::Free
+                && self.transition(s, SegmentState::Free, SegmentState::Open)
+        })?;
         self.segments[seg as usize]
             .had_failed_record
             .store(false, Ordering::Release);
