@@ -205,14 +205,22 @@ impl Cleaner {
         .map_err(|e| e.to_string())?;
         // Anonymous memory: zero, and never written.
         let free_mark = DmaRegion::new(BLOCK_BYTES, false).map_err(|e| e.to_string())?;
+        // One cleaner per pool: two would free (and mark) each other's segments.
+        if pool.cleaner_attached.swap(true, Ordering::AcqRel) {
+            return Err(format!("pool {} already has a cleaner", pool.name));
+        }
         let mut heads = [0usize; 2];
-        for h in heads.iter_mut() {
-            *h = pool
-                .claim_head()
-                .ok_or("no free log head for the cleaner")?;
+        for i in 0..heads.len() {
+            let Some(h) = pool.claim_head() else {
+                for &h in &heads[..i] {
+                    pool.release_head(h);
+                }
+                pool.cleaner_attached.store(false, Ordering::Release);
+                return Err("no free log head for the cleaner".into());
+            };
+            heads[i] = h;
         }
         let seg_blocks = pool.seg_blocks;
-        pool.cleaner_attached.store(true, Ordering::Release);
         let now = Instant::now();
         // Segments recovery found Cleaned: their moves are durable, but a checkpoint taken
         // before their free marks saw them, so their first blocks may still begin their old
@@ -337,6 +345,13 @@ impl Cleaner {
     #[cfg(test)]
     pub fn force_victim(&mut self, seg: u64) {
         self.forced_victim = Some(seg);
+    }
+
+    /// Tests: whether the victim's live blocks are collected and the next relocation record
+    /// is not yet numbered.
+    #[cfg(test)]
+    pub fn moving(&self) -> bool {
+        matches!(self.state, State::Moving { .. })
     }
 
     /// Takes a checkpoint at the next chance.
@@ -961,6 +976,19 @@ impl Cleaner {
             return (State::Idle, CleanerPoll::Idle);
         };
         let mut h = self.new_record(stream, to_seg, at, epoch);
+        // A block cut off by a shrink since the victim was read: this record carries its old
+        // data with its old number, which only a grow fence keeps out of replay; the fence
+        // must stand until checkpoints cover this record. (Checked after the numbering: a
+        // shrink and grow after it take a fence above this record's number.)
+        let cut = self.live[self.cursor..self.cursor + count].iter().any(|b| {
+            self.tables
+                .iter()
+                .find(|(v, _)| *v == b.volume)
+                .is_some_and(|(_, t)| b.lba >= t.num_blocks() || t.fenced(b.lba, b.seq))
+        });
+        if cut {
+            self.pool.note_cut_relocation(h.seq);
+        }
         // Copy the blocks into the staging buffer after the header, merging runs.
         let data_at = hblocks as usize * BLOCK_BYTES;
         let mut crc = 0u32;

@@ -461,12 +461,15 @@ impl ExtentTable {
                     let previous = decode(cur);
                     if addr.is_some()
                         && (self.retired.load(Ordering::SeqCst)
-                            || lba >= self.num_blocks.load(Ordering::SeqCst))
+                            || lba >= self.num_blocks.load(Ordering::SeqCst)
+                            || self.fenced(lba, seq))
                     {
-                        // `drain` (or a shrink past `lba`) began after the check above. If
-                        // its walk has not reached this entry, take the new mapping back
-                        // (else it took it, and counts it dead): either way nothing of a
-                        // deleted volume, or past its end, stays live.
+                        // `drain` (or a shrink past `lba`, then perhaps a grow back over it)
+                        // began after the check above. If its walk has not reached this
+                        // entry, take the new mapping back (else it took it, and counts it
+                        // dead): either way nothing of a deleted volume, or cut off by a
+                        // shrink, stays live. The size is loaded before the fence, which a
+                        // grow sets before the size.
                         if entry
                             .compare_exchange(new, 0, Ordering::SeqCst, Ordering::Relaxed)
                             .is_ok()
@@ -861,6 +864,27 @@ mod tests {
         assert_eq!(t.mapped_blocks(), 0);
         t.grow(1024, 4).unwrap();
         assert_eq!(t.lookup(8), Mapping::Zero);
+    }
+
+    #[test]
+    fn a_write_that_swaps_after_a_shrink_and_a_grow_back_takes_its_mapping_back() {
+        let t = Arc::new(ExtentTable::new(1024));
+        let d = t.clone();
+        // The write of block 8 (number 3) has passed its checks; the volume shrinks past
+        // the block and grows back (taking number 10) before its swap.
+        between_check_and_swap_run(move || {
+            d.shrink(4);
+            d.grow(1024, 10).unwrap();
+        });
+        let r = t.update(8, Some(addr(3)), 3, &seq_of, true);
+        assert_eq!(
+            r,
+            Update::Dropped {
+                previous: Mapping::Zero
+            }
+        );
+        assert_eq!(t.lookup(8), Mapping::Zero);
+        assert_eq!(t.mapped_blocks(), 0);
     }
 
     #[test]

@@ -399,6 +399,10 @@ pub struct LsvPool {
     checkpoint_next_seq_prev: AtomicU64,
     /// The newest checkpoint's `next_seq`.
     checkpoint_next_seq: AtomicU64,
+    /// The newest relocation record that may carry a block a shrink had cut off when the
+    /// record was numbered (`note_cut_relocation`): no grow fence is retired before both
+    /// checkpoints cover it.
+    cut_relocation_seq: AtomicU64,
     /// Log blocks written (user and cleaner) when the newest checkpoint began.
     pub(super) log_blocks_at_checkpoint: AtomicU64,
     checkpoint_busy: AtomicBool,
@@ -653,6 +657,7 @@ impl LsvPool {
             checkpoint_seq_prev: AtomicU64::new(0),
             checkpoint_next_seq_prev: AtomicU64::new(0),
             checkpoint_next_seq: AtomicU64::new(0),
+            cut_relocation_seq: AtomicU64::new(0),
             log_blocks_at_checkpoint: AtomicU64::new(0),
             checkpoint_busy: AtomicBool::new(false),
             cleaner_attached: AtomicBool::new(false),
@@ -1138,10 +1143,20 @@ impl LsvPool {
         // Numbers past the newest record found may have been taken by records that were in
         // flight at the crash and left partly on the media; skipping well past them keeps
         // every sequence number (and so every segment epoch) unique for ever.
+        // A grow fence's number was taken, and written to the volume table, maybe with no
+        // record after it landing: numbers must go on above it, or new writes to the
+        // blocks it guards would be kept out.
+        let fence_seq = standing_fence(&self.volumes.read().unwrap_or_else(|e| e.into_inner()))
+            .map_or(0, |(_, f)| f.seq);
         self.next_seq.store(
-            h.next_seq.max(last + 1).max(newest + 1) + SEQ_GAP_AFTER_RECOVERY,
+            h.next_seq.max(last + 1).max(newest + 1).max(fence_seq + 1) + SEQ_GAP_AFTER_RECOVERY,
             Ordering::SeqCst,
         );
+        // Relocation records in the log may carry blocks cut off by a shrink (see
+        // `note_cut_relocation`); which ones is not known now, so a fence replaced later must
+        // wait for both checkpoints to cover the whole log found.
+        self.cut_relocation_seq
+            .store(last.max(newest), Ordering::SeqCst);
         self.checkpoint_gen.store(h.generation, Ordering::SeqCst);
         self.checkpoint_seq.store(after, Ordering::SeqCst);
         self.checkpoint_seq_prev
@@ -1543,9 +1558,22 @@ impl LsvPool {
     /// slots began after the grow took its number, and cover every record below it. A
     /// checkpoint that began before could hold a block of a shrunk range (loaded into the
     /// grown volume), and a record below the number could be replayed into it.
+    /// Relocation records numbered after the fence's grow may still carry such a write (the
+    /// cleaner found the block live before the shrink): `note_cut_relocation` names the
+    /// newest, which both slots must cover too.
     fn fence_retired(&self, f: GrowFence) -> bool {
-        self.reusable_seq() + 1 >= f.seq
+        let reusable = self.reusable_seq();
+        reusable + 1 >= f.seq
+            && reusable >= self.cut_relocation_seq.load(Ordering::SeqCst)
             && self.checkpoint_next_seq_prev.load(Ordering::SeqCst) > f.seq
+    }
+
+    /// The cleaner numbered relocation record `seq` and then found one of its blocks cut off
+    /// by a shrink (past its volume's end, or behind a grow fence): replayed without the
+    /// fence that keeps it out, it would map the old data again. A shrink and grow after the
+    /// numbering take a fence above `seq`, which the retirement rule already covers.
+    pub(super) fn note_cut_relocation(&self, seq: u64) {
+        self.cut_relocation_seq.fetch_max(seq, Ordering::SeqCst);
     }
 
     /// Deletes a volume: it leaves the volume table at once; its blocks become garbage for the

@@ -137,9 +137,11 @@ thread_local! {
     static CLEANED_UNREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Victims whose live blocks were found by reading only headers and live writes.
     static READ_IN_PARTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    /// Shrinks, and grows (of a volume that had shrunk, so over blocks cut off).
+    /// Shrinks, grows (of a volume that had shrunk, so over blocks cut off), and grows that
+    /// replaced an earlier grow's fence (so retired it).
     static SHRINKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static GROWS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static FENCES_REPLACED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// What the model knows of a volume's blocks.
@@ -363,10 +365,14 @@ fn resize(
         SHRINKS.with(|c| c.set(c.get() + 1));
     } else if size < model.volume_blocks && !busy[size as usize..].iter().any(|&b| b) {
         let to = size + 1 + rng.below(model.volume_blocks - size);
+        let fenced = pool.volume("v").expect("volume v").1.fence().is_some();
         match pool.resize_volume("v", to) {
             Ok(_) => {
                 model.size_blocks = to;
                 GROWS.with(|c| c.set(c.get() + 1));
+                if fenced {
+                    FENCES_REPLACED.with(|c| c.set(c.get() + 1));
+                }
             }
             Err(super::pool::PoolError::Busy(_)) => {}
             Err(e) => return Err(format!("grow: {e}")),
@@ -513,8 +519,9 @@ fn crash_simulation_loses_no_acknowledged_write() {
     let unread = CLEANED_UNREAD.with(|c| c.get());
     let in_parts = READ_IN_PARTS.with(|c| c.get());
     let (shrinks, grows) = (SHRINKS.with(|c| c.get()), GROWS.with(|c| c.get()));
+    let replaced = FENCES_REPLACED.with(|c| c.get());
     eprintln!(
-        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread, {in_parts} read in parts); newest checkpoint generation {}; {shrinks} shrinks, {grows} grows",
+        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread, {in_parts} read in parts); newest checkpoint generation {}; {shrinks} shrinks, {grows} grows ({replaced} replacing a fence)",
         CHECKPOINTS.with(|c| c.get())
     );
     if many {
@@ -528,7 +535,10 @@ fn crash_simulation_loses_no_acknowledged_write() {
         // And its part reads (headers, then live writes only).
         assert!(in_parts > 0, "no victim was ever read in parts");
         // And volumes shrunk and grown back over the blocks cut off.
-        assert!(shrinks > 0 && grows > 0, "{shrinks} shrinks, {grows} grows");
+        assert!(
+            shrinks > 0 && replaced > 0,
+            "{shrinks} shrinks, {grows} grows, {replaced} replacing a fence"
+        );
     }
 }
 
