@@ -787,3 +787,61 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
         drop(c);
     }
 }
+
+/// A volume resized online: the controller follows its size (within its 100 ms control
+/// poll), so the configuration space a front end reads again shows the new capacity, and its
+/// queues serve the blocks a grow added. (A connected guest is not told: the `vhost` crate
+/// cannot send CONFIG_CHANGE_MSG; QEMU's guest sees the size when it reconnects.)
+#[test]
+fn a_resized_volume_shows_its_new_capacity_to_the_front_end() {
+    use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::VhostBackend;
+
+    let app = Appliance::start("vhost_blk_resize", &config(json!([])));
+    app.call(
+        "bdev_lvol_create_lvstore",
+        json!({"bdev_name": "Malloc0", "lvs_name": "lvsG", "cluster_sz": 1 << 20}),
+    )
+    .unwrap();
+    app.call(
+        "bdev_lvol_create",
+        json!({"lvol_name": "v", "size_in_mib": 8, "lvs_name": "lvsG", "thin_provision": true}),
+    )
+    .unwrap();
+    app.call(
+        "vhost_create_blk_controller",
+        json!({"ctrlr": "vg", "dev_name": "lvsG/v"}),
+    )
+    .unwrap();
+    let mut f = Frontend::connect(app.socket("vg"), 16).expect("vhost-user connect");
+    f.set_owner().unwrap();
+    let features = f.get_features().unwrap();
+    f.set_features(features).unwrap();
+    f.get_protocol_features().unwrap();
+    f.set_protocol_features(VhostUserProtocolFeatures::CONFIG)
+        .unwrap();
+    // virtio-blk's capacity: the first 8 bytes of its configuration space, in 512-byte sectors.
+    let capacity = |f: &mut Frontend| {
+        let (_, payload) = f
+            .get_config(0, 8, VhostUserConfigFlags::WRITABLE, &[0u8; 8])
+            .unwrap();
+        u64::from_le_bytes(payload[..8].try_into().unwrap())
+    };
+    assert_eq!(capacity(&mut f), (8 << 20) / 512);
+    for mib in [12u64, 4] {
+        app.call(
+            "bdev_lvol_resize",
+            json!({"name": "lvsG/v", "size_in_mib": mib}),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        while capacity(&mut f) != (mib << 20) / 512 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the capacity did not follow a resize to {mib} MiB within 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

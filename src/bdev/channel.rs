@@ -72,7 +72,12 @@ impl IoChannel {
         Ok(IoChannel {
             module,
             block_size: bdev.block_size() as u64,
-            num_blocks: bdev.num_blocks(),
+            // A resizable bdev's module checks the range against its size now.
+            num_blocks: if bdev.resizable() {
+                u64::MAX
+            } else {
+                bdev.num_blocks()
+            },
             supported: IoType::ALL.map(|t| bdev.supports(t)),
             slots: vec![empty; qd as usize].into_boxed_slice(),
             free_slots: (0..qd).rev().collect(),
@@ -87,6 +92,8 @@ impl IoChannel {
         self.block_size
     }
 
+    /// The size requests are checked against here: the bdev's size at open, or u64::MAX
+    /// for a resizable bdev (its module checks).
     pub fn num_blocks(&self) -> u64 {
         self.num_blocks
     }

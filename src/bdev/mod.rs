@@ -250,6 +250,13 @@ pub trait Bdev: Send + Sync {
     fn max_rw_blocks(&self) -> u64 {
         MAX_DATA_BYTES / self.block_size() as u64
     }
+    /// Whether `num_blocks` may change while channels are open (an lsv volume, resized
+    /// online). Its channels check each request against the size now themselves; the
+    /// generic channel then checks only that a range does not overflow, and front ends
+    /// look at the size again.
+    fn resizable(&self) -> bool {
+        false
+    }
 }
 
 /// `bdev_get_bdevs`'s description of a bdev (keys as SPDK names them).

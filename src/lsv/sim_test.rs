@@ -186,15 +186,9 @@ fn run_until_crash(
     let mut slots: Vec<Option<InFlight>> = vec![None; 16];
     let mut flush: Option<FlushMarks> = None;
     for step in 0..steps {
-        // A channel keeps the size its bdev had when it opened: after a grow, a new one
-        // reaches the blocks gained (once the old one is idle).
-        if h.ch.num_blocks() < model.size_blocks
-            && slots.iter().all(|s| s.is_none())
-            && flush.is_none()
-        {
-            h = Harness::open(pool);
-        }
-        let reach = model.size_blocks.min(h.ch.num_blocks());
+        // The channel sees the volume's size now (an lsv volume is resizable).
+        debug_assert_eq!(h.ch.num_blocks(), u64::MAX);
+        let reach = model.size_blocks;
         // Submit requests (one, or a burst) on free slots, to blocks with nothing in flight.
         for _ in 0..model.burst {
             let Some(slot) = slots.iter().position(|s| s.is_none()) else {

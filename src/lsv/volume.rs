@@ -94,6 +94,9 @@ impl Bdev for LsvVolume {
     fn max_rw_blocks(&self) -> u64 {
         MAX_READ_BLOCKS.min(MAX_DATA_BLOCKS as u64)
     }
+    fn resizable(&self) -> bool {
+        true
+    }
     fn create_channel(&self, ctx: &ChannelContext) -> Result<Box<dyn BdevChannel>, BdevError> {
         let qd = ctx.queue_depth as usize;
         // Every read may need a base read per block in the worst case.

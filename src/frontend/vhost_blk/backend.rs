@@ -122,6 +122,22 @@ impl BlkBackend {
         }
     }
 
+    /// Follows the bdev's size (a volume resized online): the configuration space and the
+    /// queue pollers take the new size, so a front end that reads the configuration again
+    /// (or connects) sees it, and requests to blocks a grow added are served.
+    /// Not done: telling a connected front end (CONFIG_CHANGE_MSG on the back-end channel),
+    /// which the `vhost` crate (0.18) has no way to send; QEMU's guest sees the new size
+    /// when it reconnects.
+    pub fn follow_size(&mut self) {
+        let now = self.bdev.bdev.num_blocks();
+        if now == self.config.num_blocks {
+            return;
+        }
+        tracing::info!(ctrlr = %self.ctrl.name, from = self.config.num_blocks, to = now, "bdev resized");
+        self.config.num_blocks = now;
+        self.ctrl.num_blocks.store(now, Ordering::Relaxed);
+    }
+
     fn vring(&mut self, index: u32) -> VuResult<&mut Vring> {
         self.vrings
             .get_mut(index as usize)

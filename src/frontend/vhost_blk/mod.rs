@@ -59,6 +59,10 @@ pub struct ControllerShared {
     pub iops_threshold: AtomicU32,
     /// Requests served, per queue (written by each queue's poller).
     pub queue_requests: [std::sync::atomic::AtomicU64; MAX_QUEUES as usize],
+    /// The bdev's size as the front end presents it (blocks): the control thread follows a
+    /// resizable bdev's size and tells the front end; the queue pollers check requests
+    /// against it.
+    pub num_blocks: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Error)]
@@ -162,6 +166,7 @@ impl VhostBlkController {
             coalesce_delay_us: AtomicU32::new(0),
             iops_threshold: AtomicU32::new(0),
             queue_requests: std::array::from_fn(|_| Default::default()),
+            num_blocks: bdev.num_blocks().into(),
         });
         let backend = Arc::new(Mutex::new(BlkBackend::new(
             shared.clone(),
@@ -249,6 +254,7 @@ fn control_loop(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
+        lock(&backend).follow_size();
         if !wait_readable(listener.as_raw_fd()) {
             continue;
         }
@@ -267,6 +273,8 @@ fn control_loop(
         // thread forever: socket reads and writes give up after MESSAGE_TIMEOUT.
         set_socket_timeouts(handler.as_raw_fd(), MESSAGE_TIMEOUT);
         while !stop.load(Ordering::Relaxed) {
+            // At most every CONTROL_POLL_MS, and after each message.
+            lock(&backend).follow_size();
             if !wait_readable(handler.as_raw_fd()) {
                 continue;
             }

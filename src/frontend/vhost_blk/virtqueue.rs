@@ -179,6 +179,8 @@ impl VirtqueuePoller {
     /// One reactor pass.
     pub fn poll(&mut self, ctx: &PollContext) -> PollStatus {
         let stopping = ctx.stopping || self.control.stop.load(Ordering::Relaxed);
+        // The device's size now (a volume may be resized online): one load per pass.
+        self.geometry.num_blocks = self.ctrl.num_blocks.load(Ordering::Relaxed);
         let mut work = self.reap(ctx.now_ns);
         if !stopping {
             work += self.pop(ctx.now_ns);
