@@ -6,7 +6,9 @@
 # 1. The embedded default (`unblend serve` with no config: pool lvs0 on a file, volume lvs0/vol0
 #    exported as vhost.0) is attached to a guest with two queues. In the guest: fio random
 #    writes verified with crc32c (O_DIRECT), then mkfs.ext4, mount, write files, unmount,
-#    fsck -n.
+#    fsck -n. Then the volume is grown by RPC (bdev_lvol_resize) while the guest runs: the guest
+#    must see the new size (CONFIG_CHANGE_MSG, then QEMU's configuration interrupt) and write
+#    and read back the blocks the grow added.
 # 2. Reconnect: while the guest writes and verifies with fio, the appliance is killed with
 #    SIGKILL and started again. QEMU (chardev reconnect) reconnects, the new appliance runs the
 #    requests that were in flight again (INFLIGHT_SHMFD), and fio must finish with no error and
@@ -85,12 +87,42 @@ mount -o ro $dev /mnt/t
 (cd / && sha256sum -c /tmp/sums)
 umount /mnt/t
 echo VHOST-GUEST-FS-OK
+# The host grows the volume to 768 MiB now; the guest's disk must follow within 60 s.
+echo VHOST-GUEST-RESIZE-WAIT
+set +x
+for _ in $(seq 1 600); do
+  [ "$(blockdev --getsize64 $dev)" = $((768 << 20)) ] && break
+  sleep 0.1
+done
+set -x
+[ "$(blockdev --getsize64 $dev)" = $((768 << 20)) ]
+# The last MiB, which the grow added: written, read back, compared.
+head -c 1M /dev/urandom >/tmp/tail
+dd if=/tmp/tail of=$dev bs=1M seek=767 oflag=direct conv=fsync
+dd if=$dev of=/tmp/tail.back bs=1M skip=767 count=1 iflag=direct
+[ "$(sha256sum </tmp/tail)" = "$(sha256sum </tmp/tail.back)" ]
+echo VHOST-GUEST-RESIZE-OK
 EOF
-if GUEST_TIMEOUT=300 "$HERE/guest/run.sh" "$WORK/fs.sh" "${QEMU_DISK[@]}" >"$WORK/fs.log" 2>&1 \
-    && grep -q VHOST-GUEST-FS-OK "$WORK/fs.log"; then
+GUEST_TIMEOUT=300 "$HERE/guest/run.sh" "$WORK/fs.sh" "${QEMU_DISK[@]}" >"$WORK/fs.log" 2>&1 &
+GUEST_PID=$!
+for _ in $(seq 1 3000); do
+  grep -q VHOST-GUEST-RESIZE-WAIT "$WORK/fs.log" 2>/dev/null && break
+  kill -0 "$GUEST_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if grep -q VHOST-GUEST-RESIZE-WAIT "$WORK/fs.log"; then
+  "$BIN" rpc -s "$WORK/rpc.sock" bdev_lvol_resize name=lvs0/vol0 size_in_mib=768 >/dev/null
+fi
+wait "$GUEST_PID" || true
+if grep -q VHOST-GUEST-FS-OK "$WORK/fs.log"; then
   echo "vhost-guest: PASS fio verify + ext4 in a QEMU guest"
 else
   echo "vhost-guest: FAIL fio verify + ext4 in a QEMU guest"; tail -40 "$WORK/fs.log"; fail=1
+fi
+if grep -q VHOST-GUEST-RESIZE-OK "$WORK/fs.log"; then
+  echo "vhost-guest: PASS the guest's disk grew with its volume (bdev_lvol_resize online)"
+else
+  echo "vhost-guest: FAIL the guest's disk did not grow with its volume"; tail -40 "$WORK/fs.log"; fail=1
 fi
 kill "$APP_PID"; wait "$APP_PID" || true; APP_PID=
 fi

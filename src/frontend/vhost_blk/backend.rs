@@ -86,6 +86,10 @@ pub struct BlkBackend {
     /// A request that needs an answer failed (the `vhost` crate then sends none): the
     /// connection must close, or the front end would wait for that answer forever.
     pub reply_missing: bool,
+    /// Our copy of the back-end channel (`backend_channel`), and the protocol features the
+    /// front end acked (CONFIG_CHANGE_MSG needs CONFIG and BACKEND_REQ).
+    channel: Option<std::os::unix::net::UnixStream>,
+    protocol_features: VhostUserProtocolFeatures,
 }
 
 fn invalid(why: &'static str) -> VuError {
@@ -119,15 +123,20 @@ impl BlkBackend {
             inflight: None,
             zombies: Vec::new(),
             reply_missing: false,
+            channel: None,
+            protocol_features: VhostUserProtocolFeatures::empty(),
         }
     }
 
+    /// The front end's back-end channel, as the control thread caught it on its way in.
+    pub fn set_channel(&mut self, channel: std::os::unix::net::UnixStream) {
+        self.channel = Some(channel);
+    }
+
     /// Follows the bdev's size (a volume resized online): the configuration space and the
-    /// queue pollers take the new size, so a front end that reads the configuration again
-    /// (or connects) sees it, and requests to blocks a grow added are served.
-    /// Not done: telling a connected front end (CONFIG_CHANGE_MSG on the back-end channel),
-    /// which the `vhost` crate (0.18) has no way to send; QEMU's guest sees the new size
-    /// when it reconnects.
+    /// queue pollers take the new size, and a front end that gave us a back-end channel is
+    /// told (CONFIG_CHANGE_MSG), so that it reads the configuration again and its guest sees
+    /// the new capacity.
     pub fn follow_size(&mut self) {
         let now = self.bdev.bdev.num_blocks();
         if now == self.config.num_blocks {
@@ -136,6 +145,16 @@ impl BlkBackend {
         tracing::info!(ctrlr = %self.ctrl.name, from = self.config.num_blocks, to = now, "bdev resized");
         self.config.num_blocks = now;
         self.ctrl.num_blocks.store(now, Ordering::Relaxed);
+        let wanted = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::BACKEND_REQ;
+        if let (Some(ch), true) = (
+            &self.channel,
+            self.protocol_acked() && self.protocol_features.contains(wanted),
+        ) {
+            if let Err(e) = super::backend_channel::send_config_change(ch) {
+                tracing::warn!(ctrlr = %self.ctrl.name, "telling the front end of the new size failed: {e}");
+                self.channel = None;
+            }
+        }
     }
 
     fn vring(&mut self, index: u32) -> VuResult<&mut Vring> {
@@ -161,6 +180,8 @@ impl BlkBackend {
         self.regions.clear();
         self.inflight = None;
         self.acked_features = 0;
+        self.channel = None;
+        self.protocol_features = VhostUserProtocolFeatures::empty();
     }
 
     /// Translates a front-end virtual address (vring addresses) to a guest-physical one.
@@ -578,14 +599,17 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
         Ok(VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD)
     }
 
-    fn set_protocol_features(&mut self, _features: u64) -> VuResult<()> {
-        // The vhost crate keeps the acked set and checks each request against it.
+    fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
+        // The vhost crate keeps the acked set and checks each request against it; ours says
+        // which messages we may send.
+        self.protocol_features = VhostUserProtocolFeatures::from_bits_truncate(features);
         Ok(())
     }
 

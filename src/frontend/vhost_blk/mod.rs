@@ -7,10 +7,12 @@
 //! - `request.rs`: virtio-blk requests parsed from descriptor chains, checked against guest memory.
 //! - `config_space.rs`: feature bits and the configuration space.
 //! - `inflight.rs`: INFLIGHT_SHMFD tracking, so a restarted appliance loses no request.
+//! - `backend_channel.rs`: messages to the front end (CONFIG_CHANGE_MSG after a resize).
 //!
 //! The control thread never touches a virtqueue; reactors never block on the socket.
 
 pub mod backend;
+pub mod backend_channel;
 pub mod config_space;
 pub mod inflight;
 pub mod request;
@@ -279,6 +281,9 @@ fn control_loop(
                 continue;
             }
             use vhost::vhost_user::Error as E;
+            if let Some(ch) = backend_channel::peek_backend_req_fd(handler.as_raw_fd()) {
+                lock(&backend).set_channel(ch);
+            }
             match handler.handle_request() {
                 Ok(()) => {}
                 // Our own refusal of a well-formed message (answered with a failure when the
