@@ -850,3 +850,54 @@ fn a_resized_volume_tells_the_front_end_its_new_capacity() {
         assert_eq!(capacity(&mut f), (mib << 20) / 512);
     }
 }
+
+/// A front end that hands over a file instead of a socket as its back-end channel gets it
+/// refused, and a resize later writes nothing into that file.
+#[test]
+fn a_back_end_channel_that_is_not_a_socket_is_never_written() {
+    use std::os::unix::fs::FileExt;
+    use vhost::vhost_user::message::VhostUserProtocolFeatures;
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::VhostBackend;
+
+    let app = Appliance::start("vhost_blk_bad_channel", &config(json!([])));
+    app.call(
+        "bdev_lvol_create_lvstore",
+        json!({"bdev_name": "Malloc0", "lvs_name": "lvsB", "cluster_sz": 1 << 20}),
+    )
+    .unwrap();
+    app.call(
+        "bdev_lvol_create",
+        json!({"lvol_name": "v", "size_in_mib": 8, "lvs_name": "lvsB", "thin_provision": true}),
+    )
+    .unwrap();
+    app.call(
+        "vhost_create_blk_controller",
+        json!({"ctrlr": "vb", "dev_name": "lvsB/v"}),
+    )
+    .unwrap();
+    let mut f = Frontend::connect(app.socket("vb"), 16).expect("vhost-user connect");
+    f.set_owner().unwrap();
+    let features = f.get_features().unwrap();
+    f.set_features(features).unwrap();
+    f.get_protocol_features().unwrap();
+    f.set_protocol_features(
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::BACKEND_REQ,
+    )
+    .unwrap();
+    let file = memfd(4096);
+    let _ = f.set_backend_request_fd(&file);
+    app.call(
+        "bdev_lvol_resize",
+        json!({"name": "lvsB/v", "size_in_mib": 12}),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut back = [0xFFu8; 16];
+    file.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, [0u8; 16], "a resize wrote into the file");
+    // The controller goes on: a new front end connects and reads the new capacity.
+    drop(f);
+    let g = Frontend::connect(app.socket("vb"), 16).expect("vhost-user reconnect");
+    g.set_owner().unwrap();
+}

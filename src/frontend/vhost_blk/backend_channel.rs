@@ -9,7 +9,7 @@
 //! copy of SET_BACKEND_REQ_FD's socket is kept and every other copy is closed at once.
 
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -69,7 +69,29 @@ pub fn peek_backend_req_fd(sock: RawFd) -> Option<UnixStream> {
     if n < header.len() as isize || request != SET_BACKEND_REQ_FD || fds.len() != 1 {
         return None; // the copies close as `fds` drops
     }
-    let stream = UnixStream::from(fds.pop().expect("one descriptor"));
+    let fd = fds.pop().expect("one descriptor");
+    // As the vhost crate checks: a Unix stream socket, not (say) a file we would write into.
+    let int_opt = |opt| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a live c_int of the length given.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(v)
+    };
+    if int_opt(libc::SO_DOMAIN) != Some(libc::AF_UNIX)
+        || int_opt(libc::SO_TYPE) != Some(libc::SOCK_STREAM)
+    {
+        return None;
+    }
+    let stream = UnixStream::from(fd);
     stream.set_write_timeout(Some(SEND_TIMEOUT)).ok()?;
     Some(stream)
 }

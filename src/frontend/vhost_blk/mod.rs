@@ -281,11 +281,14 @@ fn control_loop(
                 continue;
             }
             use vhost::vhost_user::Error as E;
-            if let Some(ch) = backend_channel::peek_backend_req_fd(handler.as_raw_fd()) {
-                lock(&backend).set_channel(ch);
-            }
+            // Kept only if the vhost crate takes the message too.
+            let channel = backend_channel::peek_backend_req_fd(handler.as_raw_fd());
             match handler.handle_request() {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(ch) = channel {
+                        lock(&backend).set_channel(ch);
+                    }
+                }
                 // Our own refusal of a well-formed message (answered with a failure when the
                 // front end asked for replies): the connection goes on.
                 Err(
