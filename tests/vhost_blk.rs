@@ -790,15 +790,19 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
 
 /// A volume resized online: the controller follows its size (within its 100 ms control
 /// poll) into the configuration space and its queues, and tells a front end that gave it a
-/// back-end channel (CONFIG_CHANGE_MSG), which then reads the new capacity. QEMU raises a
-/// configuration interrupt for it: `ci/vhost-guest.sh` shows a real guest's disk growing.
+/// back-end channel (CONFIG_CHANGE_MSG), which then reads the new capacity. Only a started
+/// device is told (QEMU ignores the message before): a resize before the rings run is told
+/// when they start. QEMU raises a configuration interrupt for it: `ci/vhost-guest.sh` shows a
+/// real guest's disk growing.
 #[test]
 fn a_resized_volume_tells_the_front_end_its_new_capacity() {
     use std::io::Read;
+    use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
     use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
     use vhost::vhost_user::{Frontend, VhostUserFrontend};
-    use vhost::VhostBackend;
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     let app = Appliance::start("vhost_blk_resize", &config(json!([])));
     app.call(
@@ -816,6 +820,13 @@ fn a_resized_volume_tells_the_front_end_its_new_capacity() {
         json!({"ctrlr": "vg", "dev_name": "lvsG/v"}),
     )
     .unwrap();
+    let resize = |mib: u64| {
+        app.call(
+            "bdev_lvol_resize",
+            json!({"name": "lvsG/v", "size_in_mib": mib}),
+        )
+        .unwrap();
+    };
     let mut f = Frontend::connect(app.socket("vg"), 16).expect("vhost-user connect");
     f.set_owner().unwrap();
     let features = f.get_features().unwrap();
@@ -826,7 +837,6 @@ fn a_resized_volume_tells_the_front_end_its_new_capacity() {
     f.set_protocol_features(want).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
     f.set_backend_request_fd(&theirs).unwrap();
-    ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // virtio-blk's capacity: the first 8 bytes of its configuration space, in 512-byte sectors.
     let capacity = |f: &mut Frontend| {
         let (_, payload) = f
@@ -834,19 +844,71 @@ fn a_resized_volume_tells_the_front_end_its_new_capacity() {
             .unwrap();
         u64::from_le_bytes(payload[..8].try_into().unwrap())
     };
-    assert_eq!(capacity(&mut f), (8 << 20) / 512);
-    for mib in [12u64, 4] {
-        app.call(
-            "bdev_lvol_resize",
-            json!({"name": "lvsG/v", "size_in_mib": mib}),
-        )
-        .unwrap();
+    // One CONFIG_CHANGE_MSG within `wait`, or none.
+    let notice = |wait: Duration| -> Option<[u32; 3]> {
+        ours.set_read_timeout(Some(wait)).unwrap();
         let mut header = [0u8; 12];
-        (&ours)
-            .read_exact(&mut header)
-            .unwrap_or_else(|e| panic!("no message within 5 s of the resize to {mib} MiB: {e}"));
-        let request = u32::from_le_bytes(header[..4].try_into().unwrap());
-        assert_eq!(request, 2, "not CONFIG_CHANGE_MSG");
+        match (&ours).read_exact(&mut header) {
+            Ok(()) => Some(std::array::from_fn(|i| {
+                u32::from_le_bytes(header[4 * i..4 * i + 4].try_into().unwrap())
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) => panic!("reading the back-end channel: {e}"),
+        }
+    };
+    assert_eq!(capacity(&mut f), (8 << 20) / 512);
+
+    // Resized before any ring runs: not told yet.
+    resize(12);
+    assert_eq!(
+        notice(Duration::from_millis(500)),
+        None,
+        "told before the device started"
+    );
+    // A ring starts: now it is told.
+    let mem = memfd(1 << 20);
+    const VA: u64 = 0x7000_0000_0000;
+    f.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: 1 << 20,
+        memory_size: 1 << 20,
+        userspace_addr: VA,
+        mmap_offset: 0,
+        mmap_handle: mem.as_raw_fd(),
+    }])
+    .unwrap();
+    f.set_vring_num(0, 128).unwrap();
+    f.set_vring_base(0, 0).unwrap();
+    f.set_vring_addr(
+        0,
+        &VringConfigData {
+            queue_max_size: 128,
+            queue_size: 128,
+            flags: 0,
+            desc_table_addr: VA,
+            avail_ring_addr: VA + 0x1000,
+            used_ring_addr: VA + 0x2000,
+            log_addr: None,
+        },
+    )
+    .unwrap();
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    let call = EventFd::new(EFD_NONBLOCK).unwrap();
+    f.set_vring_call(0, &call).unwrap();
+    f.set_vring_kick(0, &kick).unwrap();
+    f.set_vring_enable(0, true).unwrap();
+    let told = notice(Duration::from_secs(5)).expect("not told when the ring started");
+    assert_eq!(
+        told,
+        [2, 1, 0],
+        "CONFIG_CHANGE_MSG, version 1 with no reply asked, no payload"
+    );
+    assert_eq!(capacity(&mut f), (12 << 20) / 512);
+    // Resized while running: told at once, each time.
+    for mib in [16u64, 4] {
+        resize(mib);
+        let told = notice(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("not told of the resize to {mib} MiB within 5 s"));
+        assert_eq!(told, [2, 1, 0]);
         assert_eq!(capacity(&mut f), (mib << 20) / 512);
     }
 }
@@ -896,7 +958,7 @@ fn a_back_end_channel_that_is_not_a_socket_is_never_written() {
     let mut back = [0xFFu8; 16];
     file.read_exact_at(&mut back, 0).unwrap();
     assert_eq!(back, [0u8; 16], "a resize wrote into the file");
-    // The controller goes on: a new front end connects and reads the new capacity.
+    // The controller goes on: a new front end connects.
     drop(f);
     let g = Frontend::connect(app.socket("vb"), 16).expect("vhost-user reconnect");
     g.set_owner().unwrap();

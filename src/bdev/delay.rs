@@ -77,6 +77,9 @@ impl Bdev for DelayBdev {
     fn num_blocks(&self) -> u64 {
         self.base.bdev.num_blocks()
     }
+    fn resizable(&self) -> bool {
+        self.base.bdev.resizable()
+    }
     fn product_name(&self) -> &'static str {
         "delay"
     }

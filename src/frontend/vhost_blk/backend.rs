@@ -90,6 +90,12 @@ pub struct BlkBackend {
     /// front end acked (CONFIG_CHANGE_MSG needs CONFIG and BACKEND_REQ).
     channel: Option<std::os::unix::net::UnixStream>,
     protocol_features: VhostUserProtocolFeatures,
+    /// The capacity the front end last read (GET_CONFIG at offset 0; u64::MAX: unknown).
+    front_end_blocks: u64,
+    /// A CONFIG_CHANGE_MSG is due once a ring runs (after a resize, or when rings start).
+    notice_pending: bool,
+    /// Whether a ring ran at the last look (a start makes a notice due again).
+    was_running: bool,
 }
 
 fn invalid(why: &'static str) -> VuError {
@@ -125,6 +131,9 @@ impl BlkBackend {
             reply_missing: false,
             channel: None,
             protocol_features: VhostUserProtocolFeatures::empty(),
+            front_end_blocks: u64::MAX,
+            notice_pending: false,
+            was_running: false,
         }
     }
 
@@ -137,14 +146,34 @@ impl BlkBackend {
     /// queue pollers take the new size, and a front end that gave us a back-end channel is
     /// told (CONFIG_CHANGE_MSG), so that it reads the configuration again and its guest sees
     /// the new capacity.
+    ///
+    /// The notice goes only to a started device, and again whenever rings start while the
+    /// front end has not read the size since: QEMU ignores it before the device starts (and
+    /// QEMU before 7.2 crashed on it then), and reads the configuration only at realize and
+    /// on this notice.
     pub fn follow_size(&mut self) {
-        let now = self.bdev.bdev.num_blocks();
-        if now == self.config.num_blocks {
+        if !self.bdev.bdev.resizable() {
             return;
         }
-        tracing::info!(ctrlr = %self.ctrl.name, from = self.config.num_blocks, to = now, "bdev resized");
-        self.config.num_blocks = now;
-        self.ctrl.num_blocks.store(now, Ordering::Relaxed);
+        let now = self.bdev.bdev.num_blocks();
+        if now != self.config.num_blocks {
+            tracing::info!(ctrlr = %self.ctrl.name, from = self.config.num_blocks, to = now, "bdev resized");
+            self.config.num_blocks = now;
+            self.ctrl.num_blocks.store(now, Ordering::Relaxed);
+            self.notice_pending = true;
+        }
+        let running = self.vrings.iter().any(|v| v.running.is_some());
+        if running && !std::mem::replace(&mut self.was_running, running) {
+            self.notice_pending = true;
+        }
+        self.was_running = running;
+        if !self.notice_pending || !running {
+            return;
+        }
+        self.notice_pending = false;
+        if self.front_end_blocks == self.config.num_blocks {
+            return;
+        }
         let wanted = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::BACKEND_REQ;
         if let (Some(ch), true) = (
             &self.channel,
@@ -182,6 +211,9 @@ impl BlkBackend {
         self.acked_features = 0;
         self.channel = None;
         self.protocol_features = VhostUserProtocolFeatures::empty();
+        self.front_end_blocks = u64::MAX;
+        self.notice_pending = false;
+        self.was_running = false;
     }
 
     /// Translates a front-end virtual address (vring addresses) to a guest-physical one.
@@ -634,6 +666,10 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         _flags: VhostUserConfigFlags,
     ) -> VuResult<Vec<u8>> {
         let bytes = self.config.bytes();
+        if offset == 0 && size >= 8 {
+            // The capacity (the first 8 bytes): what the front end now knows.
+            self.front_end_blocks = self.config.num_blocks;
+        }
         let start = offset as usize;
         // vhost-user's configuration space is at most 256 bytes.
         if offset > 256 || size > 256 - offset {

@@ -8,7 +8,6 @@
 //! carrying file descriptors receives copies of them (the kernel installs them again), so the
 //! copy of SET_BACKEND_REQ_FD's socket is kept and every other copy is closed at once.
 
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -48,16 +47,19 @@ pub fn peek_backend_req_fd(sock: RawFd) -> Option<UnixStream> {
         )
     };
     let mut fds: Vec<OwnedFd> = Vec::new();
+    if n < 0 {
+        return None; // nothing waiting (EAGAIN), or the crate's read will see the error
+    }
     // SAFETY: walking the control messages recvmsg filled in, within msg_controllen.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                let count = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize)
                     / std::mem::size_of::<RawFd>();
-                // At most what the control buffer holds (128 descriptors).
-                for i in 0..count {
+                // At most what the control buffer holds (fewer than 128 descriptors).
+                for i in 0..count.min(128) {
                     // Each is a descriptor the kernel just installed for us: ours to close.
                     fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
                 }
@@ -96,10 +98,28 @@ pub fn peek_backend_req_fd(sock: RawFd) -> Option<UnixStream> {
     Some(stream)
 }
 
-/// Sends CONFIG_CHANGE_MSG (no payload, no reply asked) on the back-end channel.
-pub fn send_config_change(mut channel: &UnixStream) -> std::io::Result<()> {
+/// Sends CONFIG_CHANGE_MSG (no payload, no reply asked) on the back-end channel. A short
+/// send (the timeout hit) is an error: the caller then drops the channel.
+pub fn send_config_change(channel: &UnixStream) -> std::io::Result<()> {
     let mut header = [0u8; 12];
     header[..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
     header[4..8].copy_from_slice(&VERSION_1.to_le_bytes());
-    channel.write_all(&header)
+    // SAFETY: send from a live 12-byte buffer; MSG_NOSIGNAL: a closed peer is an error, not
+    // a SIGPIPE.
+    let n = unsafe {
+        libc::send(
+            channel.as_raw_fd(),
+            header.as_ptr().cast(),
+            header.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    match n {
+        12 => Ok(()),
+        n if n < 0 => Err(std::io::Error::last_os_error()),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "CONFIG_CHANGE_MSG sent in part",
+        )),
+    }
 }
