@@ -117,15 +117,17 @@ enum State {
         outstanding: u32,
         failed: bool,
     },
-    /// The first blocks of cleaned victims are being zeroed (`mark_free`), before the flush.
+    /// The flush is done; the first blocks of cleaned victims are being zeroed with FUA
+    /// (`mark_free`), and the victims are free once that is durable.
     Marking {
         /// How many of `awaiting_flush` (its first ones) are being marked.
         count: usize,
         outstanding: u32,
         failed: bool,
     },
-    /// Everything live was moved; a flush of the base bdev makes durable the user records
-    /// that superseded the victim's dead blocks before the victim is reused.
+    /// Everything live was moved; a flush of the base bdev makes durable the relocation
+    /// records and the user records that superseded the victim's dead blocks, before the
+    /// victim is marked free (`Marking`) and reused.
     Freeing {
         /// How many of `awaiting_flush` (its first ones) this flush covers.
         count: usize,
@@ -270,13 +272,15 @@ impl Cleaner {
         self.check_every = Duration::ZERO;
     }
 
-    /// Starts freeing the first of the `waiting` cleaned victims: zeroes each one's first
-    /// block, so that once the flush after it makes that durable, a crash that loses the
-    /// first record of the segment's next use leaves no chain of its old use to walk (the
-    /// old records, already moved, could otherwise look damaged under the new use's later
-    /// records). None if nothing could be submitted (tried again on the next pass).
-    fn mark_free(&mut self, waiting: usize) -> Option<State> {
-        let count = waiting.min(QUEUE_DEPTH as usize);
+    /// After the flush that made the moves out of the first `count` cleaned victims durable:
+    /// zeroes each one's first block, with FUA, so that a crash that loses the first record
+    /// of the segment's next use leaves no chain of its old use to walk (the old records,
+    /// already moved, could otherwise look damaged under the new use's later records). Not
+    /// before that flush: a crash could then keep the mark and lose the moves, leaving a
+    /// checkpoint's blocks in a segment whose chain is gone (the cleaner could never collect
+    /// them again). None if nothing could be submitted (the flush is redone next pass).
+    fn mark_free(&mut self, count: usize) -> Option<State> {
+        debug_assert!(count <= self.awaiting_flush.len() && count <= QUEUE_DEPTH as usize);
         let mut submitted = 0;
         for i in 0..count {
             let seg = self.awaiting_flush[i].0;
@@ -288,7 +292,7 @@ impl Cleaner {
                     offset_blocks: self.pool.segment_first_block(seg),
                     num_blocks: 1,
                     iovs: &[iov],
-                    fua: false,
+                    fua: true,
                     tag: TAG_FREE_MARK,
                 },
                 0,
@@ -305,8 +309,8 @@ impl Cleaner {
         })
     }
 
-    /// Zeroes the first block of every cleaned victim waiting (`mark_free`), waiting for the
-    /// writes: for `drop`, which frees them with a last flush. False if a write failed (they
+    /// Zeroes the first block of every cleaned victim waiting, with FUA (`mark_free`), and
+    /// waits for the writes: for `drop`, after its last flush. False if a write failed (they
     /// then stay Cleaned).
     fn mark_all_waiting(&mut self) -> bool {
         let mut out = Vec::with_capacity(QUEUE_DEPTH as usize);
@@ -321,7 +325,7 @@ impl Cleaner {
                     offset_blocks: self.pool.segment_first_block(seg),
                     num_blocks: 1,
                     iovs: &[iov],
-                    fua: false,
+                    fua: true,
                     tag: TAG_FREE_MARK,
                 };
                 if self.ch.submit(&req, 0).is_err() {
@@ -475,13 +479,20 @@ impl Cleaner {
                         CleanerPoll::Waiting,
                     )
                 } else if failed {
-                    // The cleaned segments stay Cleaned; the next pass marks them again.
+                    // The cleaned segments stay Cleaned; the next pass flushes and marks them
+                    // again.
                     tracing::error!(pool = %self.pool.name, "cleaner: marking cleaned segments free failed");
                     (State::Idle, CleanerPoll::Busy)
-                } else if self.ch.submit(&flush_request(), 0).is_ok() {
-                    self.flushed_moving_seq = self.moving_seq;
-                    (State::Freeing { count }, CleanerPoll::Busy)
                 } else {
+                    for (seg, gain) in self.awaiting_flush.drain(..count) {
+                        // Its live blocks are in durable relocation records, the writes that
+                        // superseded its dead blocks are durable, and so is its free mark:
+                        // reusable.
+                        self.pool
+                            .usage
+                            .transition(seg, SegmentState::Cleaned, SegmentState::Free);
+                        self.pool.grant_credit(gain);
+                    }
                     (State::Idle, CleanerPoll::Busy)
                 }
             }
@@ -494,15 +505,10 @@ impl Cleaner {
                 }
                 Some(_) => {
                     self.last_moved_seq = self.flushed_moving_seq;
-                    for (seg, gain) in self.awaiting_flush.drain(..count) {
-                        // Its live blocks are in durable relocation records now, and the
-                        // writes that superseded its dead blocks are durable too: reusable.
-                        self.pool
-                            .usage
-                            .transition(seg, SegmentState::Cleaned, SegmentState::Free);
-                        self.pool.grant_credit(gain);
+                    match self.mark_free(count) {
+                        Some(state) => (state, CleanerPoll::Busy),
+                        None => (State::Idle, CleanerPoll::Busy),
                     }
-                    (State::Idle, CleanerPoll::Busy)
                 }
             },
             State::CheckpointFlush { h, offset } => match done.first() {
@@ -588,11 +594,14 @@ impl Cleaner {
         // run short, or when there is no more cleaning to do now.
         let waiting = self.awaiting_flush.len();
         let short = free + waiting as u64 >= self.pool.clean_target() || free < 2;
-        if waiting > 0 && (waiting >= FLUSH_BATCH || short || free <= self.pool.throttle_start()) {
-            if let Some(state) = self.mark_free(waiting) {
-                self.state = state;
-                return CleanerPoll::Busy;
-            }
+        if waiting > 0
+            && (waiting >= FLUSH_BATCH || short || free <= self.pool.throttle_start())
+            && self.ch.submit(&flush_request(), 0).is_ok()
+        {
+            self.flushed_moving_seq = self.moving_seq;
+            let count = waiting.min(QUEUE_DEPTH as usize);
+            self.state = State::Freeing { count };
+            return CleanerPoll::Busy;
         }
         // One free segment is enough to move a victim's live blocks (less than a segment's
         // worth, by `victim`'s minimum gain); with none, only victims with nothing live.
@@ -1314,27 +1323,16 @@ impl Drop for Cleaner {
             self.ch.poll(0, &mut out);
             std::thread::yield_now();
         }
-        if let State::Freeing { count } = self.state {
-            if out.iter().any(|c| c.status == IoStatus::Success) {
-                for (seg, _) in self.awaiting_flush.drain(..count) {
-                    self.pool
-                        .usage
-                        .transition(seg, SegmentState::Cleaned, SegmentState::Free);
-                }
-            }
-        }
-        // Cleaned victims still waiting: marked, then one last flush frees them (a stop, not
-        // the I/O path).
-        if !self.awaiting_flush.is_empty()
-            && self.mark_all_waiting()
-            && self.ch.submit(&flush_request(), 0).is_ok()
-        {
+        // Cleaned victims still waiting (a Freeing or Marking state included): one last
+        // flush makes their moves durable, then their free marks, and they are free (a stop,
+        // not the I/O path).
+        if !self.awaiting_flush.is_empty() && self.ch.submit(&flush_request(), 0).is_ok() {
             out.clear();
             while self.ch.in_flight() > 0 {
                 self.ch.poll(0, &mut out);
                 std::thread::yield_now();
             }
-            if out.iter().all(|c| c.status == IoStatus::Success) {
+            if out.iter().all(|c| c.status == IoStatus::Success) && self.mark_all_waiting() {
                 for (seg, _) in self.awaiting_flush.drain(..) {
                     self.pool
                         .usage
