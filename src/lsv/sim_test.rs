@@ -375,6 +375,66 @@ fn resize(
     Ok(())
 }
 
+/// After the last recovery: writes to random blocks and to the volume's last block read back
+/// what was written (recovery must number new records above everything the pool kept,
+/// a grow fence's number included, or such writes would be kept out).
+fn writes_read_back(
+    rng: &mut SimRng,
+    pool: &Arc<LsvPool>,
+    model: &Model,
+    tag_base: u64,
+) -> Result<(), String> {
+    let mut h = Harness::open(pool);
+    let mut cleaner = Cleaner::new(pool.clone())?;
+    cleaner.check_every_poll();
+    let size = model.size_blocks;
+    for i in 0..9u64 {
+        let lba = if i == 0 { size - 1 } else { rng.below(size) };
+        let tag = tag_base + i;
+        fill(&mut h.bufs[0][..BLOCK], lba, tag);
+        // SAFETY: the buffer is untouched until the write completes below.
+        let iov = unsafe { IoVec::from_raw(h.bufs[0].as_mut_ptr(), BLOCK) };
+        h.ch.submit(
+            &IoRequest {
+                io_type: IoType::Write,
+                offset_blocks: lba,
+                num_blocks: 1,
+                iovs: &[iov],
+                fua: false,
+                tag: 0,
+            },
+            0,
+        )
+        .map_err(|e| format!("submit: {e}"))?;
+        let mut status = None;
+        for _ in 0..100_000 {
+            cleaner.poll();
+            h.out.clear();
+            h.ch.poll(0, &mut h.out);
+            if let Some(c) = h.out.first() {
+                status = Some(c.status);
+                break;
+            }
+        }
+        let Some(status) = status else {
+            return Err(format!(
+                "the write of block {lba} did not complete in 100,000 polls: {}",
+                pool.stats()
+            ));
+        };
+        if status != IoStatus::Success {
+            return Err(format!("write of block {lba} failed: {status:?}"));
+        }
+        let got = classify(&h.read_block(lba), lba, &[tag])?;
+        if got != Some(tag) {
+            return Err(format!(
+                "block {lba} reads {got:?} right after its write {tag}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Opens the pool on a crashed image and checks every block against the model; then the
 /// blocks in flight at the crash are settled to what they read.
 fn recover_and_check(
@@ -473,15 +533,20 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let (image, in_flight) = run_until_crash(&mut rng, &disk, &pool, &mut model, steps, 0)?;
     drop(pool);
     let (disk2, pool2) = recover_and_check(image, seed, &mut model, &in_flight)?;
-    if seed.is_multiple_of(2) {
+    let last = if seed.is_multiple_of(2) {
         // Life goes on after recovery, and the pool survives a second crash.
         let steps = 20 + rng.below(600);
         let (image, in_flight) =
             run_until_crash(&mut rng, &disk2, &pool2, &mut model, steps, 1 << 40)?;
         drop(pool2);
         recover_and_check(image, seed ^ 0xBEEF, &mut model, &in_flight)
-            .map_err(|e| format!("after the second crash: {e}"))?;
-    }
+            .map_err(|e| format!("after the second crash: {e}"))?
+            .1
+    } else {
+        pool2
+    };
+    writes_read_back(&mut rng, &last, &model, 1 << 41)
+        .map_err(|e| format!("after the last recovery: {e}"))?;
     Ok(())
 }
 
