@@ -117,13 +117,17 @@ enum State {
         outstanding: u32,
         failed: bool,
     },
-    /// The flush is done; the first blocks of cleaned victims are being zeroed with FUA
-    /// (`mark_free`), and the victims are free once that is durable.
+    /// The flush is done; the first blocks of cleaned victims are being zeroed
+    /// (`mark_free`); a second flush (`MarkFlush`) makes that durable, and they are free.
     Marking {
         /// How many of `awaiting_flush` (its first ones) are being marked.
         count: usize,
         outstanding: u32,
         failed: bool,
+    },
+    /// The flush that makes the free marks of the first `count` waiting victims durable.
+    MarkFlush {
+        count: usize,
     },
     /// Everything live was moved; a flush of the base bdev makes durable the relocation
     /// records and the user records that superseded the victim's dead blocks, before the
@@ -273,7 +277,8 @@ impl Cleaner {
     }
 
     /// After the flush that made the moves out of the first `count` cleaned victims durable:
-    /// zeroes each one's first block, with FUA, so that a crash that loses the first record
+    /// zeroes each one's first block (made durable by the next flush, before the victims are
+    /// free), so that a crash that loses the first record
     /// of the segment's next use leaves no chain of its old use to walk (the old records,
     /// already moved, could otherwise look damaged under the new use's later records). Not
     /// before that flush: a crash could then keep the mark and lose the moves, leaving a
@@ -292,7 +297,7 @@ impl Cleaner {
                     offset_blocks: self.pool.segment_first_block(seg),
                     num_blocks: 1,
                     iovs: &[iov],
-                    fua: true,
+                    fua: false,
                     tag: TAG_FREE_MARK,
                 },
                 0,
@@ -483,7 +488,19 @@ impl Cleaner {
                     // again.
                     tracing::error!(pool = %self.pool.name, "cleaner: marking cleaned segments free failed");
                     (State::Idle, CleanerPoll::Busy)
+                } else if self.ch.submit(&flush_request(), 0).is_ok() {
+                    (State::MarkFlush { count }, CleanerPoll::Busy)
                 } else {
+                    (State::Idle, CleanerPoll::Busy)
+                }
+            }
+            State::MarkFlush { count } => match done.first() {
+                None => (State::MarkFlush { count }, CleanerPoll::Waiting),
+                Some(c) if c.status != IoStatus::Success => {
+                    tracing::error!(pool = %self.pool.name, "cleaner: flush of free marks failed");
+                    (State::Idle, CleanerPoll::Busy)
+                }
+                Some(_) => {
                     for (seg, gain) in self.awaiting_flush.drain(..count) {
                         // Its live blocks are in durable relocation records, the writes that
                         // superseded its dead blocks are durable, and so is its free mark:
@@ -495,7 +512,7 @@ impl Cleaner {
                     }
                     (State::Idle, CleanerPoll::Busy)
                 }
-            }
+            },
             State::Freeing { count } => match done.first() {
                 None => (State::Freeing { count }, CleanerPoll::Waiting),
                 Some(c) if c.status != IoStatus::Success => {
