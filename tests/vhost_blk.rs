@@ -788,6 +788,42 @@ fn lsv_behind_serve_keeps_flushed_writes_across_sigkill() {
     }
 }
 
+/// An appliance exporting an 8 MiB thin volume `lvs/v` (on Malloc0) as controller `ctrlr`,
+/// and a vhost-user front end connected to it with `protocol` negotiated.
+fn volume_export(
+    name: &str,
+    lvs: &str,
+    ctrlr: &str,
+    protocol: vhost::vhost_user::message::VhostUserProtocolFeatures,
+) -> (Appliance, vhost::vhost_user::Frontend) {
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::VhostBackend;
+    let app = Appliance::start(name, &config(json!([])));
+    app.call(
+        "bdev_lvol_create_lvstore",
+        json!({"bdev_name": "Malloc0", "lvs_name": lvs, "cluster_sz": 1 << 20}),
+    )
+    .unwrap();
+    app.call(
+        "bdev_lvol_create",
+        json!({"lvol_name": "v", "size_in_mib": 8, "lvs_name": lvs, "thin_provision": true}),
+    )
+    .unwrap();
+    app.call(
+        "vhost_create_blk_controller",
+        json!({"ctrlr": ctrlr, "dev_name": format!("{lvs}/v")}),
+    )
+    .unwrap();
+    let mut f = Frontend::connect(app.socket(ctrlr), 16).expect("vhost-user connect");
+    f.set_owner().unwrap();
+    let features = f.get_features().unwrap();
+    f.set_features(features).unwrap();
+    let offered = f.get_protocol_features().unwrap();
+    assert!(offered.contains(protocol), "offered {offered:?}");
+    f.set_protocol_features(protocol).unwrap();
+    (app, f)
+}
+
 /// A volume resized online: the controller follows its size (within its 100 ms control
 /// poll) into the configuration space and its queues, and tells a front end that gave it a
 /// back-end channel (CONFIG_CHANGE_MSG), which then reads the new capacity. Only a started
@@ -804,22 +840,8 @@ fn a_resized_volume_tells_the_front_end_its_new_capacity() {
     use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-    let app = Appliance::start("vhost_blk_resize", &config(json!([])));
-    app.call(
-        "bdev_lvol_create_lvstore",
-        json!({"bdev_name": "Malloc0", "lvs_name": "lvsG", "cluster_sz": 1 << 20}),
-    )
-    .unwrap();
-    app.call(
-        "bdev_lvol_create",
-        json!({"lvol_name": "v", "size_in_mib": 8, "lvs_name": "lvsG", "thin_provision": true}),
-    )
-    .unwrap();
-    app.call(
-        "vhost_create_blk_controller",
-        json!({"ctrlr": "vg", "dev_name": "lvsG/v"}),
-    )
-    .unwrap();
+    let want = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::BACKEND_REQ;
+    let (app, mut f) = volume_export("vhost_blk_resize", "lvsG", "vg", want);
     let resize = |mib: u64| {
         app.call(
             "bdev_lvol_resize",
@@ -827,14 +849,6 @@ fn a_resized_volume_tells_the_front_end_its_new_capacity() {
         )
         .unwrap();
     };
-    let mut f = Frontend::connect(app.socket("vg"), 16).expect("vhost-user connect");
-    f.set_owner().unwrap();
-    let features = f.get_features().unwrap();
-    f.set_features(features).unwrap();
-    let proto = f.get_protocol_features().unwrap();
-    let want = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::BACKEND_REQ;
-    assert!(proto.contains(want), "offered {proto:?}");
-    f.set_protocol_features(want).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
     f.set_backend_request_fd(&theirs).unwrap();
     // virtio-blk's capacity: the first 8 bytes of its configuration space, in 512-byte sectors.
@@ -922,31 +936,12 @@ fn a_back_end_channel_that_is_not_a_socket_is_never_written() {
     use vhost::vhost_user::{Frontend, VhostUserFrontend};
     use vhost::VhostBackend;
 
-    let app = Appliance::start("vhost_blk_bad_channel", &config(json!([])));
-    app.call(
-        "bdev_lvol_create_lvstore",
-        json!({"bdev_name": "Malloc0", "lvs_name": "lvsB", "cluster_sz": 1 << 20}),
-    )
-    .unwrap();
-    app.call(
-        "bdev_lvol_create",
-        json!({"lvol_name": "v", "size_in_mib": 8, "lvs_name": "lvsB", "thin_provision": true}),
-    )
-    .unwrap();
-    app.call(
-        "vhost_create_blk_controller",
-        json!({"ctrlr": "vb", "dev_name": "lvsB/v"}),
-    )
-    .unwrap();
-    let mut f = Frontend::connect(app.socket("vb"), 16).expect("vhost-user connect");
-    f.set_owner().unwrap();
-    let features = f.get_features().unwrap();
-    f.set_features(features).unwrap();
-    f.get_protocol_features().unwrap();
-    f.set_protocol_features(
+    let (app, mut f) = volume_export(
+        "vhost_blk_bad_channel",
+        "lvsB",
+        "vb",
         VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::BACKEND_REQ,
-    )
-    .unwrap();
+    );
     let file = memfd(4096);
     let _ = f.set_backend_request_fd(&file);
     app.call(

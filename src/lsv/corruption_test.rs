@@ -777,35 +777,10 @@ fn a_block_cut_off_by_a_shrink_reads_zeroes_after_a_grow_and_a_crash() {
     assert_reads(&pool, &model);
 }
 
-/// A checkpoint taken before the shrink still maps the cut block. If recovery falls back to
-/// it (the newer one is damaged), the grow's fence keeps that entry out as well.
-#[test]
-fn a_cut_block_in_an_older_checkpoint_stays_out_of_the_grown_volume() {
-    let (disk, pool) = new_pool();
-    let sb: Superblock = pool.sb;
-    let mut h = Harness::open(&pool);
-    h.write(200, 1);
-    h.write(50, 1);
-    drop(h);
-    let older = pool.checkpoint_sync().unwrap();
-    pool.resize_volume("v", 100).unwrap();
-    pool.resize_volume("v", VOLUME_BLOCKS).unwrap();
-    let newer = pool.checkpoint_sync().unwrap();
-    drop(pool);
-    let mut image = image_of(&disk);
-    let slot_of = |gen: u64| sb.metadata_offset + ((gen - 1) % 2) * sb.metadata_slot_bytes;
-    flip(&mut image, slot_of(newer) + 4096 + 10, 0x08);
-    let pool = open_image(image).unwrap();
-    assert_eq!(pool.stats()["checkpoint"]["generation"], older);
-    assert_reads(&pool, &BTreeMap::from([(50, 1)]));
-}
-
-/// The first grow's fence is replaced only once no checkpoint recovery may load began
-/// before that grow. Here nothing is written between the checkpoint, the shrink and the
-/// grow, so that checkpoint already covers every record below the grow's number; it still
-/// maps the cut block, and with the newer checkpoint damaged recovery falls back to it.
-#[test]
-fn a_second_grow_leaves_no_checkpoint_from_before_the_first_to_fall_back_to() {
+/// Blocks 200 and 50 written, a checkpoint, a shrink to 100 and a grow back; then `after`
+/// (more resizes, checkpoints). The newest checkpoint is damaged: recovery falls back to the
+/// one before, and block 200, cut off, must still read zeroes.
+fn a_cut_block_stays_out_after_a_fallback(after: impl FnOnce(&LsvPool)) {
     let (disk, pool) = new_pool();
     let sb: Superblock = pool.sb;
     let mut h = Harness::open(&pool);
@@ -815,7 +790,7 @@ fn a_second_grow_leaves_no_checkpoint_from_before_the_first_to_fall_back_to() {
     pool.checkpoint_sync().unwrap();
     pool.resize_volume("v", 100).unwrap();
     pool.resize_volume("v", VOLUME_BLOCKS).unwrap();
-    pool.resize_volume("v", VOLUME_BLOCKS + 44).unwrap();
+    after(&pool);
     let newest = checkpoint_generation(&pool);
     drop(pool);
     let mut image = image_of(&disk);
@@ -824,6 +799,26 @@ fn a_second_grow_leaves_no_checkpoint_from_before_the_first_to_fall_back_to() {
     let pool = open_image(image).unwrap();
     assert_eq!(pool.stats()["checkpoint"]["generation"], newest - 1);
     assert_reads(&pool, &BTreeMap::from([(50, 1)]));
+}
+
+/// A checkpoint taken before the shrink still maps the cut block. If recovery falls back to
+/// it (the newer one is damaged), the grow's fence keeps that entry out as well.
+#[test]
+fn a_cut_block_in_an_older_checkpoint_stays_out_of_the_grown_volume() {
+    a_cut_block_stays_out_after_a_fallback(|pool| {
+        pool.checkpoint_sync().unwrap();
+    });
+}
+
+/// The first grow's fence is replaced only once no checkpoint recovery may load began
+/// before that grow. Here nothing is written between the checkpoint, the shrink and the
+/// grow, so that checkpoint already covers every record below the grow's number; it still
+/// maps the cut block, and with the newer checkpoint damaged recovery falls back to it.
+#[test]
+fn a_second_grow_leaves_no_checkpoint_from_before_the_first_to_fall_back_to() {
+    a_cut_block_stays_out_after_a_fallback(|pool| {
+        pool.resize_volume("v", VOLUME_BLOCKS + 44).unwrap();
+    });
 }
 
 /// The cleaner found blocks live, then a shrink cut them off and a grow took its fence, and
