@@ -594,12 +594,48 @@ fn hostile_vhost_user_messages_get_errors_and_the_controller_goes_on() {
 /// QEMU sent the call eventfd (which QEMU sends only after enabling the rings). The new
 /// appliance signals the call eventfd once when a ring starts, so the guest looks again; without
 /// that the guest waits for good (a CI run of ci/vhost-guest.sh hung this way).
+/// Where `set_up_ring_0` puts guest memory in the front end's address space, and the avail
+/// and used rings in it (the descriptor table is at its start).
+const RING_VA: u64 = 0x7000_0000_0000;
+const RING_AVAIL: u64 = 0x1000;
+const RING_USED: u64 = 0x2000;
+
+/// Gives the back end `mem` (1 MiB) as guest memory and sets up ring 0 (128 entries, next
+/// avail index `base`) in it; kick, call and enable are the caller's.
+fn set_up_ring_0(f: &mut vhost::vhost_user::Frontend, mem: &std::fs::File, base: u16) {
+    use std::os::fd::AsRawFd;
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    f.set_mem_table(&[VhostUserMemoryRegionInfo {
+        // Not at 0: a descriptor table at guest address 0 reads as "not set yet".
+        guest_phys_addr: 1 << 20,
+        memory_size: 1 << 20,
+        userspace_addr: RING_VA,
+        mmap_offset: 0,
+        mmap_handle: mem.as_raw_fd(),
+    }])
+    .unwrap();
+    f.set_vring_num(0, 128).unwrap();
+    f.set_vring_base(0, base).unwrap();
+    f.set_vring_addr(
+        0,
+        &VringConfigData {
+            queue_max_size: 128,
+            queue_size: 128,
+            flags: 0,
+            desc_table_addr: RING_VA,
+            avail_ring_addr: RING_VA + RING_AVAIL,
+            used_ring_addr: RING_VA + RING_USED,
+            log_addr: None,
+        },
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_started_ring_signals_the_guest_once() {
-    use std::os::fd::AsRawFd;
     use vhost::vhost_user::message::VhostUserProtocolFeatures;
     use vhost::vhost_user::{Frontend, VhostUserFrontend};
-    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    use vhost::VhostBackend;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     let app = Appliance::start(
@@ -608,15 +644,14 @@ fn a_started_ring_signals_the_guest_once() {
             {"method": "vhost_create_blk_controller", "params": {"ctrlr": "vb0", "dev_name": "Malloc0"}},
         ])),
     );
-    const VA: u64 = 0x7000_0000_0000;
-    const AVAIL: u64 = 0x1000;
-    const USED: u64 = 0x2000;
     let mem = memfd(1 << 20);
     // Three requests were popped and used by the previous appliance (avail and used index 3),
     // and the guest has not seen them.
     use std::os::unix::fs::FileExt;
-    mem.write_all_at(&3u16.to_le_bytes(), AVAIL + 2).unwrap();
-    mem.write_all_at(&3u16.to_le_bytes(), USED + 2).unwrap();
+    mem.write_all_at(&3u16.to_le_bytes(), RING_AVAIL + 2)
+        .unwrap();
+    mem.write_all_at(&3u16.to_le_bytes(), RING_USED + 2)
+        .unwrap();
 
     let mut f = Frontend::connect(app.socket("vb0"), 16).expect("vhost-user connect");
     f.set_owner().unwrap();
@@ -625,30 +660,7 @@ fn a_started_ring_signals_the_guest_once() {
     let proto = f.get_protocol_features().unwrap();
     f.set_protocol_features(proto & VhostUserProtocolFeatures::MQ)
         .unwrap();
-    f.set_mem_table(&[VhostUserMemoryRegionInfo {
-        // Not at 0: a descriptor table at guest address 0 reads as "not set yet".
-        guest_phys_addr: 1 << 20,
-        memory_size: 1 << 20,
-        userspace_addr: VA,
-        mmap_offset: 0,
-        mmap_handle: mem.as_raw_fd(),
-    }])
-    .unwrap();
-    f.set_vring_num(0, 128).unwrap();
-    f.set_vring_base(0, 3).unwrap();
-    f.set_vring_addr(
-        0,
-        &VringConfigData {
-            queue_max_size: 128,
-            queue_size: 128,
-            flags: 0,
-            desc_table_addr: VA,
-            avail_ring_addr: VA + AVAIL,
-            used_ring_addr: VA + USED,
-            log_addr: None,
-        },
-    )
-    .unwrap();
+    set_up_ring_0(&mut f, &mem, 3);
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();
     let call = EventFd::new(EFD_NONBLOCK).unwrap();
     // QEMU's order on a reconnect: kick, enable, and only then the call eventfd.
@@ -833,11 +845,10 @@ fn volume_export(
 #[test]
 fn a_resized_volume_tells_the_front_end_its_new_capacity() {
     use std::io::Read;
-    use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
     use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
     use vhost::vhost_user::{Frontend, VhostUserFrontend};
-    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    use vhost::VhostBackend;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     let want = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::BACKEND_REQ;
@@ -881,30 +892,7 @@ fn a_resized_volume_tells_the_front_end_its_new_capacity() {
     );
     // A ring starts: now it is told.
     let mem = memfd(1 << 20);
-    const VA: u64 = 0x7000_0000_0000;
-    f.set_mem_table(&[VhostUserMemoryRegionInfo {
-        guest_phys_addr: 1 << 20,
-        memory_size: 1 << 20,
-        userspace_addr: VA,
-        mmap_offset: 0,
-        mmap_handle: mem.as_raw_fd(),
-    }])
-    .unwrap();
-    f.set_vring_num(0, 128).unwrap();
-    f.set_vring_base(0, 0).unwrap();
-    f.set_vring_addr(
-        0,
-        &VringConfigData {
-            queue_max_size: 128,
-            queue_size: 128,
-            flags: 0,
-            desc_table_addr: VA,
-            avail_ring_addr: VA + 0x1000,
-            used_ring_addr: VA + 0x2000,
-            log_addr: None,
-        },
-    )
-    .unwrap();
+    set_up_ring_0(&mut f, &mem, 0);
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();
     let call = EventFd::new(EFD_NONBLOCK).unwrap();
     f.set_vring_call(0, &call).unwrap();
