@@ -93,6 +93,27 @@ impl Harness {
         }
     }
 
+    /// Submits a one-block write of `lba` with `tag`'s pattern from slot `slot`'s buffer
+    /// (the request's tag is the slot).
+    fn submit_block_write(&mut self, slot: usize, lba: u64, tag: u64) -> Result<(), String> {
+        fill(&mut self.bufs[slot][..BLOCK], lba, tag);
+        // SAFETY: the slot's buffer is untouched until its write completes.
+        let iov = unsafe { IoVec::from_raw(self.bufs[slot].as_mut_ptr(), BLOCK) };
+        self.ch
+            .submit(
+                &IoRequest {
+                    io_type: IoType::Write,
+                    offset_blocks: lba,
+                    num_blocks: 1,
+                    iovs: &[iov],
+                    fua: false,
+                    tag: slot as u64,
+                },
+                0,
+            )
+            .map_err(|e| format!("submit: {e}"))
+    }
+
     fn read_block(&mut self, lba: u64) -> Vec<u8> {
         let mut buf = vec![0xA5u8; BLOCK];
         // SAFETY: `buf` lives, untouched, until the read completes below.
@@ -391,21 +412,7 @@ fn writes_read_back(
     for i in 0..9u64 {
         let lba = if i == 0 { size - 1 } else { rng.below(size) };
         let tag = tag_base + i;
-        fill(&mut h.bufs[0][..BLOCK], lba, tag);
-        // SAFETY: the buffer is untouched until the write completes below.
-        let iov = unsafe { IoVec::from_raw(h.bufs[0].as_mut_ptr(), BLOCK) };
-        h.ch.submit(
-            &IoRequest {
-                io_type: IoType::Write,
-                offset_blocks: lba,
-                num_blocks: 1,
-                iovs: &[iov],
-                fua: false,
-                tag: 0,
-            },
-            0,
-        )
-        .map_err(|e| format!("submit: {e}"))?;
+        h.submit_block_write(0, lba, tag)?;
         let mut status = None;
         for _ in 0..100_000 {
             cleaner.poll();
@@ -621,22 +628,7 @@ fn run_two_writers(seed: u64) -> Result<(), String> {
         if let Some(slot) = in_flight[w].iter().position(|b| !b) {
             let lba = rng.below(HOT);
             let tag = step * 32 + w as u64 * 16 + slot as u64 + 1;
-            let h = &mut hs[w];
-            fill(&mut h.bufs[slot][..BLOCK], lba, tag);
-            // SAFETY: the slot's buffer is untouched until its write completes.
-            let iov = unsafe { IoVec::from_raw(h.bufs[slot].as_mut_ptr(), BLOCK) };
-            h.ch.submit(
-                &IoRequest {
-                    io_type: IoType::Write,
-                    offset_blocks: lba,
-                    num_blocks: 1,
-                    iovs: &[iov],
-                    fua: false,
-                    tag: slot as u64,
-                },
-                0,
-            )
-            .map_err(|e| e.to_string())?;
+            hs[w].submit_block_write(slot, lba, tag)?;
             in_flight[w][slot] = true;
         }
         for (w, h) in hs.iter_mut().enumerate() {
