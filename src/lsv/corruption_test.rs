@@ -508,16 +508,26 @@ fn checkpoint_generation(pool: &LsvPool) -> u64 {
 
 /// Has the cleaner clean `victim` until the segment is free for reuse.
 fn clean(pool: &LsvPool, cleaner: &mut super::cleaner::Cleaner, victim: u64) {
-    use super::usage::SegmentState;
+    clean_until(pool, cleaner, victim, super::usage::SegmentState::Free);
+}
+
+/// Has the cleaner clean `victim` until the segment is in `state` (Cleaned: moved out and
+/// waiting for its flushes and free mark, nothing of them submitted yet; Free: reusable).
+fn clean_until(
+    pool: &LsvPool,
+    cleaner: &mut super::cleaner::Cleaner,
+    victim: u64,
+    state: super::usage::SegmentState,
+) {
     cleaner.force_victim(victim);
     for _ in 0..10_000 {
         cleaner.poll();
-        if pool.usage.state(victim) == SegmentState::Free {
+        if pool.usage.state(victim) == state {
             return;
         }
     }
     panic!(
-        "segment {victim} is {:?}, not free",
+        "segment {victim} is {:?}, not {state:?}",
         pool.usage.state(victim)
     );
 }
@@ -607,20 +617,6 @@ fn an_unmap_replayed_before_a_move_of_older_data_keeps_the_block_unmapped() {
     assert_reads(&pool, &model);
 }
 
-/// Has the cleaner clean `victim` up to Cleaned: moved out, waiting for its free mark and
-/// flush (nothing of either submitted yet).
-fn clean_until_waiting(pool: &LsvPool, cleaner: &mut super::cleaner::Cleaner, victim: u64) {
-    use super::usage::SegmentState;
-    cleaner.force_victim(victim);
-    for _ in 0..10_000 {
-        cleaner.poll();
-        if pool.usage.state(victim) == SegmentState::Cleaned {
-            return;
-        }
-    }
-    panic!("segment {victim} is {:?}", pool.usage.state(victim));
-}
-
 /// Whether the first block of segment `seg` is zero in `image` (its free mark).
 fn marked_free(pool: &LsvPool, image: &[u8], seg: u64) -> bool {
     let at = pool.sb.segment_offset(seg) as usize;
@@ -636,7 +632,7 @@ fn a_stopped_cleaner_marks_the_victims_it_frees() {
     let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
     let mut model = BTreeMap::new();
     let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
-    clean_until_waiting(&pool, &mut cleaner, victim);
+    clean_until(&pool, &mut cleaner, victim, SegmentState::Cleaned);
     drop(cleaner);
     assert_eq!(pool.usage.state(victim), SegmentState::Free);
     drop(h);
@@ -652,7 +648,7 @@ fn a_victim_cleaned_at_a_checkpoint_is_marked_before_reuse_after_a_crash() {
     let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
     let mut model = BTreeMap::new();
     let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
-    clean_until_waiting(&pool, &mut cleaner, victim);
+    clean_until(&pool, &mut cleaner, victim, SegmentState::Cleaned);
     pool.checkpoint_sync().unwrap();
     // The crash: before the free mark was written.
     let image = image_of(&disk);
@@ -931,4 +927,25 @@ fn shrink_and_grow(plan: &[(u64, &[u64])]) {
     drop(pool);
     let pool = open_image(image).unwrap();
     assert_reads(&pool, &model);
+}
+
+/// A volume table whose grow fence names an impossible sequence number (checksum intact) is
+/// refused with a clear error, not loaded to keep every later write out.
+#[test]
+fn a_grow_fence_with_an_impossible_number_is_refused() {
+    let (disk, pool) = new_pool();
+    pool.resize_volume("v", 100).unwrap();
+    pool.resize_volume("v", VOLUME_BLOCKS).unwrap();
+    drop(pool);
+    let mut image = image_of(&disk);
+    assert!(open_image(image.clone()).is_ok());
+    let vt = super::format::VOLUME_TABLE_OFFSET as usize;
+    image[vt + 3968 + 8..vt + 3968 + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let crc = crc32c::crc32c(&image[vt..vt + 4092]);
+    image[vt + 4092..vt + 4096].copy_from_slice(&crc.to_le_bytes());
+    let e = match open_image(image) {
+        Ok(_) => panic!("opened with a grow fence at u64::MAX"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("grow fence sequence number out of range"), "{e}");
 }

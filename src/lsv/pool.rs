@@ -74,6 +74,8 @@ const POOL_NAME_AT: usize = 4000;
 const NEXT_ID_AT: usize = POOL_NAME_AT + VT_NAME_BYTES + 4;
 /// The grow fence: volume id, sequence number, floor.
 const FENCE_AT: usize = 3968;
+/// A grow fence's sequence number at or above this is damage.
+const MAX_FENCE_SEQ: u64 = 1 << 62;
 const _: () =
     assert!(8 + MAX_VOLUMES * VT_ENTRY_BYTES <= FENCE_AT && FENCE_AT + 24 <= POOL_NAME_AT);
 /// Largest single request of checkpoint I/O.
@@ -516,6 +518,13 @@ fn decode_volume_table(b: &[u8]) -> Result<VolumeTable, PoolError> {
         seq: u64_at(FENCE_AT + 8),
         floor_blocks: u64_at(FENCE_AT + 16),
     };
+    // Sequence numbers never come near 2^62 (at ten million records a second, not for ten
+    // thousand years): a fence there would keep every later write out.
+    if fence.seq >= MAX_FENCE_SEQ {
+        return Err(PoolError::VolumeTable(
+            "grow fence sequence number out of range",
+        ));
+    }
     // A fence of a volume no longer in the table guards nothing (ids are never reused).
     let fence =
         (fence.seq != 0 && vols.iter().any(|v| v.id == fence_id)).then_some((fence_id, fence));
@@ -1149,7 +1158,11 @@ impl LsvPool {
         let fence_seq = standing_fence(&self.volumes.read().unwrap_or_else(|e| e.into_inner()))
             .map_or(0, |(_, f)| f.seq);
         self.next_seq.store(
-            h.next_seq.max(last + 1).max(newest + 1).max(fence_seq + 1) + SEQ_GAP_AFTER_RECOVERY,
+            h.next_seq
+                .max(last.saturating_add(1))
+                .max(newest.saturating_add(1))
+                .max(fence_seq.saturating_add(1))
+                .saturating_add(SEQ_GAP_AFTER_RECOVERY),
             Ordering::SeqCst,
         );
         // Relocation records in the log may carry blocks cut off by a shrink (see
