@@ -412,7 +412,7 @@ fn pool_format_inspect_check() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     for want in [
-        "  format version 2\n".to_string(),
+        "  format version 3\n".to_string(),
         "  segments 61\n".to_string(),
         "volume table: pool name tank, 0 volume(s)\n".to_string(),
         format!("checkpoint slot A at offset {slot_a}: valid, generation 1, complete_seq 0, next_seq 1, body "),
@@ -420,6 +420,8 @@ fn pool_format_inspect_check() {
         "recovery: ok, from checkpoint generation 1 (complete_seq 0)\n".to_string(),
         "  segments free 61, used 0\n".to_string(),
         "  mapped blocks 0\n".to_string(),
+        // 4 MiB segments: the journal fills the header segment after its first 8 KiB.
+        "  segment journal: 1022 slot(s), 0 entr(ies) no checkpoint covers; recovery read 0 segment(s) whole and probed the first block of 0\n".to_string(),
     ] {
         assert!(text.contains(&want), "{want:?} not in:\n{text}");
     }

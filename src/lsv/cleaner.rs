@@ -58,6 +58,8 @@ const MAX_MOVE_ENTRIES: usize = 1024;
 const TAG_CHECKPOINT: u64 = 1;
 /// The writes that zero a cleaned victim's first block.
 const TAG_FREE_MARK: u64 = 2;
+/// The write of a segment-journal entry.
+const TAG_JOURNAL: u64 = 3;
 /// Cleaned victims freed by one flush at most.
 const FLUSH_BATCH: usize = 8;
 
@@ -100,6 +102,8 @@ enum State {
     Moving {
         seg: u64,
     },
+    /// A relocation record in flight, and with it the journal entry of the segment it
+    /// opened: both must complete before the moves count.
     Writing {
         seg: u64,
         stream: usize,
@@ -108,6 +112,8 @@ enum State {
         count: usize,
         unmaps: usize,
         blocks: u64,
+        outstanding: u32,
+        failed: bool,
     },
     CheckpointBody {
         h: CheckpointHeader,
@@ -152,6 +158,10 @@ pub struct Cleaner {
     staging: DmaRegion,
     /// One zero block: what `mark_free` writes over a cleaned victim's first block.
     free_mark: DmaRegion,
+    /// The block of a journal entry being written, and the slot claimed for the segment a
+    /// stream just opened (until its entry is submitted with its first record).
+    journal_block: DmaRegion,
+    journal_claim: Option<u64>,
     cp_buf: Option<DmaRegion>,
     streams: [Stream; 2],
     state: State,
@@ -211,6 +221,7 @@ impl Cleaner {
         .map_err(|e| e.to_string())?;
         // Anonymous memory: zero, and never written.
         let free_mark = DmaRegion::new(BLOCK_BYTES, false).map_err(|e| e.to_string())?;
+        let journal_block = DmaRegion::new(BLOCK_BYTES, false).map_err(|e| e.to_string())?;
         // One cleaner per pool: two would free (and mark) each other's segments.
         if pool.cleaner_attached.swap(true, Ordering::AcqRel) {
             return Err(format!("pool {} already has a cleaner", pool.name));
@@ -242,6 +253,8 @@ impl Cleaner {
             seg_buf,
             staging,
             free_mark,
+            journal_block,
+            journal_claim: None,
             cp_buf: None,
             streams: heads.map(|head| Stream { head, open: None }),
             state: State::Idle,
@@ -410,25 +423,38 @@ impl Cleaner {
                 count,
                 unmaps,
                 blocks,
-            } => match done.first() {
-                None => (
-                    State::Writing {
-                        seg,
-                        stream,
-                        to_seg,
-                        first_pba,
-                        count,
-                        unmaps,
-                        blocks,
-                    },
-                    CleanerPoll::Waiting,
-                ),
-                Some(c) => {
-                    let ok = c.status == IoStatus::Success;
-                    self.unmap_cursor += unmaps;
-                    self.moved(seg, stream, to_seg, first_pba, count, blocks, ok)
+                mut outstanding,
+                mut failed,
+            } => {
+                for c in done {
+                    outstanding -= 1;
+                    failed |= c.status != IoStatus::Success;
                 }
-            },
+                if outstanding > 0 {
+                    let waiting = if done.is_empty() {
+                        CleanerPoll::Waiting
+                    } else {
+                        CleanerPoll::Busy
+                    };
+                    (
+                        State::Writing {
+                            seg,
+                            stream,
+                            to_seg,
+                            first_pba,
+                            count,
+                            unmaps,
+                            blocks,
+                            outstanding,
+                            failed,
+                        },
+                        waiting,
+                    )
+                } else {
+                    self.unmap_cursor += unmaps;
+                    self.moved(seg, stream, to_seg, first_pba, count, blocks, !failed)
+                }
+            }
             State::CheckpointBody {
                 h,
                 offset,
@@ -602,7 +628,8 @@ impl Cleaner {
         let written_since = self.pool.next_seq_now() > self.seq_at_checkpoint;
         let want_checkpoint = self.checkpoint_requested
             || (written_since && now - self.last_checkpoint >= CHECKPOINT_INTERVAL)
-            || log_since >= (self.pool.sb.pool_bytes / 4).min(CHECKPOINT_LOG_BYTES);
+            || log_since >= (self.pool.sb.pool_bytes / 4).min(CHECKPOINT_LOG_BYTES)
+            || self.pool.journal_pressure();
         if want_checkpoint && self.start_checkpoint() {
             self.checkpoint_requested = false;
             return CleanerPoll::Busy;
@@ -925,7 +952,16 @@ impl Cleaner {
                 .transition(seg, SegmentState::Open, SegmentState::Sealed);
             self.streams[s].open = None;
         }
-        let seg = self.pool.usage.open_free(0)?;
+        debug_assert!(self.journal_claim.is_none());
+        // A full journal waits for a checkpoint, as a pool with no free segment does.
+        let claim = self.pool.claim_journal().ok()?;
+        let Some(seg) = self.pool.usage.open_free(0) else {
+            if let Some(p) = claim {
+                self.pool.release_journal(p);
+            }
+            return None;
+        };
+        self.journal_claim = claim;
         self.streams[s].open = Some((seg, blocks, 0));
         Some((seg, 0, 0))
     }
@@ -1074,9 +1110,8 @@ impl Cleaner {
             }
         }
         let total = hb + count as u64;
-        let (start_pba, r) = self.write_record(&h, to_seg, at, total);
-        if let Err(e) = r {
-            tracing::error!(pool = %self.pool.name, "cleaner: record submit failed: {e}");
+        let (start_pba, outstanding, failed) = self.write_record(&h, to_seg, at, total);
+        if outstanding == 0 {
             return self.moved(seg, stream, to_seg, start_pba + hb, count, total, false);
         }
         // Blocks the header no longer needs stay unused at the segment's tail of this record.
@@ -1094,6 +1129,8 @@ impl Cleaner {
                 count,
                 unmaps: 0,
                 blocks: total,
+                outstanding,
+                failed,
             },
             CleanerPoll::Busy,
         )
@@ -1118,20 +1155,51 @@ impl Cleaner {
     }
 
     /// Encodes `h` at the front of the staging buffer (its data already follows it there),
-    /// notes where its blocks go, and submits the `total` blocks to block `at` of `to_seg`.
+    /// notes where its blocks go, and submits the `total` blocks to block `at` of `to_seg`,
+    /// after the journal entry of `to_seg` if the record opens it: (first block, writes
+    /// submitted, whether one failed to submit). Nothing is written to a segment whose
+    /// entry could not be.
     fn write_record(
         &mut self,
         h: &RecordHeader,
         to_seg: u64,
         at: u64,
         total: u64,
-    ) -> (u64, Result<(), crate::bdev::SubmitError>) {
+    ) -> (u64, u32, bool) {
+        let start_pba = self.pool.segment_first_block(to_seg) + at;
+        let mut outstanding = 0;
+        if let Some(position) = self.journal_claim.take() {
+            debug_assert_eq!(at, 0);
+            // SAFETY: the journal block is ours, and no write of it is in flight (one
+            // relocation record, and so one entry, at a time).
+            let block =
+                unsafe { std::slice::from_raw_parts_mut(self.journal_block.as_ptr(), BLOCK_BYTES) };
+            let pba = self.pool.journal_entry(position, to_seg, h.seq, block);
+            // SAFETY: as above; ours until the write completes.
+            let iov = unsafe { IoVec::from_raw(self.journal_block.as_ptr(), BLOCK_BYTES) };
+            let r = self.ch.submit(
+                &IoRequest {
+                    io_type: IoType::Write,
+                    offset_blocks: pba,
+                    num_blocks: 1,
+                    iovs: &[iov],
+                    fua: false,
+                    tag: TAG_JOURNAL,
+                },
+                0,
+            );
+            if let Err(e) = r {
+                tracing::error!(pool = %self.pool.name, "cleaner: journal entry submit failed: {e}");
+                self.pool.usage.record_started(to_seg);
+                return (start_pba, 0, true);
+            }
+            outstanding += 1;
+        }
         let hb = h.header_blocks as usize;
         // SAFETY: the staging buffer is ours; its first `hb` blocks hold the header.
         let head =
             unsafe { std::slice::from_raw_parts_mut(self.staging.as_ptr(), hb * BLOCK_BYTES) };
         h.encode(head);
-        let start_pba = self.pool.segment_first_block(to_seg) + at;
         self.pool.summarize(h, start_pba + hb as u64);
         self.pool.usage.record_started(to_seg);
         // SAFETY: header plus data, contiguous in the staging buffer, ours until completion.
@@ -1147,7 +1215,14 @@ impl Cleaner {
             },
             0,
         );
-        (start_pba, r)
+        match r {
+            Ok(()) => (start_pba, outstanding + 1, false),
+            Err(e) => {
+                tracing::error!(pool = %self.pool.name, "cleaner: record submit failed: {e}");
+                // A journal write in flight is waited for, then the record counts as failed.
+                (start_pba, outstanding, true)
+            }
+        }
     }
 
     /// Writes a record of the victim's pending unmaps (no data) to the relocation stream.
@@ -1162,8 +1237,8 @@ impl Cleaner {
         for e in &self.unmaps[self.unmap_cursor..self.unmap_cursor + n] {
             h.push(*e).expect("sized to fit");
         }
-        let (start_pba, r) = self.write_record(&h, to_seg, at, hb);
-        if r.is_err() {
+        let (start_pba, outstanding, failed) = self.write_record(&h, to_seg, at, hb);
+        if outstanding == 0 {
             return self.moved(seg, 0, to_seg, start_pba + hb, 0, hb, false);
         }
         (
@@ -1175,6 +1250,8 @@ impl Cleaner {
                 count: 0,
                 unmaps: n,
                 blocks: hb,
+                outstanding,
+                failed,
             },
             CleanerPoll::Busy,
         )

@@ -1,11 +1,12 @@
 //! The pool's on-disk layout and its superblock.
 //!
-//! ## Layout (format version 2)
+//! ## Layout (format version 3)
 //!
 //! ```text
 //! offset 0                      superblock (4 KiB), below
 //! offset 4 KiB                  volume table (4 KiB, see `pool.rs`)
-//! offset 8 KiB .. segment_bytes reserved (zero)
+//! offset 8 KiB                  segment journal: `journal_slots` 4 KiB blocks
+//!                               (`segment_journal.rs`), then zero up to segment_bytes
 //! metadata_offset               two checkpoint slots of metadata_slot_bytes each (A, B)
 //! first_segment_offset          segment 0, segment 1, ... (segment_bytes each)
 //! ```
@@ -13,13 +14,15 @@
 //! Every region starts on a segment boundary, so segments are aligned for large sequential
 //! writes. A checkpoint slot (format in `checkpoint.rs`) holds a 4 KiB header, 16 bytes per
 //! segment, 16 bytes per volume and one 24-byte entry per pool block, so a full pool's map
-//! always fits. Version 1 (no checkpoints, volume table in slot A) is not read.
+//! always fits. Version 2 is version 3 without the segment journal (its region is zero):
+//! it is still read, and its recovery reads the first block of every segment instead.
+//! Version 1 (no checkpoints, volume table in slot A) is not read.
 //!
 //! ## Superblock (little endian)
 //!
 //! ```text
 //!  0  magic            8 bytes  "UNBLEND\0"
-//!  8  version          u32      1
+//!  8  version          u32      3 (2 still read)
 //! 12  block_size       u32      4096
 //! 16  uuid             16 bytes
 //! 32  segment_bytes    u64      1 MiB ..= 256 MiB, a power of two
@@ -36,7 +39,9 @@ use thiserror::Error;
 use uuid::Uuid;
 
 pub const MAGIC: &[u8; 8] = b"UNBLEND\0";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest version this build reads (no segment journal).
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
 pub const SUPERBLOCK_BYTES: usize = 4096;
 pub const POOL_BLOCK_BYTES: u32 = 4096;
 pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
@@ -61,7 +66,7 @@ pub enum FormatError {
     #[error("not an unblend pool (bad magic)")]
     BadMagic,
     #[error(
-        "pool format version {0} is not supported (this build reads version {FORMAT_VERSION})"
+        "pool format version {0} is not supported (this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})"
     )]
     UnsupportedVersion(u32),
     #[error("superblock checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
@@ -78,6 +83,8 @@ pub enum FormatError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Superblock {
+    /// `FORMAT_VERSION` for new pools; `OLDEST_FORMAT_VERSION` for pools without a journal.
+    pub version: u32,
     pub uuid: Uuid,
     pub block_size: u32,
     pub segment_bytes: u64,
@@ -131,6 +138,7 @@ impl Superblock {
             return Err(too_small);
         }
         Ok(Superblock {
+            version: FORMAT_VERSION,
             uuid,
             block_size: POOL_BLOCK_BYTES,
             segment_bytes,
@@ -142,6 +150,17 @@ impl Superblock {
         })
     }
 
+    /// Slots of the segment journal (`segment_journal.rs`): 0 for a version 2 pool, else
+    /// what fits between the volume table and the first metadata region, at most
+    /// `MAX_JOURNAL_SLOTS`.
+    pub fn journal_slots(&self) -> u64 {
+        if self.version < 3 {
+            return 0;
+        }
+        ((self.metadata_offset - super::segment_journal::JOURNAL_OFFSET) / POOL_BLOCK_BYTES as u64)
+            .min(super::segment_journal::MAX_JOURNAL_SLOTS)
+    }
+
     /// Byte offset of segment `n` in the pool.
     pub fn segment_offset(&self, n: u64) -> u64 {
         debug_assert!(n < self.segment_count);
@@ -151,7 +170,7 @@ impl Superblock {
     pub fn encode(&self) -> [u8; SUPERBLOCK_BYTES] {
         let mut b = [0u8; SUPERBLOCK_BYTES];
         b[0..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&self.block_size.to_le_bytes());
         b[16..32].copy_from_slice(self.uuid.as_bytes());
         let fields = [
@@ -187,10 +206,11 @@ impl Superblock {
             return Err(FormatError::Checksum { stored, computed });
         }
         let version = u32_at(8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(FormatError::UnsupportedVersion(version));
         }
         let sb = Superblock {
+            version,
             block_size: u32_at(12),
             uuid: Uuid::from_slice(&b[16..32]).expect("16 bytes"),
             segment_bytes: u64_at(32),
@@ -204,8 +224,11 @@ impl Superblock {
         if sb.block_size != POOL_BLOCK_BYTES {
             return bad("block size is not 4096");
         }
-        let planned = Superblock::plan(sb.pool_bytes, sb.segment_bytes, sb.uuid)
-            .map_err(|e| FormatError::Inconsistent(e.to_string()))?;
+        let planned = Superblock {
+            version,
+            ..Superblock::plan(sb.pool_bytes, sb.segment_bytes, sb.uuid)
+                .map_err(|e| FormatError::Inconsistent(e.to_string()))?
+        };
         if planned != sb {
             return bad("layout does not match its own pool size and segment size");
         }
@@ -270,12 +293,21 @@ mod tests {
         b[0] = b'X';
         assert_eq!(Superblock::decode(&b, 1 << 30), Err(FormatError::BadMagic));
         let mut b = s.encode();
-        b[8] = 3;
+        b[8] = 4;
         let crc = crc32c::crc32c(&b[..SUPERBLOCK_BYTES - 4]);
         b[SUPERBLOCK_BYTES - 4..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             Superblock::decode(&b, 1 << 30),
-            Err(FormatError::UnsupportedVersion(3))
+            Err(FormatError::UnsupportedVersion(4))
+        );
+        // A version 2 pool (no journal) is still read.
+        let v2 = Superblock { version: 2, ..s };
+        let back = Superblock::decode(&v2.encode(), 1 << 30).unwrap();
+        assert_eq!(back, v2);
+        assert_eq!(back.journal_slots(), 0);
+        assert_eq!(
+            s.journal_slots(),
+            super::super::segment_journal::MAX_JOURNAL_SLOTS.min((8 << 20) / 4096 - 2)
         );
         assert!(matches!(
             Superblock::decode(&s.encode(), 1 << 29),

@@ -45,6 +45,9 @@ const BATCH_WHEN_IN_FLIGHT: usize = 2;
 const BATCH_TARGET_BLOCKS: u32 = 64;
 /// Records one writer has in flight at once.
 pub const RECORDS_IN_FLIGHT: usize = 8;
+/// In the log order (and as a base request's tag), the writer's segment-journal write: at
+/// most one in flight, queued ahead of the first record of the segment it names.
+const JOURNAL_SLOT: usize = RECORDS_IN_FLIGHT;
 /// Iovecs one write may carry.
 pub const MAX_WRITE_IOVS: usize = 8;
 /// Volume channels one writer serves at once.
@@ -68,6 +71,15 @@ struct Head {
     next_block: u64,
     /// The seq of this segment's first record (0 until it is numbered).
     epoch: u64,
+}
+
+/// Why `reserve` found no room.
+enum NoRoom {
+    /// Not now: the journal write for the last segment opened is in flight, or every
+    /// journal slot waits for a checkpoint (which the cleaner writes).
+    Wait,
+    /// No free segment.
+    Full,
 }
 
 /// (channel, slot) of each write in a record.
@@ -107,9 +119,14 @@ pub(super) struct LogWriter {
     base: IoChannel,
     headers: BufferPool,
     head: Option<Head>,
+    /// The journal slot claimed for the segment just opened, until its entry is submitted.
+    journal_claim: Option<u64>,
+    /// The buffer of the journal write in flight.
+    journal_buf: Option<DmaBuf>,
     pending: Vec<PendingWrite>,
     records: Vec<Option<InFlightRecord>>,
-    /// Record slots in log order, and each one's outcome once its write completes.
+    /// Record slots (and `JOURNAL_SLOT`) in log order, and each one's outcome once its write
+    /// completes.
     order: VecDeque<usize>,
     outcome: Vec<Option<IoStatus>>,
     outboxes: Vec<Option<Outbox>>,
@@ -170,12 +187,12 @@ impl LogWriter {
         // use of the reactor's pool can never starve the log of header buffers.
         let headers = BufferPool::new(BufferPoolConfig {
             buf_bytes: BLOCK_BYTES,
-            count: RECORDS_IN_FLIGHT,
+            count: RECORDS_IN_FLIGHT + 1,
             try_hugepages: false,
         })
         .map_err(|e| BdevError::Channel(e.to_string()))?;
         let base = pool.base.open_channel(&ChannelContext {
-            queue_depth: RECORDS_IN_FLIGHT as u32,
+            queue_depth: RECORDS_IN_FLIGHT as u32 + 1,
             buffers: ctx.buffers.clone(),
         })?;
         let log_head = pool.claim_head().ok_or_else(|| {
@@ -193,10 +210,12 @@ impl LogWriter {
             base,
             headers,
             head: None,
+            journal_claim: None,
+            journal_buf: None,
             pending: Vec::new(),
             records: (0..RECORDS_IN_FLIGHT).map(|_| None).collect(),
-            outcome: vec![None; RECORDS_IN_FLIGHT],
-            order: VecDeque::with_capacity(RECORDS_IN_FLIGHT),
+            outcome: vec![None; RECORDS_IN_FLIGHT + 1],
+            order: VecDeque::with_capacity(RECORDS_IN_FLIGHT + 1),
             outboxes: Vec::new(),
             base_done: Vec::with_capacity(RECORDS_IN_FLIGHT),
             deltas: UsageDeltas::default(),
@@ -208,7 +227,7 @@ impl LogWriter {
                     )
                 })
                 .collect(),
-            doomed: vec![false; RECORDS_IN_FLIGHT],
+            doomed: vec![false; RECORDS_IN_FLIGHT + 1],
             tables: Vec::new(),
         })
     }
@@ -326,14 +345,15 @@ impl LogWriter {
             .sum()
     }
 
-    /// Room for `blocks` in the open segment, sealing it and opening another when full.
-    /// With a cleaner running, the last free segments are left to it.
-    fn reserve(&mut self, blocks: u64) -> Option<(u64, u64)> {
+    /// Room for `blocks` in the open segment, sealing it and opening another when full
+    /// (with a journal slot claimed for it, `journal_claim`). With a cleaner running, the
+    /// last free segments are left to it.
+    fn reserve(&mut self, blocks: u64) -> Result<(u64, u64), NoRoom> {
         if let Some(h) = &self.head {
             if h.next_block + blocks <= self.blocks_per_segment() {
                 let at = (h.seg, h.next_block);
                 self.head.as_mut().expect("checked").next_block += blocks;
-                return Some(at);
+                return Ok(at);
             }
             let sealed =
                 self.pool
@@ -342,18 +362,68 @@ impl LogWriter {
             debug_assert!(sealed);
             self.head = None;
         }
-        let keep = if self.pool.cleaner_attached.load(Ordering::Relaxed) {
-            CLEANER_RESERVE_SEGMENTS
-        } else {
-            0
+        let cleaner = self.pool.cleaner_attached.load(Ordering::Relaxed);
+        if self.journal_buf.is_some() {
+            return Err(NoRoom::Wait);
+        }
+        debug_assert!(self.journal_claim.is_none());
+        let claim = match self.pool.claim_journal() {
+            Ok(claim) => claim,
+            // The cleaner's checkpoint frees slots; without a cleaner nothing will.
+            Err(_) if cleaner => return Err(NoRoom::Wait),
+            Err(_) => return Err(NoRoom::Full),
         };
-        let seg = self.pool.usage.open_free(keep)?;
+        let keep = if cleaner { CLEANER_RESERVE_SEGMENTS } else { 0 };
+        let Some(seg) = self.pool.usage.open_free(keep) else {
+            if let Some(p) = claim {
+                self.pool.release_journal(p);
+            }
+            return Err(NoRoom::Full);
+        };
+        self.journal_claim = claim;
         self.head = Some(Head {
             seg,
             next_block: blocks,
             epoch: 0,
         });
-        Some((seg, 0))
+        Ok((seg, 0))
+    }
+
+    /// Submits the journal entry of the segment just opened (`journal_claim`), ahead of its
+    /// first record (`epoch`) in the log order; false if the submit failed.
+    fn submit_journal_entry(&mut self, seg: u64, epoch: u64) -> bool {
+        let Some(position) = self.journal_claim.take() else {
+            return true;
+        };
+        // The pool has a buffer more than record slots, and one journal write at a time.
+        let mut buf = self.headers.get().expect("a buffer kept for the journal");
+        let block = self
+            .pool
+            .journal_entry(position, seg, epoch, buf.as_mut_slice());
+        // SAFETY: the buffer stays on loan to this write until it completes.
+        let iov = unsafe { IoVec::from_buf(&mut buf, BLOCK_BYTES) };
+        let req = IoRequest {
+            io_type: IoType::Write,
+            offset_blocks: block,
+            num_blocks: 1,
+            iovs: &[iov],
+            // Records written with FUA are acknowledged as durable: so must the entry be.
+            fua: self.pool.fua_records(),
+            tag: JOURNAL_SLOT as u64,
+        };
+        match self.base.submit(&req, 0) {
+            Ok(()) => {
+                self.order.push_back(JOURNAL_SLOT);
+                self.outcome[JOURNAL_SLOT] = None;
+                self.journal_buf = Some(buf);
+                true
+            }
+            Err(e) => {
+                tracing::error!("lsv journal entry submit failed: {e}");
+                self.headers.put(buf);
+                false
+            }
+        }
     }
 
     /// Whether writes that find no room must fail now (no cleaner, or it can free nothing);
@@ -419,26 +489,52 @@ impl LogWriter {
                 self.pool.grant_credit(charged);
                 return;
             };
-            let Some((seg, at)) = self.reserve(blocks) else {
-                self.headers.put(header_buf);
-                self.pool.grant_credit(charged);
-                if !self.out_of_space() {
-                    return; // the cleaner is making room: try again next poll
+            let (seg, at) = match self.reserve(blocks) {
+                Ok(room) => room,
+                Err(NoRoom::Wait) => {
+                    self.headers.put(header_buf);
+                    self.pool.grant_credit(charged);
+                    return;
                 }
-                // Pool full: fail what cannot be logged (writes and unmaps alike); reads go on.
-                for i in 0..take {
-                    let (chan, slot) = (self.pending[i].chan, self.pending[i].slot);
-                    self.complete(chan, slot, IoStatus::Failed(libc::ENOSPC));
+                Err(NoRoom::Full) => {
+                    self.headers.put(header_buf);
+                    self.pool.grant_credit(charged);
+                    if !self.out_of_space() {
+                        return; // the cleaner is making room: try again next poll
+                    }
+                    // Pool full: fail what cannot be logged (writes and unmaps alike); reads go on.
+                    for i in 0..take {
+                        let (chan, slot) = (self.pending[i].chan, self.pending[i].slot);
+                        self.complete(chan, slot, IoStatus::Failed(libc::ENOSPC));
+                    }
+                    self.pending.drain(..take);
+                    continue;
                 }
-                self.pending.drain(..take);
-                continue;
             };
             let seq = self.pool.next_seq(self.log_head);
             let head = self.head.as_mut().expect("reserved above");
             if at == 0 {
                 head.epoch = seq;
             }
-            let mut header = RecordHeader::new(seq, seg, head.epoch);
+            let epoch = head.epoch;
+            if at == 0 && !self.submit_journal_entry(seg, seq) {
+                // Nothing may go into a segment recovery could not find.
+                if let Some(h) = self.head.take() {
+                    self.pool
+                        .usage
+                        .transition(h.seg, SegmentState::Open, SegmentState::Sealed);
+                }
+                self.pool.record_done();
+                self.publish_oldest();
+                self.headers.put(header_buf);
+                for i in 0..take {
+                    let (chan, slot) = (self.pending[i].chan, self.pending[i].slot);
+                    self.complete(chan, slot, IoStatus::Failed(libc::EIO));
+                }
+                self.pending.drain(..take);
+                continue;
+            }
+            let mut header = RecordHeader::new(seq, seg, epoch);
             header.durable_seq = self.durable_seq;
             // Reuse a finished record's vectors: nothing is allocated per record.
             let (entries, mut slots) = self.spare.pop().expect("one spare per record slot");
@@ -548,6 +644,18 @@ impl LogWriter {
                         .transition(h.seg, SegmentState::Open, SegmentState::Sealed);
                 }
             }
+            if front == JOURNAL_SLOT {
+                // The records behind it in the order may now be acknowledged.
+                if status != IoStatus::Success {
+                    tracing::error!("lsv journal entry write failed: {status:?}");
+                }
+                let buf = self
+                    .journal_buf
+                    .take()
+                    .expect("a journal write was in flight");
+                self.headers.put(buf);
+                continue;
+            }
             self.finish_record(front, status);
         }
         if failed {
@@ -562,7 +670,8 @@ impl LogWriter {
     fn publish_oldest(&self) {
         let oldest = self
             .order
-            .front()
+            .iter()
+            .find(|&&i| i != JOURNAL_SLOT)
             .and_then(|&i| self.records[i].as_ref())
             .map(|r| r.header.seq);
         self.pool.head_oldest(self.log_head, oldest);

@@ -17,6 +17,7 @@ pub mod log_writer;
 pub mod pool;
 pub mod pools;
 pub mod record;
+pub mod segment_journal;
 pub mod tools;
 pub mod usage;
 mod victim_read;

@@ -61,6 +61,7 @@ use super::extent_table::Stored;
 use super::extent_table::{ExtentTable, GrowFence, Mapping, Update};
 use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES, VOLUME_TABLE_OFFSET};
 use super::record::{EntryOp, RecordHeader, BLOCK_BYTES};
+use super::segment_journal::{JournalEntry, SegmentJournal, SlotContent, JOURNAL_OFFSET};
 use super::usage::{SegmentState, UsageDeltas, UsageTable};
 use crate::bdev::{BdevEntry, ChannelContext, IoChannel, IoRequest, IoStatus, IoType, IoVec};
 use crate::mem::DmaRegion;
@@ -334,6 +335,19 @@ type LoadedCheckpoint = (
     Vec<(u32, u64, Stored, u64)>,
 );
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: the journal ring that pools made or opened on this thread get (None: the
+    /// format's; Some(0): format version 2, no journal; Some(n): at most n slots).
+    pub(super) static TEST_JOURNAL_SLOTS: std::cell::Cell<Option<u64>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Every journal slot holds an entry that a checkpoint does not cover yet: no segment can be
+/// opened until one does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct JournalFull;
+
 /// Sequence numbers skipped after recovery: more than every record that can be in flight at
 /// once (`MAX_LOG_HEADS` heads of at most `RECORDS_IN_FLIGHT` records each).
 pub const SEQ_GAP_AFTER_RECOVERY: u64 = 1 << 16;
@@ -405,6 +419,14 @@ pub struct LsvPool {
     /// record was numbered (`note_cut_relocation`): no grow fence is retired before both
     /// checkpoints cover it.
     cut_relocation_seq: AtomicU64,
+    /// Where recovery finds the segments opened since a checkpoint (None: a version 2 pool,
+    /// whose recovery reads the first block of every segment).
+    pub(super) journal: Option<SegmentJournal>,
+    /// Times a log head found every journal slot waiting for a checkpoint.
+    pub(super) journal_full_waits: AtomicU64,
+    /// What the last recovery read: segments whole, and first blocks probed.
+    pub(super) recovery_segments_read: AtomicU64,
+    pub(super) recovery_segments_probed: AtomicU64,
     /// Log blocks written (user and cleaner) when the newest checkpoint began.
     pub(super) log_blocks_at_checkpoint: AtomicU64,
     checkpoint_busy: AtomicBool,
@@ -565,11 +587,25 @@ impl LsvPool {
             return Err(PoolError::BadName(name.to_string()));
         }
         let bytes = base.bdev.num_blocks() * bs as u64;
-        let sb = Superblock::plan(bytes, segment_bytes, Uuid::new_v4())?;
+        #[allow(unused_mut)]
+        let mut sb = Superblock::plan(bytes, segment_bytes, Uuid::new_v4())?;
+        #[cfg(test)]
+        if TEST_JOURNAL_SLOTS.with(|t| t.get()) == Some(0) {
+            sb.version = super::format::OLDEST_FORMAT_VERSION;
+        }
         let mut io = SyncIo::new(&base, BLOCK_BYTES)?;
         io.bytes_mut(BLOCK_BYTES).fill(0);
         for s in 0..sb.segment_count {
             io.run(IoType::Write, sb.segment_offset(s), BLOCK_BYTES, false)?;
+        }
+        // Nor may the journal hold entries of one (they carry the pool's uuid as well).
+        for slot in 0..sb.journal_slots() {
+            io.run(
+                IoType::Write,
+                JOURNAL_OFFSET + slot * BLOCK_BYTES as u64,
+                BLOCK_BYTES,
+                false,
+            )?;
         }
         // Neither checkpoint slot may hold a checkpoint of an earlier pool.
         io.run(IoType::Write, sb.metadata_offset, BLOCK_BYTES, false)?;
@@ -626,6 +662,12 @@ impl LsvPool {
         next_volume_id: u32,
     ) -> LsvPool {
         let seg_blocks = (sb.segment_bytes / BLOCK_BYTES as u64) as usize;
+        #[allow(unused_mut)]
+        let mut journal_slots = sb.journal_slots();
+        #[cfg(test)]
+        if let Some(n) = TEST_JOURNAL_SLOTS.with(|t| t.get()).filter(|&n| n >= 2) {
+            journal_slots = journal_slots.min(n);
+        }
         LsvPool {
             summaries: (0..sb.segment_count)
                 .map(|_| std::sync::OnceLock::new())
@@ -667,6 +709,10 @@ impl LsvPool {
             checkpoint_next_seq_prev: AtomicU64::new(0),
             checkpoint_next_seq: AtomicU64::new(0),
             cut_relocation_seq: AtomicU64::new(0),
+            journal: (journal_slots >= 2).then(|| SegmentJournal::new(journal_slots)),
+            journal_full_waits: AtomicU64::new(0),
+            recovery_segments_read: AtomicU64::new(0),
+            recovery_segments_probed: AtomicU64::new(0),
             log_blocks_at_checkpoint: AtomicU64::new(0),
             checkpoint_busy: AtomicBool::new(false),
             cleaner_attached: AtomicBool::new(false),
@@ -977,8 +1023,10 @@ impl LsvPool {
             );
         }
         // The log since: segments that were open or written after the checkpoint began are
-        // read whole; of every other segment the first block tells whether it was (re)used
-        // since (a cleaned segment may be reused without a new checkpoint).
+        // read whole, and so is every segment the journal says was opened for a use begun
+        // after it (a cleaned segment may be reused without a new checkpoint). A pool with
+        // no journal (version 2), or a damaged one, has the first block of every other
+        // segment read instead: it tells whether the segment was (re)used since.
         let mut io = SyncIo::new(&self.base, self.sb.segment_bytes as usize)?;
         let mut records: Vec<(u64, u64, RecordHeader)> = Vec::new();
         // What each block read holds now: (volume, lba, data seq).
@@ -986,15 +1034,26 @@ impl LsvPool {
             std::collections::HashMap::new();
         let mut newest_in = vec![0u64; self.sb.segment_count as usize];
         let mut segments_read = 0u64;
+        let mut segments_probed = 0u64;
         // Which segments to read whole, their first blocks read PROBE_BATCH at a time.
         let mut whole = vec![false; self.sb.segment_count as usize];
-        let mut probe = Vec::with_capacity(PROBE_BATCH);
         for seg in 0..self.sb.segment_count {
             let row = rows[seg as usize];
-            if row.state == SegmentState::Open || row.last_seq > after {
-                whole[seg as usize] = true;
-            } else {
+            whole[seg as usize] = row.state == SegmentState::Open || row.last_seq > after;
+        }
+        let journaled = match &self.journal {
+            Some(j) => self.read_journal(&mut io, j)?,
+            None => None,
+        };
+        let probe_all = journaled.is_none();
+        for e in journaled.iter().flatten().filter(|e| e.epoch > after) {
+            whole[e.segment as usize] = true;
+        }
+        let mut probe = Vec::with_capacity(PROBE_BATCH);
+        for seg in 0..self.sb.segment_count {
+            if probe_all && !whole[seg as usize] {
                 probe.push(seg);
+                segments_probed += 1;
             }
             if probe.len() == PROBE_BATCH || (seg + 1 == self.sb.segment_count && !probe.is_empty())
             {
@@ -1181,8 +1240,43 @@ impl LsvPool {
         // and the checkpoint's flush made them durable; it stays Cleaned until the cleaner
         // has zeroed its first block (`Cleaner::new`), since the checkpoint may have been
         // taken before that (recovery writes nothing).
-        tracing::info!(pool = %self.name, checkpoint = h.generation, records = records.len(), segments_read, ms = t0.elapsed().as_millis() as u64, "pool recovered");
+        self.recovery_segments_read
+            .store(segments_read, Ordering::Relaxed);
+        self.recovery_segments_probed
+            .store(segments_probed, Ordering::Relaxed);
+        tracing::info!(pool = %self.name, checkpoint = h.generation, records = records.len(), segments_read, segments_probed, ms = t0.elapsed().as_millis() as u64, "pool recovered");
         Ok(())
+    }
+
+    /// Reads the segment journal and restores its ring: its entries, or None if one is
+    /// damaged (recovery then reads the first block of every segment).
+    fn read_journal(
+        &self,
+        io: &mut SyncIo,
+        journal: &SegmentJournal,
+    ) -> Result<Option<Vec<JournalEntry>>, PoolError> {
+        let len = journal.slots() as usize * BLOCK_BYTES;
+        let buf = io.buf.as_ptr();
+        io.read_into(JOURNAL_OFFSET, buf, len)?;
+        let bytes = io.bytes(len);
+        let mut entries = Vec::new();
+        let mut damage = None;
+        for (slot, block) in bytes.chunks_exact(BLOCK_BYTES).enumerate() {
+            match JournalEntry::decode(block, &self.sb.uuid, self.sb.segment_count) {
+                SlotContent::Empty => {}
+                SlotContent::Entry(e) if e.position % journal.slots() == slot as u64 => {
+                    entries.push(e)
+                }
+                SlotContent::Entry(_) => damage = Some((slot, "entry in the wrong slot")),
+                SlotContent::Damaged(why) => damage = Some((slot, why)),
+            }
+        }
+        journal.restore(&entries);
+        if let Some((slot, why)) = damage {
+            tracing::warn!(pool = %self.name, slot, "segment journal is damaged ({why}); recovery reads the first block of every segment");
+            return Ok(None);
+        }
+        Ok(Some(entries))
     }
 
     /// The records of one use of segment `seg` (its bytes), in order, up to the first that
@@ -1307,6 +1401,53 @@ impl LsvPool {
         self.checkpoint_seq
             .load(Ordering::SeqCst)
             .min(self.checkpoint_seq_prev.load(Ordering::SeqCst))
+    }
+
+    /// Claims a journal slot for a segment about to be opened: `Ok(None)` for a pool with no
+    /// journal; `Err(JournalFull)` while every slot holds an entry a checkpoint does not
+    /// cover (the cleaner writes one: see `journal_pressure`).
+    pub(super) fn claim_journal(&self) -> Result<Option<u64>, JournalFull> {
+        match &self.journal {
+            None => Ok(None),
+            Some(j) => j.claim(self.reusable_seq()).map(Some).ok_or_else(|| {
+                self.journal_full_waits.fetch_add(1, Ordering::Relaxed);
+                JournalFull
+            }),
+        }
+    }
+
+    /// Numbers the claimed `position`'s entry (segment `segment`, use `epoch`) and encodes it
+    /// into `block`: the pool block to write it to.
+    pub(super) fn journal_entry(
+        &self,
+        position: u64,
+        segment: u64,
+        epoch: u64,
+        block: &mut [u8],
+    ) -> u64 {
+        let j = self.journal.as_ref().expect("claimed from the journal");
+        j.set_epoch(position, epoch);
+        JournalEntry {
+            position,
+            segment,
+            epoch,
+        }
+        .encode(&self.sb.uuid, block);
+        j.block_of(position)
+    }
+
+    /// Gives back a claimed journal slot whose entry was not written.
+    pub(super) fn release_journal(&self, position: u64) {
+        if let Some(j) = &self.journal {
+            j.release(position);
+        }
+    }
+
+    /// Whether a checkpoint is due to free journal slots.
+    pub(super) fn journal_pressure(&self) -> bool {
+        self.journal
+            .as_ref()
+            .is_some_and(|j| j.pressure(self.reusable_seq()))
     }
 
     /// `complete_seq` as of now.
@@ -1812,6 +1953,15 @@ impl LsvPool {
             "checkpoint": {
                 "generation": self.checkpoint_gen.load(Ordering::Relaxed),
                 "complete_seq": self.checkpoint_seq.load(Ordering::Relaxed),
+            },
+            "journal": {
+                "slots": self.journal.as_ref().map_or(0, |j| j.slots()),
+                "uncovered_entries": self.journal.as_ref().map_or(0, |j| j.uncovered(self.reusable_seq())),
+                "full_waits": self.journal_full_waits.load(Ordering::Relaxed),
+            },
+            "recovery": {
+                "segments_read": self.recovery_segments_read.load(Ordering::Relaxed),
+                "segments_probed": self.recovery_segments_probed.load(Ordering::Relaxed),
             },
             "extent_table_bytes": table_bytes,
             "mapped_blocks": mapped,

@@ -163,6 +163,19 @@ thread_local! {
     static SHRINKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static GROWS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static FENCES_REPLACED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Times a log head waited for a checkpoint to free a journal slot, and recoveries that
+    /// found the log by the journal (no segment probed) and by probing (version 2 pools).
+    static JOURNAL_FULL_WAITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static RECOVERED_BY_JOURNAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static RECOVERED_BY_PROBING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Notes what a pool about to be dropped did with its journal.
+fn note_journal(pool: &LsvPool) {
+    let waits = pool
+        .journal_full_waits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    JOURNAL_FULL_WAITS.with(|c| c.set(c.get() + waits));
 }
 
 /// What the model knows of a volume's blocks.
@@ -455,6 +468,19 @@ fn recover_and_check(
     let base = reg.register(disk.clone()).unwrap();
     let pool = LsvPool::open_named(base).map_err(|e| format!("recovery failed: {e}"))?;
     pool.set_fua_records(model.strict);
+    // A journaled pool's recovery reads no segment's first block; a version 2 pool's does.
+    let probed = pool
+        .recovery_segments_probed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    match (&pool.journal, probed) {
+        (Some(_), 0) => RECOVERED_BY_JOURNAL.with(|c| c.set(c.get() + 1)),
+        (Some(_), n) => {
+            return Err(format!(
+                "recovery probed {n} segments although the journal is intact"
+            ))
+        }
+        (None, _) => RECOVERED_BY_PROBING.with(|c| c.set(c.get() + 1)),
+    }
     let size = pool.volume("v").expect("volume v").0.num_blocks;
     if size != model.size_blocks {
         return Err(format!(
@@ -505,6 +531,16 @@ fn recover_and_check(
 
 fn run_seed(seed: u64) -> Result<(), String> {
     let mut rng = SimRng::new(seed);
+    // Some seeds use a version 2 pool (no journal: recovery probes every segment), others
+    // a journal of 4 slots (heads wait for checkpoints to free slots, and slots are reused).
+    let journal = if seed % 7 == 3 {
+        Some(0)
+    } else if seed % 4 == 1 {
+        Some(4)
+    } else {
+        None
+    };
+    super::pool::TEST_JOURNAL_SLOTS.with(|t| t.set(journal));
     let disk = Arc::new(SimDisk::new("sim", SMALL_DISK_BLOCKS, seed, 3));
     let reg = BdevRegistry::new();
     let base = reg.register(disk.clone()).unwrap();
@@ -538,6 +574,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
         20 + rng.below(1500)
     };
     let (image, in_flight) = run_until_crash(&mut rng, &disk, &pool, &mut model, steps, 0)?;
+    note_journal(&pool);
     drop(pool);
     let (disk2, pool2) = recover_and_check(image, seed, &mut model, &in_flight)?;
     let last = if seed.is_multiple_of(2) {
@@ -545,6 +582,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
         let steps = 20 + rng.below(600);
         let (image, in_flight) =
             run_until_crash(&mut rng, &disk2, &pool2, &mut model, steps, 1 << 40)?;
+        note_journal(&pool2);
         drop(pool2);
         recover_and_check(image, seed ^ 0xBEEF, &mut model, &in_flight)
             .map_err(|e| format!("after the second crash: {e}"))?
@@ -586,8 +624,11 @@ fn crash_simulation_loses_no_acknowledged_write() {
     let in_parts = READ_IN_PARTS.with(|c| c.get());
     let (shrinks, grows) = (SHRINKS.with(|c| c.get()), GROWS.with(|c| c.get()));
     let replaced = FENCES_REPLACED.with(|c| c.get());
+    let journal_waits = JOURNAL_FULL_WAITS.with(|c| c.get());
+    let by_journal = RECOVERED_BY_JOURNAL.with(|c| c.get());
+    let by_probing = RECOVERED_BY_PROBING.with(|c| c.get());
     eprintln!(
-        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread, {in_parts} read in parts); newest checkpoint generation {}; {shrinks} shrinks, {grows} grows ({replaced} replacing a fence)",
+        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread, {in_parts} read in parts); newest checkpoint generation {}; {shrinks} shrinks, {grows} grows ({replaced} replacing a fence); {by_journal} recoveries by the journal, {by_probing} by probing; {journal_waits} waits for a journal slot",
         CHECKPOINTS.with(|c| c.get())
     );
     if many {
@@ -604,6 +645,11 @@ fn crash_simulation_loses_no_acknowledged_write() {
         assert!(
             shrinks > 0 && replaced > 0,
             "{shrinks} shrinks, {grows} grows, {replaced} replacing a fence"
+        );
+        // And both ways of finding the log, and heads held up by a full journal.
+        assert!(
+            by_journal > 0 && by_probing > 0 && journal_waits > 0,
+            "{by_journal} recoveries by the journal, {by_probing} by probing, {journal_waits} waits for a journal slot"
         );
     }
 }

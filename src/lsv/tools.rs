@@ -17,7 +17,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use super::checkpoint::{CheckpointError, CheckpointHeader};
-use super::format::{FormatError, Superblock, FORMAT_VERSION, SUPERBLOCK_BYTES};
+use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES};
 use super::pool::{checkpoint_slots, read_volume_table, LsvPool, PoolError};
 use super::record::{RecordHeader, BLOCK_BYTES};
 use crate::bdev::uring::{UringBdev, UringCreateParams};
@@ -265,9 +265,10 @@ pub fn inspect(path: &Path) -> Result<String, ToolError> {
     let mut file = open(path)?;
     let sb = read_superblock(&mut file, path)?;
     let mut out = format!(
-        "pool {}\n  uuid {}\n  format version {FORMAT_VERSION}\n  block size {}\n  pool bytes {}\n  segment bytes {}\n  segments {}\n  volume table at {}\n  metadata at {} (2 checkpoint slots of {} bytes)\n  first segment at {}\n",
+        "pool {}\n  uuid {}\n  format version {}\n  block size {}\n  pool bytes {}\n  segment bytes {}\n  segments {}\n  volume table at {}\n  metadata at {} (2 checkpoint slots of {} bytes)\n  first segment at {}\n",
         path.display(),
         sb.uuid,
+        sb.version,
         sb.block_size,
         sb.pool_bytes,
         sb.segment_bytes,
@@ -335,6 +336,13 @@ pub fn inspect(path: &Path) -> Result<String, ToolError> {
                 scan.newest_seq.map_or("none".to_string(), |s| s.to_string()),
                 pool.next_seq_now(),
                 super::pool::SEQ_GAP_AFTER_RECOVERY,
+            ));
+            out.push_str(&format!(
+                "  segment journal: {} slot(s), {} entr(ies) no checkpoint covers; recovery read {} segment(s) whole and probed the first block of {}\n",
+                st["journal"]["slots"],
+                st["journal"]["uncovered_entries"],
+                st["recovery"]["segments_read"],
+                st["recovery"]["segments_probed"],
             ));
             for p in &scan.problems {
                 out.push_str(&format!("  {p}\n"));
@@ -461,6 +469,20 @@ mod tests {
             rec[BLOCK_BYTES + 100] ^= 1;
         }
         poke(path, sb.segment_offset(seg) + at * BLOCK_BYTES as u64, &rec);
+        if at == 0 && seq == epoch {
+            // A segment's first record: as a log head does, journal the segment's new use.
+            let slots = sb.journal_slots();
+            let mut block = vec![0u8; BLOCK_BYTES];
+            crate::lsv::segment_journal::JournalEntry {
+                position: epoch,
+                segment: seg,
+                epoch,
+            }
+            .encode(&sb.uuid, &mut block);
+            let slot_offset =
+                crate::lsv::segment_journal::JOURNAL_OFFSET + (epoch % slots) * BLOCK_BYTES as u64;
+            poke(path, slot_offset, &block);
+        }
     }
 
     fn poke(path: &Path, offset: u64, bytes: &[u8]) {
@@ -493,7 +515,7 @@ mod tests {
         let slot_a = sb.metadata_offset;
         let slot_b = sb.metadata_offset + sb.metadata_slot_bytes;
         let report = inspect(&p).unwrap();
-        assert_has(&report, "format version 2\n");
+        assert_has(&report, "format version 3\n");
         assert_has(&report, "volume table: pool name tpool, 0 volume(s)\n");
         assert_has(
             &report,
@@ -521,6 +543,11 @@ mod tests {
         assert_has(&report, "  volume vm1 (id 1): uuid ");
         assert_has(&report, ", 1000 blocks (4096000 bytes)\n");
         assert_has(&report, "mapped blocks 2\n");
+        // Found by the journal: segment 3 read whole, no segment's first block probed.
+        assert_has(
+            &report,
+            "recovery read 1 segment(s) whole and probed the first block of 0\n",
+        );
         assert_has(
             &report,
             "log: 1 segment(s) holding records, 1 record(s), newest record seq 42\n",
