@@ -1048,4 +1048,11 @@ fn a_damaged_journal_entry_makes_recovery_probe_every_segment() {
     );
     assert_eq!(pool.stats()["recovery"]["segments_read"], 3);
     assert_reads(&pool, &model);
+    // The damaged slot is held like the two intact entries: reused before checkpoints cover
+    // the log found, an intact journal would lead a recovery from the same checkpoint past
+    // the segment it named.
+    assert_eq!(pool.stats()["journal"]["uncovered_entries"], 3);
+    pool.checkpoint_sync().unwrap();
+    pool.checkpoint_sync().unwrap();
+    assert_eq!(pool.stats()["journal"]["uncovered_entries"], 0);
 }

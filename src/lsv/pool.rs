@@ -1041,8 +1041,9 @@ impl LsvPool {
             let row = rows[seg as usize];
             whole[seg as usize] = row.state == SegmentState::Open || row.last_seq > after;
         }
+        let mut damaged_slots = Vec::new();
         let journaled = match &self.journal {
-            Some(j) => self.read_journal(&mut io, j)?,
+            Some(j) => self.read_journal(&mut io, j, &mut damaged_slots)?,
             None => None,
         };
         let probe_all = journaled.is_none();
@@ -1216,14 +1217,19 @@ impl LsvPool {
         // blocks it guards would be kept out.
         let fence_seq = standing_fence(&self.volumes.read().unwrap_or_else(|e| e.into_inner()))
             .map_or(0, |(_, f)| f.seq);
-        self.next_seq.store(
-            h.next_seq
-                .max(last.saturating_add(1))
-                .max(newest.saturating_add(1))
-                .max(fence_seq.saturating_add(1))
-                .saturating_add(SEQ_GAP_AFTER_RECOVERY),
-            Ordering::SeqCst,
-        );
+        let next_seq = h
+            .next_seq
+            .max(last.saturating_add(1))
+            .max(newest.saturating_add(1))
+            .max(fence_seq.saturating_add(1))
+            .saturating_add(SEQ_GAP_AFTER_RECOVERY);
+        self.next_seq.store(next_seq, Ordering::SeqCst);
+        if let Some(j) = &self.journal {
+            for &slot in &damaged_slots {
+                // Above every number taken before the crash.
+                j.hold(slot, next_seq - 1);
+            }
+        }
         // Relocation records in the log may carry blocks cut off by a shrink (see
         // `note_cut_relocation`); which ones is not known now, so a fence replaced later must
         // wait for both checkpoints to cover the whole log found.
@@ -1249,11 +1255,13 @@ impl LsvPool {
     }
 
     /// Reads the segment journal and restores its ring: its entries, or None if one is
-    /// damaged (recovery then reads the first block of every segment).
+    /// damaged (recovery then reads the first block of every segment; the damaged slots go
+    /// to `damaged`).
     fn read_journal(
         &self,
         io: &mut SyncIo,
         journal: &SegmentJournal,
+        damaged: &mut Vec<u64>,
     ) -> Result<Option<Vec<JournalEntry>>, PoolError> {
         let len = journal.slots() as usize * BLOCK_BYTES;
         let buf = io.buf.as_ptr();
@@ -1269,6 +1277,9 @@ impl LsvPool {
                 }
                 SlotContent::Entry(_) => damage = Some((slot, "entry in the wrong slot")),
                 SlotContent::Damaged(why) => damage = Some((slot, why)),
+            }
+            if damage.is_some_and(|(s, _)| s == slot) {
+                damaged.push(slot as u64);
             }
         }
         journal.restore(&entries);

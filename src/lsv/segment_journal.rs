@@ -192,6 +192,15 @@ impl SegmentJournal {
         None
     }
 
+    /// Recovery only: slot `slot` held a damaged entry, which may have named a segment used
+    /// since the checkpoint (recovery found it by probing). It is not reused until both
+    /// checkpoints cover `seq` (above every number taken before the crash); reused sooner, an intact
+    /// journal would lead the next recovery from the same checkpoint past that segment.
+    pub fn hold(&self, slot: u64, seq: u64) {
+        debug_assert!(seq != SLOT_FREE && seq != SLOT_CLAIMED);
+        self.epochs[slot as usize].store(seq, Ordering::SeqCst);
+    }
+
     /// The claimed `position`'s entry is for a use with this epoch.
     pub fn set_epoch(&self, position: u64, epoch: u64) {
         debug_assert!(epoch != SLOT_FREE && epoch != SLOT_CLAIMED);
