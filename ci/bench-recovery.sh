@@ -5,7 +5,9 @@
 # Pools of SIZES GiB each (sparse files: only what the pool writes is allocated, and format
 # writes the first block of every segment), binaries alternating, medians of PAIRS runs.
 #   ci/bench-recovery.sh BASELINE_BINARY [SECONDS] [PAIRS]
-# Env: SIZES (default "4 128"), IMG (default target/recovery-bench.img).
+# Env: SIZES (default "4 128"), IMG (default target/recovery-bench.img), KILL (default 1;
+# 0: the writer runs its SECONDS to the end and closes the pool cleanly, with a checkpoint,
+# so the reopening replays nothing and times what recovery reads besides the log).
 # The baseline is a build of an older commit (e.g. one from before the segment journal,
 # whose recovery reads the first block of every segment); the other side is this tree's.
 set -euo pipefail
@@ -15,6 +17,7 @@ T=${2:-20}
 PAIRS=${3:-3}
 SIZES=${SIZES:-4 128}
 IMG=${IMG:-target/recovery-bench.img}
+KILL=${KILL:-1}
 cargo build --release --quiet
 NEW=target/release/unblend
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
@@ -24,11 +27,15 @@ run() {
   local bin=$1 gib=$2 spec out ms
   spec="lsv:path=$IMG,size=${gib}G,volume=2G,open=1"
   rm -f "$IMG"; truncate -s "${gib}G" "$IMG"
-  UNBLEND_LOG=error $bin bench -t $((T + 60)) --bdev "$spec" -q 32 -o 4k -w randwrite -m 0x3 \
-    >/dev/null 2>&1 &
-  local pid=$!
-  sleep "$T"
-  kill -9 $pid; wait $pid 2>/dev/null || true
+  if [ "$KILL" = 1 ]; then
+    UNBLEND_LOG=error $bin bench -t $((T + 60)) --bdev "$spec" -q 32 -o 4k -w randwrite -m 0x3 \
+      >/dev/null 2>&1 &
+    local pid=$!
+    sleep "$T"
+    kill -9 $pid; wait $pid 2>/dev/null || true
+  else
+    UNBLEND_LOG=error $bin bench -t "$T" --bdev "$spec" -q 32 -o 4k -w randwrite -m 0x3 >/dev/null
+  fi
   sync
   out=$(UNBLEND_LOG=error $bin bench --json -t 1 --bdev "$spec" -q 32 -o 4k -w randread -m 0x1)
   ms=$(echo "$out" | sed -n 's/.*pool opened (recovered) in \([0-9.]*\) ms.*/\1/p')

@@ -2,7 +2,8 @@
 //! volumes, a lock-free extent table, a cleaner, checkpoints and recovery.
 //!
 //! - `format`: the pool's layout and superblock; `record`: log records; `checkpoint`: the
-//!   checkpoint format. Each on-disk format is documented in its file, with its version.
+//!   checkpoint format; `segment_journal`: where recovery finds the segments opened since a
+//!   checkpoint. Each on-disk format is documented in its file, with its version.
 //! - `extent_table`: the lock-free map; `usage`: segment states, live counts, victim policies.
 //! - `pool`: a pool on its base bdev, volume table, recovery; `volume`: a volume as a bdev;
 //!   `log_writer`: a reactor's log head, shared by that reactor's volume channels of a pool;
