@@ -424,6 +424,8 @@ pub struct LsvPool {
     pub(super) journal: Option<SegmentJournal>,
     /// Times a log head found every journal slot waiting for a checkpoint.
     pub(super) journal_full_waits: AtomicU64,
+    /// Journal entries written (a block each; counted in the write amplification).
+    journal_blocks_written: AtomicU64,
     /// What the last recovery read: segments whole, and first blocks probed.
     pub(super) recovery_segments_read: AtomicU64,
     pub(super) recovery_segments_probed: AtomicU64,
@@ -711,6 +713,7 @@ impl LsvPool {
             cut_relocation_seq: AtomicU64::new(0),
             journal: (journal_slots >= 2).then(|| SegmentJournal::new(journal_slots)),
             journal_full_waits: AtomicU64::new(0),
+            journal_blocks_written: AtomicU64::new(0),
             recovery_segments_read: AtomicU64::new(0),
             recovery_segments_probed: AtomicU64::new(0),
             log_blocks_at_checkpoint: AtomicU64::new(0),
@@ -1438,6 +1441,7 @@ impl LsvPool {
     ) -> u64 {
         let j = self.journal.as_ref().expect("claimed from the journal");
         j.set_epoch(position, epoch);
+        self.journal_blocks_written.fetch_add(1, Ordering::Relaxed);
         JournalEntry {
             position,
             segment,
@@ -1830,7 +1834,9 @@ impl LsvPool {
     }
 
     fn written_blocks(&self) -> u64 {
-        self.log_blocks() + self.checkpoint_blocks_written.load(Ordering::Relaxed)
+        self.log_blocks()
+            + self.checkpoint_blocks_written.load(Ordering::Relaxed)
+            + self.journal_blocks_written.load(Ordering::Relaxed)
     }
 
     /// Takes a (user, written) sample for the one-minute window (the cleaner calls this about
@@ -1969,6 +1975,7 @@ impl LsvPool {
                 "slots": self.journal.as_ref().map_or(0, |j| j.slots()),
                 "uncovered_entries": self.journal.as_ref().map_or(0, |j| j.uncovered(self.reusable_seq())),
                 "full_waits": self.journal_full_waits.load(Ordering::Relaxed),
+                "bytes_written": self.journal_blocks_written.load(Ordering::Relaxed) * BLOCK_BYTES as u64,
             },
             "recovery": {
                 "segments_read": self.recovery_segments_read.load(Ordering::Relaxed),
