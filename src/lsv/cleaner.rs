@@ -426,10 +426,7 @@ impl Cleaner {
                 mut outstanding,
                 mut failed,
             } => {
-                for c in done {
-                    outstanding -= 1;
-                    failed |= c.status != IoStatus::Success;
-                }
+                count_done(done, &mut outstanding, &mut failed);
                 if outstanding > 0 {
                     let waiting = if done.is_empty() {
                         CleanerPoll::Waiting

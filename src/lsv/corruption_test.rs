@@ -1056,3 +1056,59 @@ fn a_damaged_journal_entry_makes_recovery_probe_every_segment() {
     pool.checkpoint_sync().unwrap();
     assert_eq!(pool.stats()["journal"]["uncovered_entries"], 0);
 }
+
+/// A crash kept a segment's first record but lost its journal entry (the segment stayed
+/// free), and a later use of the segment kept its entry but lost its first record: the old
+/// chain at the segment's start is not the use the journal names, and is not replayed.
+#[test]
+fn a_chain_the_journal_does_not_name_is_not_replayed() {
+    use super::record::{Entry, EntryOp, RecordHeader};
+    use super::segment_journal::{JournalEntry, JOURNAL_OFFSET};
+    let (disk, pool) = new_pool();
+    let mut h = Harness::open(&pool);
+    h.write(5, 1);
+    let sb: Superblock = pool.sb;
+    let volume = pool.volume("v").unwrap().0.id as u64;
+    let seg = pool.segment_of(pba_of(&pool, 5)) + 3;
+    let seq = pool.next_seq_now() + 10;
+    drop(h);
+    drop(pool);
+    let mut image = image_of(&disk);
+    // The stale use: one record writing block 5 (tag 2), as its first record.
+    let data = pattern(5, 2);
+    let mut rh = RecordHeader::new(seq, seg, seq);
+    rh.push(Entry {
+        volume,
+        lba: 5,
+        num_blocks: 1,
+        op: EntryOp::Write,
+        data_crc: crc32c::crc32c(&data),
+        data_seq: 0,
+    })
+    .unwrap();
+    rh.data_crc = crc32c::crc32c(&data);
+    let at = sb.segment_offset(seg) as usize;
+    rh.encode(&mut image[at..at + BLOCK]);
+    image[at + BLOCK..at + 2 * BLOCK].copy_from_slice(&data);
+    // The later use's entry (epoch above the stale use's records), in a free slot.
+    let entry = JournalEntry {
+        position: 7,
+        segment: seg,
+        epoch: seq + 5,
+    };
+    let slot = JOURNAL_OFFSET as usize + 7 * BLOCK;
+    entry.encode(&sb.uuid, &mut image[slot..slot + BLOCK]);
+    let pool = open_image(image.clone()).unwrap();
+    assert_reads(&pool, &BTreeMap::from([(5, 1)]));
+    // Numbers go on above the entry's epoch and the unreplayed chain.
+    assert!(pool.next_seq_now() > seq + 5);
+    drop(pool);
+    // The same chain named by its own entry is replayed (the test's record is well made).
+    let entry = JournalEntry {
+        epoch: seq,
+        ..entry
+    };
+    entry.encode(&sb.uuid, &mut image[slot..slot + BLOCK]);
+    let pool = open_image(image).unwrap();
+    assert_reads(&pool, &BTreeMap::from([(5, 2)]));
+}

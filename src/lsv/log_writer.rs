@@ -217,7 +217,7 @@ impl LogWriter {
             outcome: vec![None; RECORDS_IN_FLIGHT + 1],
             order: VecDeque::with_capacity(RECORDS_IN_FLIGHT + 1),
             outboxes: Vec::new(),
-            base_done: Vec::with_capacity(RECORDS_IN_FLIGHT),
+            base_done: Vec::with_capacity(RECORDS_IN_FLIGHT + 1),
             deltas: UsageDeltas::default(),
             spare: (0..RECORDS_IN_FLIGHT)
                 .map(|_| {
@@ -371,7 +371,12 @@ impl LogWriter {
             Ok(claim) => claim,
             // The cleaner's checkpoint frees slots; without a cleaner nothing will.
             Err(_) if cleaner => return Err(NoRoom::Wait),
-            Err(_) => return Err(NoRoom::Full),
+            Err(_) => {
+                if self.pool.journal_full_waits.load(Ordering::Relaxed) == 1 {
+                    tracing::error!(pool = %self.pool.name, "the segment journal is full and no cleaner runs to write the checkpoint that frees it: writes fail with ENOSPC");
+                }
+                return Err(NoRoom::Full);
+            }
         };
         let keep = if cleaner { CLEANER_RESERVE_SEGMENTS } else { 0 };
         let Some(seg) = self.pool.usage.open_free(keep) else {
@@ -439,7 +444,8 @@ impl LogWriter {
             // Group commit: while the device already has records of ours to work on, let
             // small batches grow into large records (the device's large-write speed is the
             // point of the log); an idle device gets whatever is pending at once.
-            if self.order.len() >= BATCH_WHEN_IN_FLIGHT
+            let records_in_flight = self.order.len() - self.journal_buf.is_some() as usize;
+            if records_in_flight >= BATCH_WHEN_IN_FLIGHT
                 && self.pending.len() < self.record_writes
                 && self.pending_blocks() < BATCH_TARGET_BLOCKS
             {
@@ -659,8 +665,13 @@ impl LogWriter {
             self.finish_record(front, status);
         }
         if failed {
+            // Those still in flight fail when they complete; those already complete (behind
+            // one that is not) fail now.
             for &behind in &self.order {
-                self.doomed[behind] = true;
+                match self.outcome[behind] {
+                    None => self.doomed[behind] = true,
+                    Some(_) => self.outcome[behind] = Some(IoStatus::Failed(libc::EIO)),
+                }
             }
         }
         self.publish_oldest();
@@ -716,6 +727,14 @@ impl Drop for LogWriter {
     /// The last channel closed: seal the open segment, so it is not left open for ever, and
     /// give the log head back.
     fn drop(&mut self) {
+        // A journal entry may still be in flight (its record failed to submit, and failed
+        // its writes at once): wait it out, its buffer is ours. Not the I/O path.
+        let mut done = Vec::new();
+        while self.base.in_flight() > 0 {
+            self.base.poll(0, &mut done);
+            done.clear();
+            std::thread::yield_now();
+        }
         if let Some(h) = self.head.take() {
             self.pool
                 .usage

@@ -1038,6 +1038,8 @@ impl LsvPool {
         let mut newest_in = vec![0u64; self.sb.segment_count as usize];
         let mut segments_read = 0u64;
         let mut segments_probed = 0u64;
+        // The newest record of a chain left unreplayed (numbers go on above it).
+        let mut stale_newest = 0u64;
         // Which segments to read whole, their first blocks read PROBE_BATCH at a time.
         let mut whole = vec![false; self.sb.segment_count as usize];
         for seg in 0..self.sb.segment_count {
@@ -1050,8 +1052,21 @@ impl LsvPool {
             None => None,
         };
         let probe_all = journaled.is_none();
-        for e in journaled.iter().flatten().filter(|e| e.epoch > after) {
-            whole[e.segment as usize] = true;
+        // Segments read for the journal alone, and the uses it names in each: a chain there
+        // is replayed only if it is one of those uses. (A crash may keep a use's first record
+        // and lose its entry; such a segment is left as free, and a later use's entry that
+        // lands while that use's first record does not must not revive the old chain.)
+        let mut journal_uses: std::collections::HashMap<u64, Vec<u64>> =
+            std::collections::HashMap::new();
+        let mut newest_journaled = 0;
+        for e in journaled.iter().flatten() {
+            newest_journaled = newest_journaled.max(e.epoch);
+            if e.epoch > after && !whole[e.segment as usize] {
+                journal_uses.entry(e.segment).or_default().push(e.epoch);
+            }
+        }
+        for &seg in journal_uses.keys() {
+            whole[seg as usize] = true;
         }
         let mut probe = Vec::with_capacity(PROBE_BATCH);
         for seg in 0..self.sb.segment_count {
@@ -1086,7 +1101,15 @@ impl LsvPool {
                 self.sb.segment_bytes as usize,
             )?;
             let bytes = io.bytes(self.sb.segment_bytes as usize);
-            for (first_data, rh) in self.walk_chain(seg, bytes)? {
+            let chain = self.walk_chain(seg, bytes)?;
+            if let (Some(uses), Some((_, first))) = (journal_uses.get(&seg), chain.first()) {
+                if !uses.contains(&first.segment_epoch) {
+                    tracing::warn!(pool = %self.name, seg, epoch = first.segment_epoch, "recovery: a segment's chain is not the use its journal entries name; not replayed");
+                    stale_newest = stale_newest.max(chain.last().map_or(0, |(_, h)| h.seq));
+                    continue;
+                }
+            }
+            for (first_data, rh) in chain {
                 newest_in[seg as usize] = rh.seq;
                 // Header blocks hold no volume's data: a checkpoint entry pointing at one
                 // points at a place its segment's later use overwrote.
@@ -1220,11 +1243,15 @@ impl LsvPool {
         // blocks it guards would be kept out.
         let fence_seq = standing_fence(&self.volumes.read().unwrap_or_else(|e| e.into_inner()))
             .map_or(0, |(_, f)| f.seq);
+        // The journal's epochs too: an entry may have landed while its use's records did not,
+        // and its slot is not reused until a checkpoint covers its epoch.
         let next_seq = h
             .next_seq
             .max(last.saturating_add(1))
             .max(newest.saturating_add(1))
             .max(fence_seq.saturating_add(1))
+            .max(newest_journaled.saturating_add(1))
+            .max(stale_newest.saturating_add(1))
             .saturating_add(SEQ_GAP_AFTER_RECOVERY);
         self.next_seq.store(next_seq, Ordering::SeqCst);
         if let Some(j) = &self.journal {

@@ -168,6 +168,9 @@ impl SegmentJournal {
             let slot = &self.epochs[(position % self.slots) as usize];
             let held = slot.load(Ordering::SeqCst);
             if held != SLOT_FREE && (held == SLOT_CLAIMED || held > covered_seq) {
+                if self.next_position.load(Ordering::SeqCst) != position {
+                    continue; // another head took this position meanwhile: look again
+                }
                 // The slot's entry is still needed: the ring is full here.
                 return None;
             }
