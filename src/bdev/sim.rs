@@ -45,6 +45,9 @@ struct DiskState {
     /// Completed writes not yet flushed, by block.
     volatile: BTreeMap<u64, Box<[u8]>>,
     rng: SimRng,
+    /// Writes completed so far, and the number of the one to fail (EIO, nothing written).
+    writes_completed: u64,
+    fail_write: Option<u64>,
 }
 
 pub struct SimDisk {
@@ -78,6 +81,8 @@ impl SimDisk {
                 durable: image,
                 volatile: BTreeMap::new(),
                 rng: SimRng::new(seed),
+                writes_completed: 0,
+                fail_write: None,
             })),
         }
     }
@@ -99,6 +104,13 @@ impl SimDisk {
             }
         }
         image
+    }
+
+    /// Fails the `n`th write to complete from now on (0: the next one) with EIO, writing
+    /// nothing of it.
+    pub fn fail_write_in(&self, n: u64) {
+        let mut st = self.lock();
+        st.fail_write = Some(st.writes_completed + n);
     }
 
     /// Blocks written but not yet flushed.
@@ -201,10 +213,20 @@ impl BdevChannel for SimChannel {
                 continue;
             }
             let io = self.in_flight.swap_remove(i);
-            complete(&mut st, &io);
+            let mut status = IoStatus::Success;
+            if io.io_type == IoType::Write {
+                let n = st.writes_completed;
+                st.writes_completed += 1;
+                if st.fail_write == Some(n) {
+                    status = IoStatus::Failed(libc::EIO);
+                }
+            }
+            if status == IoStatus::Success {
+                complete(&mut st, &io);
+            }
             done.push(SlotCompletion {
                 slot: io.slot,
-                status: IoStatus::Success,
+                status,
             });
         }
     }

@@ -398,6 +398,23 @@ impl Cleaner {
     }
 
     fn step(&mut self, done: &[IoCompletion]) -> CleanerPoll {
+        // A relocation record (and its segment's journal entry) stays in Writing until both
+        // are done.
+        if let State::Writing {
+            outstanding,
+            failed,
+            ..
+        } = &mut self.state
+        {
+            count_done(done, outstanding, failed);
+            if *outstanding > 0 {
+                return if done.is_empty() {
+                    CleanerPoll::Waiting
+                } else {
+                    CleanerPoll::Busy
+                };
+            }
+        }
         let state = std::mem::replace(&mut self.state, State::Idle);
         let (next, result) = match state {
             State::Idle => return self.idle(),
@@ -423,34 +440,12 @@ impl Cleaner {
                 count,
                 unmaps,
                 blocks,
-                mut outstanding,
-                mut failed,
+                outstanding,
+                failed,
             } => {
-                count_done(done, &mut outstanding, &mut failed);
-                if outstanding > 0 {
-                    let waiting = if done.is_empty() {
-                        CleanerPoll::Waiting
-                    } else {
-                        CleanerPoll::Busy
-                    };
-                    (
-                        State::Writing {
-                            seg,
-                            stream,
-                            to_seg,
-                            first_pba,
-                            count,
-                            unmaps,
-                            blocks,
-                            outstanding,
-                            failed,
-                        },
-                        waiting,
-                    )
-                } else {
-                    self.unmap_cursor += unmaps;
-                    self.moved(seg, stream, to_seg, first_pba, count, blocks, !failed)
-                }
+                debug_assert_eq!(outstanding, 0, "counted before the match");
+                self.unmap_cursor += unmaps;
+                self.moved(seg, stream, to_seg, first_pba, count, blocks, !failed)
             }
             State::CheckpointBody {
                 h,

@@ -173,6 +173,20 @@ fn pool_with_cleaner(
     (disk, pool, cleaner, h)
 }
 
+/// The byte offset of checkpoint generation `gen`'s slot.
+fn checkpoint_slot(sb: &Superblock, gen: u64) -> u64 {
+    sb.metadata_offset + ((gen - 1) % 2) * sb.metadata_slot_bytes
+}
+
+/// Opens the pool on `image`: it recovers from checkpoint generation `gen`, and every block
+/// reads what `model` says.
+fn assert_recovers_from(image: Vec<u8>, gen: u64, model: &BTreeMap<u64, u64>) -> Arc<LsvPool> {
+    let pool = open_image(image).unwrap();
+    assert_eq!(pool.stats()["checkpoint"]["generation"], gen);
+    assert_reads(&pool, model);
+    pool
+}
+
 /// Stops writing (every write so far was durable), crashes the disk, and opens the pool on
 /// its image.
 fn crash_and_reopen(
@@ -270,13 +284,10 @@ fn a_damaged_checkpoint_falls_back_to_the_older_one() {
     drop(h);
     drop(pool);
     let image = image_of(&disk);
-    let slot_of = |gen: u64| sb.metadata_offset + ((gen - 1) % 2) * sb.metadata_slot_bytes;
+    let slot_of = |gen: u64| checkpoint_slot(&sb, gen);
 
     // Undamaged: recovery starts from generation 3.
-    let pool = open_image(image.clone()).unwrap();
-    assert_eq!(pool.stats()["checkpoint"]["generation"], 3);
-    assert_reads(&pool, &model);
-    drop(pool);
+    drop(assert_recovers_from(image.clone(), 3, &model));
 
     // Generation 3's header or body damaged: generation 2 plus the log since it.
     for at in [
@@ -790,7 +801,7 @@ fn a_cut_block_stays_out_after_a_fallback(after: impl FnOnce(&LsvPool)) {
     let newest = checkpoint_generation(&pool);
     drop(pool);
     let mut image = image_of(&disk);
-    let slot_of = |gen: u64| sb.metadata_offset + ((gen - 1) % 2) * sb.metadata_slot_bytes;
+    let slot_of = |gen: u64| checkpoint_slot(&sb, gen);
     flip(&mut image, slot_of(newest) + 4096 + 10, 0x08);
     let pool = open_image(image).unwrap();
     assert_eq!(pool.stats()["checkpoint"]["generation"], newest - 1);
@@ -996,18 +1007,13 @@ fn a_fallback_checkpoint_finds_every_segment_opened_since_it() {
     drop(h);
     drop(pool);
     let image = image_of(&disk);
-    let slot_of = |gen: u64| sb.metadata_offset + ((gen - 1) % 2) * sb.metadata_slot_bytes;
-    let pool = open_image(image.clone()).unwrap();
-    assert_eq!(pool.stats()["checkpoint"]["generation"], 3);
-    assert_reads(&pool, &model);
-    drop(pool);
+    let slot_of = |gen: u64| checkpoint_slot(&sb, gen);
+    drop(assert_recovers_from(image.clone(), 3, &model));
     // Generation 3 damaged: generation 2, and every segment the journal names since.
     let mut bad = image;
     flip(&mut bad, slot_of(3) + 20, 0x08);
-    let pool = open_image(bad).unwrap();
-    assert_eq!(pool.stats()["checkpoint"]["generation"], 2);
+    let pool = assert_recovers_from(bad, 2, &model);
     assert_eq!(pool.stats()["recovery"]["segments_probed"], 0);
-    assert_reads(&pool, &model);
     journal_slots(None);
 }
 
@@ -1111,4 +1117,70 @@ fn a_chain_the_journal_does_not_name_is_not_replayed() {
     entry.encode(&sb.uuid, &mut image[slot..slot + BLOCK]);
     let pool = open_image(image).unwrap();
     assert_reads(&pool, &BTreeMap::from([(5, 2)]));
+}
+
+/// Writes `count` one-block writes (block `i % VOLUME_BLOCKS`, tag `tag`) through `ch`, up to
+/// 16 in flight: how many failed.
+fn burst(ch: &mut IoChannel, count: u64, tag: u64) -> usize {
+    let bufs: Vec<Vec<u8>> = (0..count)
+        .map(|i| pattern(i % VOLUME_BLOCKS, tag))
+        .collect();
+    let (mut next, mut done, mut failed) = (0u64, 0u64, 0usize);
+    let mut out = Vec::new();
+    while done < count {
+        while next < count && next - done < 16 {
+            // SAFETY: `bufs` outlives every request (all complete before it is dropped).
+            let iov = unsafe { IoVec::from_raw(bufs[next as usize].as_ptr().cast_mut(), BLOCK) };
+            ch.submit(
+                &IoRequest {
+                    io_type: IoType::Write,
+                    offset_blocks: next % VOLUME_BLOCKS,
+                    num_blocks: 1,
+                    iovs: &[iov],
+                    fua: false,
+                    tag: next,
+                },
+                0,
+            )
+            .unwrap();
+            next += 1;
+        }
+        out.clear();
+        ch.poll(0, &mut out);
+        done += out.len() as u64;
+        failed += out.iter().filter(|c| c.status != IoStatus::Success).count();
+    }
+    failed
+}
+
+/// A record that fails fails the records behind it in the log order (they lie beyond a hole
+/// that recovery stops at), and no record after that: one already complete behind another
+/// still in flight fails at once, rather than being flagged to fail whatever record next
+/// takes its slot.
+#[test]
+fn a_failed_record_fails_only_the_records_behind_it() {
+    for seed in 0..40u64 {
+        let disk = Arc::new(SimDisk::new("sim", DISK_BLOCKS, seed, 3));
+        let base = BdevRegistry::new().register(disk.clone()).unwrap();
+        let pool = LsvPool::create("p", base, SEGMENT_BYTES).unwrap();
+        pool.create_volume("v", VOLUME_BLOCKS).unwrap();
+        let (meta, table) = pool.volume("v").unwrap();
+        let entry = BdevRegistry::new()
+            .register(Arc::new(LsvVolume::new(pool.clone(), meta, table)))
+            .unwrap();
+        let mut ch = entry
+            .open_channel(&ChannelContext {
+                queue_depth: 16,
+                buffers: None,
+            })
+            .unwrap();
+        disk.fail_write_in(2 + seed % 4);
+        assert!(burst(&mut ch, 48, 1) > 0, "seed {seed}: no write failed");
+        // Every record from here on succeeds, in every record slot and across a segment.
+        assert_eq!(
+            burst(&mut ch, 400, 2),
+            0,
+            "seed {seed}: a later write failed"
+        );
+    }
 }
