@@ -945,12 +945,12 @@ impl Cleaner {
             self.streams[s].open = None;
         }
         debug_assert!(self.journal_claim.is_none());
+        let seg = self.pool.usage.open_free(0)?;
         // A full journal waits for a checkpoint, as a pool with no free segment does.
-        let claim = self.pool.claim_journal().ok()?;
-        let Some(seg) = self.pool.usage.open_free(0) else {
-            if let Some(p) = claim {
-                self.pool.release_journal(p);
-            }
+        let Ok(claim) = self.pool.claim_journal() else {
+            self.pool
+                .usage
+                .transition(seg, SegmentState::Open, SegmentState::Free);
             return None;
         };
         self.journal_claim = claim;

@@ -1175,7 +1175,13 @@ fn a_failed_record_fails_only_the_records_behind_it() {
             })
             .unwrap();
         disk.fail_write_in(2 + seed % 4);
-        assert!(burst(&mut ch, 48, 1) > 0, "seed {seed}: no write failed");
+        // One failed write fails at most what was in flight with it (the channel's 16),
+        // while writes go on without a pause.
+        let failed = burst(&mut ch, 400, 1);
+        assert!(
+            failed > 0 && failed <= 16,
+            "seed {seed}: {failed} writes failed"
+        );
         // Every record from here on succeeds, in every record slot and across a segment.
         assert_eq!(
             burst(&mut ch, 400, 2),

@@ -314,13 +314,7 @@ impl LogWriter {
             let mut base_done = std::mem::take(&mut self.base_done);
             self.base.poll(0, &mut base_done);
             for c in base_done.drain(..) {
-                let idx = c.tag as usize;
-                let status = if std::mem::take(&mut self.doomed[idx]) {
-                    IoStatus::Failed(libc::EIO)
-                } else {
-                    c.status
-                };
-                self.record_completed(idx, status);
+                self.record_completed(c.tag as usize, c.status);
             }
             self.base_done = base_done;
         }
@@ -367,23 +361,27 @@ impl LogWriter {
             return Err(NoRoom::Wait);
         }
         debug_assert!(self.journal_claim.is_none());
+        let keep = if cleaner { CLEANER_RESERVE_SEGMENTS } else { 0 };
+        // The segment first, then its journal slot: a head that finds no segment (a full
+        // pool waits on the cleaner, polling) must not use up journal positions.
+        let seg = self.pool.usage.open_free(keep).ok_or(NoRoom::Full)?;
         let claim = match self.pool.claim_journal() {
             Ok(claim) => claim,
-            // The cleaner's checkpoint frees slots; without a cleaner nothing will.
-            Err(_) if cleaner => return Err(NoRoom::Wait),
             Err(_) => {
+                let given_back =
+                    self.pool
+                        .usage
+                        .transition(seg, SegmentState::Open, SegmentState::Free);
+                debug_assert!(given_back);
+                // The cleaner's checkpoint frees slots; without a cleaner nothing will.
+                if cleaner {
+                    return Err(NoRoom::Wait);
+                }
                 if self.pool.journal_full_waits.load(Ordering::Relaxed) == 1 {
                     tracing::error!(pool = %self.pool.name, "the segment journal is full and no cleaner runs to write the checkpoint that frees it: writes fail with ENOSPC");
                 }
                 return Err(NoRoom::Full);
             }
-        };
-        let keep = if cleaner { CLEANER_RESERVE_SEGMENTS } else { 0 };
-        let Some(seg) = self.pool.usage.open_free(keep) else {
-            if let Some(p) = claim {
-                self.pool.release_journal(p);
-            }
-            return Err(NoRoom::Full);
         };
         self.journal_claim = claim;
         self.head = Some(Head {
@@ -637,12 +635,15 @@ impl LogWriter {
             };
             self.order.pop_front();
             self.outcome[front] = None;
-            let status = if failed {
+            // Doomed: behind a record that failed earlier; it fails, but opens no new hole
+            // (what lies behind it was doomed with it, and the segment is sealed already).
+            let doomed = std::mem::take(&mut self.doomed[front]);
+            let status = if failed || doomed {
                 IoStatus::Failed(libc::EIO)
             } else {
                 status
             };
-            if status != IoStatus::Success && !failed {
+            if status != IoStatus::Success && !failed && !doomed {
                 failed = true;
                 if let Some(h) = self.head.take() {
                     self.pool
@@ -665,13 +666,10 @@ impl LogWriter {
             self.finish_record(front, status);
         }
         if failed {
-            // Those still in flight fail when they complete; those already complete (behind
-            // one that is not) fail now.
+            // Everything still in the order lies beyond the hole: it fails when it reaches
+            // the front (the flag is taken there, so none outlives its record).
             for &behind in &self.order {
-                match self.outcome[behind] {
-                    None => self.doomed[behind] = true,
-                    Some(_) => self.outcome[behind] = Some(IoStatus::Failed(libc::EIO)),
-                }
+                self.doomed[behind] = true;
             }
         }
         self.publish_oldest();

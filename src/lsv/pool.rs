@@ -1478,13 +1478,6 @@ impl LsvPool {
         j.block_of(position)
     }
 
-    /// Gives back a claimed journal slot whose entry was not written.
-    pub(super) fn release_journal(&self, position: u64) {
-        if let Some(j) = &self.journal {
-            j.release(position);
-        }
-    }
-
     /// Whether a checkpoint is due to free journal slots.
     pub(super) fn journal_pressure(&self) -> bool {
         self.journal

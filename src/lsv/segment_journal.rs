@@ -55,6 +55,11 @@ const ENTRY_BYTES: usize = 48;
 const SLOT_FREE: u64 = 0;
 /// A slot claimed for an entry whose epoch is not numbered yet.
 const SLOT_CLAIMED: u64 = u64::MAX;
+/// Times `claim` waits for another head that is between its two steps.
+const MAX_CLAIM_SPINS: u64 = 1024;
+/// Epochs are sequence numbers, which never come near this: an entry at or above it is
+/// damage (as a volume table's grow fence is), not a number to go on from.
+pub const MAX_EPOCH: u64 = 1 << 62;
 
 /// One journal entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +118,7 @@ impl JournalEntry {
         if e.segment >= segment_count {
             return SlotContent::Damaged("segment out of range");
         }
-        if e.epoch == SLOT_FREE || e.epoch == SLOT_CLAIMED {
+        if e.epoch == SLOT_FREE || e.epoch >= MAX_EPOCH {
             return SlotContent::Damaged("impossible epoch");
         }
         SlotContent::Entry(e)
@@ -160,16 +165,24 @@ impl SegmentJournal {
     /// Claims the next slot for a new entry: its position, or None while every slot it may
     /// take holds an entry that a checkpoint does not cover yet (`covered_seq`: the older
     /// checkpoint's complete sequence number). The entry's epoch is set with `set_epoch`
-    /// once numbered, or the claim is given back with `release`.
+    /// once numbered. (A head claims only once it holds the segment, so nothing gives a
+    /// claim back.)
     pub fn claim(&self, covered_seq: u64) -> Option<u64> {
-        // Bounded: at most one pass over the ring.
-        for _ in 0..self.slots {
+        // Bounded: at most one pass over the ring, and a few spins.
+        let mut spins = 0;
+        for _ in 0..self.slots + MAX_CLAIM_SPINS {
             let position = self.next_position.load(Ordering::SeqCst);
             let slot = &self.epochs[(position % self.slots) as usize];
             let held = slot.load(Ordering::SeqCst);
             if held != SLOT_FREE && (held == SLOT_CLAIMED || held > covered_seq) {
                 if self.next_position.load(Ordering::SeqCst) != position {
                     continue; // another head took this position meanwhile: look again
+                }
+                if held == SLOT_CLAIMED && spins < MAX_CLAIM_SPINS {
+                    // Another head is between taking this slot and the position.
+                    spins += 1;
+                    std::hint::spin_loop();
+                    continue;
                 }
                 // The slot's entry is still needed: the ring is full here.
                 return None;
@@ -197,8 +210,9 @@ impl SegmentJournal {
 
     /// Recovery only: slot `slot` held a damaged entry, which may have named a segment used
     /// since the checkpoint (recovery found it by probing). It is not reused until both
-    /// checkpoints cover `seq` (above every number taken before the crash); reused sooner, an intact
-    /// journal would lead the next recovery from the same checkpoint past that segment.
+    /// checkpoints cover `seq` (above every number taken before the crash); reused sooner,
+    /// an intact journal would lead the next recovery from the same checkpoint past that
+    /// segment.
     pub fn hold(&self, slot: u64, seq: u64) {
         debug_assert!(seq != SLOT_FREE && seq != SLOT_CLAIMED);
         self.epochs[slot as usize].store(seq, Ordering::SeqCst);
@@ -210,14 +224,6 @@ impl SegmentJournal {
         let slot = &self.epochs[(position % self.slots) as usize];
         debug_assert_eq!(slot.load(Ordering::SeqCst), SLOT_CLAIMED);
         slot.store(epoch, Ordering::SeqCst);
-    }
-
-    /// A claimed position whose entry was never written: its slot holds nothing needed.
-    /// (Its block on disk may still hold the slot's older entry; that one is covered.)
-    pub fn release(&self, position: u64) {
-        let slot = &self.epochs[(position % self.slots) as usize];
-        debug_assert_eq!(slot.load(Ordering::SeqCst), SLOT_CLAIMED);
-        slot.store(SLOT_FREE, Ordering::SeqCst);
     }
 
     fn needed(epoch: &AtomicU64, covered_seq: u64) -> bool {
@@ -277,9 +283,20 @@ mod tests {
                 "flip in byte {byte} not caught"
             );
         }
-        // A segment past the pool's end is damage.
+        // A segment past the pool's end is damage, and so is an epoch no sequence number
+        // reaches.
         assert!(matches!(
             JournalEntry::decode(&b, &uuid, 5),
+            SlotContent::Damaged(_)
+        ));
+        let mut far = vec![0u8; BLOCK_BYTES];
+        JournalEntry {
+            epoch: MAX_EPOCH,
+            ..e
+        }
+        .encode(&uuid, &mut far);
+        assert!(matches!(
+            JournalEntry::decode(&far, &uuid, 8),
             SlotContent::Damaged(_)
         ));
     }
@@ -298,15 +315,16 @@ mod tests {
         assert_eq!(j.claim(9), None, "slot 0 holds epoch 10");
         assert_eq!(j.claim(10), Some(4));
         assert_eq!(j.block_of(4), j.block_of(0));
-        // A claimed slot stays taken until it is numbered or given back.
-        assert_eq!(j.claim(u64::MAX - 1), Some(5));
-        j.release(5);
+        // A claimed slot is needed until it is numbered.
+        assert_eq!(j.uncovered(u64::MAX - 1), 1);
         j.set_epoch(4, 50);
-        // Positions go on (5 was given back; its slot holds nothing): 6 is slot 2 (30).
+        assert_eq!(j.claim(20), Some(5));
+        j.set_epoch(5, 55);
+        // Then 6, slot 2 (epoch 30).
         assert_eq!(j.claim(29), None);
         assert_eq!(j.claim(30), Some(6));
         j.set_epoch(6, 60);
-        assert_eq!(j.uncovered(30), 3);
+        assert_eq!(j.uncovered(30), 4);
         // Next claims: position 7 (slot 3, epoch 40), 8 (slot 0, epoch 50).
         assert!(j.pressure(45));
         assert!(!j.pressure(50));
