@@ -429,6 +429,15 @@ impl LogWriter {
         }
     }
 
+    /// Fails the first `take` pending writes with `errno` and drops them.
+    fn fail_pending(&mut self, take: usize, errno: i32) {
+        for i in 0..take {
+            let (chan, slot) = (self.pending[i].chan, self.pending[i].slot);
+            self.complete(chan, slot, IoStatus::Failed(errno));
+        }
+        self.pending.drain(..take);
+    }
+
     /// Whether writes that find no room must fail now (no cleaner, or it can free nothing);
     /// otherwise they wait for the cleaner.
     fn out_of_space(&self) -> bool {
@@ -507,11 +516,7 @@ impl LogWriter {
                         return; // the cleaner is making room: try again next poll
                     }
                     // Pool full: fail what cannot be logged (writes and unmaps alike); reads go on.
-                    for i in 0..take {
-                        let (chan, slot) = (self.pending[i].chan, self.pending[i].slot);
-                        self.complete(chan, slot, IoStatus::Failed(libc::ENOSPC));
-                    }
-                    self.pending.drain(..take);
+                    self.fail_pending(take, libc::ENOSPC);
                     continue;
                 }
             };
@@ -531,11 +536,7 @@ impl LogWriter {
                 self.pool.record_done();
                 self.publish_oldest();
                 self.headers.put(header_buf);
-                for i in 0..take {
-                    let (chan, slot) = (self.pending[i].chan, self.pending[i].slot);
-                    self.complete(chan, slot, IoStatus::Failed(libc::EIO));
-                }
-                self.pending.drain(..take);
+                self.fail_pending(take, libc::EIO);
                 continue;
             }
             let mut header = RecordHeader::new(seq, seg, epoch);

@@ -75,8 +75,6 @@ const POOL_NAME_AT: usize = 4000;
 const NEXT_ID_AT: usize = POOL_NAME_AT + VT_NAME_BYTES + 4;
 /// The grow fence: volume id, sequence number, floor.
 const FENCE_AT: usize = 3968;
-/// A grow fence's sequence number at or above this is damage.
-const MAX_FENCE_SEQ: u64 = 1 << 62;
 const _: () =
     assert!(8 + MAX_VOLUMES * VT_ENTRY_BYTES <= FENCE_AT && FENCE_AT + 24 <= POOL_NAME_AT);
 /// Largest single request of checkpoint I/O.
@@ -544,7 +542,7 @@ fn decode_volume_table(b: &[u8]) -> Result<VolumeTable, PoolError> {
     };
     // Sequence numbers never come near 2^62 (at ten million records a second, not for ten
     // thousand years): a fence there would keep every later write out.
-    if fence.seq >= MAX_FENCE_SEQ {
+    if fence.seq >= super::record::MAX_SEQ {
         return Err(PoolError::VolumeTable(
             "grow fence sequence number out of range",
         ));

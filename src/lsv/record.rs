@@ -41,6 +41,10 @@ use thiserror::Error;
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"ULR1");
 pub const RECORD_VERSION: u16 = 2;
 pub const BLOCK_BYTES: usize = 4096;
+/// Sequence numbers never come near this (at ten million records a second, not for ten
+/// thousand years): a number at or above it read from disk (a grow fence, a journal epoch
+/// or position) is damage, not a number to go on from.
+pub const MAX_SEQ: u64 = 1 << 62;
 const FIXED_HEADER_BYTES: usize = 64;
 const ENTRY_BYTES: usize = 32;
 /// Most entries one record may carry (a generous bound on one poll pass's writes).

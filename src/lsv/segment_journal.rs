@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use uuid::Uuid;
 
-use super::record::BLOCK_BYTES;
+use super::record::{BLOCK_BYTES, MAX_SEQ};
 
 pub const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"USJ1");
 pub const JOURNAL_VERSION: u16 = 1;
@@ -57,9 +57,6 @@ const SLOT_FREE: u64 = 0;
 const SLOT_CLAIMED: u64 = u64::MAX;
 /// Times `claim` waits for another head that is between its two steps.
 const MAX_CLAIM_SPINS: u64 = 1024;
-/// Epochs are sequence numbers, which never come near this: an entry at or above it is
-/// damage (as a volume table's grow fence is), not a number to go on from.
-pub const MAX_EPOCH: u64 = 1 << 62;
 
 /// One journal entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,8 +115,12 @@ impl JournalEntry {
         if e.segment >= segment_count {
             return SlotContent::Damaged("segment out of range");
         }
-        if e.epoch == SLOT_FREE || e.epoch >= MAX_EPOCH {
+        if e.epoch == SLOT_FREE || e.epoch >= MAX_SEQ {
             return SlotContent::Damaged("impossible epoch");
+        }
+        // Positions count segment opens, fewer than sequence numbers.
+        if e.position >= MAX_SEQ {
+            return SlotContent::Damaged("impossible position");
         }
         SlotContent::Entry(e)
     }
@@ -291,7 +292,17 @@ mod tests {
         ));
         let mut far = vec![0u8; BLOCK_BYTES];
         JournalEntry {
-            epoch: MAX_EPOCH,
+            epoch: MAX_SEQ,
+            ..e
+        }
+        .encode(&uuid, &mut far);
+        assert!(matches!(
+            JournalEntry::decode(&far, &uuid, 8),
+            SlotContent::Damaged(_)
+        ));
+        // And a position no count of segment opens reaches (restore goes on from it).
+        JournalEntry {
+            position: u64::MAX,
             ..e
         }
         .encode(&uuid, &mut far);
