@@ -140,37 +140,49 @@ fn state_code(s: SegmentState) -> u8 {
     }
 }
 
-/// Writes a checkpoint body into a buffer, bounded by the buffer's size.
-pub struct BodyWriter<'a> {
-    buf: &'a mut [u8],
+/// Writes a checkpoint body into a buffer, bounded by the buffer's size. It keeps only its
+/// place, and each call takes the buffer, so a body can be written a piece per poll
+/// (`checkpoint_walk.rs`).
+#[derive(Debug, Default)]
+pub struct BodyWriter {
     at: usize,
+    /// The open volume section: where its header is, and its entries so far.
     section: Option<(usize, u64)>,
     pub volumes: u32,
 }
 
-impl<'a> BodyWriter<'a> {
-    pub fn new(buf: &'a mut [u8]) -> BodyWriter<'a> {
-        BodyWriter {
-            buf,
-            at: 0,
-            section: None,
-            volumes: 0,
-        }
+impl BodyWriter {
+    pub fn new() -> BodyWriter {
+        BodyWriter::default()
     }
 
-    fn room(&self, n: usize) -> Result<(), CheckpointError> {
-        if self.at + n > self.buf.len() {
+    /// Bytes written so far.
+    pub fn written_bytes(&self) -> usize {
+        self.at
+    }
+
+    /// Bytes before this are final: the open volume section's count is written when it ends.
+    pub fn settled(&self) -> usize {
+        self.section.map_or(self.at, |(at, _)| at)
+    }
+
+    fn room(&self, buf: &[u8], n: usize) -> Result<(), CheckpointError> {
+        if self.at + n > buf.len() {
             return Err(CheckpointError::TooBig {
                 need: self.at + n,
-                slot: self.buf.len(),
+                slot: buf.len(),
             });
         }
         Ok(())
     }
 
-    pub fn segment(&mut self, row: SegmentRow) -> Result<(), CheckpointError> {
-        self.room(SEGMENT_BYTES)?;
-        let b = &mut self.buf[self.at..self.at + SEGMENT_BYTES];
+    pub fn segment(&mut self, buf: &mut [u8], row: SegmentRow) -> Result<(), CheckpointError> {
+        debug_assert!(
+            self.section.is_none(),
+            "segment rows come before the volumes"
+        );
+        self.room(buf, SEGMENT_BYTES)?;
+        let b = &mut buf[self.at..self.at + SEGMENT_BYTES];
         b.fill(0);
         b[0] = state_code(row.state);
         b[4..8].copy_from_slice(&row.live_blocks.to_le_bytes());
@@ -179,10 +191,10 @@ impl<'a> BodyWriter<'a> {
         Ok(())
     }
 
-    pub fn begin_volume(&mut self, id: u32) -> Result<(), CheckpointError> {
-        self.end_volume();
-        self.room(VOLUME_BYTES)?;
-        let b = &mut self.buf[self.at..self.at + VOLUME_BYTES];
+    pub fn begin_volume(&mut self, buf: &mut [u8], id: u32) -> Result<(), CheckpointError> {
+        self.end_volume(buf);
+        self.room(buf, VOLUME_BYTES)?;
+        let b = &mut buf[self.at..self.at + VOLUME_BYTES];
         b.fill(0);
         b[0..4].copy_from_slice(&id.to_le_bytes());
         self.section = Some((self.at, 0));
@@ -191,13 +203,19 @@ impl<'a> BodyWriter<'a> {
         Ok(())
     }
 
-    pub fn entry(&mut self, lba: u64, stored: Stored, seq: u64) -> Result<(), CheckpointError> {
-        self.room(ENTRY_BYTES)?;
+    pub fn entry(
+        &mut self,
+        buf: &mut [u8],
+        lba: u64,
+        stored: Stored,
+        seq: u64,
+    ) -> Result<(), CheckpointError> {
+        self.room(buf, ENTRY_BYTES)?;
         let addr = match stored {
             Stored::At(a) => a,
             Stored::Tombstone(_) => TOMBSTONE_ADDR,
         };
-        let b = &mut self.buf[self.at..self.at + ENTRY_BYTES];
+        let b = &mut buf[self.at..self.at + ENTRY_BYTES];
         b[0..8].copy_from_slice(&lba.to_le_bytes());
         b[8..16].copy_from_slice(&addr.to_le_bytes());
         b[16..24].copy_from_slice(&seq.to_le_bytes());
@@ -206,15 +224,16 @@ impl<'a> BodyWriter<'a> {
         Ok(())
     }
 
-    fn end_volume(&mut self) {
+    /// Ends the open volume section (writes its entry count), if there is one.
+    pub fn end_volume(&mut self, buf: &mut [u8]) {
         if let Some((at, count)) = self.section.take() {
-            self.buf[at + 8..at + 16].copy_from_slice(&count.to_le_bytes());
+            buf[at + 8..at + 16].copy_from_slice(&count.to_le_bytes());
         }
     }
 
     /// Finishes the body; returns its length in bytes.
-    pub fn finish(mut self) -> usize {
-        self.end_volume();
+    pub fn finish(mut self, buf: &mut [u8]) -> usize {
+        self.end_volume(buf);
         self.at
     }
 }
@@ -292,25 +311,28 @@ mod tests {
 
     fn sample() -> (CheckpointHeader, Vec<u8>) {
         let mut buf = vec![0u8; 1 << 16];
-        let mut w = BodyWriter::new(&mut buf);
+        let mut w = BodyWriter::new();
         for (st, live, seq) in [
             (SegmentState::Sealed, 10, 5),
             (SegmentState::Free, 0, 0),
             (SegmentState::Cleaned, 0, 3),
         ] {
-            w.segment(SegmentRow {
-                state: st,
-                live_blocks: live,
-                last_seq: seq,
-            })
+            w.segment(
+                &mut buf,
+                SegmentRow {
+                    state: st,
+                    live_blocks: live,
+                    last_seq: seq,
+                },
+            )
             .unwrap();
         }
-        w.begin_volume(1).unwrap();
-        w.entry(7, Stored::At(1000), 4).unwrap();
-        w.entry(9, Stored::Tombstone(5), 5).unwrap();
-        w.begin_volume(3).unwrap();
+        w.begin_volume(&mut buf, 1).unwrap();
+        w.entry(&mut buf, 7, Stored::At(1000), 4).unwrap();
+        w.entry(&mut buf, 9, Stored::Tombstone(5), 5).unwrap();
+        w.begin_volume(&mut buf, 3).unwrap();
         let volumes = w.volumes;
-        let n = w.finish();
+        let n = w.finish(&mut buf);
         buf.truncate(n);
         let h = CheckpointHeader {
             generation: 2,
@@ -364,15 +386,18 @@ mod tests {
     #[test]
     fn a_body_that_does_not_fit_is_refused() {
         let mut buf = vec![0u8; 20];
-        let mut w = BodyWriter::new(&mut buf);
-        w.segment(SegmentRow {
-            state: SegmentState::Free,
-            live_blocks: 0,
-            last_seq: 0,
-        })
+        let mut w = BodyWriter::new();
+        w.segment(
+            &mut buf,
+            SegmentRow {
+                state: SegmentState::Free,
+                live_blocks: 0,
+                last_seq: 0,
+            },
+        )
         .unwrap();
         assert!(matches!(
-            w.begin_volume(1),
+            w.begin_volume(&mut buf, 1),
             Err(CheckpointError::TooBig { .. })
         ));
     }

@@ -25,7 +25,8 @@
 //!   checkpoint covers are re-logged as relocation records too.
 //! - **Checkpoints** are taken every `CHECKPOINT_INTERVAL` while the pool is written, and when
 //!   the log written since the last one passes a quarter of the pool (at most 512 MiB), which
-//!   bounds recovery time; cleaning needs none.
+//!   bounds recovery time; cleaning needs none. The snapshot is taken a bounded piece per
+//!   poll (`checkpoint_walk.rs`), so the reactor goes on serving I/O while it is taken.
 //!
 //! Bounds: one victim and one record (at most `MAX_DATA_BLOCKS` blocks) in flight at a time;
 //! checkpoint writes of `CHECKPOINT_IO_BYTES` each, at most the channel's depth at once.
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::checkpoint::CheckpointHeader;
+use super::checkpoint_walk::{CheckpointWalk, WalkStep};
 use super::extent_table::{ExtentTable, Mapping};
 use super::pool::{LsvPool, CLEANER_RESERVE_SEGMENTS};
 use super::record::{
@@ -163,6 +165,10 @@ pub struct Cleaner {
     journal_block: DmaRegion,
     journal_claim: Option<u64>,
     cp_buf: Option<DmaRegion>,
+    /// The snapshot of the checkpoint being taken (between cleaning steps), and the header
+    /// of one taken and waiting for the cleaner to be idle to be written.
+    walk: Option<Box<CheckpointWalk>>,
+    walked: Option<CheckpointHeader>,
     streams: [Stream; 2],
     state: State,
     live: Vec<LiveBlock>,
@@ -256,6 +262,8 @@ impl Cleaner {
             journal_block,
             journal_claim: None,
             cp_buf: None,
+            walk: None,
+            walked: None,
             streams: heads.map(|head| Stream { head, open: None }),
             state: State::Idle,
             live: Vec::with_capacity(seg_blocks),
@@ -394,6 +402,9 @@ impl Cleaner {
         }
         let r = self.step(&done);
         self.done = done;
+        if self.walk_piece() {
+            return CleanerPoll::Busy;
+        }
         r
     }
 
@@ -596,6 +607,10 @@ impl Cleaner {
     fn idle(&mut self) -> CleanerPoll {
         if self.pool.closing.load(Ordering::Acquire) {
             return CleanerPoll::Done;
+        }
+        if let Some(h) = self.walked.take() {
+            self.write_walked(h);
+            return CleanerPoll::Busy;
         }
         let now = Instant::now();
         if now < self.next_check {
@@ -1321,17 +1336,38 @@ impl Cleaner {
                 }
             }
         }
-        let buf = self.cp_buf.as_ref().expect("allocated above");
-        // SAFETY: our buffer; no I/O on it is in flight (we are idle).
+        self.walk = Some(Box::new(CheckpointWalk::begin(&self.pool)));
+        true
+    }
+
+    /// Takes the next piece of a checkpoint's snapshot, if one is being taken; when it is
+    /// taken, the checkpoint is written from the next idle poll. Cleaning goes on between
+    /// the pieces (see `checkpoint_walk.rs` for why that is safe).
+    fn walk_piece(&mut self) -> bool {
+        let Some(walk) = self.walk.as_mut() else {
+            return false;
+        };
+        let buf = self.cp_buf.as_ref().expect("checkpoint buffer");
+        // SAFETY: our buffer; no I/O on it is in flight while a walk runs.
         let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_ptr(), buf.len()) };
-        let h = match self.pool.snapshot(bytes) {
-            Ok(h) => h,
+        match walk.step(&self.pool, bytes) {
+            Ok(WalkStep::More) => {}
+            Ok(WalkStep::Done(h)) => {
+                self.walk = None;
+                self.walked = Some(h);
+            }
             Err(e) => {
                 tracing::error!(pool = %self.pool.name, "checkpoint: {e}");
+                self.walk = None;
                 self.pool.abort_checkpoint();
-                return false;
             }
-        };
+        }
+        true
+    }
+
+    /// Starts writing a checkpoint whose snapshot is taken (from Idle: the channel is ours).
+    fn write_walked(&mut self, h: CheckpointHeader) {
+        debug_assert!(matches!(self.state, State::Idle));
         let (offset, len) = self.pool.checkpoint_extent(&h);
         let mut outstanding = 0;
         let next = self.submit_checkpoint_body(offset, len, BLOCK_BYTES, &mut outstanding);
@@ -1343,7 +1379,6 @@ impl Cleaner {
             outstanding,
             failed: false,
         };
-        true
     }
 
     /// Submits body writes from `next` while the channel has room; returns the new `next`.
@@ -1431,6 +1466,9 @@ impl Drop for Cleaner {
         | State::CheckpointHeader { h } = &self.state
         {
             self.pool.end_checkpoint(h, false);
+        }
+        if self.walk.take().is_some() || self.walked.take().is_some() {
+            self.pool.abort_checkpoint();
         }
         if let State::Writing { to_seg, stream, .. } = self.state {
             self.pool.usage.record_finished(to_seg);

@@ -535,6 +535,48 @@ impl ExtentTable {
         });
     }
 
+    /// `for_each` a piece at a time: from `start_lba` (a leaf's first), over at most
+    /// `max_leaves` installed leaves. Returns where the next piece starts, or None at the end.
+    pub fn for_each_from(
+        &self,
+        start_lba: u64,
+        max_leaves: usize,
+        mut f: impl FnMut(u64, Stored),
+    ) -> Option<u64> {
+        debug_assert_eq!(start_lba % FANOUT as u64, 0, "a piece starts at a leaf");
+        let (t0, n0, _) = Self::split(start_lba);
+        let mut leaves = 0;
+        for t in t0..self.top.len() {
+            let node = self.top[t].load(Ordering::SeqCst);
+            if node.is_null() {
+                continue;
+            }
+            let first = if t == t0 { n0 } else { 0 };
+            // SAFETY: installed nodes and leaves live until the table drops.
+            let node = unsafe { &*node };
+            for n in first..FANOUT {
+                let base = ((t as u64) << (2 * FANOUT_BITS)) | ((n as u64) << FANOUT_BITS);
+                if leaves == max_leaves {
+                    return Some(base);
+                }
+                let leaf = node.leaves[n].load(Ordering::SeqCst);
+                if leaf.is_null() {
+                    continue;
+                }
+                leaves += 1;
+                // SAFETY: as above.
+                let leaf = unsafe { &*leaf };
+                for i in 0..FANOUT {
+                    let v = leaf.entries[i].load(Ordering::Acquire);
+                    if v != 0 {
+                        f(base | i as u64, leaf.stored(i, v));
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Empties every entry (the volume is deleted), calling `f` with each pool block that
     /// was mapped. Each entry is swapped, not read, so a racing `remap_if` either moved the
     /// block first (and `f` gets its new place) or fails.
@@ -759,6 +801,41 @@ mod tests {
             std::mem::size_of::<TombstoneSeqs>() as u64
         );
         assert_eq!(t.mapped_blocks(), (1 << 20) - FANOUT as u64);
+    }
+
+    #[test]
+    fn a_walk_in_pieces_sees_what_one_walk_sees() {
+        // Leaves in two nodes and past the first top slot, with gaps between them.
+        let t = ExtentTable::new(1 << 20);
+        let lbas = [
+            0u64, 5, 511, 512, 4096, 262_143, 262_144, 300_000, 1_048_575,
+        ];
+        for (i, &lba) in lbas.iter().enumerate() {
+            t.update(lba, Some(addr(i as u64 + 1)), i as u64 + 1, &seq_of, true);
+        }
+        t.update(4097, None, 20, &seq_of, true);
+        let mut whole = Vec::new();
+        t.for_each(|lba, s| whole.push((lba, s)));
+        assert_eq!(whole.len(), lbas.len() + 1);
+        for max_leaves in [1, 2, 3, 100] {
+            let mut pieces = Vec::new();
+            let mut at = Some(0);
+            let mut calls = 0;
+            while let Some(start) = at {
+                at = t.for_each_from(start, max_leaves, |lba, s| pieces.push((lba, s)));
+                calls += 1;
+                assert!(calls <= 100, "the walk ends");
+            }
+            assert_eq!(pieces, whole, "{max_leaves} leaves a piece");
+        }
+        // Seven leaves hold entries: one leaf a piece takes seven pieces.
+        let mut at = Some(0);
+        let mut calls = 0;
+        while let Some(start) = at {
+            at = t.for_each_from(start, 1, |_, _| {});
+            calls += 1;
+        }
+        assert_eq!(calls, 7);
     }
 
     #[test]

@@ -56,7 +56,8 @@ use std::time::Instant;
 use thiserror::Error;
 use uuid::Uuid;
 
-use super::checkpoint::{decode_body, BodyWriter, CheckpointHeader, SegmentRow, CP_HEADER_BYTES};
+use super::checkpoint::{decode_body, CheckpointHeader, SegmentRow, CP_HEADER_BYTES};
+use super::checkpoint_walk::{CheckpointWalk, WalkStep};
 use super::extent_table::Stored;
 use super::extent_table::{ExtentTable, GrowFence, Mapping, Update};
 use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES, VOLUME_TABLE_OFFSET};
@@ -405,6 +406,12 @@ pub struct LsvPool {
     log_heads: Box<[AtomicU64]>,
     /// The newest durable checkpoint's generation and complete_seq.
     pub(super) checkpoint_gen: AtomicU64,
+    /// Pieces the last checkpoint snapshot took (`checkpoint_walk.rs`), and snapshots
+    /// during which records were numbered (I/O went on while they were taken) and during
+    /// which the cleaner cleaned segments.
+    pub(super) checkpoint_walk_pieces: AtomicU64,
+    pub(super) checkpoint_walks_overlapping_writes: AtomicU64,
+    pub(super) checkpoint_walks_overlapping_cleaning: AtomicU64,
     pub(super) checkpoint_seq: AtomicU64,
     /// complete_seq of the other (older) slot's checkpoint; 0 if it is not valid.
     checkpoint_seq_prev: AtomicU64,
@@ -704,6 +711,9 @@ impl LsvPool {
                 .map(|_| AtomicU64::new(HEAD_UNUSED))
                 .collect(),
             checkpoint_gen: AtomicU64::new(0),
+            checkpoint_walk_pieces: AtomicU64::new(0),
+            checkpoint_walks_overlapping_writes: AtomicU64::new(0),
+            checkpoint_walks_overlapping_cleaning: AtomicU64::new(0),
             checkpoint_seq: AtomicU64::new(0),
             checkpoint_seq_prev: AtomicU64::new(0),
             checkpoint_next_seq_prev: AtomicU64::new(0),
@@ -777,7 +787,7 @@ impl LsvPool {
     }
 
     /// Every record with a sequence number at or below this has been applied.
-    fn complete_seq(&self) -> (u64, u64) {
+    pub(super) fn complete_seq(&self) -> (u64, u64) {
         let next = self.next_seq.load(Ordering::SeqCst);
         let oldest = self
             .log_heads
@@ -1376,56 +1386,29 @@ impl LsvPool {
         Ok(out)
     }
 
-    /// Takes a snapshot for the next checkpoint into `buf` (a slot's size): header, then body.
-    pub(super) fn snapshot(&self, buf: &mut [u8]) -> Result<CheckpointHeader, PoolError> {
-        let (complete_seq, next_seq) = self.complete_seq();
-        let (head, body) = buf.split_at_mut(CP_HEADER_BYTES);
-        let mut w = BodyWriter::new(body);
-        let cp = |e: super::checkpoint::CheckpointError| PoolError::Corrupt(e.to_string());
-        for seg in 0..self.sb.segment_count {
-            w.segment(SegmentRow {
-                state: self.usage.state(seg),
-                live_blocks: self.usage.live(seg),
-                last_seq: self.usage.last_seq(seg),
-            })
-            .map_err(cp)?;
-        }
-        let tables: Vec<(u32, Arc<ExtentTable>)> = self
-            .volumes
+    /// The volumes' extent tables, by id (a checkpoint walks them).
+    pub(super) fn volume_tables(&self) -> Vec<(u32, Arc<ExtentTable>)> {
+        self.volumes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(id, v)| (*id, v.1.clone()))
-            .collect();
-        for (id, t) in tables {
-            w.begin_volume(id).map_err(cp)?;
-            let mut err = None;
-            t.for_each(|lba, s| {
-                let seq = match s {
-                    Stored::At(p) => self.seq_of(p),
-                    Stored::Tombstone(q) => q,
-                };
-                if err.is_none() {
-                    err = w.entry(lba, s, seq).err();
-                }
-            });
-            if let Some(e) = err {
-                return Err(cp(e));
+            .collect()
+    }
+
+    /// The newest durable checkpoint's generation.
+    pub(super) fn checkpoint_generation(&self) -> u64 {
+        self.checkpoint_gen.load(Ordering::SeqCst)
+    }
+
+    /// Takes a snapshot for the next checkpoint into `buf` (a slot's size) in one go.
+    fn snapshot(&self, buf: &mut [u8]) -> Result<CheckpointHeader, PoolError> {
+        let mut walk = CheckpointWalk::begin(self);
+        loop {
+            if let WalkStep::Done(h) = walk.step(self, buf)? {
+                return Ok(h);
             }
         }
-        let volumes = w.volumes;
-        let body_bytes = w.finish();
-        let h = CheckpointHeader {
-            generation: self.checkpoint_gen.load(Ordering::SeqCst) + 1,
-            complete_seq,
-            next_seq,
-            segment_count: self.sb.segment_count,
-            volume_count: volumes,
-            body_bytes: body_bytes as u64,
-            body_crc: crc32c::crc32c(&body[..body_bytes]),
-        };
-        h.encode(head);
-        Ok(h)
     }
 
     /// Where checkpoint `h` is written, and how many bytes of its slot (body rounded up).
@@ -1988,6 +1971,9 @@ impl LsvPool {
             "checkpoint": {
                 "generation": self.checkpoint_gen.load(Ordering::Relaxed),
                 "complete_seq": self.checkpoint_seq.load(Ordering::Relaxed),
+                "walk_pieces_last": self.checkpoint_walk_pieces.load(Ordering::Relaxed),
+                "walks_overlapping_writes": self.checkpoint_walks_overlapping_writes.load(Ordering::Relaxed),
+                "walks_overlapping_cleaning": self.checkpoint_walks_overlapping_cleaning.load(Ordering::Relaxed),
             },
             "journal": {
                 "slots": self.journal.as_ref().map_or(0, |j| j.slots()),
