@@ -142,7 +142,7 @@ fn state_code(s: SegmentState) -> u8 {
 
 /// Writes a checkpoint body into a buffer, bounded by the buffer's size. It keeps only its
 /// place, and each call takes the buffer, so a body can be written a piece per poll
-/// (`checkpoint_walk.rs`).
+/// (`checkpoint_writer.rs`).
 #[derive(Debug, Default)]
 pub struct BodyWriter {
     at: usize,

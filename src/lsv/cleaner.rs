@@ -25,18 +25,19 @@
 //!   checkpoint covers are re-logged as relocation records too.
 //! - **Checkpoints** are taken every `CHECKPOINT_INTERVAL` while the pool is written, and when
 //!   the log written since the last one passes a quarter of the pool (at most 512 MiB), which
-//!   bounds recovery time; cleaning needs none. The snapshot is taken a bounded piece per
-//!   poll (`checkpoint_walk.rs`), so the reactor goes on serving I/O while it is taken.
+//!   bounds recovery time; cleaning needs none. A `CheckpointWriter` takes each one a bounded
+//!   piece per poll and writes it on a channel of its own (`checkpoint_writer.rs`): the
+//!   reactor goes on serving I/O, and the cleaner cleaning, meanwhile.
 //!
 //! Bounds: one victim and one record (at most `MAX_DATA_BLOCKS` blocks) in flight at a time;
-//! checkpoint writes of `CHECKPOINT_IO_BYTES` each, at most the channel's depth at once.
+//! checkpoints are written by a `CheckpointWriter` on a channel of its own, beside the
+//! cleaning (`checkpoint_writer.rs` bounds its writes).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::checkpoint::CheckpointHeader;
-use super::checkpoint_walk::{CheckpointWalk, WalkStep};
+use super::checkpoint_writer::{CheckpointWriter, WriterPoll};
 use super::extent_table::{ExtentTable, Mapping};
 use super::pool::{LsvPool, CLEANER_RESERVE_SEGMENTS};
 use super::record::{
@@ -53,11 +54,11 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 pub const CHECKPOINT_LOG_BYTES: u64 = 512 << 20;
 /// How often an idle cleaner looks at the pool.
 const CHECK_EVERY: Duration = Duration::from_millis(1);
-const CHECKPOINT_IO_BYTES: usize = 4 << 20;
 const QUEUE_DEPTH: u32 = 16;
 /// Entries one relocation record carries at most (its header stays under 10 blocks).
 const MAX_MOVE_ENTRIES: usize = 1024;
-const TAG_CHECKPOINT: u64 = 1;
+/// The flushes before victims are freed and after their free marks.
+const TAG_FLUSH: u64 = 1;
 /// The writes that zero a cleaned victim's first block.
 const TAG_FREE_MARK: u64 = 2;
 /// The write of a segment-journal entry.
@@ -117,14 +118,6 @@ enum State {
         outstanding: u32,
         failed: bool,
     },
-    CheckpointBody {
-        h: CheckpointHeader,
-        offset: u64,
-        len: usize,
-        next: usize,
-        outstanding: u32,
-        failed: bool,
-    },
     /// The flush is done; the first blocks of cleaned victims are being zeroed
     /// (`mark_free`); a second flush (`MarkFlush`) makes that durable, and they are free.
     Marking {
@@ -144,13 +137,6 @@ enum State {
         /// How many of `awaiting_flush` (its first ones) this flush covers.
         count: usize,
     },
-    CheckpointFlush {
-        h: CheckpointHeader,
-        offset: u64,
-    },
-    CheckpointHeader {
-        h: CheckpointHeader,
-    },
 }
 
 pub struct Cleaner {
@@ -164,11 +150,8 @@ pub struct Cleaner {
     /// stream just opened (until its entry is submitted with its first record).
     journal_block: DmaRegion,
     journal_claim: Option<u64>,
-    cp_buf: Option<DmaRegion>,
-    /// The snapshot of the checkpoint being taken (between cleaning steps), and the header
-    /// of one taken and waiting for the cleaner to be idle to be written.
-    walk: Option<Box<CheckpointWalk>>,
-    walked: Option<CheckpointHeader>,
+    /// Takes and writes checkpoints, beside the cleaning.
+    checkpoint: CheckpointWriter,
     streams: [Stream; 2],
     state: State,
     live: Vec<LiveBlock>,
@@ -227,6 +210,7 @@ impl Cleaner {
         .map_err(|e| e.to_string())?;
         // Anonymous memory: zero, and never written.
         let free_mark = DmaRegion::new(BLOCK_BYTES, false).map_err(|e| e.to_string())?;
+        let checkpoint = CheckpointWriter::new(pool.clone())?;
         let journal_block = DmaRegion::new(BLOCK_BYTES, false).map_err(|e| e.to_string())?;
         // One cleaner per pool: two would free (and mark) each other's segments.
         if pool.cleaner_attached.swap(true, Ordering::AcqRel) {
@@ -261,9 +245,7 @@ impl Cleaner {
             free_mark,
             journal_block,
             journal_claim: None,
-            cp_buf: None,
-            walk: None,
-            walked: None,
+            checkpoint,
             streams: heads.map(|head| Stream { head, open: None }),
             state: State::Idle,
             live: Vec::with_capacity(seg_blocks),
@@ -402,10 +384,20 @@ impl Cleaner {
         }
         let r = self.step(&done);
         self.done = done;
-        if self.walk_piece() {
-            return CleanerPoll::Busy;
+        // A checkpoint being written keeps a closing cleaner until it is done.
+        match self.checkpoint.poll() {
+            WriterPoll::Idle => r,
+            WriterPoll::Waiting => match r {
+                CleanerPoll::Idle | CleanerPoll::Done => CleanerPoll::Waiting,
+                r => r,
+            },
+            WriterPoll::Busy | WriterPoll::Failed => CleanerPoll::Busy,
+            WriterPoll::Durable(h) => {
+                self.last_checkpoint = Instant::now();
+                self.seq_at_checkpoint = h.next_seq;
+                CleanerPoll::Busy
+            }
         }
-        r
     }
 
     fn step(&mut self, done: &[IoCompletion]) -> CleanerPoll {
@@ -457,45 +449,6 @@ impl Cleaner {
                 debug_assert_eq!(outstanding, 0, "counted before the match");
                 self.unmap_cursor += unmaps;
                 self.moved(seg, stream, to_seg, first_pba, count, blocks, !failed)
-            }
-            State::CheckpointBody {
-                h,
-                offset,
-                len,
-                mut next,
-                mut outstanding,
-                mut failed,
-            } => {
-                count_done(done, &mut outstanding, &mut failed);
-                if failed {
-                    if outstanding == 0 {
-                        tracing::error!(pool = %self.pool.name, "checkpoint write failed");
-                        self.pool.end_checkpoint(&h, false);
-                        return CleanerPoll::Busy;
-                    }
-                } else {
-                    next = self.submit_checkpoint_body(offset, len, next, &mut outstanding);
-                    if next >= len && outstanding == 0 {
-                        let r = self.ch.submit(&flush_request(), 0);
-                        if r.is_err() {
-                            self.pool.end_checkpoint(&h, false);
-                            return CleanerPoll::Busy;
-                        }
-                        self.state = State::CheckpointFlush { h, offset };
-                        return CleanerPoll::Busy;
-                    }
-                }
-                (
-                    State::CheckpointBody {
-                        h,
-                        offset,
-                        len,
-                        next,
-                        outstanding,
-                        failed,
-                    },
-                    CleanerPoll::Waiting,
-                )
             }
             State::Marking {
                 count,
@@ -557,48 +510,6 @@ impl Cleaner {
                     }
                 }
             },
-            State::CheckpointFlush { h, offset } => match done.first() {
-                None => (State::CheckpointFlush { h, offset }, CleanerPoll::Waiting),
-                Some(c) if c.status != IoStatus::Success => {
-                    self.pool.end_checkpoint(&h, false);
-                    (State::Idle, CleanerPoll::Busy)
-                }
-                Some(_) => {
-                    let buf = self.cp_buf.as_ref().expect("checkpoint buffer");
-                    // SAFETY: the header block of our checkpoint buffer, untouched until the
-                    // write completes.
-                    let iov = unsafe { IoVec::from_raw(buf.as_ptr(), BLOCK_BYTES) };
-                    let r = self.ch.submit(
-                        &IoRequest {
-                            io_type: IoType::Write,
-                            offset_blocks: offset / BLOCK_BYTES as u64,
-                            num_blocks: 1,
-                            iovs: &[iov],
-                            fua: true,
-                            tag: TAG_CHECKPOINT,
-                        },
-                        0,
-                    );
-                    if r.is_err() {
-                        self.pool.end_checkpoint(&h, false);
-                        (State::Idle, CleanerPoll::Busy)
-                    } else {
-                        (State::CheckpointHeader { h }, CleanerPoll::Busy)
-                    }
-                }
-            },
-            State::CheckpointHeader { h } => match done.first() {
-                None => (State::CheckpointHeader { h }, CleanerPoll::Waiting),
-                Some(c) => {
-                    let ok = c.status == IoStatus::Success;
-                    self.pool.end_checkpoint(&h, ok);
-                    if ok {
-                        self.last_checkpoint = Instant::now();
-                        self.seq_at_checkpoint = h.next_seq;
-                    }
-                    (State::Idle, CleanerPoll::Busy)
-                }
-            },
         };
         self.state = next;
         result
@@ -607,10 +518,6 @@ impl Cleaner {
     fn idle(&mut self) -> CleanerPoll {
         if self.pool.closing.load(Ordering::Acquire) {
             return CleanerPoll::Done;
-        }
-        if let Some(h) = self.walked.take() {
-            self.write_walked(h);
-            return CleanerPoll::Busy;
         }
         let now = Instant::now();
         if now < self.next_check {
@@ -637,7 +544,7 @@ impl Cleaner {
             || (written_since && now - self.last_checkpoint >= CHECKPOINT_INTERVAL)
             || log_since >= (self.pool.sb.pool_bytes / 4).min(CHECKPOINT_LOG_BYTES)
             || self.pool.journal_pressure();
-        if want_checkpoint && self.start_checkpoint() {
+        if want_checkpoint && !self.checkpoint.busy() && self.checkpoint.start() {
             self.checkpoint_requested = false;
             return CleanerPoll::Busy;
         }
@@ -1321,98 +1228,6 @@ impl Cleaner {
         self.cursor += count;
         (State::Moving { seg }, CleanerPoll::Busy)
     }
-
-    fn start_checkpoint(&mut self) -> bool {
-        if !self.pool.begin_checkpoint() {
-            return false;
-        }
-        if self.cp_buf.is_none() {
-            match DmaRegion::new_lazy(self.pool.sb.metadata_slot_bytes as usize) {
-                Ok(r) => self.cp_buf = Some(r),
-                Err(e) => {
-                    tracing::error!(pool = %self.pool.name, "checkpoint buffer: {e}");
-                    self.pool.abort_checkpoint();
-                    return false;
-                }
-            }
-        }
-        self.walk = Some(Box::new(CheckpointWalk::begin(&self.pool)));
-        true
-    }
-
-    /// Takes the next piece of a checkpoint's snapshot, if one is being taken; when it is
-    /// taken, the checkpoint is written from the next idle poll. Cleaning goes on between
-    /// the pieces (see `checkpoint_walk.rs` for why that is safe).
-    fn walk_piece(&mut self) -> bool {
-        let Some(walk) = self.walk.as_mut() else {
-            return false;
-        };
-        let buf = self.cp_buf.as_ref().expect("checkpoint buffer");
-        // SAFETY: our buffer; no I/O on it is in flight while a walk runs.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_ptr(), buf.len()) };
-        match walk.step(&self.pool, bytes) {
-            Ok(WalkStep::More) => {}
-            Ok(WalkStep::Done(h)) => {
-                self.walk = None;
-                self.walked = Some(h);
-            }
-            Err(e) => {
-                tracing::error!(pool = %self.pool.name, "checkpoint: {e}");
-                self.walk = None;
-                self.pool.abort_checkpoint();
-            }
-        }
-        true
-    }
-
-    /// Starts writing a checkpoint whose snapshot is taken (from Idle: the channel is ours).
-    fn write_walked(&mut self, h: CheckpointHeader) {
-        debug_assert!(matches!(self.state, State::Idle));
-        let (offset, len) = self.pool.checkpoint_extent(&h);
-        let mut outstanding = 0;
-        let next = self.submit_checkpoint_body(offset, len, BLOCK_BYTES, &mut outstanding);
-        self.state = State::CheckpointBody {
-            h,
-            offset,
-            len,
-            next,
-            outstanding,
-            failed: false,
-        };
-    }
-
-    /// Submits body writes from `next` while the channel has room; returns the new `next`.
-    fn submit_checkpoint_body(
-        &mut self,
-        offset: u64,
-        len: usize,
-        mut next: usize,
-        outstanding: &mut u32,
-    ) -> usize {
-        let buf = self.cp_buf.as_ref().expect("checkpoint buffer");
-        while next < len && self.ch.in_flight() < self.ch.queue_depth() {
-            let n = (len - next).min(CHECKPOINT_IO_BYTES);
-            // SAFETY: inside our checkpoint buffer, untouched until the write completes.
-            let iov = unsafe { IoVec::from_raw(buf.as_ptr().add(next), n) };
-            let r = self.ch.submit(
-                &IoRequest {
-                    io_type: IoType::Write,
-                    offset_blocks: (offset + next as u64) / BLOCK_BYTES as u64,
-                    num_blocks: (n / BLOCK_BYTES) as u64,
-                    iovs: &[iov],
-                    fua: false,
-                    tag: TAG_CHECKPOINT,
-                },
-                0,
-            );
-            if r.is_err() {
-                break;
-            }
-            *outstanding += 1;
-            next += n;
-        }
-        next
-    }
 }
 
 fn flush_request() -> IoRequest<'static> {
@@ -1422,7 +1237,7 @@ fn flush_request() -> IoRequest<'static> {
         num_blocks: 0,
         iovs: &[],
         fua: false,
-        tag: TAG_CHECKPOINT,
+        tag: TAG_FLUSH,
     }
 }
 
@@ -1460,15 +1275,6 @@ impl Drop for Cleaner {
                         .transition(seg, SegmentState::Cleaned, SegmentState::Free);
                 }
             }
-        }
-        if let State::CheckpointBody { h, .. }
-        | State::CheckpointFlush { h, .. }
-        | State::CheckpointHeader { h } = &self.state
-        {
-            self.pool.end_checkpoint(h, false);
-        }
-        if self.walk.take().is_some() || self.walked.take().is_some() {
-            self.pool.abort_checkpoint();
         }
         if let State::Writing { to_seg, stream, .. } = self.state {
             self.pool.usage.record_finished(to_seg);

@@ -2,7 +2,7 @@
 //! volumes, a lock-free extent table, a cleaner, checkpoints and recovery.
 //!
 //! - `format`: the pool's layout and superblock; `record`: log records; `checkpoint`: the
-//!   checkpoint format (`checkpoint_walk` takes a checkpoint's snapshot a piece per poll);
+//!   checkpoint format (`checkpoint_writer` takes and writes one a piece per poll);
 //!   `segment_journal`: where recovery finds the segments opened since a
 //!   checkpoint. Each on-disk format is documented in its file, with its version.
 //! - `extent_table`: the lock-free map; `usage`: segment states, live counts, victim policies.
@@ -12,7 +12,7 @@
 //! - `pools`: the appliance's pools and examine; `tools`: offline format/inspect/check.
 
 pub mod checkpoint;
-pub mod checkpoint_walk;
+pub mod checkpoint_writer;
 pub mod cleaner;
 pub mod extent_table;
 pub mod format;

@@ -57,7 +57,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use super::checkpoint::{decode_body, CheckpointHeader, SegmentRow, CP_HEADER_BYTES};
-use super::checkpoint_walk::{CheckpointWalk, WalkStep};
+use super::checkpoint_writer::{CheckpointWalk, WalkStep};
 use super::extent_table::Stored;
 use super::extent_table::{ExtentTable, GrowFence, Mapping, Update};
 use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES, VOLUME_TABLE_OFFSET};
@@ -406,12 +406,12 @@ pub struct LsvPool {
     log_heads: Box<[AtomicU64]>,
     /// The newest durable checkpoint's generation and complete_seq.
     pub(super) checkpoint_gen: AtomicU64,
-    /// Pieces the last checkpoint snapshot took (`checkpoint_walk.rs`), and snapshots
-    /// during which records were numbered (I/O went on while they were taken) and during
-    /// which the cleaner cleaned segments.
+    /// Pieces the last checkpoint's snapshot took (`checkpoint_writer.rs`), and checkpoints
+    /// during which records were numbered (writes went on while they were taken and
+    /// written) and during which the cleaner cleaned segments.
     pub(super) checkpoint_walk_pieces: AtomicU64,
-    pub(super) checkpoint_walks_overlapping_writes: AtomicU64,
-    pub(super) checkpoint_walks_overlapping_cleaning: AtomicU64,
+    pub(super) checkpoints_overlapping_writes: AtomicU64,
+    pub(super) checkpoints_overlapping_cleaning: AtomicU64,
     pub(super) checkpoint_seq: AtomicU64,
     /// complete_seq of the other (older) slot's checkpoint; 0 if it is not valid.
     checkpoint_seq_prev: AtomicU64,
@@ -712,8 +712,8 @@ impl LsvPool {
                 .collect(),
             checkpoint_gen: AtomicU64::new(0),
             checkpoint_walk_pieces: AtomicU64::new(0),
-            checkpoint_walks_overlapping_writes: AtomicU64::new(0),
-            checkpoint_walks_overlapping_cleaning: AtomicU64::new(0),
+            checkpoints_overlapping_writes: AtomicU64::new(0),
+            checkpoints_overlapping_cleaning: AtomicU64::new(0),
             checkpoint_seq: AtomicU64::new(0),
             checkpoint_seq_prev: AtomicU64::new(0),
             checkpoint_next_seq_prev: AtomicU64::new(0),
@@ -1972,8 +1972,8 @@ impl LsvPool {
                 "generation": self.checkpoint_gen.load(Ordering::Relaxed),
                 "complete_seq": self.checkpoint_seq.load(Ordering::Relaxed),
                 "walk_pieces_last": self.checkpoint_walk_pieces.load(Ordering::Relaxed),
-                "walks_overlapping_writes": self.checkpoint_walks_overlapping_writes.load(Ordering::Relaxed),
-                "walks_overlapping_cleaning": self.checkpoint_walks_overlapping_cleaning.load(Ordering::Relaxed),
+                "overlapping_writes": self.checkpoints_overlapping_writes.load(Ordering::Relaxed),
+                "overlapping_cleaning": self.checkpoints_overlapping_cleaning.load(Ordering::Relaxed),
             },
             "journal": {
                 "slots": self.journal.as_ref().map_or(0, |j| j.slots()),

@@ -168,10 +168,10 @@ thread_local! {
     static JOURNAL_FULL_WAITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static RECOVERED_BY_JOURNAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static RECOVERED_BY_PROBING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    /// Checkpoint snapshots during which records were numbered (taken a piece per poll).
-    static WALKS_OVERLAPPING_WRITES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    /// Checkpoint snapshots during which the cleaner cleaned segments.
-    static WALKS_OVERLAPPING_CLEANING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Checkpoints during which records were numbered (taken a piece per poll).
+    static CHECKPOINTS_OVERLAPPING_WRITES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Checkpoints during which the cleaner cleaned segments.
+    static CHECKPOINTS_OVERLAPPING_CLEANING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Notes what a pool about to be dropped did with its journal.
@@ -181,13 +181,13 @@ fn note_journal(pool: &LsvPool) {
         .load(std::sync::atomic::Ordering::Relaxed);
     JOURNAL_FULL_WAITS.with(|c| c.set(c.get() + waits));
     let walks = pool
-        .checkpoint_walks_overlapping_writes
+        .checkpoints_overlapping_writes
         .load(std::sync::atomic::Ordering::Relaxed);
-    WALKS_OVERLAPPING_WRITES.with(|c| c.set(c.get() + walks));
+    CHECKPOINTS_OVERLAPPING_WRITES.with(|c| c.set(c.get() + walks));
     let walks = pool
-        .checkpoint_walks_overlapping_cleaning
+        .checkpoints_overlapping_cleaning
         .load(std::sync::atomic::Ordering::Relaxed);
-    WALKS_OVERLAPPING_CLEANING.with(|c| c.set(c.get() + walks));
+    CHECKPOINTS_OVERLAPPING_CLEANING.with(|c| c.set(c.get() + walks));
 }
 
 /// What the model knows of a volume's blocks.
@@ -639,10 +639,10 @@ fn crash_simulation_loses_no_acknowledged_write() {
     let journal_waits = JOURNAL_FULL_WAITS.with(|c| c.get());
     let by_journal = RECOVERED_BY_JOURNAL.with(|c| c.get());
     let by_probing = RECOVERED_BY_PROBING.with(|c| c.get());
-    let overlapped = WALKS_OVERLAPPING_WRITES.with(|c| c.get());
-    let overlapped_cleaning = WALKS_OVERLAPPING_CLEANING.with(|c| c.get());
+    let overlapped = CHECKPOINTS_OVERLAPPING_WRITES.with(|c| c.get());
+    let overlapped_cleaning = CHECKPOINTS_OVERLAPPING_CLEANING.with(|c| c.get());
     eprintln!(
-        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread, {in_parts} read in parts); newest checkpoint generation {}; {shrinks} shrinks, {grows} grows ({replaced} replacing a fence); {by_journal} recoveries by the journal, {by_probing} by probing; {journal_waits} waits for a journal slot; {overlapped} checkpoint snapshots with writes between their pieces, {overlapped_cleaning} with cleaning",
+        "crash simulation: the cleaner ran in {cleaned_seeds} seeds ({unread} segments freed unread, {in_parts} read in parts); newest checkpoint generation {}; {shrinks} shrinks, {grows} grows ({replaced} replacing a fence); {by_journal} recoveries by the journal, {by_probing} by probing; {journal_waits} waits for a journal slot; {overlapped} checkpoints taken with writes going on, {overlapped_cleaning} with cleaning",
         CHECKPOINTS.with(|c| c.get())
     );
     if many {
@@ -668,7 +668,7 @@ fn crash_simulation_loses_no_acknowledged_write() {
         // And writes numbered while a checkpoint's snapshot was being taken.
         assert!(
             overlapped > 0 && overlapped_cleaning > 0,
-            "{overlapped} checkpoint snapshots had writes between their pieces, {overlapped_cleaning} cleaning"
+            "{overlapped} checkpoints taken with writes going on, {overlapped_cleaning} with cleaning"
         );
     }
 }
