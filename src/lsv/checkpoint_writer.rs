@@ -306,6 +306,14 @@ impl CheckpointWriter {
         true
     }
 
+    /// Drops a checkpoint whose snapshot is still being taken (nothing of it is in flight).
+    pub fn cancel_walk(&mut self) {
+        if let WriterState::Walking(_) = self.state {
+            self.state = WriterState::Idle;
+            self.pool.abort_checkpoint();
+        }
+    }
+
     /// Takes the next step of the checkpoint being written, if there is one.
     pub fn poll(&mut self) -> WriterPoll {
         self.done.clear();
@@ -375,7 +383,11 @@ impl CheckpointWriter {
                 } else {
                     let completed = !self.done.is_empty();
                     next = self.submit_body(offset, len, next, &mut outstanding);
-                    if next >= len && outstanding == 0 {
+                    if next < len && outstanding == 0 {
+                        // Nothing in flight and nothing would submit: it would wait for ever.
+                        tracing::error!(pool = %self.pool.name, "checkpoint write could not be submitted");
+                        (self.fail(&h), WriterPoll::Failed)
+                    } else if next >= len && outstanding == 0 {
                         if self.submit_flush() {
                             (WriterState::Flush { h, offset }, WriterPoll::Busy)
                         } else {
@@ -514,6 +526,12 @@ impl Drop for CheckpointWriter {
         match std::mem::replace(&mut self.state, WriterState::Idle) {
             WriterState::Idle => {}
             WriterState::Walking(_) => self.pool.abort_checkpoint(),
+            // The header landed: the checkpoint counts (the next one must not overwrite it).
+            WriterState::Header { h }
+                if out.first().is_some_and(|c| c.status == IoStatus::Success) =>
+            {
+                self.pool.end_checkpoint(&h, true)
+            }
             WriterState::Body { h, .. }
             | WriterState::Flush { h, .. }
             | WriterState::Header { h } => self.pool.end_checkpoint(&h, false),

@@ -1,5 +1,5 @@
-//! The cleaner: frees segments by moving their live blocks to its own log heads, and writes
-//! the checkpoints that make freed segments reusable.
+//! The cleaner: frees segments by moving their live blocks to its own log heads, and has its
+//! `CheckpointWriter` write the checkpoints that make freed segments reusable.
 //!
 //! One cleaner runs per pool, as a service poller on one reactor, with a channel of its own on
 //! the base bdev. It is a state machine that never blocks:
@@ -152,6 +152,9 @@ pub struct Cleaner {
     journal_claim: Option<u64>,
     /// Takes and writes checkpoints, beside the cleaning.
     checkpoint: CheckpointWriter,
+    /// A relocation record found no segment or journal slot: no victim is read again while
+    /// a checkpoint (which may free some) is being written.
+    reserve_failed: bool,
     streams: [Stream; 2],
     state: State,
     live: Vec<LiveBlock>,
@@ -246,6 +249,7 @@ impl Cleaner {
             journal_block,
             journal_claim: None,
             checkpoint,
+            reserve_failed: false,
             streams: heads.map(|head| Stream { head, open: None }),
             state: State::Idle,
             live: Vec::with_capacity(seg_blocks),
@@ -384,17 +388,26 @@ impl Cleaner {
         }
         let r = self.step(&done);
         self.done = done;
-        // A checkpoint being written keeps a closing cleaner until it is done.
+        // A closing pool's checkpoint still walking is dropped (the pool writes one when it
+        // closes); one being written keeps a closing cleaner until it is done.
+        if self.pool.closing.load(Ordering::Acquire) {
+            self.checkpoint.cancel_walk();
+        }
         match self.checkpoint.poll() {
             WriterPoll::Idle => r,
             WriterPoll::Waiting => match r {
                 CleanerPoll::Idle | CleanerPoll::Done => CleanerPoll::Waiting,
                 r => r,
             },
-            WriterPoll::Busy | WriterPoll::Failed => CleanerPoll::Busy,
+            WriterPoll::Busy => CleanerPoll::Busy,
+            WriterPoll::Failed => {
+                self.reserve_failed = false;
+                CleanerPoll::Busy
+            }
             WriterPoll::Durable(h) => {
                 self.last_checkpoint = Instant::now();
                 self.seq_at_checkpoint = h.next_seq;
+                self.reserve_failed = false;
                 CleanerPoll::Busy
             }
         }
@@ -560,6 +573,9 @@ impl Cleaner {
             let count = waiting.min(QUEUE_DEPTH as usize);
             self.state = State::Freeing { count };
             return CleanerPoll::Busy;
+        }
+        if self.reserve_failed && self.checkpoint.busy() {
+            return CleanerPoll::Idle;
         }
         // One free segment is enough to move a victim's live blocks (less than a segment's
         // worth, by `victim`'s minimum gain); with none, only victims with nothing live.
@@ -947,8 +963,10 @@ impl Cleaner {
         let hblocks = header_blocks_for(count) as u64;
         let blocks = hblocks + count as u64;
         let Some((to_seg, at, epoch)) = self.reserve(stream, blocks) else {
-            // No free segment even in the reserve: wait for a checkpoint to free some.
+            // No free segment even in the reserve, or no free journal slot: wait for a
+            // checkpoint to free some (not reading victims again meanwhile, see `idle`).
             self.abandon(seg);
+            self.reserve_failed = true;
             return (State::Idle, CleanerPoll::Idle);
         };
         let mut h = self.new_record(stream, to_seg, at, epoch);

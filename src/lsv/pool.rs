@@ -1280,7 +1280,7 @@ impl LsvPool {
         self.checkpoint_next_seq.store(h.next_seq, Ordering::SeqCst);
         self.checkpoint_next_seq_prev
             .store(other_next_seq.min(h.next_seq), Ordering::SeqCst);
-        // A segment the checkpoint saw Cleaned had its moves completed before the snapshot,
+        // A segment the checkpoint saw Cleaned had its moves completed before its row was taken,
         // and the checkpoint's flush made them durable; it stays Cleaned until the cleaner
         // has zeroed its first block (`Cleaner::new`), since the checkpoint may have been
         // taken before that (recovery writes nothing).
@@ -1661,7 +1661,7 @@ impl LsvPool {
             return Err(PoolError::BadSize(0));
         }
         // Retire a standing fence before a grow sets its own. Outside the volumes' lock: a
-        // checkpoint's snapshot takes it. Never waits for the cleaner's checkpoint: this may
+        // checkpoint's walk takes it when it begins. Never waits for the cleaner's checkpoint: this may
         // run on the cleaner's own reactor (the RPC poller), which would then never finish
         // it; the caller is told to retry instead.
         let grows = self
