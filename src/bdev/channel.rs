@@ -106,6 +106,16 @@ impl IoChannel {
         self.queue_depth - self.free_slots.len() as u32
     }
 
+    /// Polls until nothing is in flight, yielding the thread between polls, and adds the
+    /// completions to `out`. For stops and drops (waiting out I/O on buffers about to go),
+    /// not the I/O path.
+    pub fn drain(&mut self, out: &mut Vec<IoCompletion>) {
+        while self.in_flight() > 0 {
+            self.poll(0, out);
+            std::thread::yield_now();
+        }
+    }
+
     #[inline]
     fn check_range(&self, req: &IoRequest<'_>) -> Result<(), SubmitError> {
         let end = req.offset_blocks.checked_add(req.num_blocks);

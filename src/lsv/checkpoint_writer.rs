@@ -363,53 +363,33 @@ impl CheckpointWriter {
                 debug_assert!(self.done.len() <= outstanding as usize);
                 outstanding -= self.done.len() as u32;
                 failed |= self.done.iter().any(|c| c.status != IoStatus::Success);
-                if failed {
-                    if outstanding == 0 {
-                        tracing::error!(pool = %self.pool.name, "checkpoint write failed");
-                        (self.fail(&h), WriterPoll::Failed)
-                    } else {
-                        (
-                            WriterState::Body {
-                                h,
-                                offset,
-                                len,
-                                next,
-                                outstanding,
-                                failed,
-                            },
-                            WriterPoll::Busy,
-                        )
-                    }
-                } else {
-                    let completed = !self.done.is_empty();
+                let completed = !self.done.is_empty();
+                if !failed {
                     next = self.submit_body(offset, len, next, &mut outstanding);
-                    if next < len && outstanding == 0 {
-                        // Nothing in flight and nothing would submit: it would wait for ever.
-                        tracing::error!(pool = %self.pool.name, "checkpoint write could not be submitted");
-                        (self.fail(&h), WriterPoll::Failed)
-                    } else if next >= len && outstanding == 0 {
-                        if self.submit_flush() {
-                            (WriterState::Flush { h, offset }, WriterPoll::Busy)
-                        } else {
-                            (self.fail(&h), WriterPoll::Failed)
-                        }
+                }
+                if outstanding > 0 {
+                    let body = WriterState::Body {
+                        h,
+                        offset,
+                        len,
+                        next,
+                        outstanding,
+                        failed,
+                    };
+                    if completed {
+                        (body, WriterPoll::Busy)
                     } else {
-                        (
-                            WriterState::Body {
-                                h,
-                                offset,
-                                len,
-                                next,
-                                outstanding,
-                                failed,
-                            },
-                            if completed {
-                                WriterPoll::Busy
-                            } else {
-                                WriterPoll::Waiting
-                            },
-                        )
+                        (body, WriterPoll::Waiting)
                     }
+                } else if failed || next < len {
+                    // A write failed, or none would submit with nothing in flight (it would
+                    // wait for ever).
+                    tracing::error!(pool = %self.pool.name, failed, "checkpoint body write failed");
+                    (self.fail(&h), WriterPoll::Failed)
+                } else if self.submit_flush() {
+                    (WriterState::Flush { h, offset }, WriterPoll::Busy)
+                } else {
+                    (self.fail(&h), WriterPoll::Failed)
                 }
             }
             WriterState::Flush { h, offset } => match self.done.first().map(|c| c.status) {
@@ -519,10 +499,7 @@ impl Drop for CheckpointWriter {
         // Wait out writes in flight on our buffer (only when dropped mid-checkpoint); the
         // checkpoint does not count.
         let mut out = Vec::new();
-        while self.ch.in_flight() > 0 {
-            self.ch.poll(0, &mut out);
-            std::thread::yield_now();
-        }
+        self.ch.drain(&mut out);
         match std::mem::replace(&mut self.state, WriterState::Idle) {
             WriterState::Idle => {}
             WriterState::Walking(_) => self.pool.abort_checkpoint(),

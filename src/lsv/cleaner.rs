@@ -345,10 +345,7 @@ impl Cleaner {
                 }
             }
             out.clear();
-            while self.ch.in_flight() > 0 {
-                self.ch.poll(0, &mut out);
-                std::thread::yield_now();
-            }
+            self.ch.drain(&mut out);
             if out.len() != n || out.iter().any(|c| c.status != IoStatus::Success) {
                 return false;
             }
@@ -1273,19 +1270,13 @@ impl Drop for Cleaner {
     fn drop(&mut self) {
         // Wait out I/O still in flight on our buffers (only when dropped mid-operation).
         let mut out = Vec::new();
-        while self.ch.in_flight() > 0 {
-            self.ch.poll(0, &mut out);
-            std::thread::yield_now();
-        }
+        self.ch.drain(&mut out);
         // Cleaned victims still waiting (a Freeing or Marking state included): one last
         // flush makes their moves durable, then their free marks, and they are free (a stop,
         // not the I/O path).
         if !self.awaiting_flush.is_empty() && self.ch.submit(&flush_request(), 0).is_ok() {
             out.clear();
-            while self.ch.in_flight() > 0 {
-                self.ch.poll(0, &mut out);
-                std::thread::yield_now();
-            }
+            self.ch.drain(&mut out);
             if out.iter().all(|c| c.status == IoStatus::Success) && self.mark_all_waiting() {
                 for (seg, _) in self.awaiting_flush.drain(..) {
                     self.pool

@@ -729,11 +729,7 @@ impl Drop for LogWriter {
         // A journal entry may still be in flight (its record failed to submit, and failed
         // its writes at once): wait it out, its buffer is ours. Not the I/O path.
         let mut done = Vec::new();
-        while self.base.in_flight() > 0 {
-            self.base.poll(0, &mut done);
-            done.clear();
-            std::thread::yield_now();
-        }
+        self.base.drain(&mut done);
         if let Some(h) = self.head.take() {
             self.pool
                 .usage
