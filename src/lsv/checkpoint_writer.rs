@@ -306,6 +306,12 @@ impl CheckpointWriter {
         true
     }
 
+    /// Tests: whether the snapshot is still being taken.
+    #[cfg(test)]
+    pub fn walking(&self) -> bool {
+        matches!(self.state, WriterState::Walking(_))
+    }
+
     /// Drops a checkpoint whose snapshot is still being taken (nothing of it is in flight).
     pub fn cancel_walk(&mut self) {
         if let WriterState::Walking(_) = self.state {

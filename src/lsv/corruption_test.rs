@@ -681,6 +681,45 @@ fn a_victim_cleaned_at_a_checkpoint_is_marked_before_reuse_after_a_crash() {
     assert!(marked_free(&pool, &disk.crash(), victim));
 }
 
+/// A checkpoint walks the map, then a victim is cleaned, freed and reused before the
+/// checkpoint is written: the checkpoint holds the victim's old places for every block it
+/// had, and recovery from it must replay the relocation record and the reuse over them.
+/// (Before checkpoints were written beside the cleaning, nothing was cleaned between a
+/// snapshot and its header.)
+#[test]
+fn a_victim_cleaned_and_reused_after_a_checkpoint_walked_it_is_replayed_over() {
+    use super::checkpoint_writer::{CheckpointWriter, WriterPoll};
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
+    let mut model = BTreeMap::new();
+    let (victim, p0) = fill_with_runs_of_4(&pool, &mut h, &mut model);
+    let gen = checkpoint_generation(&pool);
+    let mut writer = CheckpointWriter::new(pool.clone()).unwrap();
+    assert!(writer.start());
+    while writer.walking() {
+        assert_ne!(writer.poll(), WriterPoll::Failed);
+    }
+    // The snapshot maps block 0 into the victim; now the victim is emptied and reused.
+    clean(&pool, &mut cleaner, victim);
+    write_block_1_until(&mut h, &pool, &mut model, |p| p == p0);
+    h.write(2, 77);
+    model.insert(2, 77);
+    loop {
+        match writer.poll() {
+            WriterPoll::Durable(cp) => {
+                assert_eq!(cp.generation, gen + 1);
+                break;
+            }
+            WriterPoll::Failed => panic!("the checkpoint failed"),
+            _ => {}
+        }
+    }
+    drop((writer, h, cleaner));
+    let image = image_of(&disk);
+    drop(pool);
+    let pool = assert_recovers_from(image, gen + 1, &model);
+    assert_eq!(pool.usage.state(victim), super::usage::SegmentState::Sealed);
+}
+
 /// What a crash that tore a reused segment's new use left at the segment's start.
 enum TornReuse {
     /// The new first record lost whole, the old use's first record back in its place (as in a
