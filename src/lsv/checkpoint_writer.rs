@@ -6,7 +6,9 @@
 //! (`checkpoint.rs`). Taken in one go, it held the cleaner's reactor for as long as that
 //! takes: about 100 ms for a 12 GiB volume written full (3.1 million entries), every
 //! checkpoint, and no victim was cleaned until its body (75 MB there) was written. Now the
-//! reactor serves I/O between the pieces, and cleaning goes on throughout.
+//! reactor serves I/O between the pieces, and cleaning goes on throughout, unless the
+//! cleaner's last relocation record found no segment or journal slot: then it waits for the
+//! checkpoint, which may free some, rather than read victims it cannot move.
 //!
 //! Bounds: a piece is at most `PIECE_SEGMENTS` segment rows, `PIECE_LEAVES` extent-table
 //! leaves (512 entries each), or `PIECE_CRC_BYTES` of the body's checksum; body writes are
@@ -28,8 +30,9 @@
 //!   its dead blocks durable, so an entry the walk took pointing into it is replayed over.
 //!   Its row may say Sealed: recovery then restores it Sealed with the live count the map
 //!   gives (none), and the cleaner frees it again.
-//! - The checkpoint being taken counts for nothing until its header is durable: segment and
-//!   journal-slot reuse wait for both durable checkpoints, as before.
+//! - The checkpoint being taken counts for nothing until its header is durable: what waits
+//!   for both durable checkpoints (journal-slot reuse, victims freed unread, unmaps no
+//!   checkpoint covers) goes by the two durable ones, as before.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -390,7 +393,7 @@ impl CheckpointWriter {
                 } else if failed || next < len {
                     // A write failed, or none would submit with nothing in flight (it would
                     // wait for ever).
-                    tracing::error!(pool = %self.pool.name, failed, "checkpoint body write failed");
+                    tracing::error!(pool = %self.pool.name, failed, "checkpoint body write failed or could not be submitted");
                     (self.fail(&h), WriterPoll::Failed)
                 } else if self.submit_flush() {
                     (WriterState::Flush { h, offset }, WriterPoll::Busy)
@@ -434,6 +437,7 @@ impl CheckpointWriter {
     }
 
     fn fail(&self, h: &CheckpointHeader) -> WriterState {
+        tracing::error!(pool = %self.pool.name, generation = h.generation, "checkpoint failed");
         self.pool.end_checkpoint(h, false);
         WriterState::Idle
     }

@@ -152,8 +152,9 @@ pub struct Cleaner {
     journal_claim: Option<u64>,
     /// Takes and writes checkpoints, beside the cleaning.
     checkpoint: CheckpointWriter,
-    /// A relocation record found no segment or journal slot: no victim is read again while
-    /// a checkpoint (which may free some) is being written.
+    /// The last relocation record (or unmaps record) found no segment or journal slot: no
+    /// victim is read again while a checkpoint (which may free some) is being written.
+    /// Cleared by the next reserve that succeeds, and when a checkpoint ends.
     reserve_failed: bool,
     streams: [Stream; 2],
     state: State,
@@ -385,8 +386,9 @@ impl Cleaner {
         }
         let r = self.step(&done);
         self.done = done;
-        // A closing pool's checkpoint still walking is dropped (the pool writes one when it
-        // closes); one being written keeps a closing cleaner until it is done.
+        // A closing pool's checkpoint still walking is dropped (a clean shutdown writes one
+        // of its own; a pool removed without one replays its log when opened again); one
+        // being written keeps a closing cleaner until it is done.
         if self.pool.closing.load(Ordering::Acquire) {
             self.checkpoint.cancel_walk();
         }
@@ -868,6 +870,12 @@ impl Cleaner {
 
     /// Room for a record of `blocks` in stream `s`'s segment: (segment, block in it).
     fn reserve(&mut self, s: usize, blocks: u64) -> Option<(u64, u64, u64)> {
+        let r = self.reserve_in_stream(s, blocks);
+        self.reserve_failed = r.is_none();
+        r
+    }
+
+    fn reserve_in_stream(&mut self, s: usize, blocks: u64) -> Option<(u64, u64, u64)> {
         let seg_blocks = self.seg_blocks();
         if let Some((seg, next, epoch)) = self.streams[s].open {
             if next + blocks <= seg_blocks {
@@ -963,7 +971,6 @@ impl Cleaner {
             // No free segment even in the reserve, or no free journal slot: wait for a
             // checkpoint to free some (not reading victims again meanwhile, see `idle`).
             self.abandon(seg);
-            self.reserve_failed = true;
             return (State::Idle, CleanerPoll::Idle);
         };
         let mut h = self.new_record(stream, to_seg, at, epoch);
