@@ -7,8 +7,8 @@
 //! takes: about 100 ms for a 12 GiB volume written full (3.1 million entries), every
 //! checkpoint, and no victim was cleaned until its body (75 MB there) was written. Now the
 //! reactor serves I/O between the pieces, and cleaning goes on throughout, unless the
-//! cleaner's last relocation record found no segment or journal slot: then it waits for the
-//! checkpoint, which may free some, rather than read victims it cannot move.
+//! cleaner's last relocation record found no free journal slot: then it waits for the
+//! checkpoint, which frees slots, rather than read victims it cannot move.
 //!
 //! Bounds: a piece is at most `PIECE_SEGMENTS` segment rows, `PIECE_LEAVES` extent-table
 //! leaves (512 entries each), or `PIECE_CRC_BYTES` of the body's checksum; body writes are

@@ -152,10 +152,11 @@ pub struct Cleaner {
     journal_claim: Option<u64>,
     /// Takes and writes checkpoints, beside the cleaning.
     checkpoint: CheckpointWriter,
-    /// The last relocation record (or unmaps record) found no segment or journal slot: no
-    /// victim is read again while a checkpoint (which may free some) is being written.
-    /// Cleared by the next reserve that succeeds, and when a checkpoint ends.
-    reserve_failed: bool,
+    /// The last relocation record (or unmaps record) found no free journal slot: no victim
+    /// is read again while a checkpoint, which frees slots, is being written. (No free
+    /// segment is not a reason: the cleaner's own freeing makes some, checkpoint or not.)
+    /// Cleared by the next reserve, and when a checkpoint ends.
+    journal_full: bool,
     streams: [Stream; 2],
     state: State,
     live: Vec<LiveBlock>,
@@ -250,7 +251,7 @@ impl Cleaner {
             journal_block,
             journal_claim: None,
             checkpoint,
-            reserve_failed: false,
+            journal_full: false,
             streams: heads.map(|head| Stream { head, open: None }),
             state: State::Idle,
             live: Vec::with_capacity(seg_blocks),
@@ -400,13 +401,13 @@ impl Cleaner {
             },
             WriterPoll::Busy => CleanerPoll::Busy,
             WriterPoll::Failed => {
-                self.reserve_failed = false;
+                self.journal_full = false;
                 CleanerPoll::Busy
             }
             WriterPoll::Durable(h) => {
                 self.last_checkpoint = Instant::now();
                 self.seq_at_checkpoint = h.next_seq;
-                self.reserve_failed = false;
+                self.journal_full = false;
                 CleanerPoll::Busy
             }
         }
@@ -573,7 +574,7 @@ impl Cleaner {
             self.state = State::Freeing { count };
             return CleanerPoll::Busy;
         }
-        if self.reserve_failed && self.checkpoint.busy() {
+        if self.journal_full && self.checkpoint.busy() {
             return CleanerPoll::Idle;
         }
         // One free segment is enough to move a victim's live blocks (less than a segment's
@@ -870,9 +871,8 @@ impl Cleaner {
 
     /// Room for a record of `blocks` in stream `s`'s segment: (segment, block in it).
     fn reserve(&mut self, s: usize, blocks: u64) -> Option<(u64, u64, u64)> {
-        let r = self.reserve_in_stream(s, blocks);
-        self.reserve_failed = r.is_none();
-        r
+        self.journal_full = false;
+        self.reserve_in_stream(s, blocks)
     }
 
     fn reserve_in_stream(&mut self, s: usize, blocks: u64) -> Option<(u64, u64, u64)> {
@@ -894,6 +894,7 @@ impl Cleaner {
             self.pool
                 .usage
                 .transition(seg, SegmentState::Open, SegmentState::Free);
+            self.journal_full = true;
             return None;
         };
         self.journal_claim = claim;
@@ -968,8 +969,9 @@ impl Cleaner {
         let hblocks = header_blocks_for(count) as u64;
         let blocks = hblocks + count as u64;
         let Some((to_seg, at, epoch)) = self.reserve(stream, blocks) else {
-            // No free segment even in the reserve, or no free journal slot: wait for a
-            // checkpoint to free some (not reading victims again meanwhile, see `idle`).
+            // No free segment even in the reserve (freeing cleaned victims makes some), or no
+            // free journal slot (a checkpoint frees some; no victim is read meanwhile, see
+            // `idle`).
             self.abandon(seg);
             return (State::Idle, CleanerPoll::Idle);
         };
