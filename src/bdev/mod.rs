@@ -138,6 +138,20 @@ pub struct IoRequest<'a> {
     pub tag: u64,
 }
 
+impl IoRequest<'static> {
+    /// A FLUSH of the whole bdev: every write completed before it is durable when it completes.
+    pub const fn flush(tag: u64) -> IoRequest<'static> {
+        IoRequest {
+            io_type: IoType::Flush,
+            offset_blocks: 0,
+            num_blocks: 0,
+            iovs: &[],
+            fua: false,
+            tag,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoStatus {
     Success,

@@ -274,14 +274,7 @@ mod tests {
             2,
             None,
         );
-        let req = IoRequest {
-            io_type: IoType::Flush,
-            offset_blocks: 0,
-            num_blocks: 0,
-            iovs: &[],
-            fua: false,
-            tag: 0,
-        };
+        let req = IoRequest::flush(0);
         ch.submit(&req, 0).unwrap();
         ch.submit(&req, 0).unwrap();
         assert_eq!(ch.submit(&req, 0), Err(SubmitError::QueueFull(2)));

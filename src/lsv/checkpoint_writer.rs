@@ -56,7 +56,7 @@ pub const PIECE_SEGMENTS: u64 = 16_384;
 /// Extent-table leaves a piece walks (512 entries each: 32,768 entries, about 1 ms).
 #[cfg(not(test))]
 pub const PIECE_LEAVES: usize = 64;
-/// Body bytes a piece checksums (about 0.5 ms).
+/// Body bytes a piece checksums.
 #[cfg(not(test))]
 pub const PIECE_CRC_BYTES: usize = 4 << 20;
 // Tests take small pieces, so that writes and the cleaner's other work interleave with a
@@ -443,15 +443,7 @@ impl CheckpointWriter {
     }
 
     fn submit_flush(&mut self) -> bool {
-        let flush = IoRequest {
-            io_type: IoType::Flush,
-            offset_blocks: 0,
-            num_blocks: 0,
-            iovs: &[],
-            fua: false,
-            tag: 0,
-        };
-        self.ch.submit(&flush, 0).is_ok()
+        self.ch.submit(&IoRequest::flush(0), 0).is_ok()
     }
 
     /// Writes the header (the buffer's first block) to the slot at byte `offset`, with FUA.

@@ -483,7 +483,7 @@ impl Cleaner {
                     // again.
                     tracing::error!(pool = %self.pool.name, "cleaner: marking cleaned segments free failed");
                     (State::Idle, CleanerPoll::Busy)
-                } else if self.ch.submit(&flush_request(), 0).is_ok() {
+                } else if self.ch.submit(&IoRequest::flush(TAG_FLUSH), 0).is_ok() {
                     (State::MarkFlush { count }, CleanerPoll::Busy)
                 } else {
                     (State::Idle, CleanerPoll::Busy)
@@ -567,7 +567,7 @@ impl Cleaner {
         let short = free + waiting as u64 >= self.pool.clean_target() || free < 2;
         if waiting > 0
             && (waiting >= FLUSH_BATCH || short || free <= self.pool.throttle_start())
-            && self.ch.submit(&flush_request(), 0).is_ok()
+            && self.ch.submit(&IoRequest::flush(TAG_FLUSH), 0).is_ok()
         {
             self.flushed_moving_seq = self.moving_seq;
             let count = waiting.min(QUEUE_DEPTH as usize);
@@ -1254,17 +1254,6 @@ impl Cleaner {
     }
 }
 
-fn flush_request() -> IoRequest<'static> {
-    IoRequest {
-        io_type: IoType::Flush,
-        offset_blocks: 0,
-        num_blocks: 0,
-        iovs: &[],
-        fua: false,
-        tag: TAG_FLUSH,
-    }
-}
-
 /// Counts `done` off `outstanding` requests, noting in `failed` whether any failed.
 fn count_done(done: &[IoCompletion], outstanding: &mut u32, failed: &mut bool) {
     debug_assert!(
@@ -1283,7 +1272,9 @@ impl Drop for Cleaner {
         // Cleaned victims still waiting (a Freeing or Marking state included): one last
         // flush makes their moves durable, then their free marks, and they are free (a stop,
         // not the I/O path).
-        if !self.awaiting_flush.is_empty() && self.ch.submit(&flush_request(), 0).is_ok() {
+        if !self.awaiting_flush.is_empty()
+            && self.ch.submit(&IoRequest::flush(TAG_FLUSH), 0).is_ok()
+        {
             out.clear();
             self.ch.drain(&mut out);
             if out.iter().all(|c| c.status == IoStatus::Success) && self.mark_all_waiting() {

@@ -293,14 +293,7 @@ fn run_until_crash(
             resize(rng, pool, model, &busy, &mut flush)?;
         }
         if flush.is_none() && rng.below(25) == 0 {
-            let req = IoRequest {
-                io_type: IoType::Flush,
-                offset_blocks: 0,
-                num_blocks: 0,
-                iovs: &[],
-                fua: false,
-                tag: FLUSH_TAG,
-            };
+            let req = IoRequest::flush(FLUSH_TAG);
             h.ch.submit(&req, 0).map_err(|e| format!("flush: {e}"))?;
             // From each block's history, what the flush does not cover: the write in flight
             // on it (one at most), and everything after.

@@ -316,17 +316,8 @@ impl BdevChannel for VolumeChannel {
                     return Ok(());
                 }
                 self.flush_mark[slot as usize] = self.writer.borrow().last_completed_seq;
-                self.base.submit(
-                    &IoRequest {
-                        io_type: IoType::Flush,
-                        offset_blocks: 0,
-                        num_blocks: 0,
-                        iovs: &[],
-                        fua: false,
-                        tag: FLUSH_TAG | slot as u64,
-                    },
-                    0,
-                )
+                self.base
+                    .submit(&IoRequest::flush(FLUSH_TAG | slot as u64), 0)
             }
         }
     }
