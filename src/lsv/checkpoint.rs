@@ -230,12 +230,6 @@ impl BodyWriter {
             buf[at + 8..at + 16].copy_from_slice(&count.to_le_bytes());
         }
     }
-
-    /// Finishes the body; returns its length in bytes.
-    pub fn finish(mut self, buf: &mut [u8]) -> usize {
-        self.end_volume(buf);
-        self.at
-    }
 }
 
 /// A decoded body: the segment rows, and every volume's entries handed to `entry`
@@ -331,8 +325,9 @@ mod tests {
         w.entry(&mut buf, 7, Stored::At(1000), 4).unwrap();
         w.entry(&mut buf, 9, Stored::Tombstone(5), 5).unwrap();
         w.begin_volume(&mut buf, 3).unwrap();
+        w.end_volume(&mut buf);
         let volumes = w.volumes;
-        let n = w.finish(&mut buf);
+        let n = w.written_bytes();
         buf.truncate(n);
         let h = CheckpointHeader {
             generation: 2,
