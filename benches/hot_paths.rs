@@ -132,10 +132,108 @@ fn null_submit_complete(c: &mut Criterion) {
     drop(data);
 }
 
+/// A checkpoint walk's piece (64 leaves, 32,768 entries) encoded by `BodyWriter::entry`, for
+/// a volume written in order and one written at random, against the fixed 24-byte entries
+/// of checkpoint version 1 (three little-endian u64 stores an entry) as the baseline; and
+/// the random one decoded again (what recovery does with every entry).
+fn checkpoint_entries(c: &mut Criterion) {
+    use unblend::lsv::checkpoint::{decode_body, BodyWriter, CheckpointHeader, CP_VERSION};
+    use unblend::lsv::extent_table::Stored;
+    const N: u64 = 32_768;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let random: Vec<(Stored, u64)> = (0..N)
+        .map(|_| {
+            (
+                Stored::At(rand() % (4 << 20)),
+                3_000_000 + rand() % 2_000_000,
+            )
+        })
+        .collect();
+    let in_order: Vec<(Stored, u64)> = (0..N).map(|i| (Stored::At(9000 + i), 77)).collect();
+    let mut buf = vec![0u8; 24 * N as usize + 64];
+    let mut group = c.benchmark_group("checkpoint_entries");
+    group.throughput(Throughput::Elements(N));
+    group.bench_function("v1_fixed_24_bytes", |b| {
+        b.iter(|| {
+            for (lba, &(s, seq)) in random.iter().enumerate() {
+                let Stored::At(a) = s else { unreachable!() };
+                let e = &mut buf[lba * 24..lba * 24 + 24];
+                e[0..8].copy_from_slice(&(lba as u64).to_le_bytes());
+                e[8..16].copy_from_slice(&a.to_le_bytes());
+                e[16..24].copy_from_slice(&seq.to_le_bytes());
+            }
+            std::hint::black_box(&buf);
+        })
+    });
+    for (name, entries) in [("v2_random", &random), ("v2_in_order", &in_order)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut w = BodyWriter::new();
+                w.begin_volume(&mut buf, 1).unwrap();
+                for (lba, &(s, seq)) in entries.iter().enumerate() {
+                    w.entry(&mut buf, lba as u64, s, seq).unwrap();
+                }
+                w.end_volume(&mut buf);
+                std::hint::black_box(w.written_bytes())
+            })
+        });
+    }
+    let mut w = BodyWriter::new();
+    w.begin_volume(&mut buf, 1).unwrap();
+    for (lba, &(s, seq)) in random.iter().enumerate() {
+        w.entry(&mut buf, lba as u64, s, seq).unwrap();
+    }
+    w.end_volume(&mut buf);
+    let body = buf[..w.written_bytes()].to_vec();
+    let h = CheckpointHeader {
+        version: CP_VERSION,
+        generation: 1,
+        complete_seq: 1,
+        next_seq: 2,
+        segment_count: 0,
+        volume_count: 1,
+        body_bytes: body.len() as u64,
+        body_crc: crc32c::crc32c(&body),
+    };
+    // The same entries as version 1 wrote them: a volume header, then 24 bytes each.
+    let mut v1 = vec![0u8; 16];
+    v1[0] = 1;
+    v1[8..16].copy_from_slice(&N.to_le_bytes());
+    for (lba, &(s, seq)) in random.iter().enumerate() {
+        let Stored::At(a) = s else { unreachable!() };
+        for v in [lba as u64, a, seq] {
+            v1.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let h1 = CheckpointHeader {
+        version: 1,
+        body_bytes: v1.len() as u64,
+        body_crc: crc32c::crc32c(&v1),
+        ..h
+    };
+    for (name, body, h) in [("v1_decode", &v1, &h1), ("v2_random_decode", &body, &h)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut sum = 0u64;
+                decode_body(body, h, |_, lba, _, seq| sum = sum.wrapping_add(lba ^ seq)).unwrap();
+                std::hint::black_box(sum)
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     message_between_reactors,
     buffer_get_put,
-    null_submit_complete
+    null_submit_complete,
+    checkpoint_entries
 );
 criterion_main!(benches);

@@ -415,7 +415,7 @@ fn pool_format_inspect_check() {
         "  format version 3\n".to_string(),
         "  segments 61\n".to_string(),
         "volume table: pool name tank, 0 volume(s)\n".to_string(),
-        format!("checkpoint slot A at offset {slot_a}: valid, generation 1, complete_seq 0, next_seq 1, body "),
+        format!("checkpoint slot A at offset {slot_a}: valid, version 2, generation 1, complete_seq 0, next_seq 1, body "),
         format!("checkpoint slot B at offset {slot_b}: empty"),
         "recovery: ok, from checkpoint generation 1 (complete_seq 0)\n".to_string(),
         "  segments free 61, used 0\n".to_string(),

@@ -37,7 +37,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::checkpoint::{BodyWriter, CheckpointHeader, SegmentRow, CP_HEADER_BYTES};
+use super::checkpoint::{BodyWriter, CheckpointHeader, SegmentRow, CP_HEADER_BYTES, CP_VERSION};
 use super::extent_table::{ExtentTable, Stored};
 use super::pool::{LsvPool, PoolError};
 use super::record::BLOCK_BYTES;
@@ -196,6 +196,7 @@ impl CheckpointWalk {
                     self.phase = Phase::Checksum { done: end };
                 } else {
                     let h = CheckpointHeader {
+                        version: CP_VERSION,
                         generation: self.generation,
                         complete_seq: self.complete_seq,
                         next_seq: self.next_seq,

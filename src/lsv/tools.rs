@@ -309,8 +309,8 @@ pub fn inspect(path: &Path) -> Result<String, ToolError> {
         let label = slot_label(i);
         let what = match s {
             Slot::Valid(h) => format!(
-                "valid, generation {}, complete_seq {}, next_seq {}, body {} bytes",
-                h.generation, h.complete_seq, h.next_seq, h.body_bytes
+                "valid, version {}, generation {}, complete_seq {}, next_seq {}, body {} bytes",
+                h.version, h.generation, h.complete_seq, h.next_seq, h.body_bytes
             ),
             Slot::Empty => "empty (no checkpoint written)".to_string(),
             Slot::Damaged(e) => format!("damaged: {e}"),
@@ -519,7 +519,7 @@ mod tests {
         assert_has(&report, "volume table: pool name tpool, 0 volume(s)\n");
         assert_has(
             &report,
-            &format!("checkpoint slot A at offset {slot_a}: valid, generation 1, complete_seq 0, next_seq 1, body "),
+            &format!("checkpoint slot A at offset {slot_a}: valid, version 2, generation 1, complete_seq 0, next_seq 1, body "),
         );
         assert_has(
             &report,
@@ -560,7 +560,7 @@ mod tests {
         drop(pool);
         assert_has(
             &inspect(&p).unwrap(),
-            &format!("checkpoint slot B at offset {slot_b}: valid, generation 2"),
+            &format!("checkpoint slot B at offset {slot_b}: valid, version 2, generation 2"),
         );
         let at = slot_b + 4096 + 5;
         let flipped = peek(&p, at) ^ 0x10;
@@ -597,11 +597,11 @@ mod tests {
         let report = inspect(&p).unwrap();
         assert_has(
             &report,
-            &format!("checkpoint slot A at offset {slot_a}: valid, generation 3"),
+            &format!("checkpoint slot A at offset {slot_a}: valid, version 2, generation 3"),
         );
         assert_has(
             &report,
-            &format!("checkpoint slot B at offset {slot_b}: valid, generation 2"),
+            &format!("checkpoint slot B at offset {slot_b}: valid, version 2, generation 2"),
         );
         assert_has(&report, "mapped blocks 2\n");
 
