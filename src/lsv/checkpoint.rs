@@ -559,12 +559,11 @@ mod tests {
     use proptest::prelude::*;
 
     type Entry = (u32, u64, Stored, u64);
+    /// A volume's id and its entries (lba, stored, seq).
+    type Volume = (u32, Vec<(u64, Stored, u64)>);
 
     /// A body of `rows` segment rows and these volumes' entries, with its header.
-    fn encode(
-        rows: usize,
-        volumes: &[(u32, Vec<(u64, Stored, u64)>)],
-    ) -> (CheckpointHeader, Vec<u8>) {
+    fn encode(rows: usize, volumes: &[Volume]) -> (CheckpointHeader, Vec<u8>) {
         let mut buf = vec![0u8; 1 << 20];
         let mut w = BodyWriter::new();
         for i in 0..rows {
@@ -805,7 +804,7 @@ mod tests {
                 0..4,
             )
         ) {
-            let volumes: Vec<(u32, Vec<(u64, Stored, u64)>)> = volumes
+            let volumes: Vec<Volume> = volumes
                 .into_iter()
                 .map(|(id, mut es)| {
                     es.sort_by_key(|e| e.0);

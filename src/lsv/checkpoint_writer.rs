@@ -38,7 +38,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::checkpoint::{BodyWriter, CheckpointHeader, SegmentRow, CP_HEADER_BYTES, CP_VERSION};
-use super::extent_table::{ExtentTable, Stored};
+use super::extent_table::{ExtentTable, Stored, FANOUT};
 use super::pool::{LsvPool, PoolError};
 use super::record::BLOCK_BYTES;
 use crate::bdev::{ChannelContext, IoChannel, IoCompletion, IoRequest, IoStatus, IoType, IoVec};
@@ -95,6 +95,11 @@ pub struct CheckpointWalk {
     tables: Vec<(u32, Arc<ExtentTable>)>,
     phase: Phase,
     body: BodyWriter,
+    /// One leaf's entries with their sequence numbers, gathered before they are encoded:
+    /// each entry's place in the body depends on the entry before (its size does), so
+    /// encoding as the walk goes would wait out each `seq_of` cache miss in turn; gathered
+    /// into fixed places, the misses overlap.
+    gathered: Vec<(u64, Stored, u64)>,
     crc: u32,
     pieces: u64,
 }
@@ -118,6 +123,7 @@ impl CheckpointWalk {
             tables: pool.volume_tables(),
             phase: Phase::Segments { next: 0 },
             body: BodyWriter::new(),
+            gathered: Vec::with_capacity(FANOUT),
             crc: 0,
             pieces: 0,
         }
@@ -163,16 +169,26 @@ impl CheckpointWalk {
                     }
                 };
                 let mut err = None;
-                let w = &mut self.body;
+                let (w, gathered) = (&mut self.body, &mut self.gathered);
+                let mut encode = |gathered: &mut Vec<(u64, Stored, u64)>| {
+                    for &(lba, s, seq) in gathered.iter() {
+                        if err.is_none() {
+                            err = w.entry(body, lba, s, seq).err();
+                        }
+                    }
+                    gathered.clear();
+                };
                 let next = table.for_each_from(start, PIECE_LEAVES, |lba, s| {
                     let seq = match s {
                         Stored::At(p) => pool.seq_of(p),
                         Stored::Tombstone(q) => q,
                     };
-                    if err.is_none() {
-                        err = w.entry(body, lba, s, seq).err();
+                    gathered.push((lba, s, seq));
+                    if gathered.len() == FANOUT {
+                        encode(gathered);
                     }
                 });
+                encode(gathered);
                 if let Some(e) = err {
                     return Err(cp(e));
                 }
