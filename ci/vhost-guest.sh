@@ -150,7 +150,10 @@ cat >"$WORK/reconnect.sh" <<'EOF'
 #!/bin/bash
 set -euxo pipefail
 dev=/dev/vda
-fio --name=reconnect --filename=$dev --rw=randwrite --bs=4k --size=16M --direct=1 \
+# 64M, so the kill below (half a second after the guest's signal) falls among the writes
+# even when the signal comes late: with 16M one CI run's kill found no write in flight. It
+# costs time: this script took 143 s here against 53 s with 16M.
+fio --name=reconnect --filename=$dev --rw=randwrite --bs=4k --size=64M --direct=1 \
     --ioengine=libaio --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
     --group_reporting &
 fio_pid=$!

@@ -49,7 +49,10 @@
 //! next checkpoints are version 2. An older build reads version 1 only: it takes a version 2
 //! checkpoint as damaged and recovers from the other slot, which is safe (recovery may
 //! always fall back one checkpoint, see `checkpoint_writer.rs`), and refuses the pool with
-//! "checkpoint version 2 is not supported" once both slots hold version 2.
+//! "checkpoint version 2 is not supported" when the other slot is no use either (version 2
+//! too, or damaged). An older build's `pool check` reports a version 2 slot as damaged, and
+//! its `--repair` rewrites both slots in version 1 from the other one and the log (nothing is
+//! lost); this build's `--repair` writes version 2.
 //!
 //! The snapshot is fuzzy: writes go on while it is taken. `complete_seq` is one less than the
 //! oldest record that was in flight (or not yet numbered) when the snapshot began, so every

@@ -95,7 +95,8 @@ pub struct CheckpointWalk {
     tables: Vec<(u32, Arc<ExtentTable>)>,
     phase: Phase,
     body: BodyWriter,
-    /// One leaf's entries with their sequence numbers, gathered before they are encoded:
+    /// Up to a leaf's worth of entries (512) with their sequence numbers, gathered before
+    /// they are encoded:
     /// each entry's place in the body depends on the entry before (its size does), so
     /// encoding as the walk goes would wait out each `seq_of` cache miss in turn; gathered
     /// into fixed places, the misses overlap.

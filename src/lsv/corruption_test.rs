@@ -320,6 +320,111 @@ fn a_damaged_checkpoint_falls_back_to_the_older_one() {
     assert!(e.contains("checkpoint body checksum mismatch"), "{e}");
 }
 
+/// Rewrites the checkpoint in the slot at `slot` of `image` as checkpoint format version 1
+/// (24-byte entries), as an older build wrote it. The pool has one volume.
+fn rewrite_as_version_1(image: &mut [u8], slot: u64) {
+    use super::checkpoint::{decode_body, CheckpointHeader, CP_HEADER_BYTES};
+    use super::extent_table::Stored;
+    let slot = slot as usize;
+    let h = CheckpointHeader::decode(&image[slot..slot + CP_HEADER_BYTES]).unwrap();
+    assert_eq!((h.version, h.volume_count), (2, 1));
+    let body_at = slot + CP_HEADER_BYTES;
+    let body = &image[body_at..body_at + h.body_bytes as usize];
+    let mut entries = Vec::new();
+    decode_body(body, &h, |_, lba, stored, seq| {
+        entries.push((lba, stored, seq))
+    })
+    .unwrap();
+    let rows_bytes = h.segment_count as usize * 16;
+    let mut v1 = body[..rows_bytes + 16].to_vec();
+    v1[rows_bytes + 8..rows_bytes + 16].copy_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (lba, stored, seq) in entries {
+        let addr = match stored {
+            Stored::At(a) => a,
+            Stored::Tombstone(_) => u64::MAX,
+        };
+        for v in [lba, addr, seq] {
+            v1.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let h1 = CheckpointHeader {
+        version: 1,
+        body_bytes: v1.len() as u64,
+        body_crc: crc32c::crc32c(&v1),
+        ..h
+    };
+    h1.encode(&mut image[slot..slot + CP_HEADER_BYTES]);
+    image[body_at..body_at + v1.len()].copy_from_slice(&v1);
+}
+
+/// A pool an older build wrote (both checkpoints in format version 1) opens and reads right;
+/// its next checkpoint is version 2, and with one slot of each it opens from the newer.
+#[test]
+fn a_pool_with_version_1_checkpoints_opens_and_moves_to_version_2() {
+    let (disk, pool) = new_pool();
+    let sb: Superblock = pool.sb;
+    let mut model = BTreeMap::new();
+    let mut h = Harness::open(&pool);
+    for lba in 0..40 {
+        h.write(lba, 1);
+        model.insert(lba, 1);
+    }
+    assert_eq!(pool.checkpoint_sync().unwrap(), 2);
+    for lba in (30..60).chain(200..210) {
+        h.write(lba, 2);
+        model.insert(lba, 2);
+    }
+    assert_eq!(pool.checkpoint_sync().unwrap(), 3);
+    for lba in 5..15 {
+        h.write(lba, 3);
+        model.insert(lba, 3);
+    }
+    drop(h);
+    drop(pool);
+    let mut image = image_of(&disk);
+    for gen in [2, 3] {
+        rewrite_as_version_1(&mut image, checkpoint_slot(&sb, gen));
+    }
+    // Both version 1: from generation 3, and from 2 when 3's body is damaged.
+    drop(assert_recovers_from(image.clone(), 3, &model));
+    let mut bad = image.clone();
+    flip(
+        &mut bad,
+        checkpoint_slot(&sb, 3) + 4096 + 16 * sb.segment_count + 20,
+        0x04,
+    );
+    drop(assert_recovers_from(bad, 2, &model));
+
+    // Opened, written and checkpointed by this build: generation 4 is version 2.
+    let disk = Arc::new(SimDisk::from_image("sim", image, 1, 0));
+    let base = BdevRegistry::new().register(disk.clone()).unwrap();
+    let pool = LsvPool::open_named(base).unwrap();
+    pool.set_fua_records(true);
+    let mut h = Harness::open(&pool);
+    for lba in 100..120 {
+        h.write(lba, 4);
+        model.insert(lba, 4);
+    }
+    assert_eq!(pool.checkpoint_sync().unwrap(), 4);
+    drop(h);
+    drop(pool);
+    let image = image_of(&disk);
+    let version_at = |gen: u64| {
+        let at = checkpoint_slot(&sb, gen) as usize + 4;
+        u32::from_le_bytes(image[at..at + 4].try_into().unwrap())
+    };
+    assert_eq!((version_at(3), version_at(4)), (1, 2));
+    drop(assert_recovers_from(image.clone(), 4, &model));
+    // Version 2's damaged: from version 1's, and the log since.
+    let mut bad = image;
+    flip(
+        &mut bad,
+        checkpoint_slot(&sb, 4) + 4096 + 16 * sb.segment_count + 2,
+        0x04,
+    );
+    drop(assert_recovers_from(bad, 3, &model));
+}
+
 /// Writes blocks 0..8 (tag 1), then block 3 and block 7 again (tag 2): ten records in one
 /// segment, after checkpoint generation 1 (so all are replayed). Returns the image, the
 /// model and the pool blocks holding block 3's and block 7's newest data.
