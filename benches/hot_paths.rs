@@ -137,7 +137,9 @@ fn null_submit_complete(c: &mut Criterion) {
 /// of checkpoint version 1 (three little-endian u64 stores an entry) as the baseline; and
 /// the random one decoded again (what recovery does with every entry).
 fn checkpoint_entries(c: &mut Criterion) {
-    use unblend::lsv::checkpoint::{decode_body, BodyWriter, CheckpointHeader, CP_VERSION};
+    use unblend::lsv::checkpoint::{
+        decode_body, push_v1_entry, BodyWriter, CheckpointHeader, CP_VERSION,
+    };
     use unblend::lsv::extent_table::Stored;
     const N: u64 = 32_768;
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -206,10 +208,7 @@ fn checkpoint_entries(c: &mut Criterion) {
     v1[0] = 1;
     v1[8..16].copy_from_slice(&N.to_le_bytes());
     for (lba, &(s, seq)) in random.iter().enumerate() {
-        let Stored::At(a) = s else { unreachable!() };
-        for v in [lba as u64, a, seq] {
-            v1.extend_from_slice(&v.to_le_bytes());
-        }
+        push_v1_entry(&mut v1, lba as u64, s, seq);
     }
     let h1 = CheckpointHeader {
         version: 1,

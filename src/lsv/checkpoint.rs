@@ -470,6 +470,18 @@ fn decode_entry(
     Ok((lba, stored, seq))
 }
 
+/// Appends a version 1 entry (24 bytes) as older builds wrote it: for the tests and benches
+/// that make version 1 bodies.
+pub fn push_v1_entry(out: &mut Vec<u8>, lba: u64, stored: Stored, seq: u64) {
+    let addr = match stored {
+        Stored::At(a) => a,
+        Stored::Tombstone(_) => V1_TOMBSTONE_ADDR,
+    };
+    for v in [lba, addr, seq] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
 /// Reads one version 1 entry (24 bytes) at `body[*at..]`.
 fn decode_v1_entry(body: &[u8], at: &mut usize) -> Result<(u64, Stored, u64), CheckpointError> {
     let e = body
@@ -710,11 +722,8 @@ mod tests {
         body.extend_from_slice(&9u32.to_le_bytes());
         body.extend_from_slice(&[0; 4]);
         body.extend_from_slice(&2u64.to_le_bytes());
-        for (lba, addr, seq) in [(5u64, 70u64, 3u64), (6, V1_TOMBSTONE_ADDR, 8)] {
-            for v in [lba, addr, seq] {
-                body.extend_from_slice(&v.to_le_bytes());
-            }
-        }
+        push_v1_entry(&mut body, 5, Stored::At(70), 3);
+        push_v1_entry(&mut body, 6, Stored::Tombstone(8), 8);
         let h = CheckpointHeader {
             version: 1,
             generation: 4,

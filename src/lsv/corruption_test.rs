@@ -323,8 +323,7 @@ fn a_damaged_checkpoint_falls_back_to_the_older_one() {
 /// Rewrites the checkpoint in the slot at `slot` of `image` as checkpoint format version 1
 /// (24-byte entries), as an older build wrote it. The pool has one volume.
 fn rewrite_as_version_1(image: &mut [u8], slot: u64) {
-    use super::checkpoint::{decode_body, CheckpointHeader, CP_HEADER_BYTES};
-    use super::extent_table::Stored;
+    use super::checkpoint::{decode_body, push_v1_entry, CheckpointHeader, CP_HEADER_BYTES};
     let slot = slot as usize;
     let h = CheckpointHeader::decode(&image[slot..slot + CP_HEADER_BYTES]).unwrap();
     assert_eq!((h.version, h.volume_count), (2, 1));
@@ -339,13 +338,7 @@ fn rewrite_as_version_1(image: &mut [u8], slot: u64) {
     let mut v1 = body[..rows_bytes + 16].to_vec();
     v1[rows_bytes + 8..rows_bytes + 16].copy_from_slice(&(entries.len() as u64).to_le_bytes());
     for (lba, stored, seq) in entries {
-        let addr = match stored {
-            Stored::At(a) => a,
-            Stored::Tombstone(_) => u64::MAX,
-        };
-        for v in [lba, addr, seq] {
-            v1.extend_from_slice(&v.to_le_bytes());
-        }
+        push_v1_entry(&mut v1, lba, stored, seq);
     }
     let h1 = CheckpointHeader {
         version: 1,
