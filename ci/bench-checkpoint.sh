@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Checkpoints on a pool with a large map: 4 KiB random writes at qd 32 on one reactor (core 0,
 # which also runs the cleaner) to a 12 GiB volume written full first (`prefill=1`: 3.1 million
-# mapped blocks, a 75 MB checkpoint body) in a 16 GiB file pool, for SECONDS. Prints each
-# run's IOPS, latency (max, p99.9, p99 in µs), checkpoint stats and checkpoint bytes per
-# user byte written (the prefill's included), binaries alternating, then the medians per
-# binary. A run needs ~19 GB of free disk, deleted after.
+# mapped blocks, a 75 MB checkpoint body in checkpoint format version 1) in a 16 GiB file
+# pool, for SECONDS. Prints each run's IOPS, latency (max, p99.9, p99 in µs), checkpoint
+# stats and checkpoint bytes per user byte written (the prefill's included), binaries
+# alternating, then the medians per binary. A run needs ~19 GB of free disk, deleted after.
 #   ci/bench-checkpoint.sh BASELINE_BINARY [SECONDS] [PAIRS]
 # Env: IMG (default target/checkpoint-bench.img).
 set -euo pipefail

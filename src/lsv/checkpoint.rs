@@ -170,6 +170,15 @@ pub struct SegmentRow {
     pub last_seq: u64,
 }
 
+fn state_code(s: SegmentState) -> u8 {
+    match s {
+        SegmentState::Free => 0,
+        SegmentState::Open => 1,
+        SegmentState::Sealed | SegmentState::Cleaning => 2,
+        SegmentState::Cleaned => 3,
+    }
+}
+
 /// Bytes a value needs (0 for 0).
 #[inline(always)]
 fn byte_len(v: u64) -> usize {
@@ -256,15 +265,6 @@ impl Default for BodyWriter {
             base: EntryBase::default(),
             volumes: 0,
         }
-    }
-}
-
-fn state_code(s: SegmentState) -> u8 {
-    match s {
-        SegmentState::Free => 0,
-        SegmentState::Open => 1,
-        SegmentState::Sealed | SegmentState::Cleaning => 2,
-        SegmentState::Cleaned => 3,
     }
 }
 

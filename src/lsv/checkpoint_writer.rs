@@ -96,10 +96,9 @@ pub struct CheckpointWalk {
     phase: Phase,
     body: BodyWriter,
     /// Up to a leaf's worth of entries (512) with their sequence numbers, gathered before
-    /// they are encoded:
-    /// each entry's place in the body depends on the entry before (its size does), so
-    /// encoding as the walk goes would wait out each `seq_of` cache miss in turn; gathered
-    /// into fixed places, the misses overlap.
+    /// they are encoded: each entry's place in the body depends on the entry before (its
+    /// size does), so encoding as the walk goes would wait out each `seq_of` cache miss in
+    /// turn; gathered into fixed places, the misses overlap.
     gathered: Vec<(u64, Stored, u64)>,
     crc: u32,
     pieces: u64,

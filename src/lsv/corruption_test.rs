@@ -152,9 +152,14 @@ fn image_of(disk: &SimDisk) -> Vec<u8> {
 }
 
 fn open_image(image: Vec<u8>) -> Result<Arc<LsvPool>, PoolError> {
+    open_image_on_disk(image).1
+}
+
+/// The same, with the disk the pool is opened on (to take its image again later).
+fn open_image_on_disk(image: Vec<u8>) -> (Arc<SimDisk>, Result<Arc<LsvPool>, PoolError>) {
     let disk = Arc::new(SimDisk::from_image("sim", image, 2, 0));
-    let base = BdevRegistry::new().register(disk).unwrap();
-    LsvPool::open_named(base)
+    let base = BdevRegistry::new().register(disk.clone()).unwrap();
+    (disk, LsvPool::open_named(base))
 }
 
 fn flip(image: &mut [u8], at: u64, mask: u8) {
@@ -261,8 +266,9 @@ fn a_flipped_superblock_bit_is_refused() {
     }
 }
 
-#[test]
-fn a_damaged_checkpoint_falls_back_to_the_older_one() {
+/// A pool's image after blocks written before checkpoint generation 2, between 2 and 3, and
+/// after 3 (all durable), with the model of what each block holds and the superblock.
+fn written_around_two_checkpoints() -> (Vec<u8>, BTreeMap<u64, u64>, Superblock) {
     let (disk, pool) = new_pool();
     let sb: Superblock = pool.sb;
     let mut model = BTreeMap::new();
@@ -283,7 +289,12 @@ fn a_damaged_checkpoint_falls_back_to_the_older_one() {
     }
     drop(h);
     drop(pool);
-    let image = image_of(&disk);
+    (image_of(&disk), model, sb)
+}
+
+#[test]
+fn a_damaged_checkpoint_falls_back_to_the_older_one() {
+    let (image, model, sb) = written_around_two_checkpoints();
     let slot_of = |gen: u64| checkpoint_slot(&sb, gen);
 
     // Undamaged: recovery starts from generation 3.
@@ -354,27 +365,7 @@ fn rewrite_as_version_1(image: &mut [u8], slot: u64) {
 /// its next checkpoint is version 2, and with one slot of each it opens from the newer.
 #[test]
 fn a_pool_with_version_1_checkpoints_opens_and_moves_to_version_2() {
-    let (disk, pool) = new_pool();
-    let sb: Superblock = pool.sb;
-    let mut model = BTreeMap::new();
-    let mut h = Harness::open(&pool);
-    for lba in 0..40 {
-        h.write(lba, 1);
-        model.insert(lba, 1);
-    }
-    assert_eq!(pool.checkpoint_sync().unwrap(), 2);
-    for lba in (30..60).chain(200..210) {
-        h.write(lba, 2);
-        model.insert(lba, 2);
-    }
-    assert_eq!(pool.checkpoint_sync().unwrap(), 3);
-    for lba in 5..15 {
-        h.write(lba, 3);
-        model.insert(lba, 3);
-    }
-    drop(h);
-    drop(pool);
-    let mut image = image_of(&disk);
+    let (mut image, mut model, sb) = written_around_two_checkpoints();
     for gen in [2, 3] {
         rewrite_as_version_1(&mut image, checkpoint_slot(&sb, gen));
     }
@@ -389,9 +380,8 @@ fn a_pool_with_version_1_checkpoints_opens_and_moves_to_version_2() {
     drop(assert_recovers_from(bad, 2, &model));
 
     // Opened, written and checkpointed by this build: generation 4 is version 2.
-    let disk = Arc::new(SimDisk::from_image("sim", image, 1, 0));
-    let base = BdevRegistry::new().register(disk.clone()).unwrap();
-    let pool = LsvPool::open_named(base).unwrap();
+    let (disk, pool) = open_image_on_disk(image);
+    let pool = pool.unwrap();
     pool.set_fua_records(true);
     let mut h = Harness::open(&pool);
     for lba in 100..120 {

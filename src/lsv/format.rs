@@ -14,8 +14,9 @@
 //! Every region starts on a segment boundary, so segments are aligned for large sequential
 //! writes. A checkpoint slot (format in `checkpoint.rs`) holds a 4 KiB header, 16 bytes per
 //! segment, 16 bytes per volume and 24 bytes per pool block (an entry takes 24 in version 1
-//! of the checkpoint format, at most 22 in version 2), so a full pool's map always fits. Version 2 is version 3 without the segment journal (its region is zero):
-//! it is still read, and its recovery reads the first block of every segment instead.
+//! of the checkpoint format, at most 22 in version 2), so a full pool's map always fits.
+//! Version 2 is version 3 without the segment journal (its region is zero): it is still
+//! read, and its recovery reads the first block of every segment instead.
 //! Version 1 (no checkpoints, volume table in slot A) is not read.
 //!
 //! ## Superblock (little endian)

@@ -2084,15 +2084,16 @@ fn read_checkpoint_body(
 ) -> Result<LoadedCheckpoint, String> {
     let mut io = SyncIo::new(base, BLOCK_BYTES).map_err(|e| e.to_string())?;
     let len = (h.body_bytes as usize).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-    let body = DmaRegion::new_lazy(len.max(BLOCK_BYTES)).map_err(|e| e.to_string())?;
-    io.read_into(offset + CP_HEADER_BYTES as u64, body.as_ptr(), len)
+    let region = DmaRegion::new_lazy(len.max(BLOCK_BYTES)).map_err(|e| e.to_string())?;
+    io.read_into(offset + CP_HEADER_BYTES as u64, region.as_ptr(), len)
         .map_err(|e| e.to_string())?;
-    // SAFETY: the reads are done; the region is at least `body_bytes` long.
-    let bytes = unsafe { std::slice::from_raw_parts(body.as_ptr(), h.body_bytes as usize) };
+    let body = CheckpointBody {
+        region,
+        len: h.body_bytes as usize,
+    };
     // Every entry is checked now, so that a damaged body is found before recovery chooses it.
-    let rows = decode_body(bytes, &h, |_, _, _, _| {}).map_err(|e| e.to_string())?;
-    let len = bytes.len();
-    Ok((h, rows, CheckpointBody { region: body, len }))
+    let rows = decode_body(body.bytes(), &h, |_, _, _, _| {}).map_err(|e| e.to_string())?;
+    Ok((h, rows, body))
 }
 
 /// The two checkpoint slots (A, then B) of the pool `sb` on `base`: each slot's offset and
