@@ -143,6 +143,9 @@ enum Command {
         /// The crash workload's journal of acknowledged writes (with -w crashwrite).
         #[arg(long)]
         journal: Option<PathBuf>,
+        /// I/Os each job starts a second at most, as fio's rate_iops (default: no limit).
+        #[arg(long, default_value_t = 0)]
+        rate_iops: u64,
     },
 }
 
@@ -248,6 +251,7 @@ fn main() -> ExitCode {
             json,
             hot,
             journal,
+            rate_iops,
         } => {
             let hot = match hot.as_deref().map(parse_hot).transpose() {
                 Ok(h) => h,
@@ -278,6 +282,7 @@ fn main() -> ExitCode {
                 progress: !json,
                 hot,
                 journal,
+                rate_iops,
             };
             match bench::run(&opts) {
                 Ok(report) => {

@@ -140,6 +140,36 @@ fn bad_bench_options_are_refused() {
     );
     let out = bench(&["--bdev", "null:size=1M", "-w", "scramble"]);
     assert_eq!(out.status.code(), Some(2));
+    assert_refused(
+        &bench(&["--bdev", "null:size=1M", "--rate-iops", "100000001"]),
+        "rate",
+    );
+}
+
+#[test]
+fn rate_iops_caps_what_a_job_starts() {
+    // A null bdev does millions of IOPS; capped at 2,000 for 2 s, a job starts one I/O every
+    // 500 µs, so at most 4,000 complete (plus the queue's 8 started at once), and far more
+    // than none. The bound below is loose on purpose: only the cap is asserted exactly.
+    let out = unblend(&[
+        "bench",
+        "-t",
+        "2",
+        "--bdev",
+        "null:size=64M",
+        "-q",
+        "8",
+        "--rate-iops",
+        "2000",
+        "-w",
+        "randwrite",
+        "--json",
+    ]);
+    let v = success_json(&out);
+    let ios = v["total"]["ios"].as_u64().unwrap();
+    assert!(ios <= 4000 + 8, "{ios} I/Os at 2,000 a second for 2 s: {v}");
+    assert!(ios >= 1000, "{ios} I/Os at 2,000 a second for 2 s: {v}");
+    assert_eq!(v["rate_iops"], 2000);
 }
 
 #[test]

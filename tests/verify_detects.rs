@@ -94,6 +94,7 @@ fn options(entry: unblend::bdev::BdevEntry) -> BenchOptions {
         progress: false,
         hot: None,
         journal: None,
+        rate_iops: 0,
     }
 }
 

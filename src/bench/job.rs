@@ -40,6 +40,8 @@ pub struct JobPlan {
     pub hot: Option<(u8, u8)>,
     /// Stop after this many I/Os (0: run for `duration_ns`).
     pub max_ios: u64,
+    /// I/Os this job starts a second at most (0: as many as complete).
+    pub rate_iops: u64,
 }
 
 /// The crash workload's inputs: the journal to append to, and the units to check first
@@ -104,6 +106,10 @@ pub struct Job {
     progress: Arc<CachePadded<AtomicU64>>,
     report: Option<Sender<Result<JobResult, String>>>,
     crash: Option<Crash>,
+    /// Rate-limited jobs: the time the next I/O may start, and the slots waiting for it
+    /// (at most `queue_depth`).
+    next_due_ns: u64,
+    paced: Vec<usize>,
 }
 
 impl Job {
@@ -177,6 +183,8 @@ impl Job {
             progress,
             report: Some(report),
             crash,
+            next_due_ns: 0,
+            paced: Vec::with_capacity(qd),
         })
     }
 
@@ -257,6 +265,16 @@ impl Job {
     /// Starts the next I/O on `slot` according to the workload.
     #[inline]
     fn start_next(&mut self, slot: usize, now_ns: u64) {
+        if self.plan.rate_iops != 0 {
+            if now_ns < self.next_due_ns {
+                debug_assert!(self.paced.len() < self.phases.len() && !self.paced.contains(&slot));
+                self.paced.push(slot);
+                return;
+            }
+            // One I/O every interval; a job that fell behind catches up by one, not a burst.
+            let interval_ns = 1_000_000_000 / self.plan.rate_iops;
+            self.next_due_ns = self.next_due_ns.max(now_ns - interval_ns.min(now_ns)) + interval_ns;
+        }
         if self.plan.max_ios != 0 {
             if self.submitted == self.plan.max_ios {
                 self.winding_down = true;
@@ -495,6 +513,12 @@ impl Job {
         }
         if !self.winding_down && (now >= self.end_ns || ctx.stopping) {
             self.winding_down = true;
+        }
+        while !self.winding_down && now >= self.next_due_ns {
+            let Some(slot) = self.paced.pop() else {
+                break;
+            };
+            self.start_next(slot, now);
         }
         if self.winding_down && self.elapsed_ns == 0 {
             self.elapsed_ns = (now - start).max(1);

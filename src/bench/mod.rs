@@ -30,6 +30,8 @@ pub use report::BenchReport;
 
 /// Limits on the options, checked before anything starts.
 pub const MAX_QUEUE_DEPTH: u32 = 4096;
+/// The highest `--rate-iops` (one I/O a nanosecond would be no limit at all).
+pub const MAX_RATE_IOPS: u64 = 100_000_000;
 pub const MAX_IO_BYTES: u64 = 16 << 20;
 pub const MAX_SECONDS: u64 = 86_400;
 
@@ -113,6 +115,8 @@ pub struct BenchOptions {
     pub hot: Option<(u8, u8)>,
     /// The crash workload's journal file.
     pub journal: Option<PathBuf>,
+    /// I/Os each job starts a second at most (0: no limit), as fio's `rate_iops`.
+    pub rate_iops: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +417,17 @@ fn check_options(opts: &BenchOptions) -> Result<(), BenchError> {
             opts.read_percent
         )));
     }
+    if opts.rate_iops > MAX_RATE_IOPS {
+        return Err(BenchError::Usage(format!(
+            "rate {} IOPS is above {MAX_RATE_IOPS}",
+            opts.rate_iops
+        )));
+    }
+    if opts.rate_iops != 0 && opts.workload == Workload::CrashWrite {
+        return Err(BenchError::Usage(
+            "--rate-iops does not go with -w crashwrite".into(),
+        ));
+    }
     if (opts.workload == Workload::CrashWrite) != opts.journal.is_some() {
         return Err(BenchError::Usage(
             "--journal goes with -w crashwrite, and crashwrite needs --journal".into(),
@@ -631,6 +646,7 @@ pub fn start_jobs_on(
             start_unit,
             hot: opts.hot,
             max_ios: if once { units } else { 0 },
+            rate_iops: opts.rate_iops,
         };
         let counter = Arc::new(CachePadded::new(AtomicU64::new(0)));
         progress.push(counter.clone());

@@ -32,6 +32,8 @@ pub struct BenchReport {
     pub io_bytes: u64,
     pub seconds: u64,
     pub seed: u64,
+    /// I/Os each job started a second at most (0: no limit).
+    pub rate_iops: u64,
     pub cores: Vec<(usize, Line)>,
     pub total: Line,
     pub verify_failure: Option<(usize, VerifyFailure)>,
@@ -93,6 +95,7 @@ impl BenchReport {
             io_bytes: opts.io_bytes,
             seconds: opts.seconds,
             seed: opts.seed,
+            rate_iops: opts.rate_iops,
             cores,
             total: Line {
                 label: "total".into(),
@@ -119,6 +122,7 @@ impl BenchReport {
             "io_size": self.io_bytes,
             "seconds": self.seconds,
             "seed": self.seed,
+            "rate_iops": self.rate_iops,
             "total": Self::line_json(&self.total),
             "cores": self.cores.iter().map(|(core, l)| {
                 let mut v = Self::line_json(l);

@@ -77,6 +77,7 @@ pub fn unblend_bench_start(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Va
         progress: false,
         hot: None,
         journal: None,
+        rate_iops: 0,
     };
     let running = bench::start_jobs(&ctx.reactors, &all, &entry, &opts)
         .map_err(|e| RpcError::invalid_params(e.to_string()))?;
