@@ -106,8 +106,9 @@ pub struct Job {
     progress: Arc<CachePadded<AtomicU64>>,
     report: Option<Sender<Result<JobResult, String>>>,
     crash: Option<Crash>,
-    /// Rate-limited jobs: the time the next I/O may start, and the slots waiting for it
-    /// (at most `queue_depth`).
+    /// Rate-limited jobs: the time between I/O starts (0: no limit), the time the next one
+    /// may start, and the slots waiting for it (at most `queue_depth`).
+    pace_ns: u64,
     next_due_ns: u64,
     paced: Vec<usize>,
 }
@@ -183,6 +184,7 @@ impl Job {
             progress,
             report: Some(report),
             crash,
+            pace_ns: 1_000_000_000u64.checked_div(plan.rate_iops).unwrap_or(0),
             next_due_ns: 0,
             paced: Vec::with_capacity(qd),
         })
@@ -265,15 +267,15 @@ impl Job {
     /// Starts the next I/O on `slot` according to the workload.
     #[inline]
     fn start_next(&mut self, slot: usize, now_ns: u64) {
-        if self.plan.rate_iops != 0 {
+        if self.pace_ns != 0 {
             if now_ns < self.next_due_ns {
                 debug_assert!(self.paced.len() < self.phases.len() && !self.paced.contains(&slot));
                 self.paced.push(slot);
                 return;
             }
-            // One I/O every interval; a job that fell behind catches up by one, not a burst.
-            let interval_ns = 1_000_000_000 / self.plan.rate_iops;
-            self.next_due_ns = self.next_due_ns.max(now_ns - interval_ns.min(now_ns)) + interval_ns;
+            // One I/O every `pace_ns`; a job that fell behind catches up by one, not a burst.
+            self.next_due_ns =
+                self.next_due_ns.max(now_ns.saturating_sub(self.pace_ns)) + self.pace_ns;
         }
         if self.plan.max_ios != 0 {
             if self.submitted == self.plan.max_ios {
