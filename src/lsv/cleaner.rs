@@ -25,7 +25,9 @@
 //!   checkpoint covers are re-logged as relocation records too.
 //! - **Checkpoints** are taken every `CHECKPOINT_INTERVAL` while the pool is written, and when
 //!   the log written since the last one passes a quarter of the pool (at most 512 MiB), which
-//!   bounds recovery time; cleaning needs none. A `CheckpointWriter` takes each one a bounded
+//!   bounds recovery time; cleaning needs none. Both wait until that log is also
+//!   `CHECKPOINT_SPACING_RATIO` times the last checkpoint's size, since every checkpoint
+//!   writes the whole map (`checkpoint_due`). A `CheckpointWriter` takes each one a bounded
 //!   piece per poll and writes it on a channel of its own (`checkpoint_writer.rs`): the
 //!   reactor goes on serving I/O, and the cleaner cleaning, meanwhile.
 //!
@@ -52,6 +54,88 @@ use crate::mem::DmaRegion;
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 /// Log bytes since the last checkpoint that trigger one (a quarter of the pool, at most this).
 pub const CHECKPOINT_LOG_BYTES: u64 = 512 << 20;
+/// A checkpoint taken for time or log volume also waits for this many times the last
+/// checkpoint's size in log bytes written since it began. Every checkpoint writes the whole
+/// map (about 7 bytes a randomly written block): a fully mapped 1 TiB pool's is about
+/// 1.9 GB, which every 512 MiB of log, or every 30 s under a light load, would be several
+/// times the log itself. Spaced so, checkpoints write at most an eighth of the log's bytes
+/// (and recovery replays up to eight checkpoints' worth of log, about as long as reading the
+/// checkpoint takes eight times); journal pressure and explicit requests do not wait, so the
+/// journal's ring (half its slots, a segment opened each) caps the spacing for the biggest
+/// maps.
+pub const CHECKPOINT_SPACING_RATIO: u64 = 8;
+
+/// What the cleaner knows of the pool since its last checkpoint, for `checkpoint_due`.
+#[derive(Debug, Clone, Copy)]
+pub struct SinceCheckpoint {
+    /// A checkpoint was asked for (tests, the simulator).
+    pub requested: bool,
+    /// More than half the journal's slots wait for a checkpoint (`SegmentJournal::pressure`).
+    pub journal_pressure: bool,
+    /// Records were numbered since the last checkpoint began.
+    pub written: bool,
+    pub elapsed: Duration,
+    /// Log bytes (user and cleaner records) written since the last checkpoint began.
+    pub log_bytes: u64,
+    pub pool_bytes: u64,
+    /// The last durable checkpoint's size on disk, header and body.
+    pub last_checkpoint_bytes: u64,
+}
+
+/// Why a checkpoint is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointReason {
+    Requested = 0,
+    JournalPressure = 1,
+    LogBytes = 2,
+    Interval = 3,
+}
+
+impl CheckpointReason {
+    pub const COUNT: usize = 4;
+    pub const ALL: [CheckpointReason; Self::COUNT] = [
+        CheckpointReason::Requested,
+        CheckpointReason::JournalPressure,
+        CheckpointReason::LogBytes,
+        CheckpointReason::Interval,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointReason::Requested => "requested",
+            CheckpointReason::JournalPressure => "journal_pressure",
+            CheckpointReason::LogBytes => "log_bytes",
+            CheckpointReason::Interval => "interval",
+        }
+    }
+}
+
+/// The log bytes after which a checkpoint is due for log volume: a quarter of the pool (at
+/// most `CHECKPOINT_LOG_BYTES`), or `CHECKPOINT_SPACING_RATIO` times the last checkpoint's
+/// size if that is more.
+pub fn checkpoint_log_spacing_bytes(pool_bytes: u64, last_checkpoint_bytes: u64) -> u64 {
+    (pool_bytes / 4)
+        .min(CHECKPOINT_LOG_BYTES)
+        .max(last_checkpoint_bytes.saturating_mul(CHECKPOINT_SPACING_RATIO))
+}
+
+/// Whether a checkpoint is due, and why.
+pub fn checkpoint_due(s: &SinceCheckpoint) -> Option<CheckpointReason> {
+    let spaced = s.log_bytes
+        >= s.last_checkpoint_bytes
+            .saturating_mul(CHECKPOINT_SPACING_RATIO);
+    if s.requested {
+        Some(CheckpointReason::Requested)
+    } else if s.journal_pressure {
+        Some(CheckpointReason::JournalPressure)
+    } else if s.log_bytes >= checkpoint_log_spacing_bytes(s.pool_bytes, s.last_checkpoint_bytes) {
+        Some(CheckpointReason::LogBytes)
+    } else if s.written && s.elapsed >= CHECKPOINT_INTERVAL && spaced {
+        Some(CheckpointReason::Interval)
+    } else {
+        None
+    }
+}
 /// How often an idle cleaner looks at the pool.
 const CHECK_EVERY: Duration = Duration::from_millis(1);
 const QUEUE_DEPTH: u32 = 16;
@@ -552,14 +636,21 @@ impl Cleaner {
         let log_since = (self.pool.log_blocks()
             - self.pool.log_blocks_at_checkpoint.load(Ordering::Relaxed))
             * BLOCK_BYTES as u64;
-        let written_since = self.pool.next_seq_now() > self.seq_at_checkpoint;
-        let want_checkpoint = self.checkpoint_requested
-            || (written_since && now - self.last_checkpoint >= CHECKPOINT_INTERVAL)
-            || log_since >= (self.pool.sb.pool_bytes / 4).min(CHECKPOINT_LOG_BYTES)
-            || self.pool.journal_pressure();
-        if want_checkpoint && !self.checkpoint.busy() && self.checkpoint.start() {
-            self.checkpoint_requested = false;
-            return CleanerPoll::Busy;
+        let due = checkpoint_due(&SinceCheckpoint {
+            requested: self.checkpoint_requested,
+            journal_pressure: self.pool.journal_pressure(),
+            written: self.pool.next_seq_now() > self.seq_at_checkpoint,
+            elapsed: now - self.last_checkpoint,
+            log_bytes: log_since,
+            pool_bytes: self.pool.sb.pool_bytes,
+            last_checkpoint_bytes: self.pool.last_checkpoint_bytes.load(Ordering::Relaxed),
+        });
+        if let Some(reason) = due {
+            if !self.checkpoint.busy() && self.checkpoint.start() {
+                self.pool.checkpoints_begun_for[reason as usize].fetch_add(1, Ordering::Relaxed);
+                self.checkpoint_requested = false;
+                return CleanerPoll::Busy;
+            }
         }
         // Free the cleaned victims with one flush: when a batch is ready, when free segments
         // run short, or when there is no more cleaning to do now.
@@ -1308,5 +1399,78 @@ impl Drop for Cleaner {
             self.pool.release_head(s.head);
         }
         self.pool.cleaner_attached.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn since(log_bytes: u64, pool_bytes: u64, last_checkpoint_bytes: u64) -> SinceCheckpoint {
+        SinceCheckpoint {
+            requested: false,
+            journal_pressure: false,
+            written: true,
+            elapsed: Duration::ZERO,
+            log_bytes,
+            pool_bytes,
+            last_checkpoint_bytes,
+        }
+    }
+
+    #[test]
+    fn a_small_map_is_checkpointed_every_512_mib_of_log_or_a_quarter_of_the_pool() {
+        // A 16 GiB pool's 12 GiB volume written full at random: a 21 MB checkpoint.
+        let s = since(512 * MIB - 1, 16 * GIB, 21 * MIB);
+        assert_eq!(checkpoint_due(&s), None);
+        let s = since(512 * MIB, 16 * GIB, 21 * MIB);
+        assert_eq!(checkpoint_due(&s), Some(CheckpointReason::LogBytes));
+        // A 1 GiB pool: a quarter of it.
+        let s = since(256 * MIB, GIB, MIB);
+        assert_eq!(checkpoint_due(&s), Some(CheckpointReason::LogBytes));
+    }
+
+    #[test]
+    fn a_big_map_is_checkpointed_after_eight_times_its_size_of_log() {
+        // A fully mapped 1 TiB pool: about 1.9 GB of map.
+        let cp = 1900 * MIB;
+        let s = since(512 * MIB, 1024 * GIB, cp);
+        assert_eq!(checkpoint_due(&s), None);
+        let s = since(8 * cp - 1, 1024 * GIB, cp);
+        assert_eq!(checkpoint_due(&s), None);
+        let s = since(8 * cp, 1024 * GIB, cp);
+        assert_eq!(checkpoint_due(&s), Some(CheckpointReason::LogBytes));
+        assert_eq!(checkpoint_log_spacing_bytes(1024 * GIB, cp), 8 * cp);
+        assert_eq!(checkpoint_log_spacing_bytes(16 * GIB, 21 * MIB), 512 * MIB);
+    }
+
+    #[test]
+    fn the_interval_waits_for_log_worth_the_checkpoint_under_a_light_load() {
+        let mut s = since(100 * MIB, 16 * GIB, 21 * MIB);
+        s.elapsed = CHECKPOINT_INTERVAL;
+        // 100 MiB of log is less than 8 x 21 MiB: a checkpoint now would be most of the
+        // bytes written.
+        assert_eq!(checkpoint_due(&s), None);
+        s.log_bytes = 8 * 21 * MIB;
+        assert_eq!(checkpoint_due(&s), Some(CheckpointReason::Interval));
+        s.elapsed = CHECKPOINT_INTERVAL - Duration::from_millis(1);
+        assert_eq!(checkpoint_due(&s), None);
+        // Nothing written since: no checkpoint, however long.
+        s.elapsed = CHECKPOINT_INTERVAL * 100;
+        s.written = false;
+        s.log_bytes = 0;
+        assert_eq!(checkpoint_due(&s), None);
+    }
+
+    #[test]
+    fn requests_and_journal_pressure_do_not_wait_for_spacing() {
+        let mut s = since(0, 1024 * GIB, 1900 * MIB);
+        s.journal_pressure = true;
+        assert_eq!(checkpoint_due(&s), Some(CheckpointReason::JournalPressure));
+        s.requested = true;
+        assert_eq!(checkpoint_due(&s), Some(CheckpointReason::Requested));
     }
 }

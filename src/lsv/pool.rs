@@ -58,6 +58,7 @@ use uuid::Uuid;
 
 use super::checkpoint::{decode_body, CheckpointHeader, SegmentRow, CP_HEADER_BYTES};
 use super::checkpoint_writer::{CheckpointWalk, WalkStep};
+use super::cleaner::CheckpointReason;
 use super::extent_table::Stored;
 use super::extent_table::{ExtentTable, GrowFence, Mapping, Update};
 use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES, VOLUME_TABLE_OFFSET};
@@ -447,6 +448,11 @@ pub struct LsvPool {
     pub(super) recovery_segments_probed: AtomicU64,
     /// Log blocks written (user and cleaner) when the newest checkpoint began.
     pub(super) log_blocks_at_checkpoint: AtomicU64,
+    /// The newest durable checkpoint's size on disk (header and body): what the cleaner
+    /// spaces checkpoints by (`cleaner::checkpoint_due`).
+    pub(super) last_checkpoint_bytes: AtomicU64,
+    /// Checkpoints the cleaner began, by `CheckpointReason` (its index).
+    pub(super) checkpoints_begun_for: [AtomicU64; CheckpointReason::COUNT],
     checkpoint_busy: AtomicBool,
     /// Whether a cleaner runs for this pool (without one, a full pool fails writes at once).
     pub(super) cleaner_attached: AtomicBool,
@@ -736,6 +742,8 @@ impl LsvPool {
             recovery_segments_read: AtomicU64::new(0),
             recovery_segments_probed: AtomicU64::new(0),
             log_blocks_at_checkpoint: AtomicU64::new(0),
+            last_checkpoint_bytes: AtomicU64::new(0),
+            checkpoints_begun_for: Default::default(),
             checkpoint_busy: AtomicBool::new(false),
             cleaner_attached: AtomicBool::new(false),
             full: AtomicBool::new(false),
@@ -1299,6 +1307,8 @@ impl LsvPool {
         self.cut_relocation_seq
             .store(last.max(newest), Ordering::SeqCst);
         self.checkpoint_gen.store(h.generation, Ordering::SeqCst);
+        self.last_checkpoint_bytes
+            .store(self.checkpoint_extent(&h).1 as u64, Ordering::Relaxed);
         self.checkpoint_seq.store(after, Ordering::SeqCst);
         self.checkpoint_seq_prev
             .store(other_seq.min(after), Ordering::SeqCst);
@@ -1532,6 +1542,8 @@ impl LsvPool {
             let (_, len) = self.checkpoint_extent(h);
             self.checkpoint_blocks_written
                 .fetch_add((len / BLOCK_BYTES) as u64, Ordering::Relaxed);
+            self.last_checkpoint_bytes
+                .store(len as u64, Ordering::Relaxed);
             if self.usage.free_count() as u64 > CLEANER_RESERVE_SEGMENTS {
                 self.full.store(false, Ordering::Release);
             }
@@ -1996,6 +2008,15 @@ impl LsvPool {
             "checkpoint": {
                 "generation": self.checkpoint_gen.load(Ordering::Relaxed),
                 "complete_seq": self.checkpoint_seq.load(Ordering::Relaxed),
+                "last_bytes": self.last_checkpoint_bytes.load(Ordering::Relaxed),
+                "log_spacing_bytes": super::cleaner::checkpoint_log_spacing_bytes(
+                    self.sb.pool_bytes,
+                    self.last_checkpoint_bytes.load(Ordering::Relaxed),
+                ),
+                "begun_for": serde_json::Value::Object(CheckpointReason::ALL.iter().map(|r| {
+                    let n = self.checkpoints_begun_for[*r as usize].load(Ordering::Relaxed);
+                    (r.as_str().to_string(), serde_json::json!(n))
+                }).collect()),
                 "walk_pieces_last": self.checkpoint_walk_pieces.load(Ordering::Relaxed),
                 "overlapping_writes": self.checkpoints_overlapping_writes.load(Ordering::Relaxed),
                 "overlapping_cleaning": self.checkpoints_overlapping_cleaning.load(Ordering::Relaxed),
