@@ -136,6 +136,7 @@ pub fn checkpoint_due(s: &SinceCheckpoint) -> Option<CheckpointReason> {
         None
     }
 }
+
 /// How often an idle cleaner looks at the pool.
 const CHECK_EVERY: Duration = Duration::from_millis(1);
 const QUEUE_DEPTH: u32 = 16;
@@ -444,6 +445,12 @@ impl Cleaner {
     #[cfg(test)]
     pub fn force_victim(&mut self, seg: u64) {
         self.forced_victim = Some(seg);
+    }
+
+    /// Tests: whether a checkpoint is being taken or written.
+    #[cfg(test)]
+    pub fn checkpoint_busy(&self) -> bool {
+        self.checkpoint.busy()
     }
 
     /// Tests: whether the victim's live blocks are collected and the next relocation record

@@ -1317,3 +1317,86 @@ fn a_failed_record_fails_only_the_records_behind_it() {
         );
     }
 }
+
+/// A relocation record that finds no free journal slot makes the cleaner wait for the
+/// checkpoint that frees slots: while that checkpoint is written, no victim is read (its
+/// moves could not be written; reading victims over and over once held the cleaner's reactor
+/// and the disk for nothing), and cleaning goes on once checkpoints have freed slots.
+#[test]
+fn a_full_journal_holds_victims_while_the_checkpoint_that_frees_slots_is_written() {
+    let journal_slots = |n| super::pool::TEST_JOURNAL_SLOTS.with(|t| t.set(n));
+    journal_slots(Some(4));
+    // Requests complete after up to 30 polls, so that the checkpoint spans many.
+    let (_disk, pool) = new_pool_with_delays(30);
+    let mut h = Harness::open(&pool);
+    let mut model = BTreeMap::new();
+    for lba in 0..100 {
+        h.write(lba, 1);
+        model.insert(lba, 1);
+    }
+    let victim = pool.segment_of(pba_of(&pool, 0));
+    // Fill the journal: with no cleaner attached, the write that finds no slot fails.
+    let mut full = false;
+    for i in 0..600u64 {
+        let lba = 100 + i % 156;
+        let mut buf = pattern(lba, 2 + i);
+        match h.try_run(IoType::Write, lba, &mut buf) {
+            IoStatus::Success => {
+                model.insert(lba, 2 + i);
+            }
+            IoStatus::Failed(e) if e == libc::ENOSPC => {
+                full = true;
+                break;
+            }
+            s => panic!("write of block {lba}: {s:?}"),
+        }
+    }
+    assert!(full, "the journal never filled");
+    assert_ne!(pool.usage.state(victim), super::usage::SegmentState::Open);
+
+    let mut cleaner = super::cleaner::Cleaner::new(pool.clone()).unwrap();
+    cleaner.check_every_poll();
+    let bytes_read = || pool.stats()["cleaner"]["bytes_read"].as_u64().unwrap();
+    let full_waits = || pool.stats()["journal"]["full_waits"].as_u64().unwrap();
+    let waits_before = full_waits();
+    // The victim is read, its first relocation record finds no journal slot, and the
+    // journal's pressure begins a checkpoint.
+    cleaner.force_victim(victim);
+    let mut polls = 0;
+    while !(full_waits() > waits_before && cleaner.checkpoint_busy()) {
+        cleaner.poll();
+        polls += 1;
+        assert!(polls < 10_000, "the cleaner never met the full journal");
+    }
+    let read = bytes_read();
+    assert!(read > 0, "the victim was not read");
+    // While that checkpoint is written, no victim is read, though one is asked for.
+    cleaner.force_victim(victim);
+    let mut busy_polls = 0;
+    while cleaner.checkpoint_busy() {
+        cleaner.poll();
+        busy_polls += 1;
+        assert_eq!(
+            bytes_read(),
+            read,
+            "a victim was read while the full journal waited for the checkpoint"
+        );
+        assert!(busy_polls < 100_000, "the checkpoint never ended");
+    }
+    assert!(busy_polls > 10, "the checkpoint took {busy_polls} polls");
+    // Then cleaning goes on: asked for again whenever it is given back (the slots it needs
+    // are free once both checkpoints cover their entries), the victim is cleaned and freed.
+    let mut polls = 0;
+    while pool.usage.state(victim) != super::usage::SegmentState::Free {
+        if pool.usage.state(victim) == super::usage::SegmentState::Sealed {
+            cleaner.force_victim(victim);
+        }
+        cleaner.poll();
+        polls += 1;
+        assert!(polls < 100_000, "the victim was never cleaned");
+    }
+    assert!(bytes_read() > read);
+    drop(cleaner);
+    assert_reads(&pool, &model);
+    journal_slots(None);
+}
