@@ -18,7 +18,7 @@ IMG=${IMG:-target/checkpoint-light.img}
 RATE=${RATE:-500}
 cargo build --release --quiet
 NEW=target/release/unblend
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+. ci/bench-common.sh
 trap 'rm -f "$IMG"' EXIT
 rm -f "$IMG"
 UNBLEND_LOG=error "$NEW" bench --json -t 30 --bdev "lsv:path=$IMG,size=16G,volume=12G,prefill=1" \
@@ -35,11 +35,9 @@ for _ in $(seq "$PAIRS"); do
     cpb[$side]+=" $ratio"
     cpl[$side]+=" $per_log"
     wa[$side]+=" $(jq .lsv.run.write_amplification <<<"$j")"
-    max[$side]+=" $(jq .total.lat_us.max <<<"$j")"
-    p999[$side]+=" $(jq .total.lat_us.p999 <<<"$j")"
-    p99[$side]+=" $(jq .total.lat_us.p99 <<<"$j")"
+    keep_latency $side "$j"
   done
 done
 for side in base new; do
-  echo "median $side: checkpoint_bytes_per_user_byte $(median <<<"${cpb[$side]}") checkpoint_bytes_per_log_byte $(median <<<"${cpl[$side]}") write_amplification $(median <<<"${wa[$side]}") max_us $(median <<<"${max[$side]}") p999_us $(median <<<"${p999[$side]}") p99_us $(median <<<"${p99[$side]}")"
+  echo "median $side: checkpoint_bytes_per_user_byte $(median <<<"${cpb[$side]}") checkpoint_bytes_per_log_byte $(median <<<"${cpl[$side]}") write_amplification $(median <<<"${wa[$side]}") $(latency_medians $side)"
 done

@@ -15,7 +15,7 @@ PAIRS=${3:-2}
 IMG=${IMG:-target/checkpoint-bench.img}
 cargo build --release --quiet
 NEW=target/release/unblend
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+. ci/bench-common.sh
 declare -A iops max p999 p99 cpb
 for _ in $(seq "$PAIRS"); do
   for side in base new; do
@@ -28,11 +28,9 @@ for _ in $(seq "$PAIRS"); do
     echo "$side: iops $(jq .total.iops <<<"$j") lat_us $(jq -c .total.lat_us <<<"$j") checkpoint $(jq -c .lsv.pool.checkpoint <<<"$j") checkpoint_bytes $(jq .lsv.pool.checkpoint_bytes_written <<<"$j") user_bytes $(jq .lsv.pool.user_bytes_written <<<"$j")"
     cpb[$side]+=" $ratio"
     iops[$side]+=" $(jq .total.iops <<<"$j")"
-    max[$side]+=" $(jq .total.lat_us.max <<<"$j")"
-    p999[$side]+=" $(jq .total.lat_us.p999 <<<"$j")"
-    p99[$side]+=" $(jq .total.lat_us.p99 <<<"$j")"
+    keep_latency $side "$j"
   done
 done
 for side in base new; do
-  echo "median $side: iops $(median <<<"${iops[$side]}") max_us $(median <<<"${max[$side]}") p999_us $(median <<<"${p999[$side]}") p99_us $(median <<<"${p99[$side]}") checkpoint_bytes_per_user_byte $(median <<<"${cpb[$side]}")"
+  echo "median $side: iops $(median <<<"${iops[$side]}") $(latency_medians $side) checkpoint_bytes_per_user_byte $(median <<<"${cpb[$side]}")"
 done
