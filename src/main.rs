@@ -143,7 +143,8 @@ enum Command {
         /// The crash workload's journal of acknowledged writes (with -w crashwrite).
         #[arg(long)]
         journal: Option<PathBuf>,
-        /// I/Os each job starts a second at most, as fio's rate_iops (default: no limit).
+        /// I/Os each job starts a second at most (up to 1000000), as fio's rate_iops; not with
+        /// verify or crashwrite, and not in an lsv prefill (default: no limit).
         #[arg(long, default_value_t = 0)]
         rate_iops: u64,
     },

@@ -141,8 +141,19 @@ fn bad_bench_options_are_refused() {
     let out = bench(&["--bdev", "null:size=1M", "-w", "scramble"]);
     assert_eq!(out.status.code(), Some(2));
     assert_refused(
-        &bench(&["--bdev", "null:size=1M", "--rate-iops", "100000001"]),
+        &bench(&["--bdev", "null:size=1M", "--rate-iops", "1000001"]),
         "rate",
+    );
+    assert_refused(
+        &bench(&[
+            "--bdev",
+            "malloc:size=1M",
+            "-w",
+            "verify",
+            "--rate-iops",
+            "10",
+        ]),
+        "rate-iops",
     );
 }
 

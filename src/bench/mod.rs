@@ -30,8 +30,9 @@ pub use report::BenchReport;
 
 /// Limits on the options, checked before anything starts.
 pub const MAX_QUEUE_DEPTH: u32 = 4096;
-/// The highest `--rate-iops` (one I/O a nanosecond would be no limit at all).
-pub const MAX_RATE_IOPS: u64 = 100_000_000;
+/// The highest `--rate-iops`: an I/O every microsecond, so that the interval's rounding to
+/// whole nanoseconds stays under 0.1% of it.
+pub const MAX_RATE_IOPS: u64 = 1_000_000;
 pub const MAX_IO_BYTES: u64 = 16 << 20;
 pub const MAX_SECONDS: u64 = 86_400;
 
@@ -423,10 +424,11 @@ fn check_options(opts: &BenchOptions) -> Result<(), BenchError> {
             opts.rate_iops
         )));
     }
-    if opts.rate_iops != 0 && opts.workload == Workload::CrashWrite {
-        return Err(BenchError::Usage(
-            "--rate-iops does not go with -w crashwrite".into(),
-        ));
+    if opts.rate_iops != 0 && matches!(opts.workload, Workload::CrashWrite | Workload::Verify) {
+        return Err(BenchError::Usage(format!(
+            "--rate-iops does not go with -w {} (its read-backs are not paced)",
+            opts.workload.name()
+        )));
     }
     if (opts.workload == Workload::CrashWrite) != opts.journal.is_some() {
         return Err(BenchError::Usage(
@@ -766,6 +768,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     if target.prefill {
         let mut fill = opts.clone();
         fill.workload = Workload::Write;
+        fill.rate_iops = 0;
         let r = start_jobs_on(&handle, &all, &target.entries, &fill, true).and_then(|mut r| {
             r.wait(false);
             r.report()
