@@ -58,11 +58,11 @@ pub const CHECKPOINT_LOG_BYTES: u64 = 512 << 20;
 /// checkpoint's size in log bytes written since it began. Every checkpoint writes the whole
 /// map (about 7 bytes a randomly written block): a fully mapped 1 TiB pool's is about
 /// 1.9 GB, which every 512 MiB of log, or every 30 s under a light load, would be several
-/// times the log itself. Spaced so, checkpoints write at most an eighth of the log's bytes
-/// (and recovery replays up to eight checkpoints' worth of log, about as long as reading the
-/// checkpoint takes eight times); journal pressure and explicit requests do not wait, so the
-/// journal's ring (half its slots, a segment opened each) caps the spacing for the biggest
-/// maps.
+/// times the log itself. Spaced so, checkpoints begun for time or log volume write at most an
+/// eighth of the log's bytes (and recovery replays up to eight checkpoints' worth of log,
+/// about as long as reading the checkpoint takes eight times). Journal pressure and explicit
+/// requests do not wait, so the journal's ring (half its slots, a segment opened each) caps
+/// the spacing for the biggest maps; nor do clean shutdown and a grow, which write their own.
 pub const CHECKPOINT_SPACING_RATIO: u64 = 8;
 
 /// What the cleaner knows of the pool since its last checkpoint, for `checkpoint_due`.
@@ -75,7 +75,8 @@ pub struct SinceCheckpoint {
     /// Records were numbered since the last checkpoint began.
     pub written: bool,
     pub elapsed: Duration,
-    /// Log bytes (user and cleaner records) written since the last checkpoint began.
+    /// Log bytes (user and cleaner records) written since the last durable checkpoint began
+    /// (a recovery's replayed log included, until a checkpoint covers it).
     pub log_bytes: u64,
     pub pool_bytes: u64,
     /// The last durable checkpoint's size on disk, header and body.
@@ -240,7 +241,8 @@ pub struct Cleaner {
     /// The last relocation record (or unmaps record) found no free journal slot: no victim
     /// is read again while a checkpoint, which frees slots, is being written. (No free
     /// segment is not a reason: the cleaner's own freeing makes some, checkpoint or not.)
-    /// Cleared by the next reserve, and when a checkpoint ends.
+    /// Cleared by the next reserve, when a checkpoint fails, and when one becomes durable
+    /// and a slot is free.
     journal_full: bool,
     streams: [Stream; 2],
     state: State,
@@ -498,7 +500,10 @@ impl Cleaner {
             WriterPoll::Durable(h) => {
                 self.last_checkpoint = Instant::now();
                 self.seq_at_checkpoint = h.next_seq;
-                self.journal_full = false;
+                // A slot is free once both checkpoints cover its entry, which may take the
+                // next one too: until then, victims would be read for moves that find no
+                // slot (the journal's pressure begins that next one at once).
+                self.journal_full = !self.pool.journal_slot_free();
                 CleanerPoll::Busy
             }
         }
@@ -640,9 +645,7 @@ impl Cleaner {
         }
         let free = self.pool.usage.free_count() as u64;
         let cleaned = self.pool.usage.count_in(SegmentState::Cleaned) as u64;
-        let log_since = (self.pool.log_blocks()
-            - self.pool.log_blocks_at_checkpoint.load(Ordering::Relaxed))
-            * BLOCK_BYTES as u64;
+        let log_since = self.pool.log_blocks_since_checkpoint() * BLOCK_BYTES as u64;
         let due = checkpoint_due(&SinceCheckpoint {
             requested: self.checkpoint_requested,
             journal_pressure: self.pool.journal_pressure(),

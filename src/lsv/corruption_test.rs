@@ -1319,9 +1319,9 @@ fn a_failed_record_fails_only_the_records_behind_it() {
 }
 
 /// A relocation record that finds no free journal slot makes the cleaner wait for the
-/// checkpoint that frees slots: while that checkpoint is written, no victim is read (its
-/// moves could not be written; reading victims over and over once held the cleaner's reactor
-/// and the disk for nothing), and cleaning goes on once checkpoints have freed slots.
+/// checkpoints that free slots: while they are written, no victim is read (its moves could
+/// not be written; reading victims over and over once held the cleaner's reactor and the
+/// disk for nothing), and cleaning goes on once a slot is free.
 #[test]
 fn a_full_journal_holds_victims_while_the_checkpoint_that_frees_slots_is_written() {
     let journal_slots = |n| super::pool::TEST_JOURNAL_SLOTS.with(|t| t.set(n));
@@ -1384,8 +1384,9 @@ fn a_full_journal_holds_victims_while_the_checkpoint_that_frees_slots_is_written
         assert!(busy_polls < 100_000, "the checkpoint never ended");
     }
     assert!(busy_polls > 10, "the checkpoint took {busy_polls} polls");
-    // Then cleaning goes on: asked for again whenever it is given back (the slots it needs
-    // are free once both checkpoints cover their entries), the victim is cleaned and freed.
+    // Then cleaning goes on: asked for again whenever it is given back, the victim is cleaned
+    // and freed. Its slot is free once both checkpoints cover its entry; until then the hold
+    // goes on through the next checkpoint too, so the victim is read once more only.
     let mut polls = 0;
     while pool.usage.state(victim) != super::usage::SegmentState::Free {
         if pool.usage.state(victim) == super::usage::SegmentState::Sealed {
@@ -1396,7 +1397,56 @@ fn a_full_journal_holds_victims_while_the_checkpoint_that_frees_slots_is_written
         assert!(polls < 100_000, "the victim was never cleaned");
     }
     assert!(bytes_read() > read);
+    assert!(
+        bytes_read() <= 2 * read,
+        "the victim was read {} times its size",
+        bytes_read() as f64 / read as f64
+    );
     drop(cleaner);
     assert_reads(&pool, &model);
     journal_slots(None);
+}
+
+/// Checkpoints are spaced by the log written since the newest durable one began
+/// (`cleaner::checkpoint_due`). That count takes in the log a recovery replayed until a
+/// checkpoint covers it (or repeated crashes under a light writer would let the replay grow),
+/// and a checkpoint that never became durable does not reset it.
+#[test]
+fn the_log_since_the_last_checkpoint_counts_the_replay_and_outlives_a_failed_checkpoint() {
+    let (disk, pool) = new_pool();
+    assert_eq!(pool.checkpoint_sync().unwrap(), 2);
+    let mut h = Harness::open(&pool);
+    for lba in 0..40 {
+        h.write(lba, 1);
+    }
+    let since = |pool: &LsvPool| {
+        pool.stats()["checkpoint"]["log_bytes_since"]
+            .as_u64()
+            .unwrap()
+    };
+    let written = since(&pool);
+    assert!(
+        written >= 40 * BLOCK as u64,
+        "{written} bytes since the checkpoint"
+    );
+    // A checkpoint begun and dropped (as a failed one is) leaves the count as it was.
+    assert!(pool.begin_checkpoint());
+    pool.abort_checkpoint();
+    assert_eq!(since(&pool), written);
+    drop(h);
+    let image = image_of(&disk);
+    drop(pool);
+    // Reopened: nothing written since the open, but the replayed log counts.
+    let pool = open_image(image).unwrap();
+    let replayed = pool.stats()["recovery"]["log_bytes_replayed"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        replayed, written,
+        "the replay is the log written since the checkpoint"
+    );
+    assert_eq!(since(&pool), replayed);
+    // A durable checkpoint covers it.
+    pool.checkpoint_sync().unwrap();
+    assert_eq!(since(&pool), 0);
 }

@@ -446,8 +446,14 @@ pub struct LsvPool {
     /// What the last recovery read: segments whole, and first blocks probed.
     pub(super) recovery_segments_read: AtomicU64,
     pub(super) recovery_segments_probed: AtomicU64,
-    /// Log blocks written (user and cleaner) when the newest checkpoint began.
-    pub(super) log_blocks_at_checkpoint: AtomicU64,
+    /// Log blocks written (user and cleaner) since open when the newest durable checkpoint
+    /// began, and when the one being written began.
+    log_blocks_at_checkpoint: AtomicU64,
+    log_blocks_at_begin: AtomicU64,
+    /// Blocks of the records the last recovery replayed, and the same until a checkpoint
+    /// covers them (0 after): log no checkpoint covers that `log_blocks` does not count.
+    recovery_log_blocks: AtomicU64,
+    replayed_uncovered_blocks: AtomicU64,
     /// The newest durable checkpoint's size on disk (header and body): what the cleaner
     /// spaces checkpoints by (`cleaner::checkpoint_due`).
     pub(super) last_checkpoint_bytes: AtomicU64,
@@ -742,6 +748,9 @@ impl LsvPool {
             recovery_segments_read: AtomicU64::new(0),
             recovery_segments_probed: AtomicU64::new(0),
             log_blocks_at_checkpoint: AtomicU64::new(0),
+            log_blocks_at_begin: AtomicU64::new(0),
+            recovery_log_blocks: AtomicU64::new(0),
+            replayed_uncovered_blocks: AtomicU64::new(0),
             last_checkpoint_bytes: AtomicU64::new(0),
             checkpoints_begun_for: Default::default(),
             checkpoint_busy: AtomicBool::new(false),
@@ -1321,6 +1330,21 @@ impl LsvPool {
         // taken before that (recovery writes nothing).
         self.recovery_segments_read
             .store(segments_read, Ordering::Relaxed);
+        let replayed_blocks: u64 = records
+            .iter()
+            .map(|(_, _, rh)| {
+                rh.header_blocks as u64
+                    + rh.entries
+                        .iter()
+                        .filter(|e| e.op == EntryOp::Write)
+                        .map(|e| e.num_blocks as u64)
+                        .sum::<u64>()
+            })
+            .sum();
+        self.recovery_log_blocks
+            .store(replayed_blocks, Ordering::Relaxed);
+        self.replayed_uncovered_blocks
+            .store(replayed_blocks, Ordering::Relaxed);
         self.recovery_segments_probed
             .store(segments_probed, Ordering::Relaxed);
         tracing::info!(pool = %self.name, checkpoint = h.generation, records = records.len(), segments_read, segments_probed, ms = t0.elapsed().as_millis() as u64, "pool recovered");
@@ -1494,6 +1518,13 @@ impl LsvPool {
         j.block_of(position)
     }
 
+    /// Whether a head could claim a journal slot now (a pool with no journal: always).
+    pub(super) fn journal_slot_free(&self) -> bool {
+        self.journal
+            .as_ref()
+            .is_none_or(|j| j.next_slot_free(self.reusable_seq()))
+    }
+
     /// Whether a checkpoint is due to free journal slots.
     pub(super) fn journal_pressure(&self) -> bool {
         self.journal
@@ -1523,10 +1554,18 @@ impl LsvPool {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if ok {
-            self.log_blocks_at_checkpoint
+            self.log_blocks_at_begin
                 .store(self.log_blocks(), Ordering::Relaxed);
         }
         ok
+    }
+
+    /// Log blocks (user and cleaner records) written since the newest durable checkpoint
+    /// began: what recovery would replay at most. Counts a recovery's replayed log until a
+    /// checkpoint covers it.
+    pub(super) fn log_blocks_since_checkpoint(&self) -> u64 {
+        (self.log_blocks() + self.replayed_uncovered_blocks.load(Ordering::Relaxed))
+            .saturating_sub(self.log_blocks_at_checkpoint.load(Ordering::Relaxed))
     }
 
     /// Checkpoint `h` is durable (or failed, with `durable` false): frees the segments it
@@ -1544,6 +1583,11 @@ impl LsvPool {
                 .fetch_add((len / BLOCK_BYTES) as u64, Ordering::Relaxed);
             self.last_checkpoint_bytes
                 .store(len as u64, Ordering::Relaxed);
+            self.log_blocks_at_checkpoint.store(
+                self.log_blocks_at_begin.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            self.replayed_uncovered_blocks.store(0, Ordering::Relaxed);
             if self.usage.free_count() as u64 > CLEANER_RESERVE_SEGMENTS {
                 self.full.store(false, Ordering::Release);
             }
@@ -2009,10 +2053,13 @@ impl LsvPool {
                 "generation": self.checkpoint_gen.load(Ordering::Relaxed),
                 "complete_seq": self.checkpoint_seq.load(Ordering::Relaxed),
                 "last_bytes": self.last_checkpoint_bytes.load(Ordering::Relaxed),
-                "log_spacing_bytes": super::cleaner::checkpoint_log_spacing_bytes(
+                "log_bytes_since": self.log_blocks_since_checkpoint() * BLOCK_BYTES as u64,
+                "log_trigger_bytes": super::cleaner::checkpoint_log_spacing_bytes(
                     self.sb.pool_bytes,
                     self.last_checkpoint_bytes.load(Ordering::Relaxed),
                 ),
+                "min_spacing_bytes": self.last_checkpoint_bytes.load(Ordering::Relaxed)
+                    .saturating_mul(super::cleaner::CHECKPOINT_SPACING_RATIO),
                 "begun_for": serde_json::Value::Object(CheckpointReason::ALL.iter().map(|r| {
                     let n = self.checkpoints_begun_for[*r as usize].load(Ordering::Relaxed);
                     (r.as_str().to_string(), serde_json::json!(n))
@@ -2029,6 +2076,7 @@ impl LsvPool {
             },
             "recovery": {
                 "segments_read": self.recovery_segments_read.load(Ordering::Relaxed),
+                "log_bytes_replayed": self.recovery_log_blocks.load(Ordering::Relaxed) * BLOCK_BYTES as u64,
                 "segments_probed": self.recovery_segments_probed.load(Ordering::Relaxed),
             },
             "extent_table_bytes": table_bytes,

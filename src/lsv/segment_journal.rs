@@ -168,6 +168,13 @@ impl SegmentJournal {
     /// checkpoint's complete sequence number). The entry's epoch is set with `set_epoch`
     /// once numbered. (A head claims only once it holds the segment, so nothing gives a
     /// claim back.)
+    /// Whether `claim` would find the next slot free now (a look, not a claim).
+    pub fn next_slot_free(&self, covered_seq: u64) -> bool {
+        let position = self.next_position.load(Ordering::SeqCst);
+        let held = self.epochs[(position % self.slots) as usize].load(Ordering::SeqCst);
+        held == SLOT_FREE || (held != SLOT_CLAIMED && held <= covered_seq)
+    }
+
     pub fn claim(&self, covered_seq: u64) -> Option<u64> {
         // Bounded: at most one pass over the ring, and a few spins.
         let mut spins = 0;
