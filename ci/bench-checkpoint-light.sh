@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoints under a light writer: a 16 GiB file pool whose 12 GiB volume is written full and
-# then at random for 30 s at qd 32 (3.1 million mapped blocks, about a 20 MB checkpoint), made
+# then at random for 30 s at qd 32 (3.1 million mapped blocks, about a 13 MB checkpoint), made
 # once; then, on that same pool opened again, 4 KiB random writes capped at RATE IOPS (qd 4,
-# core 0) for SECONDS, binaries alternating. Prints each run's checkpoint bytes per user byte
+# core 0) for SECONDS, binaries alternating (the new one first in odd pairs). Prints each run's checkpoint bytes per user byte
 # written and per log byte (user and cleaner records; all counted from the open), the run's
 # write amplification, checkpoints begun, and latency (max, p99.9, p99 in µs), then the
 # medians per binary. Log bytes include the cleaner's: the pool is 75% full, and the cleaner
@@ -24,8 +24,9 @@ rm -f "$IMG"
 UNBLEND_LOG=error "$NEW" bench --json -t 30 --bdev "lsv:path=$IMG,size=16G,volume=12G,prefill=1" \
   -q 32 -o 4k -w randwrite -m 0x1 | tail -1 | jq -c '{prefill_iops: .total.iops, checkpoint: .lsv.pool.checkpoint}'
 declare -A cpb cpl wa max p999 p99
-for _ in $(seq "$PAIRS"); do
-  for side in new base; do
+for pair in $(seq "$PAIRS"); do
+  order="new base"; [ $((pair % 2)) = 0 ] && order="base new"
+  for side in $order; do
     bin=$BASE; [ $side = new ] && bin=$NEW
     j=$(UNBLEND_LOG=error "$bin" bench --json -t "$T" --bdev "lsv:path=$IMG,size=16G,volume=12G,open=1" \
       -q 4 -o 4k -w randwrite --rate-iops "$RATE" -m 0x1 | tail -1)
