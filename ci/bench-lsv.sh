@@ -2,7 +2,8 @@
 # Log-structured store benchmarks (issue 4's acceptance), each against fio on the same file in
 # the same invocation, both sides pinned to core CORE (the lsv bench's first reactor).
 #   ci/bench-lsv.sh [SECONDS] [PAIRS]    (default 10 s per run, 3 alternating pairs)
-# Env: SECTIONS (default "randwrite1 randwrite2 reads blender memory wa recovery"),
+# Env: SECTIONS (default "randwrite1 randwrite2 reads blender memory wa recovery"; also
+# randwrite1big),
 # CORE (default 0), IMG (default target/lsv-bench.img, 4 GiB, on a disk filesystem),
 # WA_SECONDS (default 90: each write-amplification run), RECOVERY_SECONDS (default 60).
 set -euo pipefail
@@ -65,6 +66,19 @@ if on randwrite1; then
   pair "same vs fio raw 4k randwrite qd32 on a freshly fallocated file" IOPS \
     "{ rm -f $IMG; fallocate -l 4G $IMG; fio_iops --name=rw --rw=randwrite --bs=4k --iodepth=32; }" \
     "ub --bdev $LSV,volume=1G -q 32 -o 4k -w randwrite -m $mask | jq .total.iops"
+fi
+if on randwrite1big; then
+  # The same on a pool that does not clean during the run: 16 GiB (BIG_IMG), written whole
+  # first. Not in the default SECTIONS (16 GiB of disk, deleted after).
+  BIG=${BIG_IMG:-target/lsv-bench-16g.img}
+  rm -f "$BIG"; fallocate -l 16G "$BIG"
+  taskset -c "$CORE" fio --output-format=json --filename="$BIG" --ioengine=io_uring --direct=1 \
+    --size=16G --name=fill --rw=write --bs=1M --iodepth=8 >/dev/null
+  # (fails if the cleaner ran after all)
+  pair "lsv 4k randwrite qd32, 1 reactor, 16 GiB pool written whole (no cleaning in the run) vs fio raw 4k randwrite qd32" IOPS \
+    "taskset -c $CORE fio --output-format=json --filename=$BIG --ioengine=io_uring --direct=1 --size=16G --time_based --runtime=$T --name=rw --rw=randwrite --bs=4k --iodepth=32 | jq .jobs[0].write.iops" \
+    "ub --bdev lsv:path=$BIG,size=16G,volume=1G -q 32 -o 4k -w randwrite -m $mask | jq 'if .lsv.pool.cleaner.segments_cleaned > 0 then error(\"the cleaner ran\") else .total.iops end'"
+  rm -f "$BIG"
 fi
 if on randwrite2; then
   write_whole
