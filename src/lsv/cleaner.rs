@@ -149,8 +149,8 @@ const TAG_FLUSH: u64 = 1;
 const TAG_FREE_MARK: u64 = 2;
 /// The write of a segment-journal entry.
 const TAG_JOURNAL: u64 = 3;
-/// Cleaned victims freed by one flush at most.
-const FLUSH_BATCH: usize = 8;
+/// Cleaned victims freed by one flush at most (`LsvPool::clean_target` leaves room for one).
+pub(super) const FLUSH_BATCH: usize = 8;
 
 /// What `poll` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1941,9 +1941,17 @@ impl LsvPool {
         CLEANER_RESERVE_SEGMENTS + 2
     }
 
-    /// Free segments the cleaner works to keep in hand.
+    /// Free segments the cleaner works to keep in hand: above the throttle by 1/256 of the
+    /// segments, and by at least a flush batch (`cleaner::FLUSH_BATCH`) where that is no
+    /// more than 1/16 of them. The cleaner frees its cleaned victims one flush (an
+    /// `fdatasync` on a file) per batch, and stops cleaning at the target: with 1 segment
+    /// of margin, as a 4 GiB pool had, a batch held 1 or 2 victims, and the flushes cost one
+    /// reactor's random writes 15% (see the README). Pools under 128 segments get less, and
+    /// under 32 the old margin of 1.
     pub(super) fn clean_target(&self) -> u64 {
-        self.throttle_start() + (self.sb.segment_count / 256).max(1)
+        let segs = self.sb.segment_count;
+        let batch = (super::cleaner::FLUSH_BATCH as u64).min(segs / 16);
+        self.throttle_start() + (segs / 256).max(batch).max(1)
     }
 
     /// Whether a user record of `blocks` may be written now (smooth throttling). While free
