@@ -117,14 +117,18 @@ impl CheckpointReason {
 pub fn checkpoint_log_spacing_bytes(pool_bytes: u64, last_checkpoint_bytes: u64) -> u64 {
     (pool_bytes / 4)
         .min(CHECKPOINT_LOG_BYTES)
-        .max(last_checkpoint_bytes.saturating_mul(CHECKPOINT_SPACING_RATIO))
+        .max(checkpoint_min_spacing_bytes(last_checkpoint_bytes))
+}
+
+/// The log bytes every checkpoint for time or log volume waits for:
+/// `CHECKPOINT_SPACING_RATIO` times the last checkpoint's size.
+pub fn checkpoint_min_spacing_bytes(last_checkpoint_bytes: u64) -> u64 {
+    last_checkpoint_bytes.saturating_mul(CHECKPOINT_SPACING_RATIO)
 }
 
 /// Whether a checkpoint is due, and why.
 pub fn checkpoint_due(s: &SinceCheckpoint) -> Option<CheckpointReason> {
-    let spaced = s.log_bytes
-        >= s.last_checkpoint_bytes
-            .saturating_mul(CHECKPOINT_SPACING_RATIO);
+    let spaced = s.log_bytes >= checkpoint_min_spacing_bytes(s.last_checkpoint_bytes);
     if s.requested {
         Some(CheckpointReason::Requested)
     } else if s.journal_pressure {

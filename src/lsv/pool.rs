@@ -1332,14 +1332,7 @@ impl LsvPool {
             .store(segments_read, Ordering::Relaxed);
         let replayed_blocks: u64 = records
             .iter()
-            .map(|(_, _, rh)| {
-                rh.header_blocks as u64
-                    + rh.entries
-                        .iter()
-                        .filter(|e| e.op == EntryOp::Write)
-                        .map(|e| e.num_blocks as u64)
-                        .sum::<u64>()
-            })
+            .map(|(_, _, rh)| rh.total_blocks() as u64)
             .sum();
         self.recovery_log_blocks
             .store(replayed_blocks, Ordering::Relaxed);
@@ -1946,7 +1939,7 @@ impl LsvPool {
     /// more than 1/16 of them. The cleaner frees its cleaned victims one flush (an
     /// `fdatasync` on a file) per batch, and stops cleaning at the target: with 1 segment
     /// of margin, as a 4 GiB pool had, a batch held 1 or 2 victims, and the flushes cost one
-    /// reactor's random writes 15% (see the README). Pools under 128 segments get less, and
+    /// reactor's random writes about 14% (see the README). Pools under 128 segments get less, and
     /// under 32 the old margin of 1.
     pub(super) fn clean_target(&self) -> u64 {
         let segs = self.sb.segment_count;
@@ -2066,8 +2059,9 @@ impl LsvPool {
                     self.sb.pool_bytes,
                     self.last_checkpoint_bytes.load(Ordering::Relaxed),
                 ),
-                "min_spacing_bytes": self.last_checkpoint_bytes.load(Ordering::Relaxed)
-                    .saturating_mul(super::cleaner::CHECKPOINT_SPACING_RATIO),
+                "min_spacing_bytes": super::cleaner::checkpoint_min_spacing_bytes(
+                    self.last_checkpoint_bytes.load(Ordering::Relaxed),
+                ),
                 "begun_for": serde_json::Value::Object(CheckpointReason::ALL.iter().map(|r| {
                     let n = self.checkpoints_begun_for[*r as usize].load(Ordering::Relaxed);
                     (r.as_str().to_string(), serde_json::json!(n))
