@@ -1450,3 +1450,63 @@ fn the_log_since_the_last_checkpoint_counts_the_replay_and_outlives_a_failed_che
     pool.checkpoint_sync().unwrap();
     assert_eq!(since(&pool), 0);
 }
+
+/// A mostly dead victim is cleaned through its summary in memory: only its live blocks are
+/// read (no record header), and they read back after a crash.
+#[test]
+fn a_mostly_dead_victim_is_cleaned_reading_only_its_live_blocks() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
+    let mut model = BTreeMap::new();
+    let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
+    // All but blocks 0 and 101 written again elsewhere: two live blocks, far apart.
+    for (lba, n) in [(1, 100), (102, 106)] {
+        h.write_run(lba, n, 2);
+        for b in lba..lba + n {
+            model.insert(b, 2);
+        }
+    }
+    assert_eq!(pool.usage.live(victim), 2);
+    let read_before = pool.cleaner_blocks_read.load(SeqCst);
+    clean(&pool, &mut cleaner, victim);
+    assert_eq!(pool.segments_read_from_summary.load(SeqCst), 1);
+    assert_eq!(
+        pool.cleaner_blocks_read.load(SeqCst) - read_before,
+        2,
+        "only the two live blocks are read"
+    );
+    assert_ne!(pool.segment_of(pba_of(&pool, 0)), victim);
+    assert_ne!(pool.segment_of(pba_of(&pool, 101)), victim);
+    let pool = crash_and_reopen(&disk, pool, h, cleaner);
+    assert_reads(&pool, &model);
+}
+
+/// A victim holding an unmap that no checkpoint covers is cleaned from its record headers:
+/// the unmap must be logged again before the segment is reused, and only its header has it.
+#[test]
+fn a_victim_holding_an_uncovered_unmap_is_cleaned_from_its_headers() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
+    let mut model = BTreeMap::new();
+    h.write(250, 1);
+    h.run(IoType::Unmap, 250, &mut [0u8; BLOCK]);
+    let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
+    assert_eq!(pool.segment_of(pba_of(&pool, 0)), victim);
+    // Everything in the victim written again elsewhere: nothing live, the unmap uncovered.
+    for (lba, n) in [(0, 104), (104, 104)] {
+        h.write_run(lba, n, 2);
+        for b in lba..lba + n {
+            model.insert(b, 2);
+        }
+    }
+    assert_eq!(pool.usage.live(victim), 0);
+    clean(&pool, &mut cleaner, victim);
+    assert_eq!(pool.segments_read_in_parts.load(SeqCst), 1);
+    assert_eq!(
+        pool.segments_read_from_summary.load(SeqCst),
+        0,
+        "the summary has no unmap to log again"
+    );
+    let pool = crash_and_reopen(&disk, pool, h, cleaner);
+    assert_reads(&pool, &model);
+}

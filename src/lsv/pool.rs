@@ -306,12 +306,42 @@ impl SyncIo {
     }
 }
 
-/// The sequence number of the write whose data lives in each block of one segment, set
+/// The summary of one segment's current use, in memory only: for each block, the sequence
+/// number of the write whose data it holds and that write's owner (volume and LBA), set
 /// before the block is written (by the segment's only writer, or at recovery) and read
-/// lock-free by anyone (the extent table's `seq_of`). A block the cleaner moved keeps its
-/// original write's number. 8 bytes per pool block of a segment that has taken a record.
+/// lock-free by anyone (the extent table's `seq_of`, the cleaner). A block the cleaner moved
+/// keeps its original write's number. 16 bytes per pool block of a segment that has taken a
+/// record.
 struct SegmentSeqs {
     seqs: Box<[AtomicU64]>,
+    /// Per block: `pack_owner(volume, lba)` of the write whose data it holds, or `NO_OWNER`
+    /// (a header block, or an owner too large to pack).
+    owners: Box<[AtomicU64]>,
+    /// The newest unmap's sequence number in this use (0: none), or `u64::MAX` once a block's
+    /// owner could not be packed. While both checkpoints cover it, the owners alone say what
+    /// the cleaner must move out of the segment (`LsvPool::for_each_owner`).
+    headers_needed_after: AtomicU64,
+}
+
+/// In a segment summary's owners, a block that holds no write's data (or one whose owner did
+/// not fit `pack_owner`).
+const NO_OWNER: u64 = u64::MAX;
+/// Owners pack a volume id below this into their top 16 bits.
+const OWNER_VOLUMES: u64 = 0xFFFF;
+const OWNER_LBA_BITS: u32 = 48;
+
+/// A write's owner in one word: the volume in the top 16 bits, the LBA in the low 48 (None if
+/// either does not fit; such a segment is cleaned from its headers).
+fn pack_owner(volume: u64, lba: u64) -> Option<u64> {
+    (volume < OWNER_VOLUMES && lba < 1 << OWNER_LBA_BITS).then_some(volume << OWNER_LBA_BITS | lba)
+}
+
+fn unpack_owner(owner: u64) -> (u32, u64) {
+    debug_assert_ne!(owner, NO_OWNER);
+    (
+        (owner >> OWNER_LBA_BITS) as u32,
+        owner & ((1 << OWNER_LBA_BITS) - 1),
+    )
 }
 
 /// Test builds: `UNBLEND_TRACE_LBA=N` prints every change to block N's mapping (the crash
@@ -402,6 +432,8 @@ pub struct LsvPool {
     pub(super) cleaner_blocks_read: AtomicU64,
     /// Victims whose live blocks the cleaner found reading only headers and live writes.
     pub(super) segments_read_in_parts: AtomicU64,
+    /// Of those, victims whose live blocks the summary in memory found (no header read).
+    pub(super) segments_read_from_summary: AtomicU64,
     next_seq: AtomicU64,
     volumes: RwLock<BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>>,
     /// The id the next volume gets (ids are never reused; changed under `volumes`' lock).
@@ -713,6 +745,7 @@ impl LsvPool {
             segments_cleaned_unread: AtomicU64::new(0),
             cleaner_blocks_read: AtomicU64::new(0),
             segments_read_in_parts: AtomicU64::new(0),
+            segments_read_from_summary: AtomicU64::new(0),
             name,
             usage: UsageTable::new(sb.segment_count, seg_blocks as u32),
             sb,
@@ -830,6 +863,10 @@ impl LsvPool {
     fn seqs_of(&self, seg: u64) -> &SegmentSeqs {
         self.summaries[seg as usize].get_or_init(|| SegmentSeqs {
             seqs: (0..self.seg_blocks).map(|_| AtomicU64::new(0)).collect(),
+            owners: (0..self.seg_blocks)
+                .map(|_| AtomicU64::new(NO_OWNER))
+                .collect(),
+            headers_needed_after: AtomicU64::new(0),
         })
     }
 
@@ -842,18 +879,62 @@ impl LsvPool {
         let seg_start = self.segment_first_block(h.segment);
         self.usage.note_write(h.segment, h.seq, h.segment_epoch);
         debug_assert!(h.seq < HEADER_MARK && (h.header_blocks as u64) < 1 << 32);
-        seqs.seqs[(first_data_pba - h.header_blocks as u64 - seg_start) as usize]
-            .store(HEADER_MARK | h.header_blocks as u64, Ordering::Release);
+        let header_at = (first_data_pba - h.header_blocks as u64 - seg_start) as usize;
+        if header_at == 0 {
+            // A new use of the segment: its unmaps so far are none.
+            seqs.headers_needed_after.store(0, Ordering::Release);
+        }
+        seqs.seqs[header_at].store(HEADER_MARK | h.header_blocks as u64, Ordering::Release);
+        for o in &seqs.owners[header_at..header_at + h.header_blocks as usize] {
+            o.store(NO_OWNER, Ordering::Release);
+        }
         let mut pba = first_data_pba;
         for e in &h.entries {
+            let seq = e.seq_in(h.seq);
             if e.op == EntryOp::Write {
-                let seq = e.seq_in(h.seq);
                 for b in 0..e.num_blocks as u64 {
-                    seqs.seqs[(pba + b - seg_start) as usize].store(seq, Ordering::Release);
+                    let at = (pba + b - seg_start) as usize;
+                    seqs.seqs[at].store(seq, Ordering::Release);
+                    let owner = e
+                        .lba
+                        .checked_add(b)
+                        .and_then(|lba| pack_owner(e.volume, lba));
+                    if owner.is_none() {
+                        seqs.headers_needed_after.store(u64::MAX, Ordering::Release);
+                    }
+                    seqs.owners[at].store(owner.unwrap_or(NO_OWNER), Ordering::Release);
                 }
                 pba += e.num_blocks as u64;
+            } else {
+                seqs.headers_needed_after.fetch_max(seq, Ordering::AcqRel);
             }
         }
+    }
+
+    /// Calls `f(block offset, volume, lba)` for every block of victim `seg` that holds a
+    /// write's data, as its summary says, and returns true; or returns false, calling nothing,
+    /// if the summary cannot say alone what cleaning the segment must keep: it has none, or it
+    /// does not begin at the segment's first block (after a restart, a segment whose records
+    /// are older than the checkpoint), or the segment holds an unmap that a checkpoint does not
+    /// cover yet (it must be logged again, and only its header has it), or an owner too large
+    /// to pack.
+    pub(super) fn for_each_owner(&self, seg: u64, mut f: impl FnMut(u32, u32, u64)) -> bool {
+        let Some(s) = self.summaries[seg as usize].get() else {
+            return false;
+        };
+        if s.seqs[0].load(Ordering::Acquire) & HEADER_MARK != HEADER_MARK
+            || s.headers_needed_after.load(Ordering::Acquire) > self.reusable_seq()
+        {
+            return false;
+        }
+        for (i, o) in s.owners.iter().enumerate() {
+            let o = o.load(Ordering::Acquire);
+            if o != NO_OWNER {
+                let (volume, lba) = unpack_owner(o);
+                f(i as u32, volume, lba);
+            }
+        }
+        true
     }
 
     /// Where segment `seg`'s summary marks record headers: (block offset, header blocks),
@@ -2041,6 +2122,7 @@ impl LsvPool {
                 "segments_cleaned_unread": self.segments_cleaned_unread.load(Ordering::Relaxed),
                 "bytes_read": self.cleaner_blocks_read.load(Ordering::Relaxed) * b,
                 "segments_read_in_parts": self.segments_read_in_parts.load(Ordering::Relaxed),
+                "segments_read_from_summary": self.segments_read_from_summary.load(Ordering::Relaxed),
                 "bytes_moved_per_s": if uptime_s > 0.0 { cleaner as f64 * b as f64 / uptime_s } else { 0.0 },
             },
             "throttle": {
