@@ -629,6 +629,11 @@ fn lvol_volume_takes_io_and_reports_its_stats() {
         "{s}"
     );
     assert!(s["live_bytes"].as_u64().unwrap() == 4 << 20, "{s}");
+    // The segment summaries: 20 bytes per block of each segment written, so at least the
+    // 1,024 blocks written, in whole segments.
+    let summary = s["segment_summary_bytes"].as_u64().unwrap();
+    let per_segment = 20 * s["segment_bytes"].as_u64().unwrap() / 4096;
+    assert!(summary >= 20 * 1024 && summary.is_multiple_of(per_segment), "{s}");
 
     // Resize: growing shows at once; shrinking drops (and frees) the blocks past the end.
     let size = |c: &mut RpcClient| {

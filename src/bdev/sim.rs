@@ -113,6 +113,17 @@ impl SimDisk {
         st.fail_write = Some(st.writes_completed + n);
     }
 
+    /// Bit rot: flips the bits of `mask` in durable byte `at` (written and flushed), for the
+    /// next read of it to find.
+    pub fn rot(&self, at: u64, mask: u8) {
+        let mut st = self.lock();
+        assert!(
+            !st.volatile.contains_key(&(at / SIM_BLOCK_BYTES as u64)),
+            "the block is not durable yet"
+        );
+        st.durable[at as usize] ^= mask;
+    }
+
     /// Blocks written but not yet flushed.
     pub fn unflushed_blocks(&self) -> usize {
         self.lock().volatile.len()

@@ -307,16 +307,18 @@ impl SyncIo {
 }
 
 /// The summary of one segment's current use, in memory only: for each block, the sequence
-/// number of the write whose data it holds and that write's owner (volume and LBA), set
-/// before the block is written (by the segment's only writer, or at recovery) and read
-/// lock-free by anyone (the extent table's `seq_of`, the cleaner). A block the cleaner moved
-/// keeps its original write's number. 16 bytes per pool block of a segment that has taken a
-/// record.
+/// number of the write whose data it holds, that write's owner (volume and LBA) and, at the
+/// write's first block, its data checksum; set before the block is written (by the segment's
+/// only writer, or at recovery) and read lock-free by anyone (the extent table's `seq_of`,
+/// the cleaner). A block the cleaner moved keeps its original write's number. 20 bytes per
+/// pool block of a segment that has taken a record.
 struct SegmentSeqs {
     seqs: Box<[AtomicU64]>,
-    /// Per block: `pack_owner(volume, lba)` of the write whose data it holds, or `NO_OWNER`
-    /// (a header block, or an owner too large to pack).
+    /// Per block: `pack_owner(volume, lba, first)` of the write whose data it holds (`first`:
+    /// the write's first block), or `NO_OWNER` (a header block, or an owner too large).
     owners: Box<[AtomicU64]>,
+    /// At a write's first block: the write's data checksum (its entry's `data_crc`).
+    write_crcs: Box<[AtomicU32]>,
     /// The newest unmap's sequence number in this use (0: none), or `u64::MAX` once a block's
     /// owner could not be packed. While both checkpoints cover it, the owners alone say what
     /// the cleaner must move out of the segment (`LsvPool::for_each_owner`).
@@ -328,19 +330,25 @@ struct SegmentSeqs {
 const NO_OWNER: u64 = u64::MAX;
 /// Owners pack a volume id below this into their top 16 bits.
 const OWNER_VOLUMES: u64 = 0xFFFF;
-const OWNER_LBA_BITS: u32 = 48;
+/// Below the volume, the bit that marks a write's first block, then the LBA.
+const OWNER_FIRST: u64 = 1 << 47;
+const OWNER_LBA_BITS: u32 = 47;
 
-/// A write's owner in one word: the volume in the top 16 bits, the LBA in the low 48 (None if
-/// either does not fit; such a segment is cleaned from its headers).
-fn pack_owner(volume: u64, lba: u64) -> Option<u64> {
-    (volume < OWNER_VOLUMES && lba < 1 << OWNER_LBA_BITS).then_some(volume << OWNER_LBA_BITS | lba)
+/// A block's owner in one word: the volume in the top 16 bits, whether the block is its
+/// write's first, and the LBA in the low 47 (None if the volume or LBA does not fit; such a
+/// segment is cleaned from its headers).
+fn pack_owner(volume: u64, lba: u64, first: bool) -> Option<u64> {
+    (volume < OWNER_VOLUMES && lba < 1 << OWNER_LBA_BITS)
+        .then_some(volume << (OWNER_LBA_BITS + 1) | if first { OWNER_FIRST } else { 0 } | lba)
 }
 
-fn unpack_owner(owner: u64) -> (u32, u64) {
+/// (volume, lba, first block of its write).
+fn unpack_owner(owner: u64) -> (u32, u64, bool) {
     debug_assert_ne!(owner, NO_OWNER);
     (
-        (owner >> OWNER_LBA_BITS) as u32,
+        (owner >> (OWNER_LBA_BITS + 1)) as u32,
         owner & ((1 << OWNER_LBA_BITS) - 1),
+        owner & OWNER_FIRST != 0,
     )
 }
 
@@ -866,6 +874,7 @@ impl LsvPool {
             owners: (0..self.seg_blocks)
                 .map(|_| AtomicU64::new(NO_OWNER))
                 .collect(),
+            write_crcs: (0..self.seg_blocks).map(|_| AtomicU32::new(0)).collect(),
             headers_needed_after: AtomicU64::new(0),
         })
     }
@@ -898,7 +907,10 @@ impl LsvPool {
                     let owner = e
                         .lba
                         .checked_add(b)
-                        .and_then(|lba| pack_owner(e.volume, lba));
+                        .and_then(|lba| pack_owner(e.volume, lba, b == 0));
+                    if b == 0 {
+                        seqs.write_crcs[at].store(e.data_crc, Ordering::Release);
+                    }
                     if owner.is_none() {
                         seqs.headers_needed_after.store(u64::MAX, Ordering::Release);
                     }
@@ -909,6 +921,14 @@ impl LsvPool {
                 seqs.headers_needed_after.fetch_max(seq, Ordering::AcqRel);
             }
         }
+    }
+
+    /// Memory the segment summaries take: 20 bytes (a sequence number, an owner and a
+    /// checksum) per block of every segment that has taken a record since the pool was opened.
+    pub(super) fn summary_bytes(&self) -> u64 {
+        let summarized = self.summaries.iter().filter(|s| s.get().is_some()).count() as u64;
+        let per_block = (size_of::<AtomicU64>() * 2 + size_of::<AtomicU32>()) as u64;
+        summarized * self.seg_blocks as u64 * per_block
     }
 
     /// Calls `f(block offset, volume, lba)` for every block of victim `seg` that holds a
@@ -930,11 +950,44 @@ impl LsvPool {
         for (i, o) in s.owners.iter().enumerate() {
             let o = o.load(Ordering::Acquire);
             if o != NO_OWNER {
-                let (volume, lba) = unpack_owner(o);
+                let (volume, lba, _) = unpack_owner(o);
                 f(i as u32, volume, lba);
             }
         }
         true
+    }
+
+    /// The write whose data block `at` of segment `seg` holds, as the summary has it: (its
+    /// first block, its blocks, its data checksum). None if the summary does not hold one
+    /// whole write there (then read the victim's headers). Bounded: a write is at most
+    /// `MAX_DATA_BLOCKS` long, and the walk at most a segment.
+    pub(super) fn summarized_write(&self, seg: u64, at: u32) -> Option<(u32, u32, u32)> {
+        let s = self.summaries[seg as usize].get()?;
+        let owner =
+            |i: usize| Some(s.owners.get(i)?.load(Ordering::Acquire)).filter(|&o| o != NO_OWNER);
+        let seq = |i: usize| s.seqs[i].load(Ordering::Acquire);
+        // One write's blocks: the same volume and sequence number, LBAs one apart.
+        let follows = |i: usize| -> Option<bool> {
+            let (v, lba, first) = unpack_owner(owner(i)?);
+            let (pv, plba, _) = unpack_owner(owner(i.checked_sub(1)?)?);
+            Some(!first && v == pv && lba == plba + 1 && seq(i) == seq(i - 1))
+        };
+        let mut start = at as usize;
+        while !unpack_owner(owner(start)?).2 {
+            if !follows(start)? {
+                return None;
+            }
+            start -= 1;
+        }
+        let mut end = start + 1;
+        while end < s.owners.len() && follows(end) == Some(true) {
+            end += 1;
+        }
+        Some((
+            start as u32,
+            (end - start) as u32,
+            s.write_crcs[start].load(Ordering::Acquire),
+        ))
     }
 
     /// Where segment `seg`'s summary marks record headers: (block offset, header blocks),
@@ -2164,6 +2217,7 @@ impl LsvPool {
                 "segments_probed": self.recovery_segments_probed.load(Ordering::Relaxed),
             },
             "extent_table_bytes": table_bytes,
+            "segment_summary_bytes": self.summary_bytes(),
             "mapped_blocks": mapped,
             "extent_table_bytes_per_mapped_block": if mapped == 0 { serde_json::Value::Null } else { serde_json::json!(table_bytes as f64 / mapped as f64) },
         })

@@ -10,9 +10,10 @@
 //!
 //! The summary path is taken only while both checkpoints cover every unmap in the victim
 //! (`LsvPool::for_each_owner`): an uncovered unmap must be logged again by the cleaner, and
-//! only its record header has it. Blocks read through the summary are not checked against
-//! their write's data checksum (it is in the header); the relocation record checksums what
-//! was read, as a user read would have returned it.
+//! only its record header has it. It reads each write that holds a live block whole and
+//! checks it against the write's data checksum, which the summary keeps too, as the header
+//! way does: a write that fails sends the cleaner to read the victim whole, whose chain walk
+//! reports the damage and leaves the segment as it is.
 //!
 //! A victim is picked for having few live blocks, so reading all of it (8 MiB by default) to
 //! find them spends the device's bandwidth, which the user writes it is cleaning for need.
@@ -63,9 +64,11 @@ pub(super) struct PartialRead {
     headers: Vec<(u32, u32)>,
     /// The chain walked through the headers: (first data block in the pool, header).
     pub chain: Vec<(u64, RecordHeader)>,
-    /// The live blocks' reads were planned from the pool's summary alone (no headers read,
-    /// so no checksum to check their data against).
+    /// The live blocks' reads were planned from the pool's summary alone (no header read).
     pub from_summary: bool,
+    /// Then: the writes read, to check against their data checksums (first block in the
+    /// segment, blocks, checksum), in offset order.
+    summary_writes: Vec<(u32, u32, u32)>,
 }
 
 impl PartialRead {
@@ -79,13 +82,16 @@ impl PartialRead {
             headers: Vec::with_capacity(seg_blocks),
             chain: Vec::new(),
             from_summary: false,
+            summary_writes: Vec::with_capacity(seg_blocks),
         }
     }
 
-    /// Plans reads of only the live blocks of victim `seg` (`is_live(volume, lba, pba)`),
-    /// found through the pool's summary of each block's owner, with no header read; false if
-    /// the summary cannot tell (`LsvPool::for_each_owner`) or the reads would be too many.
-    /// The cleaner then moves what `LsvPool::for_each_owner` still finds live.
+    /// Plans reads of only the writes that hold live blocks of victim `seg` (`is_live(volume,
+    /// lba, pba)`), found through the pool's summary of each block's owner, with no header
+    /// read; false if the summary cannot tell (`LsvPool::for_each_owner`,
+    /// `LsvPool::summarized_write`) or the reads would be too many. Each write is read whole,
+    /// to be checked against its data checksum (`verify`), as the header way does. The
+    /// cleaner then moves what `LsvPool::for_each_owner` still finds live.
     pub fn plan_from_summary(
         &mut self,
         pool: &LsvPool,
@@ -100,14 +106,25 @@ impl PartialRead {
         self.outstanding = 0;
         self.failed = false;
         self.from_summary = true;
+        self.summary_writes.clear();
         let seg_start = pool.segment_first_block(seg);
-        let reads = &mut self.reads;
+        let (reads, writes) = (&mut self.reads, &mut self.summary_writes);
+        let mut whole = true;
         let known = pool.for_each_owner(seg, |at, volume, lba| {
-            if is_live(volume, lba, seg_start + at as u64) {
-                plan_read(reads, at, 1);
+            let seen = writes.last().is_some_and(|&(s, n, _)| at < s + n);
+            if seen || !whole || !is_live(volume, lba, seg_start + at as u64) {
+                return;
+            }
+            match pool.summarized_write(seg, at) {
+                Some(w) => {
+                    debug_assert!(w.0 <= at && at < w.0 + w.1);
+                    plan_read(reads, w.0, w.1);
+                    writes.push(w);
+                }
+                None => whole = false,
             }
         });
-        known && self.reads.len() <= MAX_READS
+        known && whole && self.reads.len() <= MAX_READS
     }
 
     /// Plans the header reads of victim `seg`; false if its summary cannot say where its
@@ -267,6 +284,13 @@ impl PartialRead {
 
     /// Checks every write that was read against its entry's data checksum.
     pub fn verify(&self, pool: &LsvPool, seg: u64, bytes: &[u8]) -> bool {
+        if self.from_summary {
+            debug_assert!(self.chain.is_empty());
+            return self.summary_writes.iter().all(|&(at, n, crc)| {
+                let (at, n) = (at as usize, n as usize);
+                crc32c::crc32c(&bytes[at * BLOCK_BYTES..(at + n) * BLOCK_BYTES]) == crc
+            });
+        }
         let seg_start = pool.segment_first_block(seg);
         // Writes and reads both go in offset order: one pass over each.
         let mut r = 0;
