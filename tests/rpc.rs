@@ -633,7 +633,10 @@ fn lvol_volume_takes_io_and_reports_its_stats() {
     // 1,024 blocks written, in whole segments.
     let summary = s["segment_summary_bytes"].as_u64().unwrap();
     let per_segment = 20 * s["segment_bytes"].as_u64().unwrap() / 4096;
-    assert!(summary >= 20 * 1024 && summary.is_multiple_of(per_segment), "{s}");
+    assert!(
+        summary >= 20 * 1024 && summary.is_multiple_of(per_segment),
+        "{s}"
+    );
 
     // Resize: growing shows at once; shrinking drops (and frees) the blocks past the end.
     let size = |c: &mut RpcClient| {

@@ -687,6 +687,10 @@ impl Cleaner {
         let stuck = free == 0 && self.victim().is_none_or(|v| self.pool.usage.live(v) > 0);
         #[cfg(test)]
         let forced = self.forced_victim.take();
+        // Like `pick_victim`'s: a record in flight into the victim could map a block after
+        // its reads, and that block would be moved from a buffer that never held it.
+        #[cfg(test)]
+        debug_assert!(forced.is_none_or(|v| self.pool.usage.records_in_flight(v) == 0));
         #[cfg(not(test))]
         let forced: Option<u64> = None;
         if forced.is_none() && (free + cleaned >= self.pool.clean_target() || stuck) {

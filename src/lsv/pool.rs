@@ -931,13 +931,18 @@ impl LsvPool {
         summarized * self.seg_blocks as u64 * per_block
     }
 
-    /// Calls `f(block offset, volume, lba)` for every block of victim `seg` that holds a
-    /// write's data, as its summary says, and returns true; or returns false, calling nothing,
+    /// Calls `f(block offset, volume, lba)` for every block of victim `seg` that the summary
+    /// names an owner for, and returns true; or returns false, calling nothing,
     /// if the summary cannot say alone what cleaning the segment must keep: it has none, or it
     /// does not begin at the segment's first block (after a restart, a segment whose records
     /// are older than the checkpoint), or the segment holds an unmap that a checkpoint does not
     /// cover yet (it must be logged again, and only its header has it), or an owner too large
-    /// to pack.
+    /// to pack. Owners left by an earlier use of the segment, where this use has not written,
+    /// may be among those named: the caller keeps only blocks an extent table maps to, and no
+    /// table maps into a segment's earlier use once it was cleaned. `headers_needed_after`
+    /// looks at unmaps only, where `Cleaner::unread_cleanable` looks at every record: a
+    /// victim read through its summary still has its live blocks moved, so only its unmaps
+    /// need the checkpoints' cover.
     pub(super) fn for_each_owner(&self, seg: u64, mut f: impl FnMut(u32, u32, u64)) -> bool {
         let Some(s) = self.summaries[seg as usize].get() else {
             return false;
