@@ -86,6 +86,19 @@ impl PartialRead {
         }
     }
 
+    /// Forgets the last victim's plan: a new one begins, in `phase`.
+    fn start(&mut self, phase: Phase, from_summary: bool) {
+        self.phase = phase;
+        self.from_summary = from_summary;
+        self.reads.clear();
+        self.headers.clear();
+        self.chain.clear();
+        self.summary_writes.clear();
+        self.next = 0;
+        self.outstanding = 0;
+        self.failed = false;
+    }
+
     /// Plans reads of only the writes that hold live blocks of victim `seg` (`is_live(volume,
     /// lba, pba)`), found through the pool's summary of each block's owner, with no header
     /// read; false if the summary cannot tell (`LsvPool::for_each_owner`,
@@ -98,15 +111,7 @@ impl PartialRead {
         seg: u64,
         mut is_live: impl FnMut(u32, u64, u64) -> bool,
     ) -> bool {
-        self.phase = Phase::Live;
-        self.reads.clear();
-        self.headers.clear();
-        self.chain.clear();
-        self.next = 0;
-        self.outstanding = 0;
-        self.failed = false;
-        self.from_summary = true;
-        self.summary_writes.clear();
+        self.start(Phase::Live, true);
         let seg_start = pool.segment_first_block(seg);
         let (reads, writes) = (&mut self.reads, &mut self.summary_writes);
         let mut whole = true;
@@ -130,14 +135,7 @@ impl PartialRead {
     /// Plans the header reads of victim `seg`; false if its summary cannot say where its
     /// records are (read it whole).
     pub fn plan_headers(&mut self, pool: &LsvPool, seg: u64) -> bool {
-        self.phase = Phase::Headers;
-        self.from_summary = false;
-        self.reads.clear();
-        self.headers.clear();
-        self.chain.clear();
-        self.next = 0;
-        self.outstanding = 0;
-        self.failed = false;
+        self.start(Phase::Headers, false);
         pool.header_marks(seg, &mut self.headers);
         if self.headers.first().is_none_or(|&(at, _)| at != 0) {
             return false;
