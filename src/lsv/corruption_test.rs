@@ -1537,3 +1537,48 @@ fn a_rotten_live_block_is_not_moved_under_a_fresh_checksum() {
     assert_eq!(pba_of(&pool, 101), rotten, "the rotten block was not moved");
     assert_eq!(pool.segment_of(pba_of(&pool, 0)), victim);
 }
+
+/// The summary tells one write from the next by its first-block mark, not by LBAs that
+/// follow on: adjacent writes of one record (the same sequence number, LBAs one apart) and a
+/// moved write that follows on in LBA are each their own, with their own checksum; a header
+/// block is none. A segment holding an unmap no checkpoint covers is not cleaned from it.
+#[test]
+fn the_summary_tells_adjacent_writes_apart() {
+    use super::record::{Entry, EntryOp, RecordHeader};
+    let (_disk, pool) = new_pool();
+    let seg = 5;
+    let write = |lba, num_blocks, data_crc, data_seq| Entry {
+        volume: 1,
+        lba,
+        num_blocks,
+        op: EntryOp::Write,
+        data_crc,
+        data_seq,
+    };
+    let mut h = RecordHeader::new(1000, seg, 1000);
+    h.push(write(10, 4, 0xA, 0)).unwrap();
+    h.push(write(14, 2, 0xB, 0)).unwrap();
+    h.push(Entry {
+        op: EntryOp::Unmap,
+        ..write(30, 1, 0, 0)
+    })
+    .unwrap();
+    h.push(write(16, 1, 0xC, 7)).unwrap();
+    assert_eq!(h.header_blocks, 1);
+    pool.summarize(&h, pool.segment_first_block(seg) + 1);
+    assert_eq!(pool.summarized_write(seg, 0), None, "the header block");
+    for (at, want) in [
+        (1, (1, 4, 0xA)),
+        (4, (1, 4, 0xA)),
+        (5, (5, 2, 0xB)),
+        (6, (5, 2, 0xB)),
+        (7, (7, 1, 0xC)),
+    ] {
+        assert_eq!(pool.summarized_write(seg, at), Some(want), "block {at}");
+    }
+    assert_eq!(pool.summarized_write(seg, 8), None, "never written");
+    assert!(
+        !pool.for_each_owner(seg, |_, _, _| panic!("no owner may be named")),
+        "the unmap is not covered by a checkpoint"
+    );
+}
