@@ -163,18 +163,20 @@ impl SegmentJournal {
         self.next_position.store(next, Ordering::SeqCst);
     }
 
+    /// Whether `claim` would find the next slot free now (a look, not a claim).
+    pub fn next_slot_free(&self, covered_seq: u64) -> bool {
+        let position = self.next_position.load(Ordering::SeqCst);
+        !Self::held(
+            self.epochs[(position % self.slots) as usize].load(Ordering::SeqCst),
+            covered_seq,
+        )
+    }
+
     /// Claims the next slot for a new entry: its position, or None while every slot it may
     /// take holds an entry that a checkpoint does not cover yet (`covered_seq`: the older
     /// checkpoint's complete sequence number). The entry's epoch is set with `set_epoch`
     /// once numbered. (A head claims only once it holds the segment, so nothing gives a
     /// claim back.)
-    /// Whether `claim` would find the next slot free now (a look, not a claim).
-    pub fn next_slot_free(&self, covered_seq: u64) -> bool {
-        let position = self.next_position.load(Ordering::SeqCst);
-        let held = self.epochs[(position % self.slots) as usize].load(Ordering::SeqCst);
-        held == SLOT_FREE || (held != SLOT_CLAIMED && held <= covered_seq)
-    }
-
     pub fn claim(&self, covered_seq: u64) -> Option<u64> {
         // Bounded: at most one pass over the ring, and a few spins.
         let mut spins = 0;
@@ -182,7 +184,7 @@ impl SegmentJournal {
             let position = self.next_position.load(Ordering::SeqCst);
             let slot = &self.epochs[(position % self.slots) as usize];
             let held = slot.load(Ordering::SeqCst);
-            if held != SLOT_FREE && (held == SLOT_CLAIMED || held > covered_seq) {
+            if Self::held(held, covered_seq) {
                 if self.next_position.load(Ordering::SeqCst) != position {
                     continue; // another head took this position meanwhile: look again
                 }
@@ -235,7 +237,12 @@ impl SegmentJournal {
     }
 
     fn needed(epoch: &AtomicU64, covered_seq: u64) -> bool {
-        let v = epoch.load(Ordering::Relaxed);
+        Self::held(epoch.load(Ordering::Relaxed), covered_seq)
+    }
+
+    /// Whether a slot whose epoch word reads `v` may not be taken: claimed, or holding an
+    /// entry a checkpoint complete up to `covered_seq` does not cover.
+    fn held(v: u64, covered_seq: u64) -> bool {
         v != SLOT_FREE && (v == SLOT_CLAIMED || v > covered_seq)
     }
 

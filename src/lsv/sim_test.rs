@@ -158,6 +158,7 @@ thread_local! {
     static CLEANED_UNREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Victims whose live blocks were found by reading only headers and live writes.
     static READ_IN_PARTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Of those, victims whose live blocks the segment summary in memory found.
     static READ_FROM_SUMMARY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Shrinks, grows (of a volume that had shrunk, so over blocks cut off), and grows that
     /// replaced an earlier grow's fence (so retired it).
