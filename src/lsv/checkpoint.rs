@@ -68,6 +68,7 @@
 use thiserror::Error;
 
 use super::extent_table::Stored;
+use super::record::MAX_SEQ;
 use super::usage::SegmentState;
 
 pub const CP_MAGIC: &[u8; 4] = b"UCP1";
@@ -155,7 +156,13 @@ impl CheckpointHeader {
             body_bytes: u64_at(48),
             body_crc: u32_at(56),
         };
-        if h.complete_seq >= h.next_seq || h.generation == 0 {
+        // Numbers at or above MAX_SEQ are never handed out, and generations count checkpoints,
+        // fewer still: such a header is damage (and the numbers after it would overflow).
+        if h.complete_seq >= h.next_seq
+            || h.next_seq >= MAX_SEQ
+            || h.generation == 0
+            || h.generation >= MAX_SEQ
+        {
             return Err(CheckpointError::Inconsistent("sequence numbers"));
         }
         Ok(h)

@@ -17,41 +17,51 @@ use super::volume::LsvVolume;
 use crate::bdev::sim::SimDisk;
 use crate::bdev::{BdevRegistry, ChannelContext, IoChannel, IoRequest, IoStatus, IoType, IoVec};
 
-const BLOCK: usize = 4096;
+pub(super) const BLOCK: usize = 4096;
 /// 16 MiB: 13 segments of 1 MiB.
-const DISK_BLOCKS: u64 = 4096;
-const SEGMENT_BYTES: u64 = 1 << 20;
-const VOLUME_BLOCKS: u64 = 256;
+pub(super) const DISK_BLOCKS: u64 = 4096;
+pub(super) const SEGMENT_BYTES: u64 = 1 << 20;
+pub(super) const VOLUME_BLOCKS: u64 = 256;
 
 /// The contents of block `lba` after the write tagged `tag` (0 is never a tag: zeroes).
-fn pattern(lba: u64, tag: u64) -> Vec<u8> {
+pub(super) fn pattern(lba: u64, tag: u64) -> Vec<u8> {
     let w = (((lba << 32) ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1).to_le_bytes();
     w.iter().copied().cycle().take(BLOCK).collect()
 }
 
 /// One channel on the pool's volume "v", driven to completion request by request.
-struct Harness {
+pub(super) struct Harness {
     ch: IoChannel,
     out: Vec<crate::bdev::IoCompletion>,
 }
 
 impl Harness {
-    fn open(pool: &Arc<LsvPool>) -> Harness {
-        let (meta, table) = pool.volume("v").expect("volume exists");
+    pub(super) fn open(pool: &Arc<LsvPool>) -> Harness {
+        Harness::open_volume(pool, "v")
+    }
+
+    /// The same on volume `name`.
+    pub(super) fn open_volume(pool: &Arc<LsvPool>, name: &str) -> Harness {
+        Harness::try_open_volume(pool, name).expect("the volume opens")
+    }
+
+    /// The same; None if the volume is not there or cannot be a bdev.
+    pub(super) fn try_open_volume(pool: &Arc<LsvPool>, name: &str) -> Option<Harness> {
+        let (meta, table) = pool.volume(name)?;
         let reg = BdevRegistry::new();
         let entry = reg
             .register(Arc::new(LsvVolume::new(pool.clone(), meta, table)))
-            .unwrap();
+            .ok()?;
         let ch = entry
             .open_channel(&ChannelContext {
                 queue_depth: 4,
                 buffers: None,
             })
-            .unwrap();
-        Harness {
+            .ok()?;
+        Some(Harness {
             ch,
             out: Vec::with_capacity(4),
-        }
+        })
     }
 
     fn run(&mut self, io_type: IoType, lba: u64, buf: &mut [u8]) {
@@ -59,7 +69,7 @@ impl Harness {
         assert_eq!(status, IoStatus::Success, "{io_type:?} of block {lba}");
     }
 
-    fn try_run(&mut self, io_type: IoType, lba: u64, buf: &mut [u8]) -> IoStatus {
+    pub(super) fn try_run(&mut self, io_type: IoType, lba: u64, buf: &mut [u8]) -> IoStatus {
         // SAFETY: `buf` lives, untouched, until the request completes in `finish`.
         unsafe { self.start(io_type, lba, buf) };
         self.finish()
@@ -110,18 +120,18 @@ impl Harness {
     }
 
     /// Writes blocks `lba..lba + n` with `tag`'s pattern in one request.
-    fn write_run(&mut self, lba: u64, n: u64, tag: u64) {
+    pub(super) fn write_run(&mut self, lba: u64, n: u64, tag: u64) {
         let mut buf: Vec<u8> = (lba..lba + n).flat_map(|b| pattern(b, tag)).collect();
         self.run(IoType::Write, lba, &mut buf);
     }
 
     /// Writes block `lba` with `tag`'s pattern: one record (header block, data block).
-    fn write(&mut self, lba: u64, tag: u64) {
+    pub(super) fn write(&mut self, lba: u64, tag: u64) {
         let mut buf = pattern(lba, tag);
         self.run(IoType::Write, lba, &mut buf);
     }
 
-    fn read(&mut self, lba: u64) -> Vec<u8> {
+    pub(super) fn read(&mut self, lba: u64) -> Vec<u8> {
         let mut buf = vec![0xA5u8; BLOCK];
         self.run(IoType::Read, lba, &mut buf);
         buf
@@ -146,7 +156,7 @@ fn new_pool_with_delays(max_delay_polls: u32) -> (Arc<SimDisk>, Arc<LsvPool>) {
 }
 
 /// What the disk holds durably; everything written so far must be in it.
-fn image_of(disk: &SimDisk) -> Vec<u8> {
+pub(super) fn image_of(disk: &SimDisk) -> Vec<u8> {
     assert_eq!(disk.unflushed_blocks(), 0, "every write was durable");
     disk.crash()
 }
@@ -156,7 +166,9 @@ fn open_image(image: Vec<u8>) -> Result<Arc<LsvPool>, PoolError> {
 }
 
 /// The same, with the disk the pool is opened on (to take its image again later).
-fn open_image_on_disk(image: Vec<u8>) -> (Arc<SimDisk>, Result<Arc<LsvPool>, PoolError>) {
+pub(super) fn open_image_on_disk(
+    image: Vec<u8>,
+) -> (Arc<SimDisk>, Result<Arc<LsvPool>, PoolError>) {
     let disk = Arc::new(SimDisk::from_image("sim", image, 2, 0));
     let base = BdevRegistry::new().register(disk.clone()).unwrap();
     (disk, LsvPool::open_named(base))
@@ -168,7 +180,7 @@ fn flip(image: &mut [u8], at: u64, mask: u8) {
 
 /// A fresh pool (requests delayed up to `max_delay_polls` polls), its cleaner looking at it
 /// on every poll, and a channel on "v".
-fn pool_with_cleaner(
+pub(super) fn pool_with_cleaner(
     max_delay_polls: u32,
 ) -> (Arc<SimDisk>, Arc<LsvPool>, super::cleaner::Cleaner, Harness) {
     let (disk, pool) = new_pool_with_delays(max_delay_polls);
@@ -606,13 +618,13 @@ fn checkpoint_generation(pool: &LsvPool) -> u64 {
 }
 
 /// Has the cleaner clean `victim` until the segment is free for reuse.
-fn clean(pool: &LsvPool, cleaner: &mut super::cleaner::Cleaner, victim: u64) {
+pub(super) fn clean(pool: &LsvPool, cleaner: &mut super::cleaner::Cleaner, victim: u64) {
     clean_until(pool, cleaner, victim, super::usage::SegmentState::Free);
 }
 
 /// Has the cleaner clean `victim` until the segment is in `state` (Cleaned: moved out and
 /// waiting for its flushes and free mark, nothing of them submitted yet; Free: reusable).
-fn clean_until(
+pub(super) fn clean_until(
     pool: &LsvPool,
     cleaner: &mut super::cleaner::Cleaner,
     victim: u64,

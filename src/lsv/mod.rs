@@ -31,6 +31,8 @@ pub use format::{FormatError, Superblock};
 #[cfg(test)]
 mod corruption_test;
 #[cfg(test)]
+mod hostile_pool_test;
+#[cfg(test)]
 mod model_test;
 #[cfg(test)]
 mod sim_test;

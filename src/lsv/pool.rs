@@ -62,21 +62,21 @@ use super::cleaner::CheckpointReason;
 use super::extent_table::Stored;
 use super::extent_table::{ExtentTable, GrowFence, Mapping, Update};
 use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES, VOLUME_TABLE_OFFSET};
-use super::record::{EntryOp, RecordHeader, BLOCK_BYTES};
+use super::record::{EntryOp, RecordHeader, BLOCK_BYTES, MAX_SEQ};
 use super::segment_journal::{JournalEntry, SegmentJournal, SlotContent, JOURNAL_OFFSET};
 use super::usage::{SegmentState, UsageDeltas, UsageTable};
 use crate::bdev::{BdevEntry, ChannelContext, IoChannel, IoRequest, IoStatus, IoType, IoVec};
 use crate::mem::DmaRegion;
 
 const VT_MAGIC: &[u8; 4] = b"UVT1";
-const VT_ENTRY_BYTES: usize = 80;
+pub(super) const VT_ENTRY_BYTES: usize = 80;
 const VT_NAME_BYTES: usize = 48;
 /// Volumes one pool holds (volume table version 1 fits them in one block).
 pub const MAX_VOLUMES: usize = (POOL_NAME_AT - 8) / VT_ENTRY_BYTES;
 const POOL_NAME_AT: usize = 4000;
-const NEXT_ID_AT: usize = POOL_NAME_AT + VT_NAME_BYTES + 4;
+pub(super) const NEXT_ID_AT: usize = POOL_NAME_AT + VT_NAME_BYTES + 4;
 /// The grow fence: volume id, sequence number, floor.
-const FENCE_AT: usize = 3968;
+pub(super) const FENCE_AT: usize = 3968;
 const _: () =
     assert!(8 + MAX_VOLUMES * VT_ENTRY_BYTES <= FENCE_AT && FENCE_AT + 24 <= POOL_NAME_AT);
 /// Largest single request of checkpoint I/O.
@@ -612,7 +612,7 @@ fn decode_volume_table(b: &[u8]) -> Result<VolumeTable, PoolError> {
     };
     // Sequence numbers never come near 2^62 (at ten million records a second, not for ten
     // thousand years): a fence there would keep every later write out.
-    if fence.seq >= super::record::MAX_SEQ {
+    if fence.seq >= MAX_SEQ {
         return Err(PoolError::VolumeTable(
             "grow fence sequence number out of range",
         ));
@@ -2308,7 +2308,16 @@ fn read_checkpoint_body(
         len: h.body_bytes as usize,
     };
     // Every entry is checked now, so that a damaged body is found before recovery chooses it.
-    let rows = decode_body(body.bytes(), &h, |_, _, _, _| {}).map_err(|e| e.to_string())?;
+    // Numbers at or above MAX_SEQ are never handed out: a body holding one is damage (a
+    // tombstone there would keep every later write of its block out).
+    let mut impossible = false;
+    let rows = decode_body(body.bytes(), &h, |_, _, stored, seq| {
+        impossible |= seq >= MAX_SEQ || matches!(stored, Stored::Tombstone(s) if s >= MAX_SEQ);
+    })
+    .map_err(|e| e.to_string())?;
+    if impossible || rows.iter().any(|r| r.last_seq >= MAX_SEQ) {
+        return Err("checkpoint body holds an impossible sequence number".into());
+    }
     Ok((h, rows, body))
 }
 

@@ -34,7 +34,10 @@
 //! ```
 //!
 //! Both checksums must hold for a record to count: replay stops at the first record whose
-//! header or data does not check out (a torn write at the crash).
+//! header or data does not check out (a torn write at the crash). A header whose checksum
+//! holds is still refused if a sequence number in it (`seq`, `segment_epoch`, `durable_seq`,
+//! an entry's `data_seq`) is `MAX_SEQ` or more, or a `data_seq` is not below `seq`: no
+//! writer makes one, so it is damage.
 
 use thiserror::Error;
 
@@ -230,6 +233,11 @@ impl RecordHeader {
         if version != RECORD_VERSION {
             return Err(RecordError::Version(version));
         }
+        // Numbers at or above MAX_SEQ are never handed out: such a header is damage (and
+        // would alias the summary's header marks).
+        if [8, 24, 48].iter().any(|&o| u64_at(o) >= MAX_SEQ) {
+            return Err(RecordError::Inconsistent("impossible sequence number"));
+        }
         let mut entries = Vec::with_capacity(count);
         let mut data_blocks = 0u32;
         for i in 0..count {
@@ -248,13 +256,18 @@ impl RecordHeader {
                     .checked_add(num_blocks)
                     .ok_or(RecordError::Inconsistent("data size overflows"))?;
             }
+            // A moved write's number is its original's, older than the record moving it.
+            let data_seq = u64_at(o + 24);
+            if data_seq >= MAX_SEQ || (data_seq != 0 && data_seq >= u64_at(8)) {
+                return Err(RecordError::Inconsistent("impossible data sequence number"));
+            }
             entries.push(Entry {
                 volume: u32_at(o) as u64,
                 lba: u64_at(o + 8),
                 num_blocks,
                 op,
                 data_crc: u32_at(o + 20),
-                data_seq: u64_at(o + 24),
+                data_seq,
             });
         }
         if data_blocks != u32_at(40) || data_blocks > MAX_DATA_BLOCKS {
