@@ -44,6 +44,10 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 /// Entries per leaf and pointers per node.
 pub const FANOUT: usize = 512;
 const FANOUT_BITS: u32 = 9;
+/// The largest volume: 2^40 blocks of 4 KiB (4 PiB, thin). Its table's top level takes
+/// 256 MiB (room to grow 8 times). Checked wherever a size comes in: the RPCs, and the volume
+/// table read from disk (a larger size there is damage, not a table to allocate).
+pub const MAX_VOLUME_BLOCKS: u64 = 1 << 40;
 /// Largest pool block address an entry can hold (pools up to 15 TiB of 4 KiB blocks).
 pub const MAX_POOL_BLOCK: u64 = TOMBSTONE_TAG as u64 - 2;
 

@@ -301,7 +301,7 @@ fn use_pool(pool: &Arc<LsvPool>) {
             h.try_run(IoType::Read, lba, &mut buf);
         }
         h.try_run(IoType::Write, 0, &mut buf);
-        h.try_run(IoType::Write, v.num_blocks - 1, &mut buf);
+        h.try_run(IoType::Write, v.num_blocks.saturating_sub(1), &mut buf);
         unmap(&mut h, v.num_blocks / 2, 1);
         h.try_run(IoType::Flush, 0, &mut []);
     }
@@ -381,6 +381,8 @@ fn a_hostile_pool_is_refused_or_served_never_a_panic() {
             let t = targets[rng.below(targets.len() as u64) as usize];
             done.push(damage(&mut bad, sb, t, &mut rng));
         }
+        // Shown with `--nocapture`: an abort (a failed allocation) reports nothing else.
+        eprintln!("hostile seed {seed}: {done:?}");
         match catch_unwind(AssertUnwindSafe(|| exercise(bad))) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failures.push(format!("seed {seed}: {e}; after {done:?}")),

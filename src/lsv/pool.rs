@@ -60,7 +60,7 @@ use super::checkpoint::{decode_body, CheckpointHeader, SegmentRow, CP_HEADER_BYT
 use super::checkpoint_writer::{CheckpointWalk, WalkStep};
 use super::cleaner::CheckpointReason;
 use super::extent_table::Stored;
-use super::extent_table::{ExtentTable, GrowFence, Mapping, Update};
+use super::extent_table::{ExtentTable, GrowFence, Mapping, Update, MAX_VOLUME_BLOCKS};
 use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES, VOLUME_TABLE_OFFSET};
 use super::record::{EntryOp, RecordHeader, BLOCK_BYTES, MAX_SEQ};
 use super::segment_journal::{JournalEntry, SegmentJournal, SlotContent, JOURNAL_OFFSET};
@@ -588,9 +588,13 @@ fn decode_volume_table(b: &[u8]) -> Result<VolumeTable, PoolError> {
             if len == 0 || len > VT_NAME_BYTES {
                 return Err(PoolError::VolumeTable("bad name length"));
             }
+            let num_blocks = u64::from_le_bytes(b[o + 8..o + 16].try_into().expect("8"));
+            if num_blocks == 0 || num_blocks > MAX_VOLUME_BLOCKS {
+                return Err(PoolError::VolumeTable("volume size out of range"));
+            }
             Ok(VolumeMeta {
                 id: u32::from_le_bytes(b[o..o + 4].try_into().expect("4")),
-                num_blocks: u64::from_le_bytes(b[o + 8..o + 16].try_into().expect("8")),
+                num_blocks,
                 uuid: Uuid::from_slice(&b[o + 16..o + 32]).expect("16"),
                 name: String::from_utf8(b[o + 32..o + 32 + len].to_vec())
                     .map_err(|_| PoolError::VolumeTable("name is not UTF-8"))?,
@@ -1811,6 +1815,9 @@ impl LsvPool {
         if name.is_empty() || name.len() > VT_NAME_BYTES {
             return Err(PoolError::BadName(name.to_string()));
         }
+        if num_blocks == 0 || num_blocks > MAX_VOLUME_BLOCKS {
+            return Err(PoolError::BadSize(num_blocks));
+        }
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
         if vols.values().any(|v| v.0.name == name) {
             return Err(PoolError::VolumeExists(name.to_string()));
@@ -1874,8 +1881,8 @@ impl LsvPool {
     /// Channels check every request against the size now; a write that passed the check
     /// before a shrink cut its block off maps nothing (`ExtentTable::update`).
     pub fn resize_volume(&self, name: &str, blocks: u64) -> Result<VolumeMeta, PoolError> {
-        if blocks == 0 {
-            return Err(PoolError::BadSize(0));
+        if blocks == 0 || blocks > MAX_VOLUME_BLOCKS {
+            return Err(PoolError::BadSize(blocks));
         }
         // Retire a standing fence before a grow sets its own. Outside the volumes' lock: a
         // checkpoint's walk takes it when it begins. Never waits for the cleaner's checkpoint: this may
@@ -2285,7 +2292,7 @@ fn read_checkpoint_header(
         .map_err(|e| e.to_string())?;
     let h = CheckpointHeader::decode(io.bytes(CP_HEADER_BYTES)).map_err(|e| e.to_string())?;
     if h.segment_count != sb.segment_count
-        || h.body_bytes + CP_HEADER_BYTES as u64 > sb.metadata_slot_bytes
+        || h.body_bytes.saturating_add(CP_HEADER_BYTES as u64) > sb.metadata_slot_bytes
     {
         return Err("checkpoint does not match the pool's layout".into());
     }

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::methods::RpcContext;
 use super::protocol::{params, RpcError, INVALID_STATE};
 use crate::bdev::BdevError;
+use crate::lsv::extent_table::MAX_VOLUME_BLOCKS;
 use crate::lsv::pool::{LsvPool, PoolError};
 use crate::lsv::pools::Pools;
 use crate::lsv::volume::LsvVolume;
@@ -176,7 +177,7 @@ pub fn bdev_lvol_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
     let blocks = p
         .size_in_mib
         .checked_mul(256)
-        .filter(|&b| b > 0 && b <= 1 << 40)
+        .filter(|&b| b > 0 && b <= MAX_VOLUME_BLOCKS)
         .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be between 1 and 4 PiB"))?;
     let (meta, table) = pool.create_volume(&p.lvol_name, blocks).map_err(pool_err)?;
     let vol = LsvVolume::new(pool.clone(), meta.clone(), table);
@@ -226,7 +227,7 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
     let blocks = p
         .size_in_mib
         .checked_mul(256)
-        .filter(|&b| b > 0 && b <= 1 << 40)
+        .filter(|&b| b > 0 && b <= MAX_VOLUME_BLOCKS)
         .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be between 1 and 4 PiB"))?;
     let by_uuid = ctx.pools.list().into_iter().find_map(|pool| {
         pool.volumes()
