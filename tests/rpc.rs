@@ -390,9 +390,18 @@ fn hostile_request(rng: &mut Rng, i: usize) -> Vec<u8> {
         r#"{"jsonrpc":"2.0","id":2,"method":"framework_get_config","params":{"name":"bdev"}}"#,
         r#"{"jsonrpc":"2.0","id":3,"method":"bdev_malloc_delete","params":{"name":"nope"}}"#,
         r#"[{"jsonrpc":"2.0","id":4,"method":"thread_get_stats"},{"jsonrpc":"2.0","id":5,"method":"rpc_get_methods"}]"#,
+        // A pool (lvstore) and its volumes, on a malloc bdev of 64 MiB.
+        r#"{"jsonrpc":"2.0","id":6,"method":"bdev_malloc_create","params":{"name":"HM","num_blocks":16384,"block_size":4096}}"#,
+        r#"{"jsonrpc":"2.0","id":7,"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"HM","lvs_name":"hl","cluster_sz":1048576}}"#,
+        r#"{"jsonrpc":"2.0","id":8,"method":"bdev_lvol_create","params":{"lvol_name":"hv","size_in_mib":4,"lvs_name":"hl","thin_provision":true}}"#,
+        r#"{"jsonrpc":"2.0","id":9,"method":"bdev_lvol_resize","params":{"name":"hl/hv","size_in_mib":8}}"#,
+        r#"{"jsonrpc":"2.0","id":10,"method":"bdev_lvol_get_lvols","params":{"lvs_name":"hl"}}"#,
+        r#"{"jsonrpc":"2.0","id":11,"method":"unblend_lsv_get_stats","params":{"lvs_name":"hl"}}"#,
+        r#"{"jsonrpc":"2.0","id":12,"method":"bdev_lvol_delete","params":{"name":"hl/hv"}}"#,
+        r#"{"jsonrpc":"2.0","id":13,"method":"bdev_lvol_delete_lvstore","params":{"lvs_name":"hl"}}"#,
     ];
     let base = templates[rng.below(templates.len() as u64) as usize].as_bytes();
-    match i % 8 {
+    match i % 9 {
         // Truncated.
         0 => base[..rng.below(base.len() as u64) as usize].to_vec(),
         // Random bytes flipped.
@@ -438,6 +447,27 @@ fn hostile_request(rng: &mut Rng, i: usize) -> Vec<u8> {
             v.extend_from_slice(b" \x01\x02 ");
             v.extend_from_slice(base);
             v
+        }
+        // A pool or volume size, or a segment size, at an extreme.
+        8 => {
+            let vals = [
+                "0", "1", "-1", "3", "4095", "4096", "1048575", "268435456", "536870912",
+                "2147483648", "4294967296", "4398046511104", "9007199254740993",
+                "18446744073709551615", "18446744073709551616", "1e300", "1.5",
+            ];
+            let v = vals[rng.below(vals.len() as u64) as usize];
+            match rng.below(3) {
+                0 => format!(
+                    r#"{{"jsonrpc":"2.0","id":7,"method":"bdev_lvol_create_lvstore","params":{{"bdev_name":"HM","lvs_name":"hl","cluster_sz":{v}}}}}"#
+                ),
+                1 => format!(
+                    r#"{{"jsonrpc":"2.0","id":8,"method":"bdev_lvol_create","params":{{"lvol_name":"hv","size_in_mib":{v},"lvs_name":"hl"}}}}"#
+                ),
+                _ => format!(
+                    r#"{{"jsonrpc":"2.0","id":9,"method":"bdev_lvol_resize","params":{{"name":"hl/hv","size_in_mib":{v}}}}}"#
+                ),
+            }
+            .into_bytes()
         }
         // Long strings; every 1000th request carries a 10 MB one.
         _ => {

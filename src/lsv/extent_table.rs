@@ -44,9 +44,10 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 /// Entries per leaf and pointers per node.
 pub const FANOUT: usize = 512;
 const FANOUT_BITS: u32 = 9;
-/// The largest volume: 2^40 blocks of 4 KiB (4 PiB, thin). Its table's top level takes
-/// 256 MiB (room to grow 8 times). Checked wherever a size comes in: the RPCs, and the volume
-/// table read from disk (a larger size there is damage, not a table to allocate).
+/// The largest volume: 2^40 blocks of 4 KiB (4 PiB, thin). Its table's top level is 256 MiB
+/// of zeroed pointers (room to grow 8 times), backed by memory only where nodes are installed.
+/// Checked wherever a size comes in: the RPCs, and the volume table read from disk (a larger
+/// size there is damage, not a table to allocate).
 pub const MAX_VOLUME_BLOCKS: u64 = 1 << 40;
 /// Largest pool block address an entry can hold (pools up to 15 TiB of 4 KiB blocks).
 pub const MAX_POOL_BLOCK: u64 = TOMBSTONE_TAG as u64 - 2;
@@ -237,10 +238,12 @@ impl ExtentTable {
     pub fn new(num_blocks: u64) -> ExtentTable {
         let per_top = (FANOUT * FANOUT) as u64;
         let top_len = Self::growth_capacity(num_blocks).div_ceil(per_top).max(1) as usize;
+        // Zeroed, so the kernel backs the top level lazily: the largest volume's 256 MiB of
+        // pointers cost memory only where nodes are installed (and walks read zero pages).
+        // SAFETY: every element is a null `AtomicPtr`, whose bytes are all zero.
+        let top = unsafe { Box::<[AtomicPtr<Node>]>::new_zeroed_slice(top_len).assume_init() };
         ExtentTable {
-            top: (0..top_len)
-                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                .collect(),
+            top,
             num_blocks: AtomicU64::new(num_blocks),
             leaves: AtomicU64::new(0),
             nodes: AtomicU64::new(0),
@@ -327,22 +330,25 @@ impl ExtentTable {
         let old = self.num_blocks.swap(blocks, Ordering::SeqCst);
         assert!(blocks <= old, "shrink from {old} to {blocks} blocks");
         let mut freed = Vec::new();
-        for lba in blocks..old {
-            if let Some((leaf, i)) = self.leaf(lba) {
-                // A block past the end keeps no tombstone number, which a later unmap
-                // (after the volume grows again) would otherwise inherit through fetch_max.
-                let seqs = leaf.tombstones.load(Ordering::Acquire);
-                if !seqs.is_null() {
-                    // SAFETY: installed arrays live until the table drops.
-                    unsafe { &*seqs }.seqs[i].store(0, Ordering::Release);
-                }
-                let v = leaf.entries[i].swap(0, Ordering::SeqCst);
-                if let Mapping::At(p) = decode(v) {
-                    self.mapped.fetch_sub(1, Ordering::Relaxed);
-                    freed.push(p);
-                }
+        // Only installed leaves: a walk of every LBA cut off would take hours for a volume
+        // shrunk from petabytes, on the reactor that serves the RPC.
+        self.for_each_installed(blocks, |lba, leaf, i| {
+            if lba >= old {
+                return;
             }
-        }
+            // A block past the end keeps no tombstone number, which a later unmap (after the
+            // volume grows again) would otherwise inherit through fetch_max.
+            let seqs = leaf.tombstones.load(Ordering::Acquire);
+            if !seqs.is_null() {
+                // SAFETY: installed arrays live until the table drops.
+                unsafe { &*seqs }.seqs[i].store(0, Ordering::Release);
+            }
+            let v = leaf.entries[i].swap(0, Ordering::SeqCst);
+            if let Mapping::At(p) = decode(v) {
+                self.mapped.fetch_sub(1, Ordering::Relaxed);
+                freed.push(p);
+            }
+        });
         freed
     }
 
@@ -531,7 +537,7 @@ impl ExtentTable {
     /// Calls `f` for every entry that is not empty, in LBA order (a checkpoint's snapshot;
     /// entries changing meanwhile are seen either before or after their change).
     pub fn for_each(&self, mut f: impl FnMut(u64, Stored)) {
-        self.for_each_installed(|lba, leaf, i| {
+        self.for_each_installed(0, |lba, leaf, i| {
             let v = leaf.entries[i].load(Ordering::Acquire);
             if v != 0 {
                 f(lba, leaf.stored(i, v));
@@ -588,7 +594,7 @@ impl ExtentTable {
     /// or finds it taken here.
     pub fn drain(&self, mut f: impl FnMut(u64)) {
         self.retired.store(true, Ordering::SeqCst);
-        self.for_each_installed(|_, leaf, i| {
+        self.for_each_installed(0, |_, leaf, i| {
             let e = &leaf.entries[i];
             if e.load(Ordering::SeqCst) == 0 {
                 return;
@@ -600,26 +606,32 @@ impl ExtentTable {
         });
     }
 
-    /// Calls `f` with every index of every installed leaf and its LBA, in LBA order.
-    /// The pointers are loaded SeqCst, for `drain` (see `install`).
-    fn for_each_installed(&self, mut f: impl FnMut(u64, &Leaf, usize)) {
-        for (t, slot) in self.top.iter().enumerate() {
+    /// Calls `f` with every index at or past `first_lba` of every installed leaf and its LBA,
+    /// in LBA order. It visits only what is installed (and the top level), never the LBAs
+    /// of a whole unmapped range: a volume of 2^40 blocks costs its 2^25 top pointers.
+    /// The pointers are loaded SeqCst, for `drain` and `shrink` (see `install`).
+    fn for_each_installed(&self, first_lba: u64, mut f: impl FnMut(u64, &Leaf, usize)) {
+        let (first_t, _, _) = Self::split(first_lba);
+        for (t, slot) in self.top.iter().enumerate().skip(first_t) {
             let node = slot.load(Ordering::SeqCst);
             if node.is_null() {
                 continue;
             }
             // SAFETY: installed nodes and leaves live until the table drops.
             for (n, l) in unsafe { &*node }.leaves.iter().enumerate() {
+                let leaf_lba = ((t as u64) << (2 * FANOUT_BITS)) | ((n as u64) << FANOUT_BITS);
+                if leaf_lba + FANOUT as u64 <= first_lba {
+                    continue;
+                }
                 let leaf = l.load(Ordering::SeqCst);
                 if leaf.is_null() {
                     continue;
                 }
                 // SAFETY: as above.
                 let leaf = unsafe { &*leaf };
-                for i in 0..FANOUT {
-                    let lba =
-                        ((t as u64) << (2 * FANOUT_BITS)) | ((n as u64) << FANOUT_BITS) | i as u64;
-                    f(lba, leaf, i);
+                let first_i = first_lba.saturating_sub(leaf_lba) as usize;
+                for i in first_i..FANOUT {
+                    f(leaf_lba | i as u64, leaf, i);
                 }
             }
         }
@@ -966,6 +978,30 @@ mod tests {
         );
         assert_eq!(t.lookup(8), Mapping::Zero);
         assert_eq!(t.mapped_blocks(), 0);
+    }
+
+    /// A shrink visits only the leaves installed past the new end: a volume shrunk from
+    /// the largest size to a few blocks used to walk every one of 2^40 LBAs, which took the
+    /// RPC's reactor hours (found by the hostile RPC test).
+    #[test]
+    fn shrinking_the_largest_volume_frees_its_mapped_tail_without_walking_every_block() {
+        let t = ExtentTable::new(MAX_VOLUME_BLOCKS);
+        let end = MAX_VOLUME_BLOCKS - 1;
+        for (lba, a) in [(3, 30), (1000, 40), (1 << 30, 50), (end, 60)] {
+            let u = t.update(lba, Some(addr(a)), a, &seq_of, false);
+            assert!(matches!(u, Update::Applied { .. }), "{u:?}");
+        }
+        // A tombstone past the new end goes too.
+        t.update(end - 1, None, 70, &seq_of, false);
+        let mut freed = t.shrink(1000);
+        freed.sort_unstable();
+        assert_eq!(freed, vec![addr(40), addr(50), addr(60)]);
+        assert_eq!(t.mapped_blocks(), 1);
+        assert_eq!(t.lookup(3), Mapping::At(addr(30)));
+        assert_eq!(t.lookup(999), Mapping::Zero);
+        let mut left = Vec::new();
+        t.for_each(|lba, stored| left.push((lba, stored)));
+        assert_eq!(left, vec![(3, Stored::At(addr(30)))]);
     }
 
     #[test]
