@@ -157,7 +157,8 @@ impl CheckpointHeader {
             body_crc: u32_at(56),
         };
         // Numbers at or above MAX_SEQ are never handed out, and generations count checkpoints,
-        // fewer still: such a header is damage (and the numbers after it would overflow).
+        // fewer still: such a header is damage. (Recovery also refuses to number on from
+        // within `SEQ_HEADROOM` of it.)
         if h.complete_seq >= h.next_seq
             || h.next_seq >= MAX_SEQ
             || h.generation == 0

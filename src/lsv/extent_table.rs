@@ -44,8 +44,8 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 /// Entries per leaf and pointers per node.
 pub const FANOUT: usize = 512;
 const FANOUT_BITS: u32 = 9;
-/// The largest volume: 2^40 blocks of 4 KiB (4 PiB, thin). Its table's top level is 256 MiB
-/// of zeroed pointers (room to grow 8 times), backed by memory only where nodes are installed.
+/// The largest volume: 2^40 blocks of 4 KiB (4 PiB, thin). Its table's top level is 32 MiB
+/// of zeroed pointers, backed by memory only where nodes are installed.
 /// Checked wherever a size comes in: the RPCs, and the volume table read from disk (a larger
 /// size there is damage, not a table to allocate).
 pub const MAX_VOLUME_BLOCKS: u64 = 1 << 40;
@@ -238,7 +238,7 @@ impl ExtentTable {
     pub fn new(num_blocks: u64) -> ExtentTable {
         let per_top = (FANOUT * FANOUT) as u64;
         let top_len = Self::growth_capacity(num_blocks).div_ceil(per_top).max(1) as usize;
-        // Zeroed, so the kernel backs the top level lazily: the largest volume's 256 MiB of
+        // Zeroed, so the kernel backs the top level lazily: the largest volume's 32 MiB of
         // pointers cost memory only where nodes are installed (and walks read zero pages).
         // SAFETY: every element is a null `AtomicPtr`, whose bytes are all zero.
         let top = unsafe { Box::<[AtomicPtr<Node>]>::new_zeroed_slice(top_len).assume_init() };
@@ -265,9 +265,13 @@ impl ExtentTable {
     }
 
     /// How far a volume created with `num_blocks` may grow: 8 times its size, and at least
-    /// 1 GiB of 4 KiB blocks (the top level costs 8 bytes per GiB of that).
+    /// 1 GiB of 4 KiB blocks, but not past `MAX_VOLUME_BLOCKS` (the top level costs 8 bytes
+    /// per GiB of that).
     pub fn growth_capacity(num_blocks: u64) -> u64 {
-        num_blocks.saturating_mul(8).max(1 << 18)
+        num_blocks
+            .saturating_mul(8)
+            .max(1 << 18)
+            .min(MAX_VOLUME_BLOCKS.max(num_blocks))
     }
 
     /// The most blocks this table can map.
@@ -361,7 +365,7 @@ impl ExtentTable {
     }
 
     /// The leaf holding `lba` and its index there, if the leaf exists (reads never allocate).
-    /// SeqCst loads (plain loads on x86), for `resize`'s walk (see `install`).
+    /// SeqCst loads (plain loads on x86; see `install`).
     #[inline]
     fn leaf(&self, lba: u64) -> Option<(&Leaf, usize)> {
         let (t, n, l) = Self::split(lba);

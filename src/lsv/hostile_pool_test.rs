@@ -4,10 +4,11 @@
 //! superblock, the volume table, a journal entry, a checkpoint header or body, or a record
 //! header takes an extreme or random value, and its checksum is made right again, as a bug
 //! or a hand-made image would. Then opening the pool (recovery), reading, writing and
-//! unmapping every volume, the cleaner cleaning every sealed segment, a checkpoint, opening
+//! unmapping every volume, the cleaner cleaning every sealed segment, two checkpoints, opening
 //! the pool again after all that, and the offline `pool inspect` and `pool check` must each
 //! refuse with an error or go on: never panic (and, in this debug build, never fail a
-//! `debug_assert!`).
+//! `debug_assert!`). A pool that opened must open again after its own writes, and every
+//! write it acknowledged before a flush must read back.
 //!
 //! `UNBLEND_HOSTILE_SEEDS=N` runs N seeds (default 300) from `UNBLEND_HOSTILE_FIRST_SEED`
 //! (default 0); `UNBLEND_HOSTILE_SEED=S` runs seed S alone. A failing seed is printed with the
@@ -18,11 +19,11 @@ use std::sync::{Arc, OnceLock};
 
 use super::cleaner::Cleaner;
 use super::corruption_test::{
-    clean, image_of, open_image_on_disk, pool_with_cleaner, Harness, BLOCK, VOLUME_BLOCKS,
+    clean, image_of, open_image_on_disk, pattern, pool_with_cleaner, Harness, BLOCK, VOLUME_BLOCKS,
 };
 use super::format::Superblock;
 use super::pool::{LsvPool, FENCE_AT, NEXT_ID_AT, VT_ENTRY_BYTES};
-use super::record::{RecordHeader, MAX_SEQ};
+use super::record::{RecordHeader, MAX_SEQ, SEQ_HEADROOM};
 use super::segment_journal::{JournalEntry, SlotContent, JOURNAL_OFFSET};
 use super::usage::SegmentState;
 use crate::bdev::sim::SimRng;
@@ -165,6 +166,8 @@ fn hostile_value(rng: &mut SimRng, now: u64, width: usize, sb: &Superblock) -> u
         seg_blocks,
         seg_blocks - 1,
         VOLUME_BLOCKS,
+        MAX_SEQ - SEQ_HEADROOM - (1 << 20),
+        MAX_SEQ - (1 << 17),
         MAX_SEQ - 1,
         MAX_SEQ,
         u32::MAX as u64,
@@ -228,8 +231,9 @@ fn damage(image: &mut [u8], sb: &Superblock, target: Target, rng: &mut SimRng) -
         Target::CheckpointBody(at) => {
             let body_bytes = get(image, at + 48, 8) as usize;
             let width = [1, 2, 4, 8][rng.below(4) as usize];
-            if body_bytes < 8 {
-                return format!("{target:?}: a body too short to damage");
+            // (An earlier damage of this seed may have set the header's body size.)
+            if body_bytes < 8 || body_bytes > (sb.metadata_slot_bytes as usize) - BLOCK {
+                return format!("{target:?}: no body of a size to damage");
             }
             let o = rng.below((body_bytes - width) as u64) as usize;
             (at + BLOCK, vec![(o, width)])
@@ -278,11 +282,24 @@ fn damage(image: &mut [u8], sb: &Superblock, target: Target, rng: &mut SimRng) -
 fn exercise(image: Vec<u8>) -> Result<(), String> {
     let (disk, opened) = open_image_on_disk(image.clone());
     if let Ok(pool) = opened {
-        use_pool(&pool);
+        let kept = use_pool(&pool);
         drop(pool);
         let after = disk.crash();
-        if let Err(e) = open_image_on_disk(after).1 {
-            return Err(format!("opened, then refused after its own writes: {e}"));
+        let pool = match open_image_on_disk(after).1 {
+            Ok(pool) => pool,
+            Err(e) => return Err(format!("opened, then refused after its own writes: {e}")),
+        };
+        for (name, lba, want) in kept {
+            let mut h = Harness::try_open_volume(&pool, &name)
+                .ok_or_else(|| format!("volume {name} is gone after a reopen"))?;
+            let mut got = vec![0u8; BLOCK];
+            let status = h.try_run(IoType::Read, lba, &mut got);
+            if status != IoStatus::Success || got != want {
+                return Err(format!(
+                    "{name} block {lba}, written and flushed, reads back {status:?} {}",
+                    if got == want { "right" } else { "wrong" }
+                ));
+            }
         }
     }
     offline_tools(&image);
@@ -290,9 +307,11 @@ fn exercise(image: Vec<u8>) -> Result<(), String> {
 }
 
 /// Reads, writes and unmaps every volume, has the cleaner clean every sealed segment, and
-/// writes a checkpoint. Failures are fine; panics are not.
-fn use_pool(pool: &Arc<LsvPool>) {
+/// writes two checkpoints (both slots). Failures are fine; panics are not. Returns the
+/// writes that succeeded before a flush that did: (volume, block, data).
+fn use_pool(pool: &Arc<LsvPool>) -> Vec<(String, u64, Vec<u8>)> {
     let mut buf = vec![0u8; BLOCK];
+    let mut kept = Vec::new();
     for v in pool.volumes() {
         let Some(mut h) = Harness::try_open_volume(pool, &v.name) else {
             continue;
@@ -300,13 +319,23 @@ fn use_pool(pool: &Arc<LsvPool>) {
         for lba in 0..v.num_blocks.min(MAX_READ_BLOCKS) {
             h.try_run(IoType::Read, lba, &mut buf);
         }
-        h.try_run(IoType::Write, 0, &mut buf);
-        h.try_run(IoType::Write, v.num_blocks.saturating_sub(1), &mut buf);
-        unmap(&mut h, v.num_blocks / 2, 1);
-        h.try_run(IoType::Flush, 0, &mut []);
+        let mut written = Vec::new();
+        for lba in [0, v.num_blocks.saturating_sub(1)] {
+            let mut data = pattern(lba, 0xB0B);
+            if h.try_run(IoType::Write, lba, &mut data) == IoStatus::Success {
+                written.push((v.name.clone(), lba, data));
+            }
+        }
+        // Between the two written blocks (a damaged size may be 1 or 2).
+        if v.num_blocks >= 3 {
+            unmap(&mut h, v.num_blocks / 2, 1);
+        }
+        if h.try_run(IoType::Flush, 0, &mut []) == IoStatus::Success {
+            kept.extend(written);
+        }
     }
     let Ok(mut cleaner) = Cleaner::new(pool.clone()) else {
-        return;
+        return kept;
     };
     cleaner.check_every_poll();
     for seg in 0..pool.usage.len() as u64 {
@@ -323,6 +352,8 @@ fn use_pool(pool: &Arc<LsvPool>) {
     }
     drop(cleaner);
     let _ = pool.checkpoint_sync();
+    let _ = pool.checkpoint_sync();
+    kept
 }
 
 /// `pool inspect` and `pool check` on a file holding `image`.
@@ -372,13 +403,31 @@ fn a_hostile_pool_is_refused_or_served_never_a_panic() {
             (first..first + env_u64("UNBLEND_HOSTILE_SEEDS").unwrap_or(300)).collect()
         }
     };
+    // One of each kind.
+    let mut kinds: Vec<Target> = Vec::new();
+    for t in &targets {
+        if !kinds
+            .iter()
+            .any(|k| std::mem::discriminant(k) == std::mem::discriminant(t))
+        {
+            kinds.push(*t);
+        }
+    }
+    assert_eq!(kinds.len(), 6, "{kinds:?}");
     let mut failures = Vec::new();
     for &seed in &seeds {
         let mut rng = SimRng::new(seed);
         let mut bad = image.clone();
         let mut done = Vec::new();
         for _ in 0..1 + rng.below(3) {
-            let t = targets[rng.below(targets.len() as u64) as usize];
+            // A kind first, then one of its kind: records far outnumber the rest.
+            let kind = std::mem::discriminant(&kinds[rng.below(kinds.len() as u64) as usize]);
+            let of_kind: Vec<Target> = targets
+                .iter()
+                .copied()
+                .filter(|t| std::mem::discriminant(t) == kind)
+                .collect();
+            let t = of_kind[rng.below(of_kind.len() as u64) as usize];
             done.push(damage(&mut bad, sb, t, &mut rng));
         }
         // Shown with `--nocapture`: an abort (a failed allocation) reports nothing else.

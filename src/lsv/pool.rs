@@ -62,7 +62,7 @@ use super::cleaner::CheckpointReason;
 use super::extent_table::Stored;
 use super::extent_table::{ExtentTable, GrowFence, Mapping, Update, MAX_VOLUME_BLOCKS};
 use super::format::{FormatError, Superblock, SUPERBLOCK_BYTES, VOLUME_TABLE_OFFSET};
-use super::record::{EntryOp, RecordHeader, BLOCK_BYTES, MAX_SEQ};
+use super::record::{EntryOp, RecordHeader, BLOCK_BYTES, MAX_SEQ, SEQ_HEADROOM};
 use super::segment_journal::{JournalEntry, SegmentJournal, SlotContent, JOURNAL_OFFSET};
 use super::usage::{SegmentState, UsageDeltas, UsageTable};
 use crate::bdev::{BdevEntry, ChannelContext, IoChannel, IoRequest, IoStatus, IoType, IoVec};
@@ -1230,10 +1230,12 @@ impl LsvPool {
             whole[seg as usize] = row.state == SegmentState::Open || row.last_seq > after;
         }
         let mut damaged_slots = Vec::new();
-        let journaled = match &self.journal {
+        // The journal's intact entries, and whether every slot was intact.
+        let (journal_entries, journal_intact) = match &self.journal {
             Some(j) => self.read_journal(&mut io, j, &mut damaged_slots)?,
-            None => None,
+            None => (Vec::new(), false),
         };
+        let journaled = journal_intact.then_some(&journal_entries);
         let probe_all = journaled.is_none();
         // Segments read for the journal alone, and the uses it names in each: a chain there
         // is replayed only if it is one of those uses. (A crash may keep a use's first record
@@ -1241,9 +1243,10 @@ impl LsvPool {
         // lands while that use's first record does not must not revive the old chain.)
         let mut journal_uses: std::collections::HashMap<u64, Vec<u64>> =
             std::collections::HashMap::new();
-        let mut newest_journaled = 0;
-        for e in journaled.iter().flatten() {
-            newest_journaled = newest_journaled.max(e.epoch);
+        // Numbers go on above every intact entry's epoch, damaged journal or not (the slot
+        // stays held until a checkpoint covers it).
+        let newest_journaled = journal_entries.iter().map(|e| e.epoch).max().unwrap_or(0);
+        for e in journaled.into_iter().flatten() {
             if e.epoch > after && !whole[e.segment as usize] {
                 journal_uses.entry(e.segment).or_default().push(e.epoch);
             }
@@ -1314,6 +1317,9 @@ impl LsvPool {
         }
         // The checkpoint's map, decoded again from its body (checked when it was read).
         let mut outside = None;
+        // The newest number in the map: later writes must outnumber it, or they would lose
+        // to it (a checkpoint is taken while writes go on, so it may pass `h.next_seq`).
+        let mut newest_mapped = 0u64;
         // The volume of the entries before (they come a volume at a time).
         let mut volume: Option<(u32, Option<Arc<ExtentTable>>)> = None;
         decode_body(body.bytes(), &h, |vol, lba, stored, seq| {
@@ -1321,6 +1327,7 @@ impl LsvPool {
             if traced(lba, 1) {
                 eprintln!("trace: checkpoint has lba {lba} {stored:?} seq {seq}");
             }
+            newest_mapped = newest_mapped.max(seq);
             if outside.is_some() {
                 return;
             }
@@ -1449,7 +1456,17 @@ impl LsvPool {
             .max(fence_seq.saturating_add(1))
             .max(newest_journaled.saturating_add(1))
             .max(stale_newest.saturating_add(1))
+            .max(newest_mapped.saturating_add(1))
             .saturating_add(SEQ_GAP_AFTER_RECOVERY);
+        // Numbers go on from here, and one read back at or above MAX_SEQ is damage: a pool
+        // whose numbers are already within SEQ_HEADROOM of it was damaged in a way its
+        // checksums let through, and numbering on would write what a later open refuses.
+        if next_seq >= MAX_SEQ - SEQ_HEADROOM || h.generation >= MAX_SEQ - SEQ_HEADROOM {
+            return Err(PoolError::Corrupt(format!(
+                "sequence number {next_seq} or checkpoint generation {} is within 2^60 of the largest (2^62): only damage puts a pool there",
+                h.generation
+            )));
+        }
         self.next_seq.store(next_seq, Ordering::SeqCst);
         if let Some(j) = &self.journal {
             for &slot in &damaged_slots {
@@ -1499,7 +1516,7 @@ impl LsvPool {
         io: &mut SyncIo,
         journal: &SegmentJournal,
         damaged: &mut Vec<u64>,
-    ) -> Result<Option<Vec<JournalEntry>>, PoolError> {
+    ) -> Result<(Vec<JournalEntry>, bool), PoolError> {
         let len = journal.slots() as usize * BLOCK_BYTES;
         let buf = io.buf.as_ptr();
         io.read_into(JOURNAL_OFFSET, buf, len)?;
@@ -1522,9 +1539,9 @@ impl LsvPool {
         journal.restore(&entries);
         if let Some((slot, why)) = damage {
             tracing::warn!(pool = %self.name, slot, "segment journal is damaged ({why}); recovery reads the first block of every segment");
-            return Ok(None);
+            return Ok((entries, false));
         }
-        Ok(Some(entries))
+        Ok((entries, true))
     }
 
     /// The records of one use of segment `seg` (its bytes), in order, up to the first that
@@ -2319,7 +2336,9 @@ fn read_checkpoint_body(
     // tombstone there would keep every later write of its block out).
     let mut impossible = false;
     let rows = decode_body(body.bytes(), &h, |_, _, stored, seq| {
-        impossible |= seq >= MAX_SEQ || matches!(stored, Stored::Tombstone(s) if s >= MAX_SEQ);
+        // (A tombstone's number is its entry's seq.)
+        debug_assert!(!matches!(stored, Stored::Tombstone(s) if s != seq));
+        impossible |= seq >= MAX_SEQ;
     })
     .map_err(|e| e.to_string())?;
     if impossible || rows.iter().any(|r| r.last_seq >= MAX_SEQ) {

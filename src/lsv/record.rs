@@ -37,7 +37,7 @@
 //! header or data does not check out (a torn write at the crash). A header whose checksum
 //! holds is still refused if a sequence number in it (`seq`, `segment_epoch`, `durable_seq`,
 //! an entry's `data_seq`) is `MAX_SEQ` or more, or a `data_seq` is not below `seq`: no
-//! writer makes one, so it is damage.
+//! writer makes one. Recovery's chain walk then ends there, as at a torn record.
 
 use thiserror::Error;
 
@@ -48,6 +48,12 @@ pub const BLOCK_BYTES: usize = 4096;
 /// thousand years): a number at or above it read from disk (a grow fence, a journal epoch
 /// or position) is damage, not a number to go on from.
 pub const MAX_SEQ: u64 = 1 << 62;
+/// Recovery refuses a pool whose numbers (or checkpoint generations) would go on from within
+/// this of `MAX_SEQ`: only damage puts them there, and numbering on from there would write
+/// what a later open refuses. A pool opened below it would take 2^60 records to reach
+/// `MAX_SEQ` (3,600 years at ten million a second). A number crafted to lie just below
+/// `MAX_SEQ - SEQ_HEADROOM` still opens once, and is refused at a later open.
+pub const SEQ_HEADROOM: u64 = 1 << 60;
 const FIXED_HEADER_BYTES: usize = 64;
 const ENTRY_BYTES: usize = 32;
 /// Most entries one record may carry (a generous bound on one poll pass's writes).
