@@ -5,10 +5,11 @@
 //! header takes an extreme or random value, and its checksum is made right again, as a bug
 //! or a hand-made image would. Then opening the pool (recovery), reading, writing and
 //! unmapping every volume, the cleaner cleaning every sealed segment, two checkpoints, opening
-//! the pool again after all that, and the offline `pool inspect` and `pool check` must each
-//! refuse with an error or go on: never panic (and, in this debug build, never fail a
-//! `debug_assert!`). A pool that opened must open again after its own writes, and every
-//! write it acknowledged before a flush must read back.
+//! the pool again after all that, and the offline `pool inspect`, `pool check` and
+//! `pool check --repair` must each refuse with an error or go on: never panic (and, in this
+//! debug build, never fail a `debug_assert!`). A pool that opened must open again after its
+//! own writes, and every write it acknowledged before a flush must read back; a repair that
+//! leaves nothing must leave a pool that checks clean.
 //!
 //! `UNBLEND_HOSTILE_SEEDS=N` runs N seeds (default 300) from `UNBLEND_HOSTILE_FIRST_SEED`
 //! (default 0); `UNBLEND_HOSTILE_SEED=S` runs seed S alone. A failing seed is printed with the
@@ -302,8 +303,7 @@ fn exercise(image: Vec<u8>) -> Result<(), String> {
             }
         }
     }
-    offline_tools(&image);
-    Ok(())
+    offline_tools(&image)
 }
 
 /// Reads, writes and unmaps every volume, has the cleaner clean every sealed segment, and
@@ -356,17 +356,38 @@ fn use_pool(pool: &Arc<LsvPool>) -> Vec<(String, u64, Vec<u8>)> {
     kept
 }
 
-/// `pool inspect` and `pool check` on a file holding `image`.
-fn offline_tools(image: &[u8]) {
-    let path = std::env::temp_dir().join(format!(
+/// A file holding a pool image, removed when dropped (a panic included).
+struct ImageFile(std::path::PathBuf);
+
+impl Drop for ImageFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `pool inspect`, `pool check` and `pool check --repair` on a file holding `image`. A
+/// repair that leaves nothing remaining must leave a pool that checks clean.
+fn offline_tools(image: &[u8]) -> Result<(), String> {
+    let file = ImageFile(std::env::temp_dir().join(format!(
         "unblend-hostile-{}-{:?}.img",
         std::process::id(),
         std::thread::current().id()
-    ));
-    std::fs::write(&path, image).unwrap();
-    let _ = super::tools::inspect(&path);
-    let _ = super::tools::check(&path, false);
-    std::fs::remove_file(&path).unwrap();
+    )));
+    std::fs::write(&file.0, image).unwrap();
+    let _ = super::tools::inspect(&file.0);
+    let _ = super::tools::check(&file.0, false);
+    if let Ok(r) = super::tools::check(&file.0, true) {
+        if r.remaining.is_empty() {
+            let again = super::tools::check(&file.0, false).map_err(|e| e.to_string())?;
+            if !again.remaining.is_empty() {
+                return Err(format!(
+                    "check --repair left nothing ({:?}), then check found {:?}",
+                    r.repaired, again.remaining
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn env_u64(name: &str) -> Option<u64> {
