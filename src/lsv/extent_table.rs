@@ -612,7 +612,7 @@ impl ExtentTable {
 
     /// Calls `f` with every index at or past `first_lba` of every installed leaf and its LBA,
     /// in LBA order. It visits only what is installed (and the top level), never the LBAs
-    /// of a whole unmapped range: a volume of 2^40 blocks costs its 2^25 top pointers.
+    /// of a whole unmapped range: the largest volume costs its 2^22 top pointers.
     /// The pointers are loaded SeqCst, for `drain` and `shrink` (see `install`).
     fn for_each_installed(&self, first_lba: u64, mut f: impl FnMut(u64, &Leaf, usize)) {
         let (first_t, _, _) = Self::split(first_lba);

@@ -241,6 +241,7 @@ impl RecordHeader {
         }
         // Numbers at or above MAX_SEQ are never handed out: such a header is damage (and
         // would alias the summary's header marks).
+        let seq = u64_at(8);
         if [8, 24, 48].iter().any(|&o| u64_at(o) >= MAX_SEQ) {
             return Err(RecordError::Inconsistent("impossible sequence number"));
         }
@@ -264,7 +265,7 @@ impl RecordHeader {
             }
             // A moved write's number is its original's, older than the record moving it.
             let data_seq = u64_at(o + 24);
-            if data_seq >= MAX_SEQ || (data_seq != 0 && data_seq >= u64_at(8)) {
+            if data_seq >= MAX_SEQ || (data_seq != 0 && data_seq >= seq) {
                 return Err(RecordError::Inconsistent("impossible data sequence number"));
             }
             entries.push(Entry {
@@ -280,7 +281,7 @@ impl RecordHeader {
             return Err(RecordError::Inconsistent("entries and data size disagree"));
         }
         Ok(RecordHeader {
-            seq: u64_at(8),
+            seq,
             segment: u64_at(16),
             segment_epoch: u64_at(24),
             durable_seq: u64_at(48),

@@ -174,11 +174,7 @@ pub fn bdev_lvol_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
             lvs_name: p.lvs_name.clone(),
         },
     )?;
-    let blocks = p
-        .size_in_mib
-        .checked_mul(256)
-        .filter(|&b| b > 0 && b <= MAX_VOLUME_BLOCKS)
-        .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be between 1 and 4 PiB"))?;
+    let blocks = volume_blocks(p.size_in_mib)?;
     let (meta, table) = pool.create_volume(&p.lvol_name, blocks).map_err(pool_err)?;
     let vol = LsvVolume::new(pool.clone(), meta.clone(), table);
     let entry = match ctx.registry.register(Arc::new(vol)) {
@@ -221,14 +217,18 @@ struct ResizeLvol {
     size_in_mib: u64,
 }
 
+/// A volume's size in 4 KiB blocks from `size_in_mib`, checked (1 MiB to 4 PiB).
+fn volume_blocks(size_in_mib: u64) -> Result<u64, RpcError> {
+    size_in_mib
+        .checked_mul(256)
+        .filter(|&b| b > 0 && b <= MAX_VOLUME_BLOCKS)
+        .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be between 1 and 4 PiB"))
+}
+
 /// `bdev_lvol_resize`: `name` is `lvs/lvol` (or the lvol's uuid), `size_in_mib` the new size.
 pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
     let p: ResizeLvol = params(p)?;
-    let blocks = p
-        .size_in_mib
-        .checked_mul(256)
-        .filter(|&b| b > 0 && b <= MAX_VOLUME_BLOCKS)
-        .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be between 1 and 4 PiB"))?;
+    let blocks = volume_blocks(p.size_in_mib)?;
     let by_uuid = ctx.pools.list().into_iter().find_map(|pool| {
         pool.volumes()
             .into_iter()
