@@ -789,6 +789,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         }
     }
     let before = target.pool.as_ref().map(|p| p.write_counters());
+    let busy_before: Vec<_> = all.iter().map(|&r| handle.stats(r)).collect();
     let mut running = match start_jobs_on(&handle, &all, &target.entries, opts, false) {
         Ok(r) => r,
         Err(e) => {
@@ -798,12 +799,24 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     };
     running.wait(opts.progress && std::io::stdout().is_terminal());
     let after = target.pool.as_ref().map(|p| p.write_counters());
+    let reactor_busy: Vec<(usize, f64)> = all
+        .iter()
+        .zip(&busy_before)
+        .map(|(&r, b)| {
+            let a = handle.stats(r);
+            let busy_ns = a.busy_ns - b.busy_ns;
+            let total_ns = busy_ns + (a.idle_ns - b.idle_ns);
+            let share = if total_ns == 0 { 0.0 } else { busy_ns as f64 / total_ns as f64 };
+            (handle.core(r), share)
+        })
+        .collect();
     let stats = target.pool.as_ref().map(|p| p.stats());
     stop(reactors);
     if let Some(e) = pool_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(BenchError::Run(format!("buffer pool: {e}")));
     }
     let mut report = running.report()?;
+    report.reactor_busy = reactor_busy;
     if let (Some(b), Some(a), Some(stats)) = (before, after, stats) {
         let user = a.0 - b.0;
         let written = a.1 - b.1;

@@ -37,6 +37,9 @@ pub struct BenchReport {
     pub cores: Vec<(usize, Line)>,
     pub total: Line,
     pub verify_failure: Option<(usize, VerifyFailure)>,
+    /// Each reactor's core and the share of its loop passes' time that found work, over the
+    /// measured run (a busy-polling reactor near 1.0 is bound by its CPU).
+    pub reactor_busy: Vec<(usize, f64)>,
     /// For an lsv bench: write amplification of the measured run and the pool's statistics.
     pub lsv: Option<Value>,
 }
@@ -106,6 +109,7 @@ impl BenchReport {
                 lat_us: latency(&all),
             },
             verify_failure,
+            reactor_busy: Vec::new(),
             lsv: None,
         }
     }
@@ -132,6 +136,7 @@ impl BenchReport {
             "verify_failure": self.verify_failure.map(|(core, f)| json!({
                 "core": core, "lba": f.lba, "byte_in_block": f.byte_in_block,
                 "expected": format!("{:#018x}", f.expected), "found": format!("{:#018x}", f.found)})),
+            "reactors": self.reactor_busy.iter().map(|(core, busy)| json!({"core": core, "busy_share": busy})).collect::<Vec<_>>(),
             "lsv": self.lsv,
         })
     }

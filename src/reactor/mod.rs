@@ -444,9 +444,12 @@ impl Reactor {
         CURRENT_WAKE_FD.with(|c| c.set(self.mailbox().wake.raw_fd()));
         let spin_passes = self.handle.shared.idle_spin_passes;
         self.now_ns = self.clock();
+        // Whether the pass that just ended found work: its time is only known at the top of the
+        // next pass, so it is counted there.
+        let mut last_pass_busy = false;
         loop {
             let now = self.clock();
-            let pass_ns = now - self.now_ns;
+            stats.record_pass(last_pass_busy, now - self.now_ns);
             self.now_ns = now;
 
             let messages = self.run_messages();
@@ -466,7 +469,7 @@ impl Reactor {
             }
             let (worked, outstanding) = self.run_pollers(stopping);
             let busy = worked || messages > 0;
-            stats.record_pass(busy, pass_ns);
+            last_pass_busy = busy;
 
             if let Some(started) = stop_started_ns {
                 // Only I/O pollers hold up a stop (a service registered by a late message
@@ -606,6 +609,42 @@ mod tests {
             total < Duration::from_millis(150),
             "5 wake-ups took {total:?}"
         );
+        r.request_stop();
+        set.join();
+    }
+
+    #[test]
+    fn a_busy_pass_counts_its_own_time_as_busy() {
+        let set = start(IdlePolicy::Busy);
+        let r = set.handle();
+        let (tx, rx) = mpsc::channel();
+        let before = r.stats(0);
+        r.send(0, move |reactor| {
+            // Every other pass works for 2 ms; the passes between find nothing and end at once.
+            let mut calls = 0u32;
+            reactor.register_poller("slow", PollerKind::Service, 0, move |_| {
+                calls += 1;
+                if calls > 40 {
+                    if calls == 41 {
+                        let _ = tx.send(());
+                    }
+                    return PollStatus::Idle;
+                }
+                if calls % 2 == 1 {
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_millis(2) {}
+                    PollStatus::Busy
+                } else {
+                    PollStatus::Idle
+                }
+            });
+        })
+        .unwrap();
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let s = r.stats(0);
+        // 20 passes of 2 ms found work: their 40 ms are busy time, not the idle passes' after.
+        let busy_ms = (s.busy_ns - before.busy_ns) / 1_000_000;
+        assert!(busy_ms >= 38, "busy {busy_ms} ms of the 40 ms worked");
         r.request_stop();
         set.join();
     }
