@@ -97,6 +97,9 @@ if on randwrite2; then
   pair "same vs fio 128k seq write qd2 (the same 256 KiB in flight)" MiB/s \
     "fio_mibps --name=sw --rw=write --bs=128k --iodepth=2" \
     "ub --bdev $LSV,volume=1G -q 32 -o 4k -w randwrite -m $two | jq .total.mibps"
+  pair "ceiling: fio 128k seq write qd2 vs fio 128k seq write qd32" MiB/s \
+    "fio_mibps --name=sw --rw=write --bs=128k --iodepth=32" \
+    "fio_mibps --name=sw --rw=write --bs=128k --iodepth=2"
   pair "same, qd128 per reactor vs fio 128k seq write qd32" MiB/s \
     "fio_mibps --name=sw --rw=write --bs=128k --iodepth=32" \
     "ub --bdev $LSV,volume=1G -q 128 -o 4k -w randwrite -m $two | jq .total.mibps"

@@ -452,13 +452,20 @@ fn pool_format_inspect_check() {
     let out = unblend(&["pool", "inspect", p]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
+    // A new pool's sequence numbers start at 1 plus the low 47 bits of its uuid.
+    let uuid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("  uuid "))
+        .unwrap_or_else(|| panic!("no uuid in:\n{text}"));
+    let low = u64::from_str_radix(&uuid.replace('-', "")[16..], 16).unwrap();
+    let complete = low & ((1 << 47) - 1);
     for want in [
         "  format version 3\n".to_string(),
         "  segments 61\n".to_string(),
         "volume table: pool name tank, 0 volume(s)\n".to_string(),
-        format!("checkpoint slot A at offset {slot_a}: valid, version 2, generation 1, complete_seq 0, next_seq 1, body "),
+        format!("checkpoint slot A at offset {slot_a}: valid, version 2, generation 1, complete_seq {complete}, next_seq {}, body ", complete + 1),
         format!("checkpoint slot B at offset {slot_b}: empty"),
-        "recovery: ok, from checkpoint generation 1 (complete_seq 0)\n".to_string(),
+        format!("recovery: ok, from checkpoint generation 1 (complete_seq {complete})\n"),
         "  segments free 61, used 0\n".to_string(),
         "  mapped blocks 0\n".to_string(),
         // 4 MiB segments: the journal fills the header segment after its first 8 KiB.

@@ -806,7 +806,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             let a = handle.stats(r);
             let busy_ns = a.busy_ns - b.busy_ns;
             let total_ns = busy_ns + (a.idle_ns - b.idle_ns);
-            let share = if total_ns == 0 { 0.0 } else { busy_ns as f64 / total_ns as f64 };
+            let share = if total_ns == 0 {
+                0.0
+            } else {
+                busy_ns as f64 / total_ns as f64
+            };
             (handle.core(r), share)
         })
         .collect();

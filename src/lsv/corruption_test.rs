@@ -522,6 +522,38 @@ fn a_new_volume_never_reads_a_deleted_ones_data_after_a_crash() {
     assert!(pool.volume("w").unwrap().0.id > new_id);
 }
 
+/// Formatting zeroes only each segment's first block, so an earlier pool's records stay on the
+/// device past the new pool's. A new pool with the same history as the old one up to a crash
+/// (the same sequence numbers and epochs: a pool's numbers start at one) must still end each
+/// chain at its own last record, or it replays the old pool's writes into its volume.
+#[test]
+fn a_pool_formatted_over_an_older_one_never_replays_its_records() {
+    let (disk, old) = new_pool();
+    let mut h = Harness::open(&old);
+    for lba in 0..40 {
+        h.write(lba, 1);
+    }
+    drop(h);
+    let image = image_of(&disk);
+    drop(old);
+    let disk = Arc::new(SimDisk::from_image("sim", image, 3, 0));
+    let base = BdevRegistry::new().register(disk.clone()).unwrap();
+    let pool = LsvPool::create("p", base, SEGMENT_BYTES).unwrap();
+    pool.set_fua_records(true);
+    pool.create_volume("v", VOLUME_BLOCKS).unwrap();
+    let mut h = Harness::open(&pool);
+    let mut model = BTreeMap::new();
+    for lba in 0..5 {
+        h.write(lba, 2);
+        model.insert(lba, 2);
+    }
+    drop(h);
+    let image = image_of(&disk);
+    drop(pool);
+    let pool = open_image(image).unwrap();
+    assert_reads(&pool, &model);
+}
+
 /// A deleted volume's blocks stop counting as live (the cleaner takes them off between
 /// victims), or its segments would look live for good and the cleaner would go round them.
 #[test]

@@ -361,6 +361,38 @@ pub(super) fn traced(lba: u64, n: u64) -> bool {
         .is_some_and(|t| (lba..lba + n).contains(&t))
 }
 
+/// A new pool's uuid: random. Test builds derive it from the base bdev's (a simulated disk's
+/// is its seed), so that a seed's run, whose checkpoints' sizes follow the sequence numbers
+/// (`first_seq`), is the same every time.
+fn new_pool_uuid(base: &BdevEntry) -> Uuid {
+    #[cfg(test)]
+    {
+        let b = base.bdev.uuid().as_u128();
+        Uuid::from_u128(b.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) ^ b >> 64)
+    }
+    #[cfg(not(test))]
+    {
+        let _ = base;
+        Uuid::new_v4()
+    }
+}
+
+/// Bits of a new pool's uuid that choose its first sequence number.
+const FIRST_SEQ_BITS: u32 = 47;
+const _: () = assert!(1 << FIRST_SEQ_BITS < MAX_SEQ - SEQ_HEADROOM);
+
+/// A new pool's first sequence number: 1 plus 47 bits of its uuid, not 1. Formatting zeroes
+/// only each segment's first block, so an earlier pool's records stay on the device past the
+/// new pool's chains, and records carry no pool uuid. A chain goes on only into a record of its
+/// own epoch (and segment, with a higher number): were every pool's numbers to start at one, a
+/// new pool with the same early history as the old one (a script run again) would take the
+/// old pool's records after its own for its own at recovery, and replay another pool's data
+/// into its volumes. From a random start an old record has that epoch with odds of about
+/// 2^-47, and 2^47 numbers are years of records (at a million a second) below the headroom.
+pub(super) fn first_seq(uuid: &Uuid) -> u64 {
+    1 + (uuid.as_u128() as u64 & ((1 << FIRST_SEQ_BITS) - 1))
+}
+
 /// Log-head slots: one per channel or cleaner stream that appends records (checkpoints read
 /// them to know which records may still be in flight).
 pub const MAX_LOG_HEADS: usize = 256;
@@ -662,7 +694,7 @@ impl LsvPool {
         }
         let bytes = base.bdev.num_blocks() * bs as u64;
         #[allow(unused_mut)]
-        let mut sb = Superblock::plan(bytes, segment_bytes, Uuid::new_v4())?;
+        let mut sb = Superblock::plan(bytes, segment_bytes, new_pool_uuid(&base))?;
         #[cfg(test)]
         if TEST_JOURNAL_SLOTS.with(|t| t.get()) == Some(0) {
             sb.version = super::format::OLDEST_FORMAT_VERSION;
@@ -694,6 +726,8 @@ impl LsvPool {
         io.run(IoType::Write, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
         drop(io);
         let pool = Self::new_in_memory(base, sb, name.to_string(), Vec::new(), 1);
+        pool.next_seq
+            .store(first_seq(&pool.sb.uuid), Ordering::SeqCst);
         // The first checkpoint (generation 1): all segments free, nothing mapped.
         pool.checkpoint_sync()?;
         let mut io = SyncIo::new(&pool.base, SUPERBLOCK_BYTES)?;

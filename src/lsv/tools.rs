@@ -514,12 +514,15 @@ mod tests {
         ));
         let slot_a = sb.metadata_offset;
         let slot_b = sb.metadata_offset + sb.metadata_slot_bytes;
+        // The pool's numbers start past `base` (`first_seq`): the records below are written
+        // with numbers above it.
+        let base = crate::lsv::pool::first_seq(&sb.uuid) - 1;
         let report = inspect(&p).unwrap();
         assert_has(&report, "format version 3\n");
         assert_has(&report, "volume table: pool name tpool, 0 volume(s)\n");
         assert_has(
             &report,
-            &format!("checkpoint slot A at offset {slot_a}: valid, version 2, generation 1, complete_seq 0, next_seq 1, body "),
+            &format!("checkpoint slot A at offset {slot_a}: valid, version 2, generation 1, complete_seq {base}, next_seq {}, body ", base + 1),
         );
         assert_has(
             &report,
@@ -536,8 +539,8 @@ mod tests {
         drop(pool);
         // Segment 3: a record, then a stale record of the segment's previous use (older
         // epoch, lower seq): the chain ends silently before it.
-        write_record(&p, &sb, 3, 0, 42, 42, false);
-        write_record(&p, &sb, 3, 3, 10, 10, false);
+        write_record(&p, &sb, 3, 0, base + 42, base + 42, false);
+        write_record(&p, &sb, 3, 3, base + 10, base + 10, false);
         let report = inspect(&p).unwrap();
         assert_has(&report, "volume table: pool name tpool, 1 volume(s)\n");
         assert_has(&report, "  volume vm1 (id 1): uuid ");
@@ -550,7 +553,10 @@ mod tests {
         );
         assert_has(
             &report,
-            "log: 1 segment(s) holding records, 1 record(s), newest record seq 42\n",
+            &format!(
+                "log: 1 segment(s) holding records, 1 record(s), newest record seq {}\n",
+                base + 42
+            ),
         );
         assert_eq!(check(&p, false).unwrap(), CheckReport::default());
 
@@ -607,7 +613,7 @@ mod tests {
 
         // Segment 5: a record with bad data that a later record of the same use follows is
         // corruption, not a torn tail: recovery refuses, and check says why.
-        let seq = 1 << 40;
+        let seq = base + (1 << 40);
         write_record(&p, &sb, 5, 0, seq, seq, true);
         write_record(&p, &sb, 5, 3, seq + 1, seq, false);
         let r = check(&p, true).unwrap();
