@@ -46,6 +46,12 @@ fallocate -l 128M "$W/pool.img"
   || fail "bdev_lvol_get_lvstores"
 "$RPC" -s "$SOCK" bdev_lvol_get_lvols | jq -e 'map(.alias) | index("lvsE/vol0") != null' >/dev/null || fail "bdev_lvol_get_lvols"
 
+# The lvstore claims its base: spdk-rpc sees it claimed, and cannot delete it or export it.
+"$RPC" -s "$SOCK" bdev_get_bdevs -b P0 | jq -e '.[0].claimed == true and .[0].claim_type == "exclusive_write"' >/dev/null \
+  || fail "P0 not shown claimed by lvsE"
+if "$RPC" -s "$SOCK" bdev_uring_delete P0 >/dev/null 2>&1; then fail "an lvstore's base bdev was deleted"; fi
+if "$RPC" -s "$SOCK" vhost_create_blk_controller vhP P0 >/dev/null 2>&1; then fail "an lvstore's base bdev was exported"; fi
+
 sizes=$("$RPC" -s "$SOCK" bdev_get_bdevs | jq -c '[.[] | [.name, .block_size, .num_blocks]] | sort')
 want='[["Data0",4096,262144],["M0",512,131072],["Malloc0",4096,16384],["N0",4096,32768],["P0",4096,32768],["U0",4096,16384],["lvs0/vol0",4096,131072],["lvsE/vol0",4096,4096]]'
 [ "$sizes" = "$want" ] || fail "bdev_get_bdevs sizes: $sizes, want $want"

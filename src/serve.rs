@@ -116,7 +116,7 @@ fn boot_default_pool(
             crate::lsv::format::DEFAULT_SEGMENT_BYTES,
         )?;
         pool.create_volume(DEFAULT_VOLUME_NAME, DEFAULT_VOLUME_BYTES / 4096)?;
-        pools.insert(pool.clone())?;
+        pools.insert(pool.clone(), registry)?;
         crate::lsv::pools::Pools::register_volumes(&pool, registry)?;
     }
     Ok(vec![

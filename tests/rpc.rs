@@ -730,3 +730,131 @@ fn lvol_volume_takes_io_and_reports_its_stats() {
     }
     a.stop();
 }
+
+/// An lvstore claims its base bdev, as SPDK's lvol module does: while it is loaded, no vhost
+/// controller exports the base writable, the base is not deleted, and an lvol holding a
+/// nested lvstore is not deleted; nor is an lvstore formatted over a bdev a controller
+/// exports. Each refusal is EBUSY with the holder named, and nothing is written; once the
+/// lvstore is gone, all of it works.
+#[test]
+fn an_lvstore_claims_its_base_bdev() {
+    let a = Appliance::start("rpc_claims", &[]);
+    let mut c = a.client();
+    let busy = |c: &mut RpcClient, method: &str, params: Value, holder: &str| match c
+        .call(method, Some(params.clone()))
+    {
+        Err(ClientError::Rpc { code, message }) => {
+            assert_eq!(code, -libc::EBUSY as i64, "{method} {params}: {message}");
+            assert!(message.contains(holder), "{method}: {message}");
+        }
+        other => panic!("{method} {params}: {other:?}"),
+    };
+    for m in ["M0", "M1"] {
+        c.call(
+            "bdev_malloc_create",
+            Some(json!({"name": m, "num_blocks": 16384, "block_size": 4096})),
+        )
+        .unwrap();
+    }
+    let claimed = |c: &mut RpcClient, name: &str| {
+        c.call("bdev_get_bdevs", Some(json!({ "name": name })))
+            .unwrap()[0]["claimed"]
+            .clone()
+    };
+    assert_eq!(claimed(&mut c, "M0"), json!(false));
+    c.call(
+        "bdev_lvol_create_lvstore",
+        Some(json!({"bdev_name": "M0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
+    )
+    .unwrap();
+    c.call(
+        "bdev_lvol_create",
+        Some(json!({"lvs_name": "ls0", "lvol_name": "v0", "size_in_mib": 16})),
+    )
+    .unwrap();
+    let infos = c
+        .call("bdev_get_bdevs", Some(json!({"name": "M0"})))
+        .unwrap();
+    assert_eq!(infos[0]["claimed"], json!(true));
+    assert_eq!(infos[0]["claim_type"], json!("exclusive_write"));
+    assert_eq!(claimed(&mut c, "ls0/v0"), json!(false));
+
+    busy(
+        &mut c,
+        "vhost_create_blk_controller",
+        json!({"ctrlr": "c0", "dev_name": "M0"}),
+        "lvstore ls0",
+    );
+    busy(
+        &mut c,
+        "bdev_malloc_delete",
+        json!({"name": "M0"}),
+        "lvstore ls0",
+    );
+    // Read-only, a controller may show the base.
+    c.call(
+        "vhost_create_blk_controller",
+        Some(json!({"ctrlr": "c0", "dev_name": "M0", "readonly": true})),
+    )
+    .unwrap();
+    c.call("vhost_delete_controller", Some(json!({"ctrlr": "c0"})))
+        .unwrap();
+
+    // A nested lvstore claims its lvol.
+    c.call(
+        "bdev_lvol_create_lvstore",
+        Some(json!({"bdev_name": "ls0/v0", "lvs_name": "ls1", "cluster_sz": 1 << 20})),
+    )
+    .unwrap();
+    busy(
+        &mut c,
+        "bdev_lvol_delete",
+        json!({"name": "ls0/v0"}),
+        "lvstore ls1",
+    );
+    assert_eq!(claimed(&mut c, "ls0/v0"), json!(true));
+
+    // A bdev a controller exports is not formatted: the refusal writes nothing.
+    c.call(
+        "vhost_create_blk_controller",
+        Some(json!({"ctrlr": "c1", "dev_name": "M1"})),
+    )
+    .unwrap();
+    busy(
+        &mut c,
+        "bdev_lvol_create_lvstore",
+        json!({"bdev_name": "M1", "lvs_name": "lvsX"}),
+        "vhost controller c1",
+    );
+    let stores = c.call("bdev_lvol_get_lvstores", None).unwrap();
+    assert!(
+        stores
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["name"] != "lvsX"),
+        "{stores}"
+    );
+    // The embedded default's pool claims its file bdev too.
+    assert_eq!(claimed(&mut c, "Data0"), json!(true));
+    busy(
+        &mut c,
+        "bdev_uring_delete",
+        json!({"name": "Data0"}),
+        "lvstore lvs0",
+    );
+
+    // Unwound in order, each claim goes with its lvstore.
+    c.call("bdev_lvol_delete_lvstore", Some(json!({"lvs_name": "ls1"})))
+        .unwrap();
+    c.call("bdev_lvol_delete", Some(json!({"name": "ls0/v0"})))
+        .unwrap();
+    c.call("bdev_lvol_delete_lvstore", Some(json!({"lvs_name": "ls0"})))
+        .unwrap();
+    assert_eq!(claimed(&mut c, "M0"), json!(false));
+    c.call("bdev_malloc_delete", Some(json!({"name": "M0"})))
+        .unwrap();
+    c.call("vhost_delete_controller", Some(json!({"ctrlr": "c1"})))
+        .unwrap();
+    a.stop();
+}

@@ -215,6 +215,8 @@ pub enum BdevError {
     Unsupported(String),
     #[error("cannot create channel: {0}")]
     Channel(String),
+    #[error("bdev {bdev:?} is claimed by {by}")]
+    Claimed { bdev: String, by: String },
 }
 
 /// What a module needs to set up a channel on the calling reactor.
@@ -283,6 +285,9 @@ pub struct BdevInfo<'a> {
     pub num_blocks: u64,
     pub uuid: String,
     pub claimed: bool,
+    /// SPDK's claim type ("exclusive_write", as an lvstore's claim of its base), when claimed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_type: Option<&'static str>,
     pub zoned: bool,
     pub supported_io_types: SupportedIoTypes,
     pub driver_specific: Value,
@@ -307,6 +312,7 @@ impl<'a> BdevInfo<'a> {
             num_blocks: bdev.num_blocks(),
             uuid: bdev.uuid().to_string(),
             claimed: false,
+            claim_type: None,
             zoned: false,
             supported_io_types: SupportedIoTypes {
                 read: bdev.supports(IoType::Read),
@@ -317,6 +323,15 @@ impl<'a> BdevInfo<'a> {
             },
             driver_specific: bdev.driver_info(),
         }
+    }
+}
+
+impl BdevInfo<'_> {
+    /// The same, claimed (`BdevRegistry::claim`) or not.
+    pub fn with_claim(mut self, claimed: bool) -> Self {
+        self.claimed = claimed;
+        self.claim_type = claimed.then_some("exclusive_write");
+        self
     }
 }
 

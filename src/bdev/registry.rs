@@ -28,6 +28,11 @@ impl BdevEntry {
 pub struct BdevRegistry {
     bdevs: RwLock<BTreeMap<String, BdevEntry>>,
     next_seq: std::sync::atomic::AtomicU64,
+    /// Who holds each claimed bdev, by bdev name (at most one holder per bdev, so at most
+    /// `MAX_BDEVS` claims). A claim is SPDK's exclusive-write claim: an lvstore claims its
+    /// base bdev, and while the claim stands nothing else may claim it, delete it, or export
+    /// it writable (front ends ask `claimed_by` first).
+    claims: RwLock<BTreeMap<String, String>>,
 }
 
 impl BdevRegistry {
@@ -70,13 +75,53 @@ impl BdevRegistry {
         self.get(name).is_some()
     }
 
-    /// Removes a bdev; channels already open keep it alive until they close.
+    /// Removes a bdev; channels already open keep it alive until they close. A claimed bdev
+    /// is not removed: its holder must let it go first.
     pub fn remove(&self, name: &str) -> Result<BdevEntry, BdevError> {
-        self.bdevs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
+        let mut map = self.bdevs.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(by) = self.claimed_by(name) {
+            return Err(BdevError::Claimed {
+                bdev: name.to_string(),
+                by,
+            });
+        }
+        map.remove(name)
             .ok_or_else(|| BdevError::NotFound(name.to_string()))
+    }
+
+    /// Claims bdev `name` for `by` (a description for operators: "lvstore lvs0"). Fails if
+    /// the bdev is not here or someone holds it already.
+    pub fn claim(&self, name: &str, by: &str) -> Result<(), BdevError> {
+        let map = self.bdevs.read().unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(name) {
+            return Err(BdevError::NotFound(name.to_string()));
+        }
+        let mut claims = self.claims.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(holder) = claims.get(name) {
+            return Err(BdevError::Claimed {
+                bdev: name.to_string(),
+                by: holder.clone(),
+            });
+        }
+        claims.insert(name.to_string(), by.to_string());
+        Ok(())
+    }
+
+    /// Lets bdev `name` go, if `by` holds it.
+    pub fn release(&self, name: &str, by: &str) {
+        let mut claims = self.claims.write().unwrap_or_else(|e| e.into_inner());
+        if claims.get(name).is_some_and(|h| h == by) {
+            claims.remove(name);
+        }
+    }
+
+    /// Who holds bdev `name`, if anyone.
+    pub fn claimed_by(&self, name: &str) -> Option<String> {
+        self.claims
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Every bdev, in name order.

@@ -49,6 +49,11 @@ pub fn start_cleaner(pool: &Arc<LsvPool>, reactors: &Reactors) {
     }
 }
 
+/// How a pool's claim of its base bdev names its holder.
+fn claim_holder(pool: &LsvPool) -> String {
+    format!("lvstore {}", pool.name)
+}
+
 impl Pools {
     pub fn new() -> Pools {
         Pools::default()
@@ -97,7 +102,9 @@ impl Pools {
             .collect()
     }
 
-    pub fn insert(&self, pool: Arc<LsvPool>) -> Result<(), PoolError> {
+    /// Loads `pool`, which claims its base bdev in `registry` (released by `remove`): no
+    /// front end exports it writable and it is not deleted while the pool is loaded.
+    pub fn insert(&self, pool: Arc<LsvPool>, registry: &BdevRegistry) -> Result<(), PoolError> {
         let mut m = self.by_name.write().unwrap_or_else(|e| e.into_inner());
         if m.contains_key(&pool.name) || m.values().any(|p| p.base_name() == pool.base_name()) {
             return Err(PoolError::Base(format!(
@@ -106,6 +113,9 @@ impl Pools {
                 pool.base_name()
             )));
         }
+        registry
+            .claim(pool.base_name(), &claim_holder(&pool))
+            .map_err(|e| PoolError::Base(e.to_string()))?;
         m.insert(pool.name.clone(), pool.clone());
         if let Some(r) = self.reactors.get() {
             start_cleaner(&pool, r);
@@ -113,8 +123,8 @@ impl Pools {
         Ok(())
     }
 
-    /// Unloads a pool: its cleaner stops.
-    pub fn remove(&self, name: &str) -> Option<Arc<LsvPool>> {
+    /// Unloads a pool: its cleaner stops, and its base bdev is let go.
+    pub fn remove(&self, name: &str, registry: &BdevRegistry) -> Option<Arc<LsvPool>> {
         let p = self
             .by_name
             .write()
@@ -122,6 +132,7 @@ impl Pools {
             .remove(name);
         if let Some(p) = &p {
             p.close();
+            registry.release(p.base_name(), &claim_holder(p));
         }
         p
     }
@@ -148,7 +159,7 @@ impl Pools {
             return Ok(None);
         }
         let pool = LsvPool::open_named(base.clone())?;
-        self.insert(pool.clone())?;
+        self.insert(pool.clone(), registry)?;
         Self::register_volumes(&pool, registry)?;
         tracing::info!(pool = %pool.name, base = %base.bdev.name(), "examine: loaded pool");
         Ok(Some(pool.name.clone()))

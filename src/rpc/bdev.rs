@@ -132,7 +132,10 @@ pub fn bdev_get_bdevs(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Box<Raw
     };
     let infos: Vec<BdevInfo<'_>> = entries
         .iter()
-        .map(|e| BdevInfo::of(e.bdev.as_ref()))
+        .map(|e| {
+            BdevInfo::of(e.bdev.as_ref())
+                .with_claim(ctx.registry.claimed_by(e.bdev.name()).is_some())
+        })
         .collect();
     serde_json::value::to_raw_value(&infos).map_err(RpcError::internal)
 }

@@ -75,12 +75,27 @@ pub fn bdev_lvol_create_lvstore(
             format!("bdev {:?} already holds an lvstore", p.bdev_name),
         ));
     }
+    // Formatting writes the bdev: only one that nothing else holds or exports.
+    if let Some(by) = ctx.registry.claimed_by(&p.bdev_name) {
+        return Err(BdevError::Claimed {
+            bdev: p.bdev_name,
+            by,
+        }
+        .into());
+    }
+    if let Some(ctrlr) = ctx.vhost.controller_of(&p.bdev_name) {
+        return Err(BdevError::Claimed {
+            bdev: p.bdev_name,
+            by: format!("vhost controller {ctrlr}"),
+        }
+        .into());
+    }
     let seg = p
         .cluster_sz
         .unwrap_or(crate::lsv::format::DEFAULT_SEGMENT_BYTES);
     let pool = LsvPool::create(&p.lvs_name, base, seg).map_err(pool_err)?;
     let uuid = pool.sb.uuid.to_string();
-    ctx.pools.insert(pool).map_err(pool_err)?;
+    ctx.pools.insert(pool, &ctx.registry).map_err(pool_err)?;
     Ok(json!(uuid))
 }
 
@@ -145,7 +160,7 @@ pub fn bdev_lvol_delete_lvstore(
             format!("lvstore {:?} still has lvols; delete them first", pool.name),
         ));
     }
-    ctx.pools.remove(&pool.name);
+    ctx.pools.remove(&pool.name, &ctx.registry);
     Ok(json!(true))
 }
 
@@ -205,6 +220,10 @@ pub fn bdev_lvol_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         .pools
         .get(lvs)
         .ok_or_else(|| RpcError::new(-libc::ENODEV, format!("no lvstore {lvs:?}")))?;
+    // An lvstore on this lvol holds it: the lvol goes only after that lvstore.
+    if let Some(by) = ctx.registry.claimed_by(&p.name) {
+        return Err(BdevError::Claimed { bdev: p.name, by }.into());
+    }
     pool.delete_volume(lvol).map_err(pool_err)?;
     let _ = ctx.registry.remove(&p.name);
     Ok(json!(true))

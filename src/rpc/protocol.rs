@@ -61,6 +61,7 @@ impl From<BdevError> for RpcError {
             BdevError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             BdevError::Unsupported(_) => libc::EOPNOTSUPP,
             BdevError::Channel(_) => libc::EIO,
+            BdevError::Claimed { .. } => libc::EBUSY,
             BdevError::BadBlockSize(_)
             | BdevError::SizeNotMultiple { .. }
             | BdevError::ZeroSize

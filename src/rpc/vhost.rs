@@ -13,7 +13,7 @@ fn vhost_err(e: VhostError) -> RpcError {
     let errno = match e {
         VhostError::Exists(_) => libc::EEXIST,
         VhostError::NotFound(_) | VhostError::NoBdev(_) => libc::ENODEV,
-        VhostError::BdevInUse(..) => libc::EBUSY,
+        VhostError::BdevInUse(..) | VhostError::BdevClaimed(..) => libc::EBUSY,
         VhostError::TooMany => libc::ENOSPC,
         VhostError::BadName(_) | VhostError::PackedRing => libc::EINVAL,
         VhostError::Socket { .. } | VhostError::Thread(_) => libc::EIO,

@@ -79,6 +79,8 @@ pub enum VhostError {
     NoBdev(String),
     #[error("bdev {0:?} is already exported by controller {1:?}")]
     BdevInUse(String, String),
+    #[error("bdev {0:?} is claimed by {1}: it may be exported read-only only")]
+    BdevClaimed(String, String),
     #[error("at most {MAX_CONTROLLERS} controllers")]
     TooMany,
     #[error("socket {path}: {source}")]
@@ -388,11 +390,26 @@ impl VhostControllers {
         {
             return Err(VhostError::BdevInUse(params.bdev, c.params.name.clone()));
         }
+        // A claimed bdev (an lvstore's base) is exported read-only at most.
+        if let Some(by) = registry
+            .claimed_by(&params.bdev)
+            .filter(|_| !params.readonly)
+        {
+            return Err(VhostError::BdevClaimed(params.bdev, by));
+        }
         let socket = self.socket_dir.join(&params.name);
         let name = params.name.clone();
         let c = VhostBlkController::start(params, socket.clone(), entry, reactors)?;
         map.insert(name, c);
         Ok(socket)
+    }
+
+    /// The name of a controller that exports bdev `bdev`, if one does.
+    pub fn controller_of(&self, bdev: &str) -> Option<String> {
+        self.map()
+            .values()
+            .find(|c| c.params.bdev == bdev)
+            .map(|c| c.params.name.clone())
     }
 
     /// Removes a controller: its socket goes at once, its front end is disconnected and its
