@@ -24,6 +24,11 @@ impl BdevEntry {
     }
 }
 
+/// How a bdev that claims another (a delay bdev, its base) is named as the holder.
+pub fn holder_bdev(name: &str) -> String {
+    format!("bdev {name}")
+}
+
 #[derive(Default)]
 pub struct BdevRegistry {
     bdevs: RwLock<BTreeMap<String, BdevEntry>>,
@@ -76,7 +81,8 @@ impl BdevRegistry {
     }
 
     /// Removes a bdev; channels already open keep it alive until they close. A claimed bdev
-    /// is not removed: its holder must let it go first.
+    /// is not removed: its holder must let it go first. Claims the bdev itself held (a delay
+    /// bdev's of its base) go with it.
     pub fn remove(&self, name: &str) -> Result<BdevEntry, BdevError> {
         let mut map = self.bdevs.write().unwrap_or_else(|e| e.into_inner());
         if let Some(by) = self.claimed_by(name) {
@@ -85,8 +91,15 @@ impl BdevRegistry {
                 by,
             });
         }
-        map.remove(name)
-            .ok_or_else(|| BdevError::NotFound(name.to_string()))
+        let removed = map
+            .remove(name)
+            .ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+        let holder = holder_bdev(name);
+        self.claims
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, by| *by != holder);
+        Ok(removed)
     }
 
     /// Claims bdev `name` for `by` (a description for operators: "lvstore lvs0"). Fails if

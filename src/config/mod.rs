@@ -176,7 +176,22 @@ pub fn create_bdev(
     if registry.contains(&name) {
         return Err(BdevError::Exists(name).into());
     }
-    registry.register(bdev)?;
+    // A delay bdev claims its base, as SPDK's does (let go when it is deleted).
+    let base = (method == "bdev_delay_create").then(|| {
+        bdev.driver_info()["delay"]["base_bdev_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    });
+    if let Some(base) = &base {
+        registry.claim(base, &crate::bdev::registry::holder_bdev(&name))?;
+    }
+    if let Err(e) = registry.register(bdev) {
+        if let Some(base) = &base {
+            registry.release(base, &crate::bdev::registry::holder_bdev(&name));
+        }
+        return Err(e.into());
+    }
     Ok(Some(name))
 }
 
@@ -234,6 +249,45 @@ fn apply_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claimed_bdev_stays_until_its_holder_lets_go() {
+        let r = BdevRegistry::new();
+        let make = |method: &str, p: serde_json::Value| create_bdev(&r, method, &p);
+        make(
+            "bdev_null_create",
+            serde_json::json!({"name": "N0", "num_blocks": 256, "block_size": 4096}),
+        )
+        .unwrap();
+        assert!(matches!(r.claim("nope", "x"), Err(BdevError::NotFound(_))));
+        // A delay bdev claims its base: the base is not deleted, nor claimed twice.
+        make(
+            "bdev_delay_create",
+            serde_json::json!({"name": "D0", "base_bdev_name": "N0", "avg_read_latency": 0,
+                "p99_read_latency": 0, "avg_write_latency": 0, "p99_write_latency": 0}),
+        )
+        .unwrap();
+        assert_eq!(r.claimed_by("N0").as_deref(), Some("bdev D0"));
+        assert!(matches!(r.remove("N0"), Err(BdevError::Claimed { .. })));
+        assert!(matches!(
+            r.claim("N0", "lvstore p"),
+            Err(BdevError::Claimed { .. })
+        ));
+        let second = make(
+            "bdev_delay_create",
+            serde_json::json!({"name": "D1", "base_bdev_name": "N0", "avg_read_latency": 0,
+                "p99_read_latency": 0, "avg_write_latency": 0, "p99_write_latency": 0}),
+        );
+        assert!(second.is_err() && !r.contains("D1"));
+        // Only the holder lets go; deleting the holder does.
+        r.release("N0", "lvstore p");
+        assert!(r.claimed_by("N0").is_some());
+        r.remove("D0").unwrap();
+        assert_eq!(r.claimed_by("N0"), None);
+        r.claim("N0", "lvstore p").unwrap();
+        r.release("N0", "lvstore p");
+        r.remove("N0").unwrap();
+    }
 
     #[test]
     fn applies_bdevs_in_order() {
