@@ -536,7 +536,8 @@ fn a_pool_formatted_over_an_older_one_never_replays_its_records() {
     drop(h);
     let image = image_of(&disk);
     drop(old);
-    let disk = Arc::new(SimDisk::from_image("sim", image, 3, 0));
+    // The same disk (seed), formatted again.
+    let disk = Arc::new(SimDisk::from_image("sim", image, 1, 0));
     let base = BdevRegistry::new().register(disk.clone()).unwrap();
     let pool = LsvPool::create("p", base, SEGMENT_BYTES).unwrap();
     pool.set_fua_records(true);

@@ -362,18 +362,25 @@ pub(super) fn traced(lba: u64, n: u64) -> bool {
 }
 
 /// A new pool's uuid: random. Test builds derive it from the base bdev's (a simulated disk's
-/// is its seed), so that a seed's run, whose checkpoints' sizes follow the sequence numbers
-/// (`first_seq`), is the same every time.
-fn new_pool_uuid(base: &BdevEntry) -> Uuid {
+/// is its seed) and from what the device's first block held (an earlier pool's superblock),
+/// so that a seed's run, whose checkpoints' sizes follow the sequence numbers (`first_seq`),
+/// is the same every time, and a pool formatted over another on the same disk still gets
+/// another uuid, as outside tests.
+fn new_pool_uuid(base: &BdevEntry) -> Result<Uuid, PoolError> {
     #[cfg(test)]
     {
-        let b = base.bdev.uuid().as_u128();
-        Uuid::from_u128(b.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) ^ b >> 64)
+        let mut io = SyncIo::new(base, BLOCK_BYTES)?;
+        io.run(IoType::Read, 0, BLOCK_BYTES, false)?;
+        let before = crc32c::crc32c(io.bytes(BLOCK_BYTES)) as u128;
+        let b = base.bdev.uuid().as_u128() ^ before << 64;
+        Ok(Uuid::from_u128(
+            b.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) ^ b >> 64,
+        ))
     }
     #[cfg(not(test))]
     {
         let _ = base;
-        Uuid::new_v4()
+        Ok(Uuid::new_v4())
     }
 }
 
@@ -694,7 +701,7 @@ impl LsvPool {
         }
         let bytes = base.bdev.num_blocks() * bs as u64;
         #[allow(unused_mut)]
-        let mut sb = Superblock::plan(bytes, segment_bytes, new_pool_uuid(&base))?;
+        let mut sb = Superblock::plan(bytes, segment_bytes, new_pool_uuid(&base)?)?;
         #[cfg(test)]
         if TEST_JOURNAL_SLOTS.with(|t| t.get()) == Some(0) {
             sb.version = super::format::OLDEST_FORMAT_VERSION;
