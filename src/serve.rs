@@ -116,7 +116,7 @@ fn boot_default_pool(
             crate::lsv::format::DEFAULT_SEGMENT_BYTES,
         )?;
         pool.create_volume(DEFAULT_VOLUME_NAME, DEFAULT_VOLUME_BYTES / 4096)?;
-        pools.insert(pool.clone(), registry)?;
+        pools.insert(pool.clone())?;
         crate::lsv::pools::Pools::register_volumes(&pool, registry)?;
     }
     Ok(vec![
@@ -155,7 +155,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     // Bind first: a second appliance on the same socket must fail before it touches anything.
     let listener = bind_socket(&opts.rpc_socket)?;
     let mut pending_config = None;
-    let pools = Arc::new(crate::lsv::pools::Pools::new());
+    let pools = Arc::new(crate::lsv::pools::Pools::new(registry.clone()));
     let mut _data_lock = None;
     let mut boot_config = None;
     let mut made: Vec<String> = match &opts.config {
@@ -181,14 +181,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         }
     };
     // Examine every bdev the config made: pools on them are loaded with their volumes.
-    for entry in registry.list() {
-        if pools.get_by_base(entry.bdev.name()).is_some() {
-            continue;
-        }
-        if let Err(e) = pools.examine(&entry, &registry) {
-            tracing::warn!(bdev = %entry.bdev.name(), "examine: pool found but not loaded: {e}");
-        }
-    }
+    pools.examine_all();
     made.retain(|n| registry.get(n).is_some());
     let reactors = ReactorSet::start(ReactorConfig {
         cpumask: opts.cpumask.clone(),

@@ -734,8 +734,8 @@ fn lvol_volume_takes_io_and_reports_its_stats() {
 /// An lvstore claims its base bdev, as SPDK's lvol module does: while it is loaded, no vhost
 /// controller exports the base writable, the base is not deleted, and an lvol holding a
 /// nested lvstore is not deleted; nor is an lvstore formatted over a bdev a controller
-/// exports. Each refusal is EBUSY with the holder named, and nothing is written; once the
-/// lvstore is gone, all of it works.
+/// exports. Each refusal is EBUSY with the holder named; once the lvstore is gone (and its
+/// cleaner has stopped writing), all of it works.
 #[test]
 fn an_lvstore_claims_its_base_bdev() {
     let a = Appliance::start("rpc_claims", &[]);
@@ -844,14 +844,26 @@ fn an_lvstore_claims_its_base_bdev() {
         "lvstore lvs0",
     );
 
-    // Unwound in order, each claim goes with its lvstore.
+    // Unwound in order, each claim goes with its lvstore: once its cleaner has stopped
+    // writing (on one reactor, as here, its next poll: 10 ms); till then the claim says so.
+    let unclaimed = |c: &mut RpcClient, name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while claimed(c, name) == json!(true) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} still claimed after its lvstore went"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
     c.call("bdev_lvol_delete_lvstore", Some(json!({"lvs_name": "ls1"})))
         .unwrap();
+    unclaimed(&mut c, "ls0/v0");
     c.call("bdev_lvol_delete", Some(json!({"name": "ls0/v0"})))
         .unwrap();
     c.call("bdev_lvol_delete_lvstore", Some(json!({"lvs_name": "ls0"})))
         .unwrap();
-    assert_eq!(claimed(&mut c, "M0"), json!(false));
+    unclaimed(&mut c, "M0");
     c.call("bdev_malloc_delete", Some(json!({"name": "M0"})))
         .unwrap();
     c.call("vhost_delete_controller", Some(json!({"ctrlr": "c1"})))

@@ -128,6 +128,14 @@ impl BdevRegistry {
         }
     }
 
+    /// Renames the holder of bdev `name`'s claim from `from` to `to` (if `from` holds it).
+    pub fn rename_claim(&self, name: &str, from: &str, to: &str) {
+        let mut claims = self.claims.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = claims.get_mut(name).filter(|h| *h == from) {
+            *h = to.to_string();
+        }
+    }
+
     /// Who holds bdev `name`, if anyone.
     pub fn claimed_by(&self, name: &str) -> Option<String> {
         self.claims

@@ -749,7 +749,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     .map_err(|e| BenchError::Run(e.to_string()))?;
     let handle = reactors.handle();
     if let Some(pool) = &target.pool {
-        crate::lsv::pools::start_cleaner(pool, &handle);
+        crate::lsv::pools::start_cleaner(pool, &handle, None);
     }
     let all: Vec<usize> = (0..handle.count()).collect();
     let stop = |reactors: ReactorSet| {

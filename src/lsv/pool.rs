@@ -548,6 +548,8 @@ pub struct LsvPool {
     pub(super) nothing_to_clean: AtomicBool,
     /// Set when the pool is being deleted or closed: its cleaner stops.
     pub(super) closing: AtomicBool,
+    /// The pool's cleaner poller has stopped (closed), or could not start.
+    pub(super) cleaner_stopped: AtomicBool,
     /// Blocks user records may take while throttled (earned by the cleaner; see
     /// `admit_user_record`). Never above two segments.
     throttle_credit_blocks: std::sync::atomic::AtomicI64,
@@ -843,6 +845,7 @@ impl LsvPool {
             cleaner_attached: AtomicBool::new(false),
             full: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            cleaner_stopped: AtomicBool::new(false),
             throttle_credit_blocks: std::sync::atomic::AtomicI64::new(0),
             nothing_to_clean: AtomicBool::new(false),
             throttled_records: AtomicU64::new(0),

@@ -2,6 +2,7 @@
 //! formatted again) and its volumes are registered as bdevs, as SPDK's lvol module does.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use super::cleaner::{Cleaner, CleanerPoll};
@@ -12,40 +13,73 @@ use crate::reactor::{PollStatus, PollerKind, Reactors};
 
 /// How often an idle cleaner poller runs (while it works, it runs every reactor pass).
 pub const CLEANER_PERIOD_US: u64 = 10_000;
+/// How long `Pools::remove` waits for a removed pool's cleaner (on another reactor) to stop:
+/// its next poll, or the end of a checkpoint write. Past it, the base stays claimed until
+/// the cleaner stops.
+const UNLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-#[derive(Default)]
 pub struct Pools {
     by_name: RwLock<BTreeMap<String, Arc<LsvPool>>>,
     reactors: OnceLock<Reactors>,
+    /// The appliance's bdevs: each loaded pool claims its base there.
+    registry: Arc<BdevRegistry>,
 }
 
+/// Called once a pool's cleaner has stopped (or never started): nothing of the pool's writes
+/// the base any more.
+pub type OnCleanerStopped = Box<dyn FnOnce() + Send>;
+
 /// Starts `pool`'s cleaner as a service poller on the last reactor (reactor 0 also serves
-/// the RPC socket).
-pub fn start_cleaner(pool: &Arc<LsvPool>, reactors: &Reactors) {
-    let pool = pool.clone();
+/// the RPC socket). `on_stopped` runs on that reactor once the cleaner has stopped for a
+/// closed pool (its last checkpoint write done), or at once if it cannot start.
+pub fn start_cleaner(
+    pool: &Arc<LsvPool>,
+    reactors: &Reactors,
+    on_stopped: Option<OnCleanerStopped>,
+) {
+    let started = pool.clone();
     let reactor = reactors.count() - 1;
     let sent = reactors.send(reactor, move |r| {
+        let pool = started;
         let name = format!("lsv_cleaner:{}", pool.name);
+        let mut on_stopped = on_stopped;
         match Cleaner::new(pool.clone()) {
             Ok(mut cleaner) => {
+                let mut stopped = on_stopped.take();
+                let polled = pool.clone();
                 let ok =
                     r.register_poller(name, PollerKind::Service, CLEANER_PERIOD_US, move |_| {
                         match cleaner.poll() {
                             CleanerPoll::Idle => PollStatus::Idle,
                             CleanerPoll::Busy => PollStatus::Busy,
                             CleanerPoll::Waiting => PollStatus::Waiting,
-                            CleanerPoll::Done => PollStatus::Done,
+                            CleanerPoll::Done => {
+                                polled.cleaner_stopped.store(true, Ordering::SeqCst);
+                                if let Some(f) = stopped.take() {
+                                    f();
+                                }
+                                PollStatus::Done
+                            }
                         }
                     });
                 if !ok {
                     tracing::error!(pool = %pool.name, "no poller slot for the cleaner");
+                    // Never runs: `remove` lets the claim go itself.
+                    pool.cleaner_stopped.store(true, Ordering::SeqCst);
                 }
             }
             Err(e) => tracing::error!(pool = %pool.name, "cleaner not started: {e}"),
         }
+        if let Some(f) = on_stopped {
+            // Not started after all.
+            pool.cleaner_stopped.store(true, Ordering::SeqCst);
+            f();
+        }
     });
     if let Err(e) = sent {
         tracing::error!("cleaner not started: {e}");
+        // Never runs (`on_stopped` went with the message): `remove` lets the claim go itself.
+        pool.cleaner_stopped.store(true, Ordering::SeqCst);
     }
 }
 
@@ -54,9 +88,32 @@ fn claim_holder(pool: &LsvPool) -> String {
     format!("lvstore {}", pool.name)
 }
 
+/// The same once the pool is removed, until its cleaner has stopped writing.
+fn unloading_holder(pool: &LsvPool) -> String {
+    format!(
+        "lvstore {} (unloading: its last writes are finishing)",
+        pool.name
+    )
+}
+
 impl Pools {
-    pub fn new() -> Pools {
-        Pools::default()
+    pub fn new(registry: Arc<BdevRegistry>) -> Pools {
+        Pools {
+            by_name: RwLock::default(),
+            reactors: OnceLock::new(),
+            registry,
+        }
+    }
+
+    /// Starts `pool`'s cleaner; its claim on its base bdev is let go once the cleaner has
+    /// stopped for good after `remove` (which renames the claim `unloading_holder`), when
+    /// the pool writes the base no more. A cleaner that could not start lets nothing go.
+    fn start_cleaner_of(&self, pool: &Arc<LsvPool>, reactors: &Reactors) {
+        let registry = self.registry.clone();
+        let base = pool.base_name().to_string();
+        let holder = unloading_holder(pool);
+        let release: OnCleanerStopped = Box::new(move || registry.release(&base, &holder));
+        start_cleaner(pool, reactors, Some(release));
     }
 
     /// From now on every pool loaded or created gets a cleaner on `reactors`; pools already
@@ -64,7 +121,7 @@ impl Pools {
     pub fn attach_reactors(&self, reactors: Reactors) {
         if self.reactors.set(reactors.clone()).is_ok() {
             for p in self.list() {
-                start_cleaner(&p, &reactors);
+                self.start_cleaner_of(&p, &reactors);
             }
         }
     }
@@ -102,9 +159,11 @@ impl Pools {
             .collect()
     }
 
-    /// Loads `pool`, which claims its base bdev in `registry` (released by `remove`): no
-    /// front end exports it writable and it is not deleted while the pool is loaded.
-    pub fn insert(&self, pool: Arc<LsvPool>, registry: &BdevRegistry) -> Result<(), PoolError> {
+    /// Loads `pool`, which claims its base bdev (unless it holds the claim already: a pool
+    /// being created claims its base before formatting it). While the pool is loaded, and
+    /// until its cleaner has stopped after `remove`, no front end exports the base writable
+    /// and it is not deleted.
+    pub fn insert(&self, pool: Arc<LsvPool>) -> Result<(), PoolError> {
         let mut m = self.by_name.write().unwrap_or_else(|e| e.into_inner());
         if m.contains_key(&pool.name) || m.values().any(|p| p.base_name() == pool.base_name()) {
             return Err(PoolError::Base(format!(
@@ -113,18 +172,35 @@ impl Pools {
                 pool.base_name()
             )));
         }
-        registry
-            .claim(pool.base_name(), &claim_holder(&pool))
-            .map_err(|e| PoolError::Base(e.to_string()))?;
+        let holder = claim_holder(&pool);
+        if self.registry.claimed_by(pool.base_name()).as_deref() != Some(holder.as_str()) {
+            self.registry
+                .claim(pool.base_name(), &holder)
+                .map_err(|e| PoolError::Base(e.to_string()))?;
+        }
         m.insert(pool.name.clone(), pool.clone());
         if let Some(r) = self.reactors.get() {
-            start_cleaner(&pool, r);
+            self.start_cleaner_of(&pool, r);
         }
         Ok(())
     }
 
-    /// Unloads a pool: its cleaner stops, and its base bdev is let go.
-    pub fn remove(&self, name: &str, registry: &BdevRegistry) -> Option<Arc<LsvPool>> {
+    /// Claims bdev `base` for a pool named `name` that is about to be formatted on it
+    /// (`insert` keeps the claim; `release_unformatted` lets it go if formatting fails).
+    pub fn claim_for_format(&self, base: &str, name: &str) -> Result<(), crate::bdev::BdevError> {
+        self.registry.claim(base, &format!("lvstore {name}"))
+    }
+
+    /// Lets go of a claim `claim_for_format` took for a pool that was not loaded.
+    pub fn release_unformatted(&self, base: &str, name: &str) {
+        if self.get(name).is_none_or(|p| p.base_name() != base) {
+            self.registry.release(base, &format!("lvstore {name}"));
+        }
+    }
+
+    /// Unloads a pool: its cleaner stops, and its base bdev is let go once the cleaner has
+    /// (at once if no cleaner runs).
+    pub fn remove(&self, name: &str) -> Option<Arc<LsvPool>> {
         let p = self
             .by_name
             .write()
@@ -132,7 +208,23 @@ impl Pools {
             .remove(name);
         if let Some(p) = &p {
             p.close();
-            registry.release(p.base_name(), &claim_holder(p));
+            let unloading = unloading_holder(p);
+            self.registry
+                .rename_claim(p.base_name(), &claim_holder(p), &unloading);
+            // After the rename: a cleaner stopping from now on lets the claim go itself.
+            // Where the cleaner runs on a reactor of its own (not the caller's, the RPC's
+            // reactor 0), wait for it a bounded time, so the base is free when this returns.
+            if self.reactors.get().is_some_and(|r| r.count() > 1) {
+                let deadline = std::time::Instant::now() + UNLOAD_WAIT;
+                while !p.cleaner_stopped.load(Ordering::SeqCst)
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            if self.reactors.get().is_none() || p.cleaner_stopped.load(Ordering::SeqCst) {
+                self.registry.release(p.base_name(), &unloading);
+            }
         }
         p
     }
@@ -149,19 +241,28 @@ impl Pools {
     }
 
     /// Opens the pool on `base` if it holds one (its name is the one it was created with),
-    /// and registers its volumes. Returns the pool's name.
-    pub fn examine(
-        &self,
-        base: &BdevEntry,
-        registry: &BdevRegistry,
-    ) -> Result<Option<String>, PoolError> {
-        if !holds_pool(base) {
+    /// and registers its volumes. Returns the pool's name. A claimed bdev is not examined:
+    /// its holder (a pool, or a bdev layered on it) reads it.
+    pub fn examine(&self, base: &BdevEntry) -> Result<Option<String>, PoolError> {
+        if self.registry.claimed_by(base.bdev.name()).is_some() || !holds_pool(base) {
             return Ok(None);
         }
         let pool = LsvPool::open_named(base.clone())?;
-        self.insert(pool.clone(), registry)?;
-        Self::register_volumes(&pool, registry)?;
+        self.insert(pool.clone())?;
+        Self::register_volumes(&pool, &self.registry)?;
         tracing::info!(pool = %pool.name, base = %base.bdev.name(), "examine: loaded pool");
         Ok(Some(pool.name.clone()))
+    }
+
+    /// Examines every bdev no pool sits on yet (after a config made them).
+    pub fn examine_all(&self) {
+        for entry in self.registry.list() {
+            if self.get_by_base(entry.bdev.name()).is_some() {
+                continue;
+            }
+            if let Err(e) = self.examine(&entry) {
+                tracing::warn!(bdev = %entry.bdev.name(), "examine: pool found but not loaded: {e}");
+            }
+        }
     }
 }

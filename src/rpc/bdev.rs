@@ -21,7 +21,7 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     tracing::info!(bdev = %name, "{method}");
     // Examine, as SPDK does: a bdev that holds a pool brings its volumes back.
     if let Some(entry) = ctx.registry.get(&name) {
-        if let Err(e) = ctx.pools.examine(&entry, &ctx.registry) {
+        if let Err(e) = ctx.pools.examine(&entry) {
             tracing::warn!(bdev = %name, "examine: pool found but not loaded: {e}");
         }
     }

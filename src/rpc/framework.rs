@@ -53,6 +53,9 @@ pub fn framework_start_init(ctx: &mut RpcContext, p: Option<&Value>) -> Result<V
             ctx.pending_config = Some(cfg);
             return Err(RpcError::new(INVALID_STATE, e.to_string()));
         }
+        // Examine what the config made, as a boot with it does: pools come back (and claim
+        // their bases) before any controller is set up.
+        ctx.pools.examine_all();
         if let Err(e) = super::vhost::apply_config(ctx, &cfg) {
             return Err(RpcError::new(INVALID_STATE, e));
         }

@@ -93,9 +93,19 @@ pub fn bdev_lvol_create_lvstore(
     let seg = p
         .cluster_sz
         .unwrap_or(crate::lsv::format::DEFAULT_SEGMENT_BYTES);
-    let pool = LsvPool::create(&p.lvs_name, base, seg).map_err(pool_err)?;
-    let uuid = pool.sb.uuid.to_string();
-    ctx.pools.insert(pool, &ctx.registry).map_err(pool_err)?;
+    // Claimed before formatting, so nothing else takes the bdev while it is written.
+    ctx.pools.claim_for_format(&p.bdev_name, &p.lvs_name)?;
+    let loaded = LsvPool::create(&p.lvs_name, base, seg).and_then(|pool| {
+        let uuid = pool.sb.uuid.to_string();
+        ctx.pools.insert(pool).map(|()| uuid)
+    });
+    let uuid = match loaded {
+        Ok(uuid) => uuid,
+        Err(e) => {
+            ctx.pools.release_unformatted(&p.bdev_name, &p.lvs_name);
+            return Err(pool_err(e));
+        }
+    };
     Ok(json!(uuid))
 }
 
@@ -160,7 +170,7 @@ pub fn bdev_lvol_delete_lvstore(
             format!("lvstore {:?} still has lvols; delete them first", pool.name),
         ));
     }
-    ctx.pools.remove(&pool.name, &ctx.registry);
+    ctx.pools.remove(&pool.name);
     Ok(json!(true))
 }
 
