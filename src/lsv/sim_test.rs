@@ -156,6 +156,8 @@ thread_local! {
     static CHECKPOINTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Of the cleaned segments, those freed without being read (nothing live in them).
     static CLEANED_UNREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Seeds whose pool was formatted over an earlier pool's crashed image.
+    static FORMATTED_OVER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Victims whose live blocks were found by reading only headers and live writes.
     static READ_IN_PARTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Of those, victims whose live blocks the segment summary in memory found.
@@ -537,19 +539,13 @@ fn recover_and_check(
     Ok((disk, pool))
 }
 
-fn run_seed(seed: u64) -> Result<(), String> {
-    let mut rng = SimRng::new(seed);
-    // Some seeds use a version 2 pool (no journal: recovery probes every segment), others
-    // a journal of 2 slots (heads wait for checkpoints to free slots, and slots are reused).
-    let journal = if seed % 7 == 3 {
-        Some(0)
-    } else if seed % 4 == 1 {
-        Some(2)
-    } else {
-        None
-    };
-    super::pool::TEST_JOURNAL_SLOTS.with(|t| t.set(journal));
-    let disk = Arc::new(SimDisk::new("sim", SMALL_DISK_BLOCKS, seed, 3));
+/// Seed `seed`'s pool on `disk` with its volume, the model of it, and the steps of its first
+/// run (drawn from `rng`).
+fn seed_pool(
+    seed: u64,
+    rng: &mut SimRng,
+    disk: &Arc<SimDisk>,
+) -> Result<(Arc<LsvPool>, Model, u64), String> {
     let reg = BdevRegistry::new();
     let base = reg.register(disk.clone()).unwrap();
     let pool = LsvPool::create("p", base, 1 << 20).map_err(|e| e.to_string())?;
@@ -567,7 +563,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
     // A third of the seeds write every record with FUA, and check every acknowledged write.
     let strict = seed.is_multiple_of(3);
     pool.set_fua_records(strict);
-    let mut model = Model {
+    let model = Model {
         strict,
         volume_blocks,
         size_blocks: volume_blocks,
@@ -581,6 +577,37 @@ fn run_seed(seed: u64) -> Result<(), String> {
     } else {
         20 + rng.below(1500)
     };
+    Ok((pool, model, steps))
+}
+
+fn run_seed(seed: u64) -> Result<(), String> {
+    let mut rng = SimRng::new(seed);
+    // Some seeds use a version 2 pool (no journal: recovery probes every segment), others
+    // a journal of 2 slots (heads wait for checkpoints to free slots, and slots are reused).
+    let journal = if seed % 7 == 3 {
+        Some(0)
+    } else if seed % 4 == 1 {
+        Some(2)
+    } else {
+        None
+    };
+    super::pool::TEST_JOURNAL_SLOTS.with(|t| t.set(journal));
+    let mut disk = Arc::new(SimDisk::new("sim", SMALL_DISK_BLOCKS, seed, 3));
+    // One seed in six formats its pool over an earlier pool's crashed image on the same disk:
+    // one with the same history (the same draws, the same disk timing: a script run again)
+    // that ran on further. Its records stay past the new pool's chains, and their writes,
+    // which the new pool never made, must never show in it.
+    if seed % 6 == 4 {
+        let mut earlier = rng.clone();
+        let (old, mut old_model, steps) = seed_pool(seed, &mut earlier, &disk)?;
+        let steps = steps + 1 + earlier.below(300);
+        let (image, _) = run_until_crash(&mut earlier, &disk, &old, &mut old_model, steps, 0)
+            .map_err(|e| format!("the earlier pool: {e}"))?;
+        drop(old);
+        disk = Arc::new(SimDisk::from_image("sim", image, seed, 3));
+        FORMATTED_OVER.with(|c| c.set(c.get() + 1));
+    }
+    let (pool, mut model, steps) = seed_pool(seed, &mut rng, &disk)?;
     let (image, in_flight) = run_until_crash(&mut rng, &disk, &pool, &mut model, steps, 0)?;
     note_journal(&pool);
     drop(pool);
@@ -665,6 +692,11 @@ fn crash_simulation_loses_no_acknowledged_write() {
         assert!(
             by_journal > 0 && by_probing > 0 && journal_waits > 0,
             "{by_journal} recoveries by the journal, {by_probing} by probing, {journal_waits} waits for a journal slot"
+        );
+        // And pools formatted over an earlier pool.
+        assert!(
+            FORMATTED_OVER.with(|c| c.get()) > 0,
+            "no pool formatted over another"
         );
         // And writes numbered while a checkpoint's snapshot was being taken.
         assert!(
