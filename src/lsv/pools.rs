@@ -230,12 +230,21 @@ impl Pools {
     }
 
     /// Registers every volume of `pool` as a bdev named `pool/volume`.
+    /// All or none: if one cannot be registered (its name is taken), those registered
+    /// before it are removed again.
     pub fn register_volumes(pool: &Arc<LsvPool>, registry: &BdevRegistry) -> Result<(), PoolError> {
+        let mut done: Vec<String> = Vec::new();
         for meta in pool.volumes() {
             let (meta, table) = pool.volume(&meta.name).expect("listed just now");
-            registry
-                .register(Arc::new(LsvVolume::new(pool.clone(), meta, table)))
-                .map_err(|e| PoolError::Base(e.to_string()))?;
+            match registry.register(Arc::new(LsvVolume::new(pool.clone(), meta, table))) {
+                Ok(e) => done.push(e.bdev.name().to_string()),
+                Err(e) => {
+                    for name in &done {
+                        let _ = registry.remove(name);
+                    }
+                    return Err(PoolError::Base(e.to_string()));
+                }
+            }
         }
         Ok(())
     }
@@ -249,7 +258,11 @@ impl Pools {
         }
         let pool = LsvPool::open_named(base.clone())?;
         self.insert(pool.clone())?;
-        Self::register_volumes(&pool, &self.registry)?;
+        if let Err(e) = Self::register_volumes(&pool, &self.registry) {
+            // Not loaded after all (the operator is told so): unloaded, its base let go.
+            self.remove(&pool.name);
+            return Err(e);
+        }
         tracing::info!(pool = %pool.name, base = %base.bdev.name(), "examine: loaded pool");
         Ok(Some(pool.name.clone()))
     }
