@@ -1627,3 +1627,84 @@ fn the_summary_tells_adjacent_writes_apart() {
         "the unmap is not covered by a checkpoint"
     );
 }
+
+/// A crash kept a segment's first record but lost its journal entry: recovery leaves the
+/// chain unreplayed and the segment free. The appliance's load then writes a checkpoint
+/// (`checkpoint_after_unclean_recovery`), so a later recovery that must probe every segment
+/// (a damaged journal slot) does not replay that chain either: without it, a block would
+/// change across the second restart with no write to it.
+#[test]
+fn a_chain_whose_entry_a_crash_lost_stays_out_after_a_later_crash() {
+    use super::record::{Entry, EntryOp, RecordHeader};
+    let (disk, pool) = new_pool();
+    let mut h = Harness::open(&pool);
+    h.write(5, 1);
+    let sb: Superblock = pool.sb;
+    let volume = pool.volume("v").unwrap().0.id as u64;
+    let seg = pool.segment_of(pba_of(&pool, 5)) + 3;
+    let seq = pool.next_seq_now() + 10;
+    drop(h);
+    drop(pool);
+    let mut image = image_of(&disk);
+    // The use whose entry was lost: one record writing block 5 (tag 2), its first.
+    let data = pattern(5, 2);
+    let mut rh = RecordHeader::new(seq, seg, seq);
+    rh.push(Entry {
+        volume,
+        lba: 5,
+        num_blocks: 1,
+        op: EntryOp::Write,
+        data_crc: crc32c::crc32c(&data),
+        data_seq: 0,
+    })
+    .unwrap();
+    rh.data_crc = crc32c::crc32c(&data);
+    let at = sb.segment_offset(seg) as usize;
+    rh.encode(&mut image[at..at + BLOCK]);
+    image[at + BLOCK..at + 2 * BLOCK].copy_from_slice(&data);
+    // A journal slot damaged: the probe of every segment finds the chain and replays it (the
+    // test's record is well made), as a recovery from the crash's checkpoint would.
+    let damage = |mut image: Vec<u8>| {
+        flip(
+            &mut image,
+            super::segment_journal::JOURNAL_OFFSET + 33,
+            0x02,
+        );
+        image
+    };
+    let pool = open_image(damage(image.clone())).unwrap();
+    assert!(
+        pool.stats()["recovery"]["segments_probed"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_reads(&pool, &BTreeMap::from([(5, 2)]));
+    drop(pool);
+
+    // The journal intact: the chain is not the use any entry names, and stays out.
+    let (disk2, pool) = open_image_on_disk(image);
+    let pool = pool.unwrap();
+    assert_reads(&pool, &BTreeMap::from([(5, 1)]));
+    // The load's checkpoint (the close was not clean: the log since was read).
+    assert!(pool.checkpoint_after_unclean_recovery().unwrap());
+    assert!(!pool.checkpoint_after_unclean_recovery().unwrap());
+    drop(pool);
+    // Then a crash with a journal slot damaged: the probe finds the chain again, below the
+    // checkpoint now, and leaves it.
+    let (disk3, pool) = open_image_on_disk(damage(image_of(&disk2)));
+    let pool = pool.unwrap();
+    assert!(
+        pool.stats()["recovery"]["segments_probed"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_reads(&pool, &BTreeMap::from([(5, 1)]));
+    // After a clean close (a checkpoint with nothing in flight), a load writes none.
+    pool.checkpoint_sync().unwrap();
+    drop(pool);
+    let pool = open_image(image_of(&disk3)).unwrap();
+    assert!(!pool.checkpoint_after_unclean_recovery().unwrap());
+    assert_reads(&pool, &BTreeMap::from([(5, 1)]));
+}

@@ -524,6 +524,8 @@ pub struct LsvPool {
     journal_blocks_written: AtomicU64,
     /// What the last recovery read: segments whole, and first blocks probed.
     pub(super) recovery_segments_read: AtomicU64,
+    /// The last recovery found log past its checkpoint (the pool was not closed cleanly).
+    recovered_unclean: AtomicBool,
     pub(super) recovery_segments_probed: AtomicU64,
     /// Log blocks written (user and cleaner) since open when the newest durable checkpoint
     /// began, and when the one being written began.
@@ -834,6 +836,7 @@ impl LsvPool {
             journal_full_waits: AtomicU64::new(0),
             journal_blocks_written: AtomicU64::new(0),
             recovery_segments_read: AtomicU64::new(0),
+            recovered_unclean: AtomicBool::new(false),
             recovery_segments_probed: AtomicU64::new(0),
             log_blocks_at_checkpoint: AtomicU64::new(0),
             log_blocks_at_begin: AtomicU64::new(0),
@@ -1538,6 +1541,12 @@ impl LsvPool {
         // taken before that (recovery writes nothing).
         self.recovery_segments_read
             .store(segments_read, Ordering::Relaxed);
+        // A clean close's checkpoint covers everything: no segment to read, no journal entry
+        // past it, nothing in flight when it was taken.
+        self.recovered_unclean.store(
+            segments_read > 0 || newest_journaled >= h.next_seq || after + 1 < h.next_seq,
+            Ordering::Relaxed,
+        );
         let replayed_blocks: u64 = records
             .iter()
             .map(|(_, _, rh)| rh.total_blocks() as u64)
@@ -1794,6 +1803,23 @@ impl LsvPool {
             }
         }
         self.checkpoint_busy.store(false, Ordering::Release);
+    }
+
+    /// After a recovery that found log past its checkpoint (an unclean close), writes a
+    /// checkpoint at once, before the pool takes I/O; returns whether it did. A crash may
+    /// keep a segment's first record and lose its journal entry: recovery leaves that chain
+    /// unreplayed and the segment free, and until a checkpoint covers the chain's numbers a
+    /// later recovery that must read every segment's first block (a damaged journal slot)
+    /// would replay it, and blocks would change under no new write. From this checkpoint on,
+    /// no recovery reads anything numbered before it. The appliance's loads call this (and
+    /// `unblend bench`'s `open=1`); the offline tools, which write nothing unless asked, do
+    /// not.
+    pub fn checkpoint_after_unclean_recovery(&self) -> Result<bool, PoolError> {
+        if !self.recovered_unclean.swap(false, Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.checkpoint_sync()?;
+        Ok(true)
     }
 
     /// Writes a checkpoint now, blocking (format, clean shutdown, tests). Waits for a

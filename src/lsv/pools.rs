@@ -257,6 +257,7 @@ impl Pools {
             return Ok(None);
         }
         let pool = LsvPool::open_named(base.clone())?;
+        pool.checkpoint_after_unclean_recovery()?;
         self.insert(pool.clone())?;
         if let Err(e) = Self::register_volumes(&pool, &self.registry) {
             // Not loaded after all (the operator is told so): unloaded, its base let go.
