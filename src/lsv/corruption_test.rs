@@ -1235,13 +1235,11 @@ fn a_damaged_journal_entry_makes_recovery_probe_every_segment() {
     assert_eq!(pool.stats()["journal"]["uncovered_entries"], 0);
 }
 
-/// A crash kept a segment's first record but lost its journal entry (the segment stayed
-/// free), and a later use of the segment kept its entry but lost its first record: the old
-/// chain at the segment's start is not the use the journal names, and is not replayed.
-#[test]
-fn a_chain_the_journal_does_not_name_is_not_replayed() {
+/// A pool whose block 5 holds tag 1, crashed, and in its image a use of a free segment whose
+/// journal entry the crash lost: its first record, writing block 5 (tag 2), well made.
+/// Returns the image, the superblock, that segment and the record's number.
+fn image_with_an_unjournaled_chain() -> (Vec<u8>, Superblock, u64, u64) {
     use super::record::{Entry, EntryOp, RecordHeader};
-    use super::segment_journal::{JournalEntry, JOURNAL_OFFSET};
     let (disk, pool) = new_pool();
     let mut h = Harness::open(&pool);
     h.write(5, 1);
@@ -1252,7 +1250,6 @@ fn a_chain_the_journal_does_not_name_is_not_replayed() {
     drop(h);
     drop(pool);
     let mut image = image_of(&disk);
-    // The stale use: one record writing block 5 (tag 2), as its first record.
     let data = pattern(5, 2);
     let mut rh = RecordHeader::new(seq, seg, seq);
     rh.push(Entry {
@@ -1268,6 +1265,16 @@ fn a_chain_the_journal_does_not_name_is_not_replayed() {
     let at = sb.segment_offset(seg) as usize;
     rh.encode(&mut image[at..at + BLOCK]);
     image[at + BLOCK..at + 2 * BLOCK].copy_from_slice(&data);
+    (image, sb, seg, seq)
+}
+
+/// A crash kept a segment's first record but lost its journal entry (the segment stayed
+/// free), and a later use of the segment kept its entry but lost its first record: the old
+/// chain at the segment's start is not the use the journal names, and is not replayed.
+#[test]
+fn a_chain_the_journal_does_not_name_is_not_replayed() {
+    use super::segment_journal::{JournalEntry, JOURNAL_OFFSET};
+    let (mut image, sb, seg, seq) = image_with_an_unjournaled_chain();
     // The later use's entry (epoch above the stale use's records), in a free slot.
     let entry = JournalEntry {
         position: 7,
@@ -1635,33 +1642,7 @@ fn the_summary_tells_adjacent_writes_apart() {
 /// change across the second restart with no write to it.
 #[test]
 fn a_chain_whose_entry_a_crash_lost_stays_out_after_a_later_crash() {
-    use super::record::{Entry, EntryOp, RecordHeader};
-    let (disk, pool) = new_pool();
-    let mut h = Harness::open(&pool);
-    h.write(5, 1);
-    let sb: Superblock = pool.sb;
-    let volume = pool.volume("v").unwrap().0.id as u64;
-    let seg = pool.segment_of(pba_of(&pool, 5)) + 3;
-    let seq = pool.next_seq_now() + 10;
-    drop(h);
-    drop(pool);
-    let mut image = image_of(&disk);
-    // The use whose entry was lost: one record writing block 5 (tag 2), its first.
-    let data = pattern(5, 2);
-    let mut rh = RecordHeader::new(seq, seg, seq);
-    rh.push(Entry {
-        volume,
-        lba: 5,
-        num_blocks: 1,
-        op: EntryOp::Write,
-        data_crc: crc32c::crc32c(&data),
-        data_seq: 0,
-    })
-    .unwrap();
-    rh.data_crc = crc32c::crc32c(&data);
-    let at = sb.segment_offset(seg) as usize;
-    rh.encode(&mut image[at..at + BLOCK]);
-    image[at + BLOCK..at + 2 * BLOCK].copy_from_slice(&data);
+    let (image, _, _, _) = image_with_an_unjournaled_chain();
     // A journal slot damaged: the probe of every segment finds the chain and replays it (the
     // test's record is well made), as a recovery from the crash's checkpoint would.
     let damage = |mut image: Vec<u8>| {
@@ -1672,13 +1653,9 @@ fn a_chain_whose_entry_a_crash_lost_stays_out_after_a_later_crash() {
         );
         image
     };
+    let probed = |p: &LsvPool| p.stats()["recovery"]["segments_probed"].as_u64() > Some(0);
     let pool = open_image(damage(image.clone())).unwrap();
-    assert!(
-        pool.stats()["recovery"]["segments_probed"]
-            .as_u64()
-            .unwrap()
-            > 0
-    );
+    assert!(probed(&pool));
     assert_reads(&pool, &BTreeMap::from([(5, 2)]));
     drop(pool);
 
@@ -1694,12 +1671,7 @@ fn a_chain_whose_entry_a_crash_lost_stays_out_after_a_later_crash() {
     // checkpoint now, and leaves it.
     let (disk3, pool) = open_image_on_disk(damage(image_of(&disk2)));
     let pool = pool.unwrap();
-    assert!(
-        pool.stats()["recovery"]["segments_probed"]
-            .as_u64()
-            .unwrap()
-            > 0
-    );
+    assert!(probed(&pool));
     assert_reads(&pool, &BTreeMap::from([(5, 1)]));
     // After a clean close (a checkpoint with nothing in flight), a load writes none.
     pool.checkpoint_sync().unwrap();
