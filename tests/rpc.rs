@@ -25,15 +25,15 @@ impl Appliance {
         let dir = common::TestDir::new(name);
         let sock = dir.join("unblend.sock");
         let data = dir.join("data");
-        let mut args = vec![
-            "serve",
-            "-m",
-            "0x1",
-            "-r",
-            sock.to_str().unwrap(),
-            "-d",
-            data.to_str().unwrap(),
-        ];
+        // One reactor unless `extra` names a cpumask.
+        let mask = if extra.contains(&"-m") {
+            vec![]
+        } else {
+            vec!["-m", "0x1"]
+        };
+        let mut args = vec!["serve"];
+        args.extend(mask);
+        args.extend(["-r", sock.to_str().unwrap(), "-d", data.to_str().unwrap()]);
         args.extend_from_slice(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_unblend"))
             .args(&args)
@@ -868,5 +868,30 @@ fn an_lvstore_claims_its_base_bdev() {
         .unwrap();
     c.call("vhost_delete_controller", Some(json!({"ctrlr": "c1"})))
         .unwrap();
+    a.stop();
+}
+
+/// With the cleaner on a reactor of its own, deleting an lvstore waits for its cleaner to
+/// stop writing: the base is free the moment the RPC answers, and can be deleted at once.
+#[test]
+fn a_deleted_lvstores_base_is_free_when_the_rpc_answers_on_two_reactors() {
+    let a = Appliance::start("rpc_claims2", &["-m", "0x3"]);
+    let mut c = a.client();
+    for i in 0..3 {
+        c.call(
+            "bdev_malloc_create",
+            Some(json!({"name": "M0", "num_blocks": 16384, "block_size": 4096})),
+        )
+        .unwrap();
+        c.call(
+            "bdev_lvol_create_lvstore",
+            Some(json!({"bdev_name": "M0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
+        )
+        .unwrap();
+        c.call("bdev_lvol_delete_lvstore", Some(json!({"lvs_name": "ls0"})))
+            .unwrap();
+        c.call("bdev_malloc_delete", Some(json!({"name": "M0"})))
+            .unwrap_or_else(|e| panic!("round {i}: {e:?}"));
+    }
     a.stop();
 }

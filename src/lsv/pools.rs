@@ -26,60 +26,65 @@ pub struct Pools {
 }
 
 /// Called once a pool's cleaner has stopped (or never started): nothing of the pool's writes
-/// the base any more.
-pub type OnCleanerStopped = Box<dyn FnOnce() + Send>;
+/// the base any more. It may be called more than once.
+pub type OnCleanerStopped = Arc<dyn Fn() + Send + Sync>;
 
 /// Starts `pool`'s cleaner as a service poller on the last reactor (reactor 0 also serves
-/// the RPC socket). `on_stopped` runs on that reactor once the cleaner has stopped for a
-/// closed pool (its last checkpoint write done), or at once if it cannot start.
+/// the RPC socket). Once the cleaner has stopped for a closed pool (its last checkpoint
+/// write done, and dropped: its final flush and free marks written), or if it cannot start,
+/// `pool.cleaner_stopped` is set and then `on_stopped` runs.
 pub fn start_cleaner(
     pool: &Arc<LsvPool>,
     reactors: &Reactors,
     on_stopped: Option<OnCleanerStopped>,
 ) {
+    let stopped = move |pool: &LsvPool, on_stopped: &Option<OnCleanerStopped>| {
+        pool.cleaner_stopped.store(true, Ordering::SeqCst);
+        if let Some(f) = on_stopped {
+            f();
+        }
+    };
     let started = pool.clone();
+    let on_send_failure = on_stopped.clone();
     let reactor = reactors.count() - 1;
     let sent = reactors.send(reactor, move |r| {
         let pool = started;
         let name = format!("lsv_cleaner:{}", pool.name);
-        let mut on_stopped = on_stopped;
         match Cleaner::new(pool.clone()) {
-            Ok(mut cleaner) => {
-                let mut stopped = on_stopped.take();
-                let polled = pool.clone();
+            Ok(cleaner) => {
+                let mut cleaner = Some(cleaner);
+                let (polled, on_done) = (pool.clone(), on_stopped.clone());
                 let ok =
                     r.register_poller(name, PollerKind::Service, CLEANER_PERIOD_US, move |_| {
-                        match cleaner.poll() {
+                        let Some(c) = cleaner.as_mut() else {
+                            return PollStatus::Done;
+                        };
+                        match c.poll() {
                             CleanerPoll::Idle => PollStatus::Idle,
                             CleanerPoll::Busy => PollStatus::Busy,
                             CleanerPoll::Waiting => PollStatus::Waiting,
                             CleanerPoll::Done => {
-                                polled.cleaner_stopped.store(true, Ordering::SeqCst);
-                                if let Some(f) = stopped.take() {
-                                    f();
-                                }
+                                // Its drop writes what it still owes the base; then it is done.
+                                drop(cleaner.take());
+                                stopped(&polled, &on_done);
                                 PollStatus::Done
                             }
                         }
                     });
                 if !ok {
                     tracing::error!(pool = %pool.name, "no poller slot for the cleaner");
-                    // Never runs: `remove` lets the claim go itself.
-                    pool.cleaner_stopped.store(true, Ordering::SeqCst);
+                    stopped(&pool, &on_stopped);
                 }
             }
-            Err(e) => tracing::error!(pool = %pool.name, "cleaner not started: {e}"),
-        }
-        if let Some(f) = on_stopped {
-            // Not started after all.
-            pool.cleaner_stopped.store(true, Ordering::SeqCst);
-            f();
+            Err(e) => {
+                tracing::error!(pool = %pool.name, "cleaner not started: {e}");
+                stopped(&pool, &on_stopped);
+            }
         }
     });
     if let Err(e) = sent {
         tracing::error!("cleaner not started: {e}");
-        // Never runs (`on_stopped` went with the message): `remove` lets the claim go itself.
-        pool.cleaner_stopped.store(true, Ordering::SeqCst);
+        stopped(pool, &on_send_failure);
     }
 }
 
@@ -112,7 +117,7 @@ impl Pools {
         let registry = self.registry.clone();
         let base = pool.base_name().to_string();
         let holder = unloading_holder(pool);
-        let release: OnCleanerStopped = Box::new(move || registry.release(&base, &holder));
+        let release: OnCleanerStopped = Arc::new(move || registry.release(&base, &holder));
         start_cleaner(pool, reactors, Some(release));
     }
 
@@ -257,9 +262,12 @@ impl Pools {
             return Ok(None);
         }
         let pool = LsvPool::open_named(base.clone())?;
-        pool.checkpoint_after_unclean_recovery()?;
+        // Claimed (by `insert`) before the load's checkpoint writes the base.
         self.insert(pool.clone())?;
-        if let Err(e) = Self::register_volumes(&pool, &self.registry) {
+        let loaded = pool
+            .checkpoint_after_unclean_recovery()
+            .and_then(|_| Self::register_volumes(&pool, &self.registry));
+        if let Err(e) = loaded {
             // Not loaded after all (the operator is told so): unloaded, its base let go.
             self.remove(&pool.name);
             return Err(e);

@@ -598,9 +598,11 @@ fn run_seed(seed: u64) -> Result<(), String> {
     // that ran on further. Its records stay past the new pool's chains, and their writes,
     // which the new pool never made, must never show in it.
     if seed % 6 == 4 {
+        // How much further: drawn apart, so that the earlier run's draws are this run's.
+        let further = 1 + SimRng::new(seed ^ 0x5EED_F0A7).below(300);
         let mut earlier = rng.clone();
         let (old, mut old_model, steps) = seed_pool(seed, &mut earlier, &disk)?;
-        let steps = steps + 1 + earlier.below(300);
+        let steps = steps + further;
         let (image, _) = run_until_crash(&mut earlier, &disk, &old, &mut old_model, steps, 0)
             .map_err(|e| format!("the earlier pool: {e}"))?;
         drop(old);
