@@ -293,26 +293,29 @@ pub fn target_from_spec(spec: &str) -> Result<BenchTarget, BenchError> {
                     sqpoll: false,
                 })?))?;
             let reopen = open_existing && exists && crate::lsv::pool::holds_pool(&base);
-            let pool =
-                if reopen {
-                    let t0 = Instant::now();
-                    let pool = crate::lsv::pool::LsvPool::open_named(base)
-                        .map_err(|e| BenchError::Run(format!("opening the pool: {e}")))?;
-                    let recovered_ms = t0.elapsed().as_secs_f64() * 1000.0;
-                    // As the appliance's load does: the time to serve I/O includes it.
-                    let checkpointed = pool
-                        .checkpoint_after_unclean_recovery()
-                        .map_err(|e| BenchError::Run(format!("checkpoint after recovery: {e}")))?;
-                    println!(
-                    "lsv: pool opened (recovered) in {:.1} ms ({recovered_ms:.1} ms recovering{})",
-                    t0.elapsed().as_secs_f64() * 1000.0,
-                    if checkpointed { ", then a checkpoint" } else { "" }
-                );
-                    pool
+            let pool = if reopen {
+                let t0 = Instant::now();
+                let pool = crate::lsv::pool::LsvPool::open_named(base)
+                    .map_err(|e| BenchError::Run(format!("opening the pool: {e}")))?;
+                let recovered_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                // As the appliance's load does: the time to serve I/O includes it.
+                let checkpointed = pool
+                    .checkpoint_after_unclean_recovery()
+                    .map_err(|e| BenchError::Run(format!("checkpoint after recovery: {e}")))?;
+                let then = if checkpointed {
+                    ", then a checkpoint"
                 } else {
-                    crate::lsv::pool::LsvPool::create("bench_pool", base, segment_bytes)
-                        .map_err(|e| BenchError::Usage(e.to_string()))?
+                    ""
                 };
+                println!(
+                    "lsv: pool opened (recovered) in {:.1} ms ({recovered_ms:.1} ms recovering{then})",
+                    t0.elapsed().as_secs_f64() * 1000.0
+                );
+                pool
+            } else {
+                crate::lsv::pool::LsvPool::create("bench_pool", base, segment_bytes)
+                    .map_err(|e| BenchError::Usage(e.to_string()))?
+            };
             pool.set_policy(policy);
             let blocks = crate::bdev::blocks_for_size(volume_bytes, 4096)?;
             let mut bdevs: Vec<Arc<dyn Bdev>> = Vec::new();

@@ -146,6 +146,8 @@ pub fn create_bdev(
     method: &str,
     params: &Value,
 ) -> Result<Option<String>, CallError> {
+    // A delay bdev claims its base, as SPDK's does (let go when it is deleted).
+    let mut claims_base = None;
     let bdev: Arc<dyn Bdev> = match method {
         "bdev_null_create" => Arc::new(NullBdev::create(&params_of::<NullCreateParams>(params)?)?),
         "bdev_malloc_create" => {
@@ -167,6 +169,7 @@ pub fn create_bdev(
             let base = registry
                 .get(&p.base_bdev_name)
                 .ok_or_else(|| BdevError::NotFound(p.base_bdev_name.clone()))?;
+            claims_base = Some(p.base_bdev_name.clone());
             Arc::new(crate::bdev::delay::DelayBdev::create(&p, base)?)
         }
         m if is_ignored_option_method(m) => return Ok(None),
@@ -176,18 +179,11 @@ pub fn create_bdev(
     if registry.contains(&name) {
         return Err(BdevError::Exists(name).into());
     }
-    // A delay bdev claims its base, as SPDK's does (let go when it is deleted).
-    let base = (method == "bdev_delay_create").then(|| {
-        bdev.driver_info()["delay"]["base_bdev_name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    });
-    if let Some(base) = &base {
+    if let Some(base) = &claims_base {
         registry.claim(base, &crate::bdev::registry::holder_bdev(&name))?;
     }
     if let Err(e) = registry.register(bdev) {
-        if let Some(base) = &base {
+        if let Some(base) = &claims_base {
             registry.release(base, &crate::bdev::registry::holder_bdev(&name));
         }
         return Err(e.into());

@@ -524,9 +524,9 @@ pub struct LsvPool {
     journal_blocks_written: AtomicU64,
     /// What the last recovery read: segments whole, and first blocks probed.
     pub(super) recovery_segments_read: AtomicU64,
+    pub(super) recovery_segments_probed: AtomicU64,
     /// The last recovery found log past its checkpoint (the pool was not closed cleanly).
     recovered_unclean: AtomicBool,
-    pub(super) recovery_segments_probed: AtomicU64,
     /// Log blocks written (user and cleaner) since open when the newest durable checkpoint
     /// began, and when the one being written began.
     log_blocks_at_checkpoint: AtomicU64,
@@ -836,8 +836,8 @@ impl LsvPool {
             journal_full_waits: AtomicU64::new(0),
             journal_blocks_written: AtomicU64::new(0),
             recovery_segments_read: AtomicU64::new(0),
-            recovered_unclean: AtomicBool::new(false),
             recovery_segments_probed: AtomicU64::new(0),
+            recovered_unclean: AtomicBool::new(false),
             log_blocks_at_checkpoint: AtomicU64::new(0),
             log_blocks_at_begin: AtomicU64::new(0),
             recovery_log_blocks: AtomicU64::new(0),

@@ -89,8 +89,8 @@ pub fn start_cleaner(
 }
 
 /// How a pool's claim of its base bdev names its holder.
-fn claim_holder(pool: &LsvPool) -> String {
-    format!("lvstore {}", pool.name)
+fn claim_holder(pool_name: &str) -> String {
+    format!("lvstore {pool_name}")
 }
 
 /// The same once the pool is removed, until its cleaner has stopped writing.
@@ -177,7 +177,7 @@ impl Pools {
                 pool.base_name()
             )));
         }
-        let holder = claim_holder(&pool);
+        let holder = claim_holder(&pool.name);
         if self.registry.claimed_by(pool.base_name()).as_deref() != Some(holder.as_str()) {
             self.registry
                 .claim(pool.base_name(), &holder)
@@ -193,13 +193,13 @@ impl Pools {
     /// Claims bdev `base` for a pool named `name` that is about to be formatted on it
     /// (`insert` keeps the claim; `release_unformatted` lets it go if formatting fails).
     pub fn claim_for_format(&self, base: &str, name: &str) -> Result<(), crate::bdev::BdevError> {
-        self.registry.claim(base, &format!("lvstore {name}"))
+        self.registry.claim(base, &claim_holder(name))
     }
 
     /// Lets go of a claim `claim_for_format` took for a pool that was not loaded.
     pub fn release_unformatted(&self, base: &str, name: &str) {
         if self.get(name).is_none_or(|p| p.base_name() != base) {
-            self.registry.release(base, &format!("lvstore {name}"));
+            self.registry.release(base, &claim_holder(name));
         }
     }
 
@@ -215,7 +215,7 @@ impl Pools {
             p.close();
             let unloading = unloading_holder(p);
             self.registry
-                .rename_claim(p.base_name(), &claim_holder(p), &unloading);
+                .rename_claim(p.base_name(), &claim_holder(&p.name), &unloading);
             // After the rename: a cleaner stopping from now on lets the claim go itself.
             // Where the cleaner runs on a reactor of its own (not the caller's, the RPC's
             // reactor 0), wait for it a bounded time, so the base is free when this returns.

@@ -75,15 +75,11 @@ pub fn bdev_lvol_create_lvstore(
             format!("bdev {:?} already holds an lvstore", p.bdev_name),
         ));
     }
-    // Formatting writes the bdev: only one that nothing else holds or exports.
-    if let Some(by) = ctx.registry.claimed_by(&p.bdev_name) {
-        return Err(BdevError::Claimed {
-            bdev: p.bdev_name,
-            by,
-        }
-        .into());
-    }
+    // Formatting writes the bdev: only one that nothing else holds (the claim fails) or
+    // exports, claimed first so nothing else takes it while it is written.
+    ctx.pools.claim_for_format(&p.bdev_name, &p.lvs_name)?;
     if let Some(ctrlr) = ctx.vhost.controller_of(&p.bdev_name) {
+        ctx.pools.release_unformatted(&p.bdev_name, &p.lvs_name);
         return Err(BdevError::Claimed {
             bdev: p.bdev_name,
             by: format!("vhost controller {ctrlr}"),
@@ -93,8 +89,6 @@ pub fn bdev_lvol_create_lvstore(
     let seg = p
         .cluster_sz
         .unwrap_or(crate::lsv::format::DEFAULT_SEGMENT_BYTES);
-    // Claimed before formatting, so nothing else takes the bdev while it is written.
-    ctx.pools.claim_for_format(&p.bdev_name, &p.lvs_name)?;
     let loaded = LsvPool::create(&p.lvs_name, base, seg).and_then(|pool| {
         let uuid = pool.sb.uuid.to_string();
         ctx.pools.insert(pool).map(|()| uuid)
