@@ -300,7 +300,7 @@ pub fn target_from_spec(spec: &str) -> Result<BenchTarget, BenchError> {
                 let recovered_ms = t0.elapsed().as_secs_f64() * 1000.0;
                 // As the appliance's load does: the time to serve I/O includes it.
                 let checkpointed = pool
-                    .checkpoint_after_unclean_recovery()
+                    .checkpoint_after_recovery()
                     .map_err(|e| BenchError::Run(format!("checkpoint after recovery: {e}")))?;
                 let then = if checkpointed {
                     ", then a checkpoint"

@@ -1237,17 +1237,26 @@ fn a_damaged_journal_entry_makes_recovery_probe_every_segment() {
 
 /// A pool whose block 5 holds tag 1, crashed, and in its image a use of a free segment whose
 /// journal entry the crash lost: its first record, writing block 5 (tag 2), well made.
-/// Returns the image, the superblock, that segment and the record's number.
-fn image_with_an_unjournaled_chain() -> (Vec<u8>, Superblock, u64, u64) {
+/// `quiescent`: a checkpoint was taken with nothing in flight after the write (a clean close,
+/// or a load's checkpoint), and the use began after it. Returns the image, the superblock,
+/// that segment and the record's number.
+fn image_with_an_unjournaled_chain(quiescent: bool) -> (Vec<u8>, Superblock, u64, u64) {
     use super::record::{Entry, EntryOp, RecordHeader};
-    let (disk, pool) = new_pool();
+    let (mut disk, mut pool) = new_pool();
     let mut h = Harness::open(&pool);
     h.write(5, 1);
+    drop(h);
+    if quiescent {
+        // Loaded again: the load's checkpoint, taken before any I/O.
+        drop(pool);
+        let (d, p) = open_image_on_disk(image_of(&disk));
+        (disk, pool) = (d, p.unwrap());
+        assert!(pool.checkpoint_after_recovery().unwrap());
+    }
     let sb: Superblock = pool.sb;
     let volume = pool.volume("v").unwrap().0.id as u64;
     let seg = pool.segment_of(pba_of(&pool, 5)) + 3;
     let seq = pool.next_seq_now() + 10;
-    drop(h);
     drop(pool);
     let mut image = image_of(&disk);
     let data = pattern(5, 2);
@@ -1274,7 +1283,7 @@ fn image_with_an_unjournaled_chain() -> (Vec<u8>, Superblock, u64, u64) {
 #[test]
 fn a_chain_the_journal_does_not_name_is_not_replayed() {
     use super::segment_journal::{JournalEntry, JOURNAL_OFFSET};
-    let (mut image, sb, seg, seq) = image_with_an_unjournaled_chain();
+    let (mut image, sb, seg, seq) = image_with_an_unjournaled_chain(false);
     // The later use's entry (epoch above the stale use's records), in a free slot.
     let entry = JournalEntry {
         position: 7,
@@ -1637,12 +1646,12 @@ fn the_summary_tells_adjacent_writes_apart() {
 
 /// A crash kept a segment's first record but lost its journal entry: recovery leaves the
 /// chain unreplayed and the segment free. The appliance's load then writes a checkpoint
-/// (`checkpoint_after_unclean_recovery`), so a later recovery that must probe every segment
+/// (`checkpoint_after_recovery`, every load), so a later recovery that must probe every segment
 /// (a damaged journal slot) does not replay that chain either: without it, a block would
 /// change across the second restart with no write to it.
 #[test]
 fn a_chain_whose_entry_a_crash_lost_stays_out_after_a_later_crash() {
-    let (image, _, _, _) = image_with_an_unjournaled_chain();
+    let (image, _, _, _) = image_with_an_unjournaled_chain(false);
     // A journal slot damaged: the probe of every segment finds the chain and replays it (the
     // test's record is well made), as a recovery from the crash's checkpoint would.
     let damage = |mut image: Vec<u8>| {
@@ -1664,8 +1673,8 @@ fn a_chain_whose_entry_a_crash_lost_stays_out_after_a_later_crash() {
     let pool = pool.unwrap();
     assert_reads(&pool, &BTreeMap::from([(5, 1)]));
     // The load's checkpoint (the close was not clean: the log since was read).
-    assert!(pool.checkpoint_after_unclean_recovery().unwrap());
-    assert!(!pool.checkpoint_after_unclean_recovery().unwrap());
+    assert!(pool.checkpoint_after_recovery().unwrap());
+    assert!(!pool.checkpoint_after_recovery().unwrap());
     drop(pool);
     // Then a crash with a journal slot damaged: the probe finds the chain again, below the
     // checkpoint now, and leaves it.
@@ -1673,10 +1682,33 @@ fn a_chain_whose_entry_a_crash_lost_stays_out_after_a_later_crash() {
     let pool = pool.unwrap();
     assert!(probed(&pool));
     assert_reads(&pool, &BTreeMap::from([(5, 1)]));
-    // After a clean close (a checkpoint with nothing in flight), a load writes none.
-    pool.checkpoint_sync().unwrap();
     drop(pool);
-    let pool = open_image(image_of(&disk3)).unwrap();
-    assert!(!pool.checkpoint_after_unclean_recovery().unwrap());
+    drop(disk3);
+}
+
+/// The same crash just after a checkpoint taken with nothing in flight (a clean close, a
+/// format, or a load's own checkpoint): recovery then finds nothing past the checkpoint, no
+/// sign that the close was not clean, and the load must still write its checkpoint before
+/// the pool takes I/O, or a later recovery that probes every segment replays the chain.
+#[test]
+fn a_chain_whose_entry_a_crash_lost_after_a_quiescent_checkpoint_stays_out() {
+    let (image, _, _, _) = image_with_an_unjournaled_chain(true);
+    let damage = |mut image: Vec<u8>| {
+        flip(
+            &mut image,
+            super::segment_journal::JOURNAL_OFFSET + 33,
+            0x02,
+        );
+        image
+    };
+    let (disk, pool) = open_image_on_disk(image);
+    let pool = pool.unwrap();
+    assert_eq!(pool.stats()["recovery"]["segments_read"], 0);
+    assert_reads(&pool, &BTreeMap::from([(5, 1)]));
+    assert!(pool.checkpoint_after_recovery().unwrap());
+    assert!(!pool.checkpoint_after_recovery().unwrap(), "one per load");
+    drop(pool);
+    let pool = open_image(damage(image_of(&disk))).unwrap();
+    assert!(pool.stats()["recovery"]["segments_probed"].as_u64() > Some(0));
     assert_reads(&pool, &BTreeMap::from([(5, 1)]));
 }

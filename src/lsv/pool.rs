@@ -525,8 +525,8 @@ pub struct LsvPool {
     /// What the last recovery read: segments whole, and first blocks probed.
     pub(super) recovery_segments_read: AtomicU64,
     pub(super) recovery_segments_probed: AtomicU64,
-    /// The last recovery found log past its checkpoint (the pool was not closed cleanly).
-    recovered_unclean: AtomicBool,
+    /// A recovery ran and its load's checkpoint is not written yet (`checkpoint_after_recovery`).
+    checkpoint_due_after_recovery: AtomicBool,
     /// Log blocks written (user and cleaner) since open when the newest durable checkpoint
     /// began, and when the one being written began.
     log_blocks_at_checkpoint: AtomicU64,
@@ -837,7 +837,7 @@ impl LsvPool {
             journal_blocks_written: AtomicU64::new(0),
             recovery_segments_read: AtomicU64::new(0),
             recovery_segments_probed: AtomicU64::new(0),
-            recovered_unclean: AtomicBool::new(false),
+            checkpoint_due_after_recovery: AtomicBool::new(false),
             log_blocks_at_checkpoint: AtomicU64::new(0),
             log_blocks_at_begin: AtomicU64::new(0),
             recovery_log_blocks: AtomicU64::new(0),
@@ -1541,12 +1541,8 @@ impl LsvPool {
         // taken before that (recovery writes nothing).
         self.recovery_segments_read
             .store(segments_read, Ordering::Relaxed);
-        // A clean close's checkpoint covers everything: no segment to read, no journal entry
-        // past it, nothing in flight when it was taken.
-        self.recovered_unclean.store(
-            segments_read > 0 || newest_journaled >= h.next_seq || after + 1 < h.next_seq,
-            Ordering::Relaxed,
-        );
+        self.checkpoint_due_after_recovery
+            .store(true, Ordering::Relaxed);
         let replayed_blocks: u64 = records
             .iter()
             .map(|(_, _, rh)| rh.total_blocks() as u64)
@@ -1805,17 +1801,22 @@ impl LsvPool {
         self.checkpoint_busy.store(false, Ordering::Release);
     }
 
-    /// After a recovery that found log past its checkpoint (an unclean close), writes a
-    /// checkpoint at once, before the pool takes I/O; returns whether it did. A crash may
-    /// keep a segment's first record and lose its journal entry: recovery leaves that chain
-    /// unreplayed and the segment free, and until a checkpoint covers the chain's numbers a
-    /// later recovery that must read every segment's first block (a damaged journal slot)
-    /// would replay it, and blocks would change under no new write. From this checkpoint on,
-    /// no recovery reads anything numbered before it. The appliance's loads call this (and
-    /// `unblend bench`'s `open=1`); the offline tools, which write nothing unless asked, do
-    /// not.
-    pub fn checkpoint_after_unclean_recovery(&self) -> Result<bool, PoolError> {
-        if !self.recovered_unclean.swap(false, Ordering::Relaxed) {
+    /// After recovery, writes a checkpoint at once, before the pool takes I/O; returns whether
+    /// it did (once per recovery). A crash may keep a segment's first record and lose its
+    /// journal entry: recovery leaves that chain unreplayed and the segment free, and until a
+    /// checkpoint covers the chain's numbers a later recovery that must read every segment's
+    /// first block (a damaged journal slot) would replay it, and blocks would change under no
+    /// new write. From this checkpoint on, no recovery reads anything numbered before it.
+    /// Every load needs it, a clean one too: a crash just after a checkpoint taken with
+    /// nothing in flight (a format, a clean close, a load's own) leaves no sign that anything
+    /// was written since, when the first segment opened after it kept its first record and
+    /// lost its entry. The appliance's loads call this (and `unblend bench`'s `open=1`); the
+    /// offline tools, which write nothing unless asked, do not.
+    pub fn checkpoint_after_recovery(&self) -> Result<bool, PoolError> {
+        if !self
+            .checkpoint_due_after_recovery
+            .swap(false, Ordering::Relaxed)
+        {
             return Ok(false);
         }
         self.checkpoint_sync()?;

@@ -265,7 +265,7 @@ impl Pools {
         // Claimed (by `insert`) before the load's checkpoint writes the base.
         self.insert(pool.clone())?;
         let loaded = pool
-            .checkpoint_after_unclean_recovery()
+            .checkpoint_after_recovery()
             .and_then(|_| Self::register_volumes(&pool, &self.registry));
         if let Err(e) = loaded {
             // Not loaded after all (the operator is told so): unloaded, its base let go.

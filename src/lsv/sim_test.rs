@@ -536,6 +536,13 @@ fn recover_and_check(
         model.allowed.insert(lba, vec![got]);
     }
     drop(h);
+    // As the appliance's load does, before the pool takes I/O.
+    if !pool
+        .checkpoint_after_recovery()
+        .map_err(|e| format!("the load's checkpoint failed: {e}"))?
+    {
+        return Err("recovery did not ask for the load's checkpoint".into());
+    }
     Ok((disk, pool))
 }
 
