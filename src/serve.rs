@@ -218,6 +218,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         started: std::time::Instant::now(),
         pools: pools.clone(),
         vhost: vhost.clone(),
+        deferred: None,
     };
     // Front ends come up once the reactors run: the config's, or the embedded default's export.
     if let Some(cfg) = &boot_config {

@@ -13,10 +13,10 @@ use crate::reactor::{PollStatus, PollerKind, Reactors};
 
 /// How often an idle cleaner poller runs (while it works, it runs every reactor pass).
 pub const CLEANER_PERIOD_US: u64 = 10_000;
-/// How long `Pools::remove` waits for a removed pool's cleaner (on another reactor) to stop:
-/// its next poll, or the end of a checkpoint write. Past it, the base stays claimed until
-/// the cleaner stops.
-const UNLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long `bdev_lvol_delete_lvstore` holds its answer back for a removed pool's cleaner to
+/// stop (`Pools::is_unloading`): its next poll, or the end of a checkpoint write. Past it, the
+/// RPC answers and the base stays claimed until the cleaner stops.
+pub const UNLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Pools {
     by_name: RwLock<BTreeMap<String, Arc<LsvPool>>>,
@@ -204,7 +204,9 @@ impl Pools {
     }
 
     /// Unloads a pool: its cleaner stops, and its base bdev is let go once the cleaner has
-    /// (at once if no cleaner runs).
+    /// (at once if no cleaner runs). Returns at once: `is_unloading` says when the base is
+    /// free (the cleaner stops on its own reactor, at its next poll or after the checkpoint
+    /// it is writing; this one may be it).
     pub fn remove(&self, name: &str) -> Option<Arc<LsvPool>> {
         let p = self
             .by_name
@@ -217,21 +219,16 @@ impl Pools {
             self.registry
                 .rename_claim(p.base_name(), &claim_holder(&p.name), &unloading);
             // After the rename: a cleaner stopping from now on lets the claim go itself.
-            // Where the cleaner runs on a reactor of its own (not the caller's, the RPC's
-            // reactor 0), wait for it a bounded time, so the base is free when this returns.
-            if self.reactors.get().is_some_and(|r| r.count() > 1) {
-                let deadline = std::time::Instant::now() + UNLOAD_WAIT;
-                while !p.cleaner_stopped.load(Ordering::SeqCst)
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-            }
             if self.reactors.get().is_none() || p.cleaner_stopped.load(Ordering::SeqCst) {
                 self.registry.release(p.base_name(), &unloading);
             }
         }
         p
+    }
+
+    /// Whether removed pool `p` still claims its base: its cleaner has not stopped yet.
+    pub fn is_unloading(&self, p: &LsvPool) -> bool {
+        self.registry.claimed_by(p.base_name()).as_deref() == Some(unloading_holder(p).as_str())
     }
 
     /// Registers every volume of `pool` as a bdev named `pool/volume`.

@@ -164,7 +164,31 @@ pub fn bdev_lvol_delete_lvstore(
             format!("lvstore {:?} still has lvols; delete them first", pool.name),
         ));
     }
-    ctx.pools.remove(&pool.name);
+    let Some(removed) = ctx.pools.remove(&pool.name) else {
+        return Ok(json!(true));
+    };
+    // Answered once the pool's cleaner has stopped and let the base go (its next poll, on
+    // whichever reactor runs it), so that the base can be deleted or exported as soon as the
+    // client has the answer; reactor 0 keeps polling meanwhile. At most `UNLOAD_WAIT`: past
+    // it the answer goes out and the base stays claimed until the cleaner stops.
+    if ctx.pools.is_unloading(&removed) {
+        let pools = ctx.pools.clone();
+        let deadline = std::time::Instant::now() + crate::lsv::pools::UNLOAD_WAIT;
+        ctx.deferred = Some(Box::new(move || {
+            if !pools.is_unloading(&removed) {
+                return Some(Ok(json!(true)));
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    pool = %removed.name,
+                    "lvstore deleted; its cleaner is still finishing, and its base stays \
+                     claimed until it stops"
+                );
+                return Some(Ok(json!(true)));
+            }
+            None
+        }));
+    }
     Ok(json!(true))
 }
 

@@ -43,6 +43,11 @@ impl Allowed {
 /// Changes the log filter; set up by `main`, which owns the subscriber.
 pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send>;
 
+/// An answer a handler could not give at once: polled by the RPC server on every pass until
+/// it gives one. It must give one within a bound of its own (`UNLOAD_WAIT` for an lvstore's
+/// delete); meanwhile the connection's later requests wait, and other clients are served.
+pub type DeferredAnswer = Box<dyn FnMut() -> Option<Result<Value, RpcError>> + Send>;
+
 /// Everything a handler may touch. Lives on reactor 0, inside the RPC server's poller.
 pub struct RpcContext {
     pub registry: Arc<BdevRegistry>,
@@ -61,6 +66,9 @@ pub struct RpcContext {
     pub pools: Arc<crate::lsv::pools::Pools>,
     /// vhost-user-blk controllers.
     pub vhost: Arc<crate::frontend::vhost_blk::VhostControllers>,
+    /// Set by a handler whose answer must wait (its own return value is then not sent): the
+    /// server takes it after the call.
+    pub deferred: Option<DeferredAnswer>,
 }
 
 pub type Handler = fn(&mut RpcContext, Option<&Value>) -> Result<Value, RpcError>;
@@ -281,6 +289,22 @@ static TEST_PANIC: Method = m("unblend_test_panic", Allowed::Both, |_, _| {
     panic!("unblend_test_panic called")
 });
 
+/// A method for tests only, live when `UNBLEND_TEST_METHODS=1`: it answers `ms`
+/// milliseconds later (at most 10 s) through a deferred answer, to show that the connection's
+/// later requests wait for it and other clients do not.
+static TEST_DEFER: Method = m("unblend_test_defer", Allowed::Both, |ctx, p| {
+    let ms = p
+        .and_then(|p| p.get("ms"))
+        .and_then(Value::as_u64)
+        .filter(|&ms| ms <= 10_000)
+        .ok_or_else(|| RpcError::invalid_params("ms: a number of milliseconds up to 10000"))?;
+    let due = Instant::now() + std::time::Duration::from_millis(ms);
+    ctx.deferred = Some(Box::new(move || {
+        (Instant::now() >= due).then(|| Ok(Value::from(format!("deferred {ms} ms"))))
+    }));
+    Ok(Value::Null)
+});
+
 fn test_methods_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("UNBLEND_TEST_METHODS").as_deref() == Ok("1"))
@@ -296,6 +320,7 @@ pub fn call(
     let m = match find(method) {
         Some(m) => m,
         None if method == TEST_PANIC.name && test_methods_enabled() => &TEST_PANIC,
+        None if method == TEST_DEFER.name && test_methods_enabled() => &TEST_DEFER,
         None => return Err(RpcError::method_not_found()),
     };
     if !m.allowed.permits(ctx.state) {

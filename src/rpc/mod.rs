@@ -118,6 +118,9 @@ struct Conn {
     last_active: std::time::Instant,
     /// Whether it has a `framework_wait_init` parked (at most one per connection).
     waiting_init: bool,
+    /// Whether it has a deferred answer pending: its later requests are not read until that
+    /// answer is sent, so answers go out in the order asked.
+    waiting_answer: bool,
 }
 
 pub struct RpcServer {
@@ -128,6 +131,9 @@ pub struct RpcServer {
     ctx: RpcContext,
     /// `framework_wait_init` calls waiting for `framework_start_init`: (connection, id).
     init_waiters: Vec<(usize, Value)>,
+    /// Answers handlers deferred: (connection, id, the answer's poll). At most one per
+    /// connection, so at most `MAX_CONNECTIONS`.
+    deferred: Vec<(usize, Option<Value>, methods::DeferredAnswer)>,
     read_buf: Box<[u8]>,
     last_accept_warning: Option<std::time::Instant>,
 }
@@ -174,6 +180,7 @@ impl RpcServer {
             conns: (0..MAX_CONNECTIONS).map(|_| None).collect(),
             ctx,
             init_waiters: Vec::new(),
+            deferred: Vec::with_capacity(MAX_CONNECTIONS),
             read_buf: vec![0u8; 64 * 1024].into_boxed_slice(),
             last_accept_warning: None,
         })
@@ -184,8 +191,10 @@ impl RpcServer {
         self.epoll.as_raw_fd()
     }
 
-    /// One pass: accept, read, answer, write. Returns true if it did anything.
+    /// One pass: deferred answers, then accept, read, answer, write. Returns true if it did
+    /// anything.
     pub fn poll(&mut self) -> bool {
+        let answered = self.answer_deferred();
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EPOLL_EVENTS];
         // SAFETY: `events` has room for EPOLL_EVENTS entries; timeout 0 never blocks.
         let n = unsafe {
@@ -197,7 +206,7 @@ impl RpcServer {
             )
         };
         if n <= 0 {
-            return false;
+            return answered;
         }
         for ev in &events[..n as usize] {
             let token = ev.u64;
@@ -253,6 +262,7 @@ impl RpcServer {
                         interest: libc::EPOLLIN as u32,
                         last_active: std::time::Instant::now(),
                         waiting_init: false,
+                        waiting_answer: false,
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -286,7 +296,7 @@ impl RpcServer {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-            .filter(|(_, c)| !c.waiting_init)
+            .filter(|(_, c)| !c.waiting_init && !c.waiting_answer)
             .map(|(i, c)| (i, now - c.last_active))
             .max_by_key(|(_, idle)| *idle)?;
         if idle < EVICT_IDLE_AFTER {
@@ -310,7 +320,10 @@ impl RpcServer {
             let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
                 return;
             };
-            if conn.closing || conn.output.len() - conn.written > OUTPUT_HIGH_WATER_BYTES {
+            if conn.closing
+                || conn.waiting_answer
+                || conn.output.len() - conn.written > OUTPUT_HIGH_WATER_BYTES
+            {
                 break;
             }
             match conn.stream.read(&mut self.read_buf) {
@@ -344,8 +357,12 @@ impl RpcServer {
                 return;
             };
             // Backpressure: stop answering while the client has not read what it was sent;
-            // `service` resumes here once the output drains (EPOLLOUT).
-            if conn.closing || conn.output.len() - conn.written > OUTPUT_HIGH_WATER_BYTES {
+            // `service` resumes here once the output drains (EPOLLOUT). A deferred answer
+            // holds the rest back too (`answer_deferred` resumes here).
+            if conn.closing
+                || conn.waiting_answer
+                || conn.output.len() - conn.written > OUTPUT_HIGH_WATER_BYTES
+            {
                 return;
             }
             match conn.scanner.scan(&conn.input) {
@@ -454,9 +471,29 @@ impl RpcServer {
         if matches!(&req.id, Some(Value::String(s)) if s.len() > MAX_ID_BYTES) {
             return Some((Value::Null, Err(RpcError::invalid_request())));
         }
-        let outcome = methods::call(&mut self.ctx, &req.method, req.params.as_ref());
+        let mut outcome = methods::call(&mut self.ctx, &req.method, req.params.as_ref());
         if let Err(e) = &outcome {
             tracing::debug!(method = %req.method, code = e.code, "RPC error: {}", e.message);
+        }
+        if let Some(mut later) = self.ctx.deferred.take() {
+            let conn = self.conns[slot].as_mut();
+            match conn {
+                Some(conn) if !in_batch && outcome.is_ok() => {
+                    conn.waiting_answer = true;
+                    self.deferred.push((slot, req.id, later));
+                    return None;
+                }
+                // In a batch (answered whole) the answer is waited for here, within the
+                // answer's own bound.
+                _ if outcome.is_ok() => loop {
+                    if let Some(done) = later() {
+                        outcome = done.map(methods::RpcResult::Json);
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                },
+                _ => {}
+            }
         }
         if outcome.is_ok() && req.method == "framework_start_init" {
             self.answer_init_waiters();
@@ -491,6 +528,30 @@ impl RpcServer {
             return None;
         }
         Some((id, outcome))
+    }
+
+    /// Sends every deferred answer that is ready, and goes on with those connections' held
+    /// requests. Returns whether any was sent.
+    fn answer_deferred(&mut self) -> bool {
+        let mut any = false;
+        let mut i = 0;
+        while i < self.deferred.len() {
+            let Some(done) = (self.deferred[i].2)() else {
+                i += 1;
+                continue;
+            };
+            let (slot, id, _) = self.deferred.swap_remove(i);
+            any = true;
+            if let Some(conn) = self.conns[slot].as_mut() {
+                conn.waiting_answer = false;
+            }
+            if let Some(id) = id {
+                self.send(slot, (id, done.map(methods::RpcResult::Json)));
+            }
+            self.process_input(slot);
+            self.flush(slot);
+        }
+        any
     }
 
     fn answer_init_waiters(&mut self) {
@@ -554,7 +615,7 @@ impl RpcServer {
             }
             // A client that half-closed while waiting in framework_wait_init keeps its
             // connection (with no events armed) until that answer is written.
-            if conn.closing && !conn.waiting_init {
+            if conn.closing && !conn.waiting_init && !conn.waiting_answer {
                 self.close(slot);
                 return;
             }
@@ -564,7 +625,7 @@ impl RpcServer {
         if backlog > 0 {
             interest |= libc::EPOLLOUT as u32;
         }
-        if !conn.closing && backlog <= OUTPUT_HIGH_WATER_BYTES {
+        if !conn.closing && !conn.waiting_answer && backlog <= OUTPUT_HIGH_WATER_BYTES {
             interest |= libc::EPOLLIN as u32;
         }
         if interest != conn.interest {
@@ -589,6 +650,8 @@ impl RpcServer {
                 0,
             );
             self.init_waiters.retain(|(s, _)| *s != slot);
+            // Its deferred answer is dropped with it (the slot may take a new client).
+            self.deferred.retain(|(s, _, _)| *s != slot);
         }
     }
 
