@@ -946,6 +946,109 @@ fn an_lvstore_claims_its_base_bdev() {
     a.stop();
 }
 
+/// `bdev_lvol_create_lvstore` formats on a thread of its own and answers once the pool is
+/// loaded: meanwhile reactor 0 serves other clients, the name and the base are taken, and a
+/// client that leaves before the answer still gets its pool. (Until the fifteenth session the
+/// format ran on reactor 0: 1.5 s of no I/O and no RPC for a 256 GiB pool.)
+#[test]
+fn an_lvstore_is_formatted_off_reactor_0() {
+    let a = Appliance::start("rpc_format", &[]);
+    let mut c = a.client();
+    for (malloc, slow) in [("M0", "Slow0"), ("M1", "Slow1")] {
+        c.call(
+            "bdev_malloc_create",
+            Some(json!({"name": malloc, "num_blocks": 262144, "block_size": 4096})),
+        )
+        .unwrap();
+        // Every write 20 ms: the format's 2,000-odd writes, 32 at a time, take over a second.
+        c.call(
+            "bdev_delay_create",
+            Some(json!({"base_bdev_name": malloc, "name": slow,
+                "avg_read_latency": 20000, "p99_read_latency": 20000,
+                "avg_write_latency": 20000, "p99_write_latency": 20000})),
+        )
+        .unwrap();
+    }
+    c.call(
+        "bdev_malloc_create",
+        Some(json!({"name": "M2", "num_blocks": 16384, "block_size": 4096})),
+    )
+    .unwrap();
+    let create = |bdev: &str, lvs: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_create_lvstore","params":{{"bdev_name":"{bdev}","lvs_name":"{lvs}","cluster_sz":1048576}}}}"#
+        )
+    };
+    let mut waiting = UnixStream::connect(&a.sock).unwrap();
+    waiting
+        .write_all(create("Slow0", "ls0").as_bytes())
+        .unwrap();
+    // Served meanwhile: the name and the base are taken.
+    std::thread::sleep(Duration::from_millis(100));
+    let code = |r: Result<Value, ClientError>| match r {
+        Err(ClientError::Rpc { code, .. }) => code,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(
+        code(c.call(
+            "bdev_lvol_create_lvstore",
+            Some(json!({"bdev_name": "M2", "lvs_name": "ls0"}))
+        )),
+        -libc::EEXIST as i64
+    );
+    assert_eq!(
+        code(c.call("bdev_delay_delete", Some(json!({"name": "Slow0"})))),
+        -libc::EBUSY as i64
+    );
+    let named = |c: &mut RpcClient, lvs: &str| {
+        let listed = c.call("bdev_lvol_get_lvstores", None).unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == lvs)
+            .cloned()
+    };
+    assert_eq!(
+        named(&mut c, "ls0"),
+        None,
+        "not loaded before it is formatted"
+    );
+    waiting.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        waiting.read(&mut byte).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "the format is still running: the answer waits"
+    );
+    waiting.set_nonblocking(false).unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(&waiting).read_line(&mut line).unwrap();
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    let uuid = answer["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(named(&mut c, "ls0").unwrap()["uuid"], uuid);
+
+    // A client that leaves before the answer: the pool is loaded all the same.
+    let mut gone = UnixStream::connect(&a.sock).unwrap();
+    gone.write_all(create("Slow1", "ls1").as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(gone);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if named(&mut c, "ls1").is_some_and(|l| l["base_bdev"] == "Slow1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ls1 was never loaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.stop();
+}
+
 /// Deleting an lvstore answers once its cleaner has stopped writing (on its own reactor, or
 /// on reactor 0 with the RPC server): the base is free the moment the RPC answers, and can be
 /// deleted at once. Until the fifteenth session, one reactor answered first, and the

@@ -136,6 +136,15 @@ impl BdevRegistry {
         }
     }
 
+    /// A bdev that `by` holds, if any.
+    pub fn held_by(&self, by: &str) -> Option<String> {
+        let claims = self.claims.read().unwrap_or_else(|e| e.into_inner());
+        claims
+            .iter()
+            .find(|(_, h)| *h == by)
+            .map(|(b, _)| b.clone())
+    }
+
     /// Who holds bdev `name`, if anyone.
     pub fn claimed_by(&self, name: &str) -> Option<String> {
         self.claims

@@ -214,7 +214,7 @@ impl SyncIo {
     /// pieces of `READ_PIECE_BYTES`, up to the channel's depth at once.
     fn read_into(&mut self, offset: u64, ptr: *mut u8, len: usize) -> Result<(), PoolError> {
         assert!(len.is_multiple_of(BLOCK_BYTES));
-        self.read_pieces(len.div_ceil(READ_PIECE_BYTES), |i| {
+        self.run_pieces(IoType::Read, len.div_ceil(READ_PIECE_BYTES), |i| {
             let at = i * READ_PIECE_BYTES;
             // SAFETY: inside the caller's `len` bytes.
             let dst = unsafe { ptr.add(at) };
@@ -227,21 +227,34 @@ impl SyncIo {
     fn read_blocks(&mut self, offsets: &[u64]) -> Result<(), PoolError> {
         assert!(offsets.len() <= PROBE_BATCH && offsets.len() * BLOCK_BYTES <= self.buf.len());
         let buf = self.buf.as_ptr();
-        self.read_pieces(offsets.len(), |i| {
+        self.run_pieces(IoType::Read, offsets.len(), |i| {
             // SAFETY: block `i` of our buffer (checked above).
             let dst = unsafe { buf.add(i * BLOCK_BYTES) };
             (offsets[i], dst, BLOCK_BYTES)
         })
     }
 
-    /// Reads `count` pieces, `piece(i)` = (byte offset, destination, bytes), up to the
-    /// channel's depth at once, and waits for all of them. Each destination must be memory
-    /// the caller leaves untouched until this returns.
-    fn read_pieces(
+    /// Writes zeroes to the 4 KiB block at byte offset `offset_of(i)` for each `i` below
+    /// `count`, up to the channel's depth at once (format: a segment's first block, a journal
+    /// slot). Every write reads the buffer's first block, zeroed first.
+    fn zero_blocks(&mut self, count: u64, offset_of: impl Fn(u64) -> u64) -> Result<(), PoolError> {
+        self.bytes_mut(BLOCK_BYTES).fill(0);
+        let zeroes = self.buf.as_ptr();
+        self.run_pieces(IoType::Write, count as usize, |i| {
+            (offset_of(i as u64), zeroes, BLOCK_BYTES)
+        })
+    }
+
+    /// Runs `count` reads or writes of pieces, `piece(i)` = (byte offset, memory, bytes), up
+    /// to the channel's depth at once, and waits for all of them. Each piece's memory must be
+    /// left untouched by the caller until this returns (a read's may not be another's).
+    fn run_pieces(
         &mut self,
+        io_type: IoType,
         count: usize,
         piece: impl Fn(usize) -> (u64, *mut u8, usize),
     ) -> Result<(), PoolError> {
+        debug_assert!(matches!(io_type, IoType::Read | IoType::Write));
         let (mut next, mut done) = (0, 0);
         let mut out = Vec::with_capacity(SYNC_IO_DEPTH as usize);
         let mut failed = None;
@@ -258,7 +271,7 @@ impl SyncIo {
                 let iov = unsafe { IoVec::from_raw(dst, len) };
                 let r = self.ch.submit(
                     &IoRequest {
-                        io_type: IoType::Read,
+                        io_type,
                         offset_blocks: offset / BLOCK_BYTES as u64,
                         num_blocks: (len / BLOCK_BYTES) as u64,
                         iovs: &[iov],
@@ -711,20 +724,13 @@ impl LsvPool {
             sb.version = super::format::OLDEST_FORMAT_VERSION;
         }
         let mut io = SyncIo::new(&base, BLOCK_BYTES)?;
-        io.bytes_mut(BLOCK_BYTES).fill(0);
-        for s in 0..sb.segment_count {
-            io.run(IoType::Write, sb.segment_offset(s), BLOCK_BYTES, false)?;
-        }
+        io.zero_blocks(sb.segment_count, |s| sb.segment_offset(s))?;
         // Nor may the journal hold entries of one (they carry the pool's uuid as well).
-        for slot in 0..sb.journal_slots() {
-            io.run(
-                IoType::Write,
-                JOURNAL_OFFSET + slot * BLOCK_BYTES as u64,
-                BLOCK_BYTES,
-                false,
-            )?;
-        }
-        // Neither checkpoint slot may hold a checkpoint of an earlier pool.
+        io.zero_blocks(sb.journal_slots(), |slot| {
+            JOURNAL_OFFSET + slot * BLOCK_BYTES as u64
+        })?;
+        // Neither checkpoint slot may hold a checkpoint of an earlier pool (the buffer still
+        // holds zeroes).
         io.run(IoType::Write, sb.metadata_offset, BLOCK_BYTES, false)?;
         io.run(
             IoType::Write,

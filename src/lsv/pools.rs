@@ -196,6 +196,14 @@ impl Pools {
         self.registry.claim(base, &claim_holder(name))
     }
 
+    /// The bdev a pool named `name` is being formatted on (`claim_for_format`, not loaded
+    /// yet), if one is.
+    pub fn formatting(&self, name: &str) -> Option<String> {
+        self.registry
+            .held_by(&claim_holder(name))
+            .filter(|base| self.get(name).is_none_or(|p| p.base_name() != base))
+    }
+
     /// Lets go of a claim `claim_for_format` took for a pool that was not loaded.
     pub fn release_unformatted(&self, base: &str, name: &str) {
         if self.get(name).is_none_or(|p| p.base_name() != base) {

@@ -132,8 +132,10 @@ pub struct RpcServer {
     /// `framework_wait_init` calls waiting for `framework_start_init`: (connection, id).
     init_waiters: Vec<(usize, Value)>,
     /// Answers handlers deferred: (connection, id, the answer's poll). At most one per
-    /// connection, so at most `MAX_CONNECTIONS`.
-    deferred: Vec<(usize, Option<Value>, methods::DeferredAnswer)>,
+    /// connection, so at most `MAX_CONNECTIONS` with a client; one whose client left (None)
+    /// is still polled to its end, so the work behind it finishes (a format loads its pool),
+    /// and its answer dropped. Those are bounded by what they hold (a format its base bdev).
+    deferred: Vec<(Option<usize>, Option<Value>, methods::DeferredAnswer)>,
     read_buf: Box<[u8]>,
     last_accept_warning: Option<std::time::Instant>,
 }
@@ -480,7 +482,7 @@ impl RpcServer {
             match conn {
                 Some(conn) if !in_batch && outcome.is_ok() => {
                     conn.waiting_answer = true;
-                    self.deferred.push((slot, req.id, later));
+                    self.deferred.push((Some(slot), req.id, later));
                     return None;
                 }
                 // In a batch (answered whole) the answer is waited for here, within the
@@ -542,6 +544,9 @@ impl RpcServer {
             };
             let (slot, id, _) = self.deferred.swap_remove(i);
             any = true;
+            let Some(slot) = slot else {
+                continue;
+            };
             if let Some(conn) = self.conns[slot].as_mut() {
                 conn.waiting_answer = false;
             }
@@ -650,8 +655,13 @@ impl RpcServer {
                 0,
             );
             self.init_waiters.retain(|(s, _)| *s != slot);
-            // Its deferred answer is dropped with it (the slot may take a new client).
-            self.deferred.retain(|(s, _, _)| *s != slot);
+            // Its deferred answer is no longer its (the slot may take a new client): polled
+            // to its end all the same, and dropped.
+            for d in &mut self.deferred {
+                if d.0 == Some(slot) {
+                    d.0 = None;
+                }
+            }
         }
     }
 
