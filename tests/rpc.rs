@@ -1049,6 +1049,76 @@ fn an_lvstore_is_formatted_off_reactor_0() {
     a.stop();
 }
 
+/// A bdev created over a pool brings it back (examine) on a thread of its own: the create
+/// answers once the pool is loaded, and meanwhile reactor 0 serves other clients and the
+/// base is claimed. (Until the fifteenth session the pool's recovery ran on reactor 0.)
+#[test]
+fn a_pool_is_examined_off_reactor_0() {
+    let a = Appliance::start("rpc_examine", &[]);
+    let mut c = a.client();
+    c.call(
+        "bdev_malloc_create",
+        Some(json!({"name": "M0", "num_blocks": 262144, "block_size": 4096})),
+    )
+    .unwrap();
+    let slow = json!({"base_bdev_name": "M0", "name": "Slow0",
+        "avg_read_latency": 100000, "p99_read_latency": 100000,
+        "avg_write_latency": 1000, "p99_write_latency": 1000});
+    c.call("bdev_delay_create", Some(slow.clone())).unwrap();
+    c.call(
+        "bdev_lvol_create_lvstore",
+        Some(json!({"bdev_name": "Slow0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
+    )
+    .unwrap();
+    c.call("bdev_lvol_delete_lvstore", Some(json!({"lvs_name": "ls0"})))
+        .unwrap();
+    c.call("bdev_delay_delete", Some(json!({"name": "Slow0"})))
+        .unwrap();
+    // Every read 100 ms: the recovery's reads, one after another, take about a second.
+    let mut waiting = UnixStream::connect(&a.sock).unwrap();
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_delay_create", "params": slow});
+    waiting.write_all(request.to_string().as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let listed = c.call("bdev_lvol_get_lvstores", None).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["name"] != "ls0"),
+        "not loaded yet: {listed}"
+    );
+    match c.call("bdev_delay_delete", Some(json!({"name": "Slow0"}))) {
+        Err(ClientError::Rpc { code, .. }) => assert_eq!(code, -libc::EBUSY as i64),
+        other => panic!("the base is claimed while its pool loads: {other:?}"),
+    }
+    waiting.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        waiting.read(&mut byte).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "the pool is still loading: the answer waits"
+    );
+    waiting.set_nonblocking(false).unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(&waiting).read_line(&mut line).unwrap();
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(answer["result"], "Slow0", "{answer}");
+    let listed = c.call("bdev_lvol_get_lvstores", None).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "ls0" && l["base_bdev"] == "Slow0"),
+        "loaded when the create answers: {listed}"
+    );
+    a.stop();
+}
+
 /// Deleting an lvstore answers once its cleaner has stopped writing (on its own reactor, or
 /// on reactor 0 with the RPC server): the base is free the moment the RPC answers, and can be
 /// deleted at once. Until the fifteenth session, one reactor answered first, and the

@@ -101,6 +101,32 @@ fn unloading_holder(pool: &LsvPool) -> String {
     )
 }
 
+/// How a base bdev's claim names its holder while examine loads the pool on it.
+const LOADING_HOLDER: &str = "lvstore (loading)";
+
+/// A base bdev that holds a pool, claimed by examine (`Pools::examine_begin`); `load` runs
+/// the pool's recovery and its load checkpoint, on any thread (a clone may go there), before
+/// it takes I/O.
+#[derive(Clone)]
+pub struct Examined {
+    base: BdevEntry,
+}
+
+impl Examined {
+    /// Opens and recovers the pool, and writes the load's checkpoint
+    /// (`LsvPool::checkpoint_after_recovery`): the pool is ready for `Pools::examine_finish`.
+    pub fn load(&self) -> Result<Arc<LsvPool>, PoolError> {
+        let pool = LsvPool::open_named(self.base.clone())?;
+        pool.checkpoint_after_recovery()?;
+        Ok(pool)
+    }
+
+    /// The base bdev's name.
+    pub fn base_name(&self) -> &str {
+        self.base.bdev.name()
+    }
+}
+
 impl Pools {
     pub fn new(registry: Arc<BdevRegistry>) -> Pools {
         Pools {
@@ -261,24 +287,59 @@ impl Pools {
 
     /// Opens the pool on `base` if it holds one (its name is the one it was created with),
     /// and registers its volumes. Returns the pool's name. A claimed bdev is not examined:
-    /// its holder (a pool, or a bdev layered on it) reads it.
+    /// its holder (a pool, or a bdev layered on it) reads it. All on the caller's thread:
+    /// `examine_begin`, `Examined::load` and `examine_finish` split it for a caller that
+    /// loads elsewhere.
     pub fn examine(&self, base: &BdevEntry) -> Result<Option<String>, PoolError> {
-        if self.registry.claimed_by(base.bdev.name()).is_some() || !holds_pool(base) {
-            return Ok(None);
+        match self.examine_begin(base) {
+            Some(ex) => {
+                let loaded = ex.load();
+                self.examine_finish(ex, loaded).map(Some)
+            }
+            None => Ok(None),
         }
-        let pool = LsvPool::open_named(base.clone())?;
-        // Claimed (by `insert`) before the load's checkpoint writes the base.
-        self.insert(pool.clone())?;
-        let loaded = pool
-            .checkpoint_after_recovery()
-            .and_then(|_| Self::register_volumes(&pool, &self.registry));
-        if let Err(e) = loaded {
+    }
+
+    /// The first step of examine: if `base` holds a pool and nothing claims it, claims it
+    /// (so that nothing writes or takes it while the pool is loaded) and returns what
+    /// `Examined::load` loads. Reads the base's first block.
+    pub fn examine_begin(&self, base: &BdevEntry) -> Option<Examined> {
+        if self.registry.claimed_by(base.bdev.name()).is_some() || !holds_pool(base) {
+            return None;
+        }
+        self.registry.claim(base.bdev.name(), LOADING_HOLDER).ok()?;
+        Some(Examined { base: base.clone() })
+    }
+
+    /// The last step of examine, with what `Examined::load` gave: loads the pool and
+    /// registers its volumes, or lets its base go. Returns the pool's name.
+    pub fn examine_finish(
+        &self,
+        ex: Examined,
+        loaded: Result<Arc<LsvPool>, PoolError>,
+    ) -> Result<String, PoolError> {
+        let base = ex.base.bdev.name();
+        let pool = match loaded {
+            Ok(pool) if self.get(&pool.name).is_some() => Err(PoolError::Base(format!(
+                "a pool named {:?} is already loaded",
+                pool.name
+            ))),
+            other => other,
+        }
+        .inspect_err(|_| self.registry.release(base, LOADING_HOLDER))?;
+        self.registry
+            .rename_claim(base, LOADING_HOLDER, &claim_holder(&pool.name));
+        if let Err(e) = self.insert(pool.clone()) {
+            self.registry.release(base, &claim_holder(&pool.name));
+            return Err(e);
+        }
+        if let Err(e) = Self::register_volumes(&pool, &self.registry) {
             // Not loaded after all (the operator is told so): unloaded, its base let go.
             self.remove(&pool.name);
             return Err(e);
         }
-        tracing::info!(pool = %pool.name, base = %base.bdev.name(), "examine: loaded pool");
-        Ok(Some(pool.name.clone()))
+        tracing::info!(pool = %pool.name, base, "examine: loaded pool");
+        Ok(pool.name.clone())
     }
 
     /// Examines every bdev no pool sits on yet (after a config made them).

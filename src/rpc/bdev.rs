@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 
 use crate::bdev::{BdevError, BdevInfo, IoType};
 use crate::config;
+use crate::lsv::pools::Examined;
 
 fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value, RpcError> {
     let empty = Value::Object(Default::default());
@@ -19,13 +20,40 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     let name = config::create_bdev(&ctx.registry, method, p)?
         .ok_or_else(|| RpcError::internal(format!("{method} created nothing")))?;
     tracing::info!(bdev = %name, "{method}");
-    // Examine, as SPDK does: a bdev that holds a pool brings its volumes back.
-    if let Some(entry) = ctx.registry.get(&name) {
-        if let Err(e) = ctx.pools.examine(&entry) {
+    // Examine, as SPDK does: a bdev that holds a pool brings its volumes back. Its recovery
+    // runs on a thread of its own, not on reactor 0, and the answer comes once the pool is
+    // loaded (or not: the bdev is made either way, and the log says why).
+    let Some(ex) = ctx
+        .registry
+        .get(&name)
+        .and_then(|e| ctx.pools.examine_begin(&e))
+    else {
+        return Ok(json!(name));
+    };
+    let job = ex.clone();
+    let pools = ctx.pools.clone();
+    let finish = move |ex: Examined, loaded| {
+        if let Err(e) = pools.examine_finish(ex, loaded) {
             tracing::warn!(bdev = %name, "examine: pool found but not loaded: {e}");
         }
+        name
+    };
+    match super::lvol::spawn_pool_job("lvstore-load", move || job.load()) {
+        Ok(rx) => {
+            let mut finish = Some((finish, ex));
+            ctx.deferred = Some(Box::new(move || {
+                let loaded = super::lvol::pool_job_result(&rx)?;
+                let (finish, ex) = finish.take()?;
+                Some(Ok(json!(finish(ex, loaded))))
+            }));
+            Ok(Value::Null)
+        }
+        // No thread for it: loaded here, as before.
+        Err(_) => {
+            let loaded = ex.load();
+            Ok(json!(finish(ex, loaded)))
+        }
     }
-    Ok(json!(name))
 }
 
 pub fn bdev_malloc_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {

@@ -76,12 +76,6 @@ pub fn bdev_lvol_create_lvstore(
             format!("bdev {:?} already holds an lvstore", p.bdev_name),
         ));
     }
-    if FORMATS_RUNNING.load(Ordering::Relaxed) >= MAX_FORMATS_RUNNING {
-        return Err(RpcError::new(
-            -libc::EBUSY,
-            format!("{MAX_FORMATS_RUNNING} lvstores are being formatted; retry when one is done"),
-        ));
-    }
     // Formatting writes the bdev: only one that nothing else holds (the claim fails) or
     // exports, claimed first so nothing else takes it while it is written.
     ctx.pools.claim_for_format(&p.bdev_name, &p.lvs_name)?;
@@ -99,35 +93,19 @@ pub fn bdev_lvol_create_lvstore(
     // The format writes a block per segment and journal slot (a 256 GiB pool's took 0.5 s
     // here): on a thread of its own, not on reactor 0, which goes on polling I/O and serving
     // other clients; the answer comes once the pool is loaded.
-    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
     let name = p.lvs_name.clone();
-    FORMATS_RUNNING.fetch_add(1, Ordering::Relaxed);
-    let spawned = std::thread::Builder::new()
-        .name("lvstore-format".into())
-        .spawn(move || {
-            let r = LsvPool::create(&name, base, seg);
-            FORMATS_RUNNING.fetch_sub(1, Ordering::Relaxed);
-            let _ = done_tx.send(r);
-        });
-    if let Err(e) = spawned {
-        FORMATS_RUNNING.fetch_sub(1, Ordering::Relaxed);
-        ctx.pools.release_unformatted(&p.bdev_name, &p.lvs_name);
-        return Err(RpcError::new(
-            -libc::EAGAIN,
-            format!("cannot start the format: {e}"),
-        ));
-    }
+    let done_rx = match spawn_pool_job("lvstore-format", move || LsvPool::create(&name, base, seg))
+    {
+        Ok(rx) => rx,
+        Err(e) => {
+            ctx.pools.release_unformatted(&p.bdev_name, &p.lvs_name);
+            return Err(e);
+        }
+    };
     let pools = ctx.pools.clone();
     let (bdev_name, lvs_name) = (p.bdev_name, p.lvs_name);
     ctx.deferred = Some(Box::new(move || {
-        let formatted = match done_rx.try_recv() {
-            Ok(r) => r,
-            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
-            // The thread ended without an answer: it panicked (a bug).
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                Err(PoolError::Base("the format stopped unexpectedly".into()))
-            }
-        };
+        let formatted = pool_job_result(&done_rx)?;
         let loaded = formatted.and_then(|pool| {
             let uuid = pool.sb.uuid.to_string();
             pools.insert(pool).map(|()| uuid)
@@ -143,9 +121,57 @@ pub fn bdev_lvol_create_lvstore(
     Ok(Value::Null)
 }
 
-/// Formats running at once (each on a thread of its own, holding its base's claim).
-const MAX_FORMATS_RUNNING: usize = 4;
-static FORMATS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// Pool formats and loads running at once, each on a thread of its own (`spawn_pool_job`),
+/// holding its base bdev's claim.
+pub(super) const MAX_POOL_JOBS: usize = 4;
+static POOL_JOBS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `job` (a pool's format or load: blocking I/O on its base) on a thread of its own;
+/// its result comes on the channel returned. EBUSY if `MAX_POOL_JOBS` run already.
+pub(super) fn spawn_pool_job<T: Send + 'static>(
+    name: &str,
+    job: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
+) -> Result<std::sync::mpsc::Receiver<Result<T, PoolError>>, RpcError> {
+    if POOL_JOBS_RUNNING.fetch_add(1, Ordering::Relaxed) >= MAX_POOL_JOBS {
+        POOL_JOBS_RUNNING.fetch_sub(1, Ordering::Relaxed);
+        return Err(RpcError::new(
+            -libc::EBUSY,
+            format!(
+                "{MAX_POOL_JOBS} lvstores are being formatted or loaded; retry when one is done"
+            ),
+        ));
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let r = job();
+            POOL_JOBS_RUNNING.fetch_sub(1, Ordering::Relaxed);
+            let _ = done_tx.send(r);
+        });
+    if let Err(e) = spawned {
+        POOL_JOBS_RUNNING.fetch_sub(1, Ordering::Relaxed);
+        return Err(RpcError::new(
+            -libc::EAGAIN,
+            format!("cannot start a thread for {name}: {e}"),
+        ));
+    }
+    Ok(done_rx)
+}
+
+/// What a pool job's channel gave, if it is done: its result, or an error if the thread
+/// ended without one (it panicked: a bug).
+pub(super) fn pool_job_result<T>(
+    rx: &std::sync::mpsc::Receiver<Result<T, PoolError>>,
+) -> Option<Result<T, PoolError>> {
+    match rx.try_recv() {
+        Ok(r) => Some(r),
+        Err(std::sync::mpsc::TryRecvError::Empty) => None,
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+            Some(Err(PoolError::Base("the job stopped unexpectedly".into())))
+        }
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

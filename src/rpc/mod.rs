@@ -140,6 +140,15 @@ pub struct RpcServer {
     last_accept_warning: Option<std::time::Instant>,
 }
 
+/// Polls a deferred answer; one that panics (a bug) is answered with -32603, as a handler
+/// that panics is, and reactor 0 goes on.
+fn poll_deferred(later: &mut methods::DeferredAnswer) -> Option<Result<Value, RpcError>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(later)).unwrap_or_else(|_| {
+        tracing::error!("a deferred RPC answer panicked");
+        Some(Err(RpcError::internal("the request failed unexpectedly")))
+    })
+}
+
 fn epoll_ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> std::io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: token };
     // SAFETY: valid epoll and target fds; `ev` is a live epoll_event.
@@ -488,7 +497,7 @@ impl RpcServer {
                 // In a batch (answered whole) the answer is waited for here, within the
                 // answer's own bound.
                 _ if outcome.is_ok() => loop {
-                    if let Some(done) = later() {
+                    if let Some(done) = poll_deferred(&mut later) {
                         outcome = done.map(methods::RpcResult::Json);
                         break;
                     }
@@ -538,7 +547,7 @@ impl RpcServer {
         let mut any = false;
         let mut i = 0;
         while i < self.deferred.len() {
-            let Some(done) = (self.deferred[i].2)() else {
+            let Some(done) = poll_deferred(&mut self.deferred[i].2) else {
                 i += 1;
                 continue;
             };
