@@ -783,26 +783,29 @@ fn lvol_volume_takes_io_and_reports_its_stats() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("can grow to"), "{e}");
-    // Two grows in a row: the second retires the first's fence with checkpoints, written on
-    // the reactor that also runs the cleaner; EBUSY (the cleaner was writing one) is retried.
+    // Two grows in a row: the second must first retire the first's fence with two
+    // checkpoints; the cleaner writes them (asked for), and the answer waits for them. Until
+    // the fifteenth session the RPC wrote them itself, on reactor 0, or answered EBUSY (to be
+    // retried) when the cleaner was writing one.
+    let requested = |c: &mut RpcClient| {
+        c.call("unblend_lsv_get_stats", Some(json!({"lvs_name": "lvsT"})))
+            .unwrap()[0]["checkpoint"]["begun_for"]["requested"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = requested(&mut c);
     for mib in [4, 6] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            match c.call(
-                "bdev_lvol_resize",
-                Some(json!({"name": "lvsT/v", "size_in_mib": mib})),
-            ) {
-                Ok(_) => break,
-                Err(e)
-                    if e.to_string().contains("retry") && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                Err(e) => panic!("grow to {mib} MiB: {e}"),
-            }
-        }
+        c.call(
+            "bdev_lvol_resize",
+            Some(json!({"name": "lvsT/v", "size_in_mib": mib})),
+        )
+        .unwrap_or_else(|e| panic!("grow to {mib} MiB: {e}"));
         assert_eq!(size(&mut c), mib * 256);
     }
+    assert!(
+        requested(&mut c) >= before + 2,
+        "the cleaner wrote the checkpoints"
+    );
     a.stop();
 }
 

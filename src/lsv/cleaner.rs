@@ -651,7 +651,8 @@ impl Cleaner {
         let cleaned = self.pool.usage.count_in(SegmentState::Cleaned) as u64;
         let log_since = self.pool.log_blocks_since_checkpoint() * BLOCK_BYTES as u64;
         let due = checkpoint_due(&SinceCheckpoint {
-            requested: self.checkpoint_requested,
+            requested: self.checkpoint_requested
+                || self.pool.checkpoint_wanted.load(Ordering::Acquire),
             journal_pressure: self.pool.journal_pressure(),
             written: self.pool.next_seq_now() > self.seq_at_checkpoint,
             elapsed: now - self.last_checkpoint,
@@ -663,6 +664,7 @@ impl Cleaner {
             if !self.checkpoint.busy() && self.checkpoint.start() {
                 self.pool.checkpoints_begun_for[reason as usize].fetch_add(1, Ordering::Relaxed);
                 self.checkpoint_requested = false;
+                self.pool.checkpoint_wanted.store(false, Ordering::Release);
                 return CleanerPoll::Busy;
             }
         }

@@ -563,6 +563,9 @@ pub struct LsvPool {
     pub(super) nothing_to_clean: AtomicBool,
     /// Set when the pool is being deleted or closed: its cleaner stops.
     pub(super) closing: AtomicBool,
+    /// A checkpoint is wanted soon (`request_checkpoint`): the cleaner begins one when it
+    /// next looks, and clears this.
+    pub(super) checkpoint_wanted: AtomicBool,
     /// The pool's cleaner poller has stopped (closed), or could not start.
     pub(super) cleaner_stopped: AtomicBool,
     /// Blocks user records may take while throttled (earned by the cleaner; see
@@ -854,6 +857,7 @@ impl LsvPool {
             cleaner_attached: AtomicBool::new(false),
             full: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            checkpoint_wanted: AtomicBool::new(false),
             cleaner_stopped: AtomicBool::new(false),
             throttle_credit_blocks: std::sync::atomic::AtomicI64::new(0),
             nothing_to_clean: AtomicBool::new(false),
@@ -2040,6 +2044,29 @@ impl LsvPool {
             self.note_dead_blocks(&freed);
         }
         Ok(vols.get(&id).expect("found above").0.clone())
+    }
+
+    /// Whether a cleaner runs for the pool (it writes the checkpoints `request_checkpoint`
+    /// asks for).
+    pub fn has_cleaner(&self) -> bool {
+        self.cleaner_attached.load(Ordering::Acquire)
+    }
+
+    /// Asks the pool's cleaner for a checkpoint when it next looks (at most 1 ms while idle).
+    pub fn request_checkpoint(&self) {
+        self.checkpoint_wanted.store(true, Ordering::Release);
+    }
+
+    /// Whether a resize of volume `name` to `blocks` would first write checkpoints to retire
+    /// another volume's grow fence (`resize_volume`): a grow while a fence stands that both
+    /// checkpoints do not cover yet. A caller that must not block (the RPC, on reactor 0)
+    /// asks the cleaner for them (`request_checkpoint`) and resizes once this is false.
+    pub fn grow_waits_for_checkpoints(&self, name: &str, blocks: u64) -> bool {
+        let grows = self
+            .volume(name)
+            .is_some_and(|(m, _)| blocks > m.num_blocks);
+        let standing = standing_fence(&self.volumes.read().unwrap_or_else(|e| e.into_inner()));
+        grows && standing.is_some_and(|(_, f)| !self.fence_retired(f))
     }
 
     /// Whether no recovery can meet a write that grow fence `f` keeps out: both checkpoint

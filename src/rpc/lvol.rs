@@ -368,9 +368,36 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
             (pool, lvol.to_string())
         }
     };
-    pool.resize_volume(&lvol, blocks).map_err(pool_err)?;
-    Ok(json!(true))
+    // A grow that must first retire another grow's fence would write two checkpoints here,
+    // on reactor 0: the cleaner writes them instead, and the answer waits (at most
+    // `GROW_WAIT`; EBUSY past it).
+    if !pool.grow_waits_for_checkpoints(&lvol, blocks) || !pool.has_cleaner() {
+        pool.resize_volume(&lvol, blocks).map_err(pool_err)?;
+        return Ok(json!(true));
+    }
+    pool.request_checkpoint();
+    let deadline = std::time::Instant::now() + GROW_WAIT;
+    ctx.deferred = Some(Box::new(move || {
+        if pool.grow_waits_for_checkpoints(&lvol, blocks) {
+            if std::time::Instant::now() < deadline {
+                // Two checkpoints are needed: ask again once the first has begun.
+                pool.request_checkpoint();
+                return None;
+            }
+            return Some(Err(pool_err(PoolError::Busy(lvol.clone()))));
+        }
+        Some(
+            pool.resize_volume(&lvol, blocks)
+                .map(|_| json!(true))
+                .map_err(pool_err),
+        )
+    }));
+    Ok(Value::Null)
 }
+
+/// How long `bdev_lvol_resize` waits for the cleaner's checkpoints that retire another
+/// grow's fence.
+const GROW_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
