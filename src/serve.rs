@@ -149,6 +149,9 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
+/// How long a clean stop waits for pool formats and loads still running (`rpc::pool_jobs`).
+const POOL_JOB_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let signals = block_stop_signals()?;
     let registry = Arc::new(BdevRegistry::new());
@@ -305,6 +308,15 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     vhost.shutdown();
     handle.request_stop();
     reactors.join();
+    // A format or load still running on its thread finishes first: the process must not
+    // end halfway through a format (its superblock is written last).
+    let running = crate::rpc::pool_jobs::wait_for_pool_jobs(POOL_JOB_SHUTDOWN_WAIT);
+    if running > 0 {
+        tracing::error!(
+            running,
+            "stopping with pool formats or loads still running after {POOL_JOB_SHUTDOWN_WAIT:?}"
+        );
+    }
     pools.close_all();
     for (name, e) in registry.flush_all() {
         tracing::error!("flushing bdev {name} at shutdown failed: {e}");

@@ -2489,6 +2489,23 @@ fn volume_id(
 }
 
 /// True when `base` starts with an unblend pool superblock (a cheap check before `open`).
+/// What a pool on `base` is, read without opening it: its uuid and its name (from the
+/// superblock and the volume table). None if `base` holds no pool, or its volume table does
+/// not read back (opening it would fail too, and say why).
+pub fn peek_pool(base: &BdevEntry) -> Option<(Uuid, String)> {
+    if base.bdev.block_size() as usize != BLOCK_BYTES {
+        return None;
+    }
+    let bytes = base.bdev.num_blocks() * BLOCK_BYTES as u64;
+    let mut io = SyncIo::new(base, SUPERBLOCK_BYTES).ok()?;
+    io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false).ok()?;
+    let sb = Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes).ok()?;
+    io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)
+        .ok()?;
+    let vt = decode_volume_table(io.bytes(BLOCK_BYTES)).ok()?;
+    Some((sb.uuid, vt.pool_name))
+}
+
 pub fn holds_pool(base: &BdevEntry) -> bool {
     if base.bdev.block_size() as usize != BLOCK_BYTES {
         return false;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use super::cleaner::{Cleaner, CleanerPoll};
-use super::pool::{holds_pool, LsvPool, PoolError};
+use super::pool::{holds_pool, peek_pool, LsvPool, PoolError};
 use super::volume::LsvVolume;
 use crate::bdev::{BdevEntry, BdevRegistry};
 use crate::reactor::{PollStatus, PollerKind, Reactors};
@@ -101,15 +101,14 @@ fn unloading_holder(pool: &LsvPool) -> String {
     )
 }
 
-/// How a base bdev's claim names its holder while examine loads the pool on it.
-const LOADING_HOLDER: &str = "lvstore (loading)";
-
 /// A base bdev that holds a pool, claimed by examine (`Pools::examine_begin`); `load` runs
 /// the pool's recovery and its load checkpoint, on any thread (a clone may go there), before
 /// it takes I/O.
 #[derive(Clone)]
 pub struct Examined {
     base: BdevEntry,
+    /// The pool's name, as `examine_begin` read it (reserved: its claim holds it).
+    name: String,
 }
 
 impl Examined {
@@ -143,7 +142,13 @@ impl Pools {
         let registry = self.registry.clone();
         let base = pool.base_name().to_string();
         let holder = unloading_holder(pool);
-        let release: OnCleanerStopped = Arc::new(move || registry.release(&base, &holder));
+        let wake = reactors.clone();
+        let release: OnCleanerStopped = Arc::new(move || {
+            registry.release(&base, &holder);
+            // Reactor 0 answers `bdev_lvol_delete_lvstore` once the base is free: woken now,
+            // not at its next timer if it sleeps.
+            let _ = wake.send(0, |_| {});
+        });
         start_cleaner(pool, reactors, Some(release));
     }
 
@@ -222,12 +227,11 @@ impl Pools {
         self.registry.claim(base, &claim_holder(name))
     }
 
-    /// The bdev a pool named `name` is being formatted on (`claim_for_format`, not loaded
-    /// yet), if one is.
-    pub fn formatting(&self, name: &str) -> Option<String> {
-        self.registry
-            .held_by(&claim_holder(name))
-            .filter(|base| self.get(name).is_none_or(|p| p.base_name() != base))
+    /// Whether a pool named `name` is being formatted or loaded (its base is claimed in its
+    /// name, `claim_for_format` or `examine_begin`, and it is not loaded yet): the name is
+    /// taken.
+    pub fn name_reserved(&self, name: &str) -> bool {
+        self.get(name).is_none() && self.registry.held_by(&claim_holder(name)).is_some()
     }
 
     /// Lets go of a claim `claim_for_format` took for a pool that was not loaded.
@@ -291,7 +295,7 @@ impl Pools {
     /// `examine_begin`, `Examined::load` and `examine_finish` split it for a caller that
     /// loads elsewhere.
     pub fn examine(&self, base: &BdevEntry) -> Result<Option<String>, PoolError> {
-        match self.examine_begin(base) {
+        match self.examine_begin(base)? {
             Some(ex) => {
                 let loaded = ex.load();
                 self.examine_finish(ex, loaded).map(Some)
@@ -300,15 +304,43 @@ impl Pools {
         }
     }
 
-    /// The first step of examine: if `base` holds a pool and nothing claims it, claims it
-    /// (so that nothing writes or takes it while the pool is loaded) and returns what
-    /// `Examined::load` loads. Reads the base's first block.
-    pub fn examine_begin(&self, base: &BdevEntry) -> Option<Examined> {
-        if self.registry.claimed_by(base.bdev.name()).is_some() || !holds_pool(base) {
-            return None;
+    /// The first step of examine: if `base` holds a pool and nothing claims it, claims it in
+    /// the pool's name (so that nothing writes or takes it, and no other pool takes the name,
+    /// while it is loaded) and returns what `Examined::load` loads. Reads the base's
+    /// superblock and volume table. A pool whose name or uuid is already loaded, being
+    /// loaded or being formatted is refused before anything is written: another bdev on the
+    /// same device (a second uring bdev on the same file) would otherwise write a stale
+    /// checkpoint into the live pool.
+    pub fn examine_begin(&self, base: &BdevEntry) -> Result<Option<Examined>, PoolError> {
+        if self.registry.claimed_by(base.bdev.name()).is_some() {
+            return Ok(None);
         }
-        self.registry.claim(base.bdev.name(), LOADING_HOLDER).ok()?;
-        Some(Examined { base: base.clone() })
+        let Some((uuid, name)) = peek_pool(base) else {
+            // A superblock with a volume table that does not read: opening says why.
+            return match holds_pool(base) {
+                true => LsvPool::open_named(base.clone()).map(|_| None),
+                false => Ok(None),
+            };
+        };
+        if let Some(other) = self.list().into_iter().find(|p| p.sb.uuid == uuid) {
+            return Err(PoolError::Base(format!(
+                "it is pool {:?}, already loaded on bdev {:?} (the same device twice?)",
+                other.name,
+                other.base_name()
+            )));
+        }
+        if self.get(&name).is_some() || self.name_reserved(&name) {
+            return Err(PoolError::Base(format!(
+                "a pool named {name:?} is already loaded, or being loaded or formatted"
+            )));
+        }
+        self.registry
+            .claim(base.bdev.name(), &claim_holder(&name))
+            .map_err(|e| PoolError::Base(e.to_string()))?;
+        Ok(Some(Examined {
+            base: base.clone(),
+            name,
+        }))
     }
 
     /// The last step of examine, with what `Examined::load` gave: loads the pool and
@@ -319,16 +351,16 @@ impl Pools {
         loaded: Result<Arc<LsvPool>, PoolError>,
     ) -> Result<String, PoolError> {
         let base = ex.base.bdev.name();
+        let holder = claim_holder(&ex.name);
         let pool = match loaded {
-            Ok(pool) if self.get(&pool.name).is_some() => Err(PoolError::Base(format!(
-                "a pool named {:?} is already loaded",
-                pool.name
+            // Renamed on the media since `examine_begin` read it: not the name reserved.
+            Ok(pool) if pool.name != ex.name => Err(PoolError::Base(format!(
+                "its name changed while it was loaded ({:?}, then {:?})",
+                ex.name, pool.name
             ))),
             other => other,
         }
-        .inspect_err(|_| self.registry.release(base, LOADING_HOLDER))?;
-        self.registry
-            .rename_claim(base, LOADING_HOLDER, &claim_holder(&pool.name));
+        .inspect_err(|_| self.registry.release(base, &holder))?;
         if let Err(e) = self.insert(pool.clone()) {
             self.registry.release(base, &claim_holder(&pool.name));
             return Err(e);

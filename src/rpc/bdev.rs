@@ -9,6 +9,10 @@ use serde_json::value::RawValue;
 
 use crate::bdev::{BdevError, BdevInfo, IoType};
 use crate::config;
+use std::sync::Arc;
+
+use super::pool_jobs::{pool_job_result, spawn_pool_job, NotStarted, PoolJob};
+use crate::lsv::pool::LsvPool;
 use crate::lsv::pools::Examined;
 
 fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value, RpcError> {
@@ -21,39 +25,55 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
         .ok_or_else(|| RpcError::internal(format!("{method} created nothing")))?;
     tracing::info!(bdev = %name, "{method}");
     // Examine, as SPDK does: a bdev that holds a pool brings its volumes back. Its recovery
-    // runs on a thread of its own, not on reactor 0, and the answer comes once the pool is
-    // loaded (or not: the bdev is made either way, and the log says why).
-    let Some(ex) = ctx
-        .registry
-        .get(&name)
-        .and_then(|e| ctx.pools.examine_begin(&e))
-    else {
-        return Ok(json!(name));
+    // runs on a thread of its own (`pool_jobs`), not on reactor 0, and the answer comes once
+    // the pool is loaded (or not: the bdev is made either way, and the log says why).
+    let ex = match ctx.registry.get(&name).map(|e| ctx.pools.examine_begin(&e)) {
+        Some(Ok(Some(ex))) => ex,
+        Some(Err(e)) => {
+            tracing::warn!(bdev = %name, "examine: pool found but not loaded: {e}");
+            return Ok(json!(name));
+        }
+        _ => return Ok(json!(name)),
     };
-    let job = ex.clone();
-    let pools = ctx.pools.clone();
+    let (pools, reactors) = (ctx.pools.clone(), ctx.reactors.clone());
     let finish = move |ex: Examined, loaded| {
         if let Err(e) = pools.examine_finish(ex, loaded) {
             tracing::warn!(bdev = %name, "examine: pool found but not loaded: {e}");
         }
-        name
+        name.clone()
     };
-    match super::lvol::spawn_pool_job("lvstore-load", move || job.load()) {
-        Ok(rx) => {
-            let mut finish = Some((finish, ex));
-            ctx.deferred = Some(Box::new(move || {
-                let loaded = super::lvol::pool_job_result(&rx)?;
-                let (finish, ex) = finish.take()?;
-                Some(Ok(json!(finish(ex, loaded))))
-            }));
-            Ok(Value::Null)
+    let mut load = Some(Load::Queued(ex));
+    ctx.deferred = Some(Box::new(move || match load.take()? {
+        Load::Queued(ex) => {
+            let job = ex.clone();
+            match spawn_pool_job("lvstore-load", &reactors, move || job.load()) {
+                Ok(rx) => load = Some(Load::Running(ex, rx)),
+                // Its turn comes when a running job ends.
+                Err(NotStarted::Busy) => load = Some(Load::Queued(ex)),
+                // No thread for it: loaded here.
+                Err(NotStarted::Thread(e)) => {
+                    tracing::warn!("examine on reactor 0: no thread: {e}");
+                    let loaded = ex.load();
+                    return Some(Ok(json!(finish(ex, loaded))));
+                }
+            }
+            None
         }
-        // No thread for it: loaded here, as before.
-        Err(_) => {
-            let loaded = ex.load();
-            Ok(json!(finish(ex, loaded)))
-        }
-    }
+        Load::Running(ex, rx) => match pool_job_result(&rx) {
+            Some(loaded) => Some(Ok(json!(finish(ex, loaded)))),
+            None => {
+                load = Some(Load::Running(ex, rx));
+                None
+            }
+        },
+    }));
+    Ok(Value::Null)
+}
+
+/// Where a bdev create's examine stands: waiting for a job slot, or loading.
+enum Load {
+    Queued(Examined),
+    Running(Examined, PoolJob<Arc<LsvPool>>),
 }
 
 pub fn bdev_malloc_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
@@ -130,7 +150,9 @@ pub fn bdev_set_options(_: &mut RpcContext, p: Option<&Value>) -> Result<Value, 
     Ok(json!(true))
 }
 
-/// Accepted for SPDK configs: unblend examines nothing, so there is nothing to wait for.
+/// Accepted for SPDK configs: nothing to wait for. A bdev create RPC answers once its
+/// examine is done (a pool on the bdev loaded, or not), and a config's bdevs are examined
+/// before the appliance serves.
 pub fn bdev_wait_for_examine(_: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]

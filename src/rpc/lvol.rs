@@ -1,12 +1,12 @@
 //! lvol methods, with SPDK's names: a pool is an lvstore and a volume is an lvol.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::methods::RpcContext;
+use super::pool_jobs::{pool_job_result, spawn_pool_job, NotStarted};
 use super::protocol::{params, RpcError, INVALID_STATE};
 use crate::bdev::BdevError;
 use crate::lsv::extent_table::MAX_VOLUME_BLOCKS;
@@ -59,7 +59,7 @@ pub fn bdev_lvol_create_lvstore(
         .registry
         .get(&p.bdev_name)
         .ok_or(BdevError::NotFound(p.bdev_name.clone()))?;
-    if ctx.pools.get(&p.lvs_name).is_some() || ctx.pools.formatting(&p.lvs_name).is_some() {
+    if ctx.pools.get(&p.lvs_name).is_some() || ctx.pools.name_reserved(&p.lvs_name) {
         return Err(RpcError::new(
             -libc::EEXIST,
             format!("lvstore {:?} already exists", p.lvs_name),
@@ -94,12 +94,16 @@ pub fn bdev_lvol_create_lvstore(
     // here): on a thread of its own, not on reactor 0, which goes on polling I/O and serving
     // other clients; the answer comes once the pool is loaded.
     let name = p.lvs_name.clone();
-    let done_rx = match spawn_pool_job("lvstore-format", move || LsvPool::create(&name, base, seg))
-    {
+    let format = move || LsvPool::create(&name, base, seg);
+    let done_rx = match spawn_pool_job("lvstore-format", &ctx.reactors, format) {
         Ok(rx) => rx,
         Err(e) => {
             ctx.pools.release_unformatted(&p.bdev_name, &p.lvs_name);
-            return Err(e);
+            let errno = match e {
+                NotStarted::Busy => libc::EBUSY,
+                NotStarted::Thread(_) => libc::EAGAIN,
+            };
+            return Err(RpcError::new(-errno, e.to_string()));
         }
     };
     let pools = ctx.pools.clone();
@@ -119,58 +123,6 @@ pub fn bdev_lvol_create_lvstore(
         })
     }));
     Ok(Value::Null)
-}
-
-/// Pool formats and loads running at once, each on a thread of its own (`spawn_pool_job`),
-/// holding its base bdev's claim.
-pub(super) const MAX_POOL_JOBS: usize = 4;
-static POOL_JOBS_RUNNING: AtomicUsize = AtomicUsize::new(0);
-
-/// Runs `job` (a pool's format or load: blocking I/O on its base) on a thread of its own;
-/// its result comes on the channel returned. EBUSY if `MAX_POOL_JOBS` run already.
-pub(super) fn spawn_pool_job<T: Send + 'static>(
-    name: &str,
-    job: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
-) -> Result<std::sync::mpsc::Receiver<Result<T, PoolError>>, RpcError> {
-    if POOL_JOBS_RUNNING.fetch_add(1, Ordering::Relaxed) >= MAX_POOL_JOBS {
-        POOL_JOBS_RUNNING.fetch_sub(1, Ordering::Relaxed);
-        return Err(RpcError::new(
-            -libc::EBUSY,
-            format!(
-                "{MAX_POOL_JOBS} lvstores are being formatted or loaded; retry when one is done"
-            ),
-        ));
-    }
-    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
-    let spawned = std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let r = job();
-            POOL_JOBS_RUNNING.fetch_sub(1, Ordering::Relaxed);
-            let _ = done_tx.send(r);
-        });
-    if let Err(e) = spawned {
-        POOL_JOBS_RUNNING.fetch_sub(1, Ordering::Relaxed);
-        return Err(RpcError::new(
-            -libc::EAGAIN,
-            format!("cannot start a thread for {name}: {e}"),
-        ));
-    }
-    Ok(done_rx)
-}
-
-/// What a pool job's channel gave, if it is done: its result, or an error if the thread
-/// ended without one (it panicked: a bug).
-pub(super) fn pool_job_result<T>(
-    rx: &std::sync::mpsc::Receiver<Result<T, PoolError>>,
-) -> Option<Result<T, PoolError>> {
-    match rx.try_recv() {
-        Ok(r) => Some(r),
-        Err(std::sync::mpsc::TryRecvError::Empty) => None,
-        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-            Some(Err(PoolError::Base("the job stopped unexpectedly".into())))
-        }
-    }
 }
 
 #[derive(Deserialize)]

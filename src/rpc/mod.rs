@@ -15,6 +15,7 @@ pub mod framework;
 pub mod framing;
 pub mod lvol;
 pub mod methods;
+pub mod pool_jobs;
 pub mod protocol;
 pub mod vhost;
 
@@ -135,9 +136,35 @@ pub struct RpcServer {
     /// connection, so at most `MAX_CONNECTIONS` with a client; one whose client left (None)
     /// is still polled to its end, so the work behind it finishes (a format loads its pool),
     /// and its answer dropped. Those are bounded by what they hold (a format its base bdev).
-    deferred: Vec<(Option<usize>, Option<Value>, methods::DeferredAnswer)>,
+    deferred: Vec<Deferred>,
     read_buf: Box<[u8]>,
     last_accept_warning: Option<std::time::Instant>,
+}
+
+/// A request whose answer a handler deferred.
+struct Deferred {
+    /// The connection it answers; None once the client has left (the answer is still
+    /// polled to its end, so the work behind it finishes, and then dropped).
+    slot: Option<usize>,
+    id: Option<Value>,
+    answer: methods::DeferredAnswer,
+    /// The batch it came in, if any: it goes on once this answer is in.
+    batch: Option<PendingBatch>,
+}
+
+/// A batch being answered: its answer so far, and its requests not run yet.
+struct PendingBatch {
+    out: Vec<u8>,
+    any: bool,
+    rest: std::vec::IntoIter<Value>,
+}
+
+/// What running one request gave.
+enum Handled {
+    /// An answer now, or none (a notification, a parked `framework_wait_init`).
+    Now(Option<Answer>),
+    /// The handler deferred its answer.
+    Later(Option<Value>, methods::DeferredAnswer),
 }
 
 /// Polls a deferred answer; one that panics (a bug) is answered with -32603, as a handler
@@ -216,17 +243,26 @@ impl RpcServer {
                 0,
             )
         };
-        if n <= 0 {
-            return answered;
-        }
-        for ev in &events[..n as usize] {
+        for ev in &events[..n.max(0) as usize] {
             let token = ev.u64;
             if token == LISTENER_TOKEN {
                 self.accept_all();
+            } else if ev.events & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
+                && self
+                    .conns
+                    .get(token as usize)
+                    .and_then(|c| c.as_ref())
+                    .is_some_and(|c| c.waiting_answer || c.waiting_init)
+            {
+                // Gone while its answer waits: nothing is read from it then, so the hang-up
+                // would be reported on every pass. Its answer is dropped when it comes.
+                self.close(token as usize);
             } else {
                 self.service(token as usize);
             }
         }
+        // Also after a pass with no events: a deferred answer may have let a held
+        // `spdk_kill_instance` run.
         if let Some(sig) = self.ctx.kill_signal.take() {
             // Answer first (best effort), then signal ourselves; serve's main thread handles
             // SIGINT/SIGTERM as a clean shutdown.
@@ -237,7 +273,7 @@ impl RpcServer {
             // SAFETY: kill(2) on our own pid.
             unsafe { libc::kill(libc::getpid(), sig) };
         }
-        true
+        answered || n > 0
     }
 
     fn accept_all(&mut self) {
@@ -441,104 +477,150 @@ impl RpcServer {
                 }
                 // Serialise each answer as it is made, so that a batch of large answers is
                 // bounded by the output limit rather than built whole first.
-                let mut out = vec![b'['];
-                let mut any = false;
-                for item in items {
-                    if let Some((id, outcome)) = self.handle_one(slot, item, true) {
-                        if any {
-                            out.push(b',');
-                        }
-                        write_response(&mut out, &id, &outcome);
-                        any = true;
-                        if out.len() > MAX_PENDING_OUTPUT_BYTES {
-                            tracing::warn!(
-                                slot,
-                                "RPC batch answer exceeds the output limit; dropping the client"
-                            );
-                            self.close(slot);
-                            return;
-                        }
-                    }
-                }
-                if any {
-                    out.extend_from_slice(b"]\n");
-                    self.send_bytes(slot, &out);
-                }
+                self.run_batch(
+                    slot,
+                    PendingBatch {
+                        out: vec![b'['],
+                        any: false,
+                        rest: items.into_iter(),
+                    },
+                );
             }
-            other => {
-                if let Some(answer) = self.handle_one(slot, other, false) {
-                    self.send(slot, answer);
-                }
-            }
+            other => match self.handle_one(slot, other, false) {
+                Handled::Now(Some(answer)) => self.send(slot, answer),
+                Handled::Now(None) => {}
+                Handled::Later(id, answer) => self.park(slot, id, answer, None),
+            },
         }
     }
 
-    /// Runs one request; returns its response (None for a notification or a deferred answer).
-    fn handle_one(&mut self, slot: usize, item: Value, in_batch: bool) -> Option<Answer> {
+    /// Runs a batch's requests not run yet, in order, and sends its answer; or parks it at
+    /// a request whose answer is deferred (`answer_deferred` goes on with it).
+    fn run_batch(&mut self, slot: usize, mut batch: PendingBatch) {
+        while let Some(item) = batch.rest.next() {
+            match self.handle_one(slot, item, true) {
+                Handled::Now(Some((id, outcome))) => {
+                    if !self.add_to_batch(slot, &mut batch, &id, &outcome) {
+                        return;
+                    }
+                }
+                Handled::Now(None) => {}
+                Handled::Later(id, answer) => {
+                    self.park(slot, id, answer, Some(batch));
+                    return;
+                }
+            }
+        }
+        if batch.any {
+            batch.out.extend_from_slice(b"]\n");
+            self.send_bytes(slot, &batch.out);
+        }
+    }
+
+    /// Adds one answer to a batch's; false if that passed the output limit (the client is
+    /// dropped).
+    fn add_to_batch(
+        &mut self,
+        slot: usize,
+        batch: &mut PendingBatch,
+        id: &Value,
+        outcome: &Result<methods::RpcResult, RpcError>,
+    ) -> bool {
+        if batch.any {
+            batch.out.push(b',');
+        }
+        write_response(&mut batch.out, id, outcome);
+        batch.any = true;
+        if batch.out.len() > MAX_PENDING_OUTPUT_BYTES {
+            tracing::warn!(
+                slot,
+                "RPC batch answer exceeds the output limit; dropping the client"
+            );
+            self.close(slot);
+            return false;
+        }
+        true
+    }
+
+    /// Parks a deferred answer: the connection's later requests wait for it.
+    fn park(
+        &mut self,
+        slot: usize,
+        id: Option<Value>,
+        answer: methods::DeferredAnswer,
+        batch: Option<PendingBatch>,
+    ) {
+        let slot = self.conns[slot].as_mut().map(|conn| {
+            conn.waiting_answer = true;
+            slot
+        });
+        self.deferred.push(Deferred {
+            slot,
+            id,
+            answer,
+            batch,
+        });
+    }
+
+    /// Runs one request: its answer now (none for a notification or a parked
+    /// `framework_wait_init`), or the handler's deferred answer.
+    fn handle_one(&mut self, slot: usize, item: Value, in_batch: bool) -> Handled {
         let req = match parse_request(item) {
             Ok(r) => r,
-            Err((id, e)) => return Some((id, Err(e))),
+            Err((id, e)) => return Handled::Now(Some((id, Err(e)))),
         };
         if matches!(&req.id, Some(Value::String(s)) if s.len() > MAX_ID_BYTES) {
-            return Some((Value::Null, Err(RpcError::invalid_request())));
+            return Handled::Now(Some((Value::Null, Err(RpcError::invalid_request()))));
         }
-        let mut outcome = methods::call(&mut self.ctx, &req.method, req.params.as_ref());
+        let outcome = methods::call(&mut self.ctx, &req.method, req.params.as_ref());
         if let Err(e) = &outcome {
             tracing::debug!(method = %req.method, code = e.code, "RPC error: {}", e.message);
         }
-        if let Some(mut later) = self.ctx.deferred.take() {
-            let conn = self.conns[slot].as_mut();
-            match conn {
-                Some(conn) if !in_batch && outcome.is_ok() => {
-                    conn.waiting_answer = true;
-                    self.deferred.push((Some(slot), req.id, later));
-                    return None;
-                }
-                // In a batch (answered whole) the answer is waited for here, within the
-                // answer's own bound.
-                _ if outcome.is_ok() => loop {
-                    if let Some(done) = poll_deferred(&mut later) {
-                        outcome = done.map(methods::RpcResult::Json);
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                },
-                _ => {}
-            }
+        // A handler that failed after setting a deferred answer: the error goes out now.
+        if let (Some(later), true) = (self.ctx.deferred.take(), outcome.is_ok()) {
+            return Handled::Later(req.id, later);
         }
         if outcome.is_ok() && req.method == "framework_start_init" {
             self.answer_init_waiters();
         }
-        let id = req.id?;
+        let Some(id) = req.id else {
+            return Handled::Now(None);
+        };
         if req.method == "framework_wait_init"
             && outcome.is_ok()
             && self.ctx.state == RpcState::Startup
         {
-            if in_batch || self.init_waiters.len() >= MAX_INIT_WAITERS {
-                return Some((
-                    id,
-                    Err(RpcError::new(
-                        protocol::INVALID_STATE,
-                        "framework_wait_init can wait only as a single request, and only for \
-                         a bounded number of clients at once",
-                    )),
-                ));
-            }
-            let conn = self.conns[slot].as_mut()?;
-            if conn.waiting_init {
-                return Some((
-                    id,
-                    Err(RpcError::new(
-                        protocol::INVALID_STATE,
-                        "this connection already waits in framework_wait_init",
-                    )),
-                ));
-            }
-            conn.waiting_init = true;
-            self.init_waiters.push((slot, id));
-            return None;
+            return Handled::Now(self.park_init_waiter(slot, id, in_batch));
         }
-        Some((id, outcome))
+        Handled::Now(Some((id, outcome)))
+    }
+
+    /// Parks a `framework_wait_init` until `framework_start_init`; or refuses it (in a batch,
+    /// a second one on a connection, too many waiting).
+    fn park_init_waiter(&mut self, slot: usize, id: Value, in_batch: bool) -> Option<Answer> {
+        if in_batch || self.init_waiters.len() >= MAX_INIT_WAITERS {
+            return Some((
+                id,
+                Err(RpcError::new(
+                    protocol::INVALID_STATE,
+                    "framework_wait_init can wait only as a single request, and only for \
+                     a bounded number of clients at once",
+                )),
+            ));
+        }
+        let conn = self.conns[slot].as_mut()?;
+        if conn.waiting_init {
+            return Some((
+                id,
+                Err(RpcError::new(
+                    protocol::INVALID_STATE,
+                    "this connection already waits in framework_wait_init",
+                )),
+            ));
+        }
+        conn.waiting_init = true;
+        self.init_waiters.push((slot, id));
+        None
     }
 
     /// Sends every deferred answer that is ready, and goes on with those connections' held
@@ -547,20 +629,30 @@ impl RpcServer {
         let mut any = false;
         let mut i = 0;
         while i < self.deferred.len() {
-            let Some(done) = poll_deferred(&mut self.deferred[i].2) else {
+            let Some(done) = poll_deferred(&mut self.deferred[i].answer) else {
                 i += 1;
                 continue;
             };
-            let (slot, id, _) = self.deferred.swap_remove(i);
+            let d = self.deferred.swap_remove(i);
             any = true;
-            let Some(slot) = slot else {
+            // A client that left: its answer, and the rest of its batch, are dropped.
+            let Some(slot) = d.slot else {
                 continue;
             };
             if let Some(conn) = self.conns[slot].as_mut() {
                 conn.waiting_answer = false;
             }
-            if let Some(id) = id {
-                self.send(slot, (id, done.map(methods::RpcResult::Json)));
+            let outcome = done.map(methods::RpcResult::Json);
+            match (d.batch, d.id) {
+                (Some(mut batch), id) => {
+                    let added =
+                        id.is_none_or(|id| self.add_to_batch(slot, &mut batch, &id, &outcome));
+                    if added {
+                        self.run_batch(slot, batch);
+                    }
+                }
+                (None, Some(id)) => self.send(slot, (id, outcome)),
+                (None, None) => {}
             }
             self.process_input(slot);
             self.flush(slot);
@@ -667,8 +759,8 @@ impl RpcServer {
             // Its deferred answer is no longer its (the slot may take a new client): polled
             // to its end all the same, and dropped.
             for d in &mut self.deferred {
-                if d.0 == Some(slot) {
-                    d.0 = None;
+                if d.slot == Some(slot) {
+                    d.slot = None;
                 }
             }
         }

@@ -1,0 +1,129 @@
+//! Pool jobs: a pool's format or load (blocking I/O on its base bdev, up to seconds for a
+//! large pool) run on a thread of their own, so that reactor 0, which serves the RPC socket
+//! and polls I/O, never waits for them. The RPC that started one answers through a deferred
+//! answer (`methods::DeferredAnswer`) once the job is done.
+//!
+//! - At most `MAX_POOL_JOBS` run at once; each holds its base bdev's claim.
+//! - A job's thread may run on any core: reactor 0's pinning is not inherited.
+//! - When a job ends it wakes reactor 0, so its answer goes out without waiting for a
+//!   sleeping reactor's next timer.
+//! - A clean shutdown waits for running jobs (`wait_for_pool_jobs`), so a format is never
+//!   cut off halfway by the process exiting.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use crate::lsv::pool::PoolError;
+use crate::reactor::Reactors;
+
+/// Pool formats and loads running at once.
+pub const MAX_POOL_JOBS: usize = 4;
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// A running job's result, when it comes.
+pub type PoolJob<T> = Receiver<Result<T, PoolError>>;
+
+/// Why a job did not start.
+#[derive(Debug)]
+pub enum NotStarted {
+    /// `MAX_POOL_JOBS` run already.
+    Busy,
+    /// No thread could be made.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotStarted::Busy => write!(
+                f,
+                "{MAX_POOL_JOBS} lvstores are being formatted or loaded; retry when one is done"
+            ),
+            NotStarted::Thread(e) => write!(f, "cannot start a thread for the job: {e}"),
+        }
+    }
+}
+
+/// Counts a job as running until dropped (also when the job panics).
+struct Running;
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs `job` on a thread named `name`; its result comes on the channel returned, and then
+/// reactor 0 is woken (through `reactors`).
+pub fn spawn_pool_job<T: Send + 'static>(
+    name: &str,
+    reactors: &Reactors,
+    job: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
+) -> Result<PoolJob<T>, NotStarted> {
+    if RUNNING.fetch_add(1, Ordering::AcqRel) >= MAX_POOL_JOBS {
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
+        return Err(NotStarted::Busy);
+    }
+    let counted = Running;
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    let reactors = reactors.clone();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let counted = counted;
+            unpin_current_thread();
+            let r = job();
+            let _ = done_tx.send(r);
+            drop(counted);
+            // An empty message: reactor 0 wakes and polls the answer.
+            let _ = reactors.send(0, |_| {});
+        })
+        .map_err(NotStarted::Thread)?;
+    Ok(done_rx)
+}
+
+/// What a job's channel gave, if it is done: its result, or an error if its thread ended
+/// without one (it panicked: a bug).
+pub fn pool_job_result<T>(rx: &PoolJob<T>) -> Option<Result<T, PoolError>> {
+    match rx.try_recv() {
+        Ok(r) => Some(r),
+        Err(TryRecvError::Empty) => None,
+        Err(TryRecvError::Disconnected) => {
+            Some(Err(PoolError::Base("the job stopped unexpectedly".into())))
+        }
+    }
+}
+
+/// Waits until no job runs, at most `limit`; returns how many still run.
+pub fn wait_for_pool_jobs(limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let n = RUNNING.load(Ordering::Acquire);
+        if n == 0 || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Lets the calling thread run on every online CPU: a thread started by a reactor inherits
+/// the reactor's pinning, and would take its core's time from it.
+fn unpin_current_thread() {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.clamp(1, 1024) as usize;
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it (below
+    // CPU_SETSIZE, 1024); sched_setaffinity reads `size_of` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..cpus.min(libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::debug!(
+                "pool job: sched_setaffinity: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
