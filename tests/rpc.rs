@@ -1224,6 +1224,86 @@ fn a_deleted_lvstores_base_is_free_when_the_rpc_answers_on_one_reactor() {
     a_deleted_lvstores_base_is_free_when_the_rpc_answers("rpc_claims1", "0x1");
 }
 
+/// The same in one batch: the batch waits at the lvstore's delete (reactor 0 goes on: the
+/// cleaner that must stop runs there), then deletes the base. The first version of the
+/// deferred answers slept on reactor 0 for the whole bound (2 s) instead, and the base was
+/// still claimed after it.
+#[test]
+fn a_batch_deletes_an_lvstore_and_its_base_on_one_reactor() {
+    let a = Appliance::start("rpc_claims_batch", &["-m", "0x1"]);
+    let mut c = a.client();
+    c.call(
+        "bdev_malloc_create",
+        Some(json!({"name": "M0", "num_blocks": 16384, "block_size": 4096})),
+    )
+    .unwrap();
+    c.call(
+        "bdev_lvol_create_lvstore",
+        Some(json!({"bdev_name": "M0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let answer = raw_exchange(
+        &a.sock,
+        br#"[{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_delete_lvstore","params":{"lvs_name":"ls0"}},{"jsonrpc":"2.0","id":2,"method":"bdev_malloc_delete","params":{"name":"M0"}}]"#,
+    );
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer[0]["result"], true, "{answer}");
+    assert_eq!(answer[1]["result"], true, "{answer}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "the batch waited out the bound"
+    );
+    a.stop();
+}
+
+/// A clean stop waits for a format still running on its thread: the pool it leaves checks
+/// clean (its superblock is written last; cut off halfway, the file would hold no pool).
+#[test]
+fn a_clean_stop_waits_for_a_running_format() {
+    let a = Appliance::start("rpc_stop_format", &[]);
+    let mut c = a.client();
+    // Outside the appliance's directory, which goes with it.
+    let dir = common::TestDir::new("rpc_stop_format_file");
+    let file = dir.join("pool.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    c.call(
+        "bdev_uring_create",
+        Some(json!({"name": "U0", "filename": file, "block_size": 4096})),
+    )
+    .unwrap();
+    // Every write 20 ms: the format's 1,300-odd writes, 32 at a time, take about a second.
+    c.call(
+        "bdev_delay_create",
+        Some(json!({"base_bdev_name": "U0", "name": "Slow0",
+            "avg_read_latency": 1000, "p99_read_latency": 1000,
+            "avg_write_latency": 20000, "p99_write_latency": 20000})),
+    )
+    .unwrap();
+    let mut waiting = UnixStream::connect(&a.sock).unwrap();
+    waiting
+        .write_all(
+            br#"{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_create_lvstore","params":{"bdev_name":"Slow0","lvs_name":"ls0","cluster_sz":1048576}}"#,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    a.stop();
+    let out = Command::new(env!("CARGO_BIN_EXE_unblend"))
+        .args(["pool", "check", file.to_str().unwrap()])
+        .env("UNBLEND_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("consistent"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_deleted_lvstores_base_is_free_when_the_rpc_answers_on_two_reactors() {
     a_deleted_lvstores_base_is_free_when_the_rpc_answers("rpc_claims2", "0x3");
