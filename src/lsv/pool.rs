@@ -2039,9 +2039,12 @@ impl LsvPool {
             }
             table.grow(blocks, f.seq).map_err(PoolError::BadSize)?;
         } else if blocks < old {
-            let freed = table.shrink(blocks);
+            let mut dead = self.dead_counts();
+            for pba in table.shrink(blocks) {
+                self.count_dead(&mut dead, pba);
+            }
             // Dead now; off the live counts between the cleaner's victims (see `delete_volume`).
-            self.note_dead_blocks(&freed);
+            self.note_dead_blocks(&dead);
         }
         Ok(vols.get(&id).expect("found above").0.clone())
     }
@@ -2110,19 +2113,37 @@ impl LsvPool {
         // cleaner applies the counts itself, between victims: a block it is moving right now
         // has its new segment's count raised by the cleaner after the move, and must not be
         // taken off that count before.
-        let mut freed = Vec::new();
-        removed.1.drain(|pba| freed.push(pba));
-        self.note_dead_blocks(&freed);
+        let mut dead = self.dead_counts();
+        removed.1.drain(|pba| self.count_dead(&mut dead, pba));
+        self.note_dead_blocks(&dead);
         Ok(())
+    }
+
+    /// Dead blocks per segment, to fill with `count_dead` and hand to `note_dead_blocks`: a
+    /// dense array (4 bytes a segment), since a deleted volume can free millions of blocks
+    /// (a 12 GiB volume's 3 million took 300 ms of reactor 0 in a map keyed by segment).
+    fn dead_counts(&self) -> Vec<u32> {
+        vec![0; self.sb.segment_count as usize]
+    }
+
+    fn count_dead(&self, dead: &mut [u32], pba: u64) {
+        let seg = self.segment_of(pba) as usize;
+        debug_assert!(
+            seg < dead.len(),
+            "mapped block {pba} lies past the segments"
+        );
+        if let Some(n) = dead.get_mut(seg) {
+            *n += 1;
+        }
     }
 
     /// Blocks no volume maps any more (deleted, or past a shrunk volume's end): they come
     /// off their segments' live counts when the cleaner is between victims and every record
     /// in flight now has completed (`dead_blocks_ready`); at once with no cleaner.
-    fn note_dead_blocks(&self, pbas: &[u64]) {
+    fn note_dead_blocks(&self, per_segment: &[u32]) {
         let mut dead = self.dead_blocks.lock().unwrap_or_else(|e| e.into_inner());
-        for &pba in pbas {
-            *dead.entry(self.segment_of(pba)).or_insert(0) += 1;
+        for (seg, &n) in per_segment.iter().enumerate().filter(|(_, n)| **n > 0) {
+            *dead.entry(seg as u64).or_insert(0) += n;
         }
         self.dead_blocks_after_seq
             .fetch_max(self.next_seq_now(), Ordering::SeqCst);
