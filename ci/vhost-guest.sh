@@ -187,5 +187,9 @@ fi
 grep -q "front end connected" "$WORK/serve.log" || { echo "vhost-guest: FAIL QEMU never reconnected"; fail=1; }
 again=$(grep -o 'requests=[0-9]*' "$WORK/serve.log" | cut -d= -f2 | awk '{s+=$1} END {print s+0}' || true)
 echo "vhost-guest: requests the new appliance ran again from the inflight region: ${again:-0}"
-[ "${again:-0}" -gt 0 ] || { echo "vhost-guest: FAIL no request was in flight at the kill, so reconnect was not tested"; fail=1; }
+[ "${again:-0}" -gt 0 ] || {
+  echo "vhost-guest: FAIL no request was in flight at the kill, so reconnect was not tested"
+  # Seen once in 19 CI runs (2026-11-28, 237e9da; it passed when run again): what both sides said.
+  tail -40 "$WORK/serve.log"; grep -v '^+' "$WORK/reconnect.log" | tail -40; fail=1
+}
 exit $fail

@@ -153,6 +153,8 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 const POOL_JOB_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
+    // Before any reactor pins its thread: the CPUs pool jobs may use.
+    crate::rpc::pool_jobs::remember_process_cpus();
     let signals = block_stop_signals()?;
     let registry = Arc::new(BdevRegistry::new());
     // Bind first: a second appliance on the same socket must fail before it touches anything.

@@ -217,6 +217,8 @@ pub enum BdevError {
     Channel(String),
     #[error("bdev {bdev:?} is claimed by {by}")]
     Claimed { bdev: String, by: String },
+    #[error("bdev {other:?} already has the file or device that {bdev:?} would open")]
+    SameFile { bdev: String, other: String },
 }
 
 /// What a module needs to set up a channel on the calling reactor.
@@ -273,7 +275,18 @@ pub trait Bdev: Send + Sync {
     fn resizable(&self) -> bool {
         false
     }
+
+    /// The file or block device the bdev's data lives in, if any, as (device, inode) of a
+    /// file or (`BLOCK_DEVICE`, device number) of a block device. The registry takes no
+    /// second bdev on the same one: two bdevs on one file write each other's data, and a
+    /// pool loaded through one would be loaded again, stale, through the other.
+    fn backing_file(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
+
+/// In `Bdev::backing_file`, the first half for a block device.
+pub const BLOCK_DEVICE: u64 = u64::MAX;
 
 /// `bdev_get_bdevs`'s description of a bdev (keys as SPDK names them).
 #[derive(serde::Serialize)]

@@ -52,6 +52,14 @@ impl BdevRegistry {
         if map.contains_key(&name) {
             return Err(BdevError::Exists(name));
         }
+        if let Some(file) = bdev.backing_file() {
+            if let Some(other) = map.values().find(|e| e.bdev.backing_file() == Some(file)) {
+                return Err(BdevError::SameFile {
+                    bdev: name,
+                    other: other.bdev.name().to_string(),
+                });
+            }
+        }
         if map.len() >= MAX_BDEVS {
             return Err(BdevError::Unsupported(format!(
                 "the appliance already has {MAX_BDEVS} bdevs"

@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,6 +69,8 @@ pub struct UringBdev {
     block_size: u32,
     num_blocks: u64,
     is_block_device: bool,
+    /// `Bdev::backing_file`.
+    file_id: (u64, u64),
     sqpoll: bool,
     /// Which RPC created it, so that `config_json` writes the same call back.
     created_as_aio: bool,
@@ -120,6 +122,11 @@ impl UringBdev {
             })?;
         let meta = file.metadata().map_err(|e| io_err(&path, e))?;
         let is_block_device = meta.file_type().is_block_device();
+        let file_id = if is_block_device {
+            (super::BLOCK_DEVICE, meta.rdev())
+        } else {
+            (meta.dev(), meta.ino())
+        };
         let (size_bytes, default_bs) = if is_block_device {
             (
                 block_device_bytes(&file).map_err(|e| io_err(&path, e))?,
@@ -138,6 +145,7 @@ impl UringBdev {
             block_size,
             num_blocks,
             is_block_device,
+            file_id,
             sqpoll: p.sqpoll,
             created_as_aio: false,
         })
@@ -202,6 +210,9 @@ fn block_device_sector_bytes(file: &File) -> std::io::Result<u32> {
 impl Bdev for UringBdev {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn backing_file(&self) -> Option<(u64, u64)> {
+        Some(self.file_id)
     }
     fn uuid(&self) -> Uuid {
         self.uuid

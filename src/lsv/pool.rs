@@ -2055,9 +2055,15 @@ impl LsvPool {
         self.cleaner_attached.load(Ordering::Acquire)
     }
 
-    /// Asks the pool's cleaner for a checkpoint when it next looks (at most 1 ms while idle).
+    /// Asks the pool's cleaner for a checkpoint when it next looks at the pool (its idle
+    /// poll, every `pools::CLEANER_PERIOD_US`).
     pub fn request_checkpoint(&self) {
         self.checkpoint_wanted.store(true, Ordering::Release);
+    }
+
+    /// Takes back a `request_checkpoint` the cleaner has not begun yet.
+    pub fn cancel_checkpoint_request(&self) {
+        self.checkpoint_wanted.store(false, Ordering::Release);
     }
 
     /// Whether a resize of volume `name` to `blocks` would first write checkpoints to retire
@@ -2065,9 +2071,10 @@ impl LsvPool {
     /// checkpoints do not cover yet. A caller that must not block (the RPC, on reactor 0)
     /// asks the cleaner for them (`request_checkpoint`) and resizes once this is false.
     pub fn grow_waits_for_checkpoints(&self, name: &str, blocks: u64) -> bool {
+        // A size past what the volume can grow to is refused at once, without waiting.
         let grows = self
             .volume(name)
-            .is_some_and(|(m, _)| blocks > m.num_blocks);
+            .is_some_and(|(m, t)| blocks > m.num_blocks && blocks <= t.capacity_blocks());
         let standing = standing_fence(&self.volumes.read().unwrap_or_else(|e| e.into_inner()));
         grows && standing.is_some_and(|(_, f)| !self.fence_retired(f))
     }
@@ -2509,24 +2516,25 @@ fn volume_id(
         .ok_or_else(|| PoolError::NoSuchVolume(name.to_string()))
 }
 
-/// True when `base` starts with an unblend pool superblock (a cheap check before `open`).
 /// What a pool on `base` is, read without opening it: its uuid and its name (from the
-/// superblock and the volume table). None if `base` holds no pool, or its volume table does
-/// not read back (opening it would fail too, and say why).
-pub fn peek_pool(base: &BdevEntry) -> Option<(Uuid, String)> {
+/// superblock and the volume table). None if `base` holds no pool (no valid superblock); an
+/// error if it cannot be read, or its volume table is damaged (opening it would fail too).
+pub fn peek_pool(base: &BdevEntry) -> Result<Option<(Uuid, String)>, PoolError> {
     if base.bdev.block_size() as usize != BLOCK_BYTES {
-        return None;
+        return Ok(None);
     }
     let bytes = base.bdev.num_blocks() * BLOCK_BYTES as u64;
-    let mut io = SyncIo::new(base, SUPERBLOCK_BYTES).ok()?;
-    io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false).ok()?;
-    let sb = Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes).ok()?;
-    io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)
-        .ok()?;
-    let vt = decode_volume_table(io.bytes(BLOCK_BYTES)).ok()?;
-    Some((sb.uuid, vt.pool_name))
+    let mut io = SyncIo::new(base, SUPERBLOCK_BYTES)?;
+    io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false)?;
+    let Ok(sb) = Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes) else {
+        return Ok(None);
+    };
+    io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
+    let vt = decode_volume_table(io.bytes(BLOCK_BYTES))?;
+    Ok(Some((sb.uuid, vt.pool_name)))
 }
 
+/// True when `base` starts with an unblend pool superblock (a cheap check before `open`).
 pub fn holds_pool(base: &BdevEntry) -> bool {
     if base.bdev.block_size() as usize != BLOCK_BYTES {
         return false;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use super::cleaner::{Cleaner, CleanerPoll};
-use super::pool::{holds_pool, peek_pool, LsvPool, PoolError};
+use super::pool::{peek_pool, LsvPool, PoolError};
 use super::volume::LsvVolume;
 use crate::bdev::{BdevEntry, BdevRegistry};
 use crate::reactor::{PollStatus, PollerKind, Reactors};
@@ -315,12 +315,8 @@ impl Pools {
         if self.registry.claimed_by(base.bdev.name()).is_some() {
             return Ok(None);
         }
-        let Some((uuid, name)) = peek_pool(base) else {
-            // A superblock with a volume table that does not read: opening says why.
-            return match holds_pool(base) {
-                true => LsvPool::open_named(base.clone()).map(|_| None),
-                false => Ok(None),
-            };
+        let Some((uuid, name)) = peek_pool(base)? else {
+            return Ok(None);
         };
         if let Some(other) = self.list().into_iter().find(|p| p.sb.uuid == uuid) {
             return Err(PoolError::Base(format!(

@@ -327,17 +327,26 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         pool.resize_volume(&lvol, blocks).map_err(pool_err)?;
         return Ok(json!(true));
     }
+    // The volume the request named, even if another of the same name takes its place
+    // meanwhile (the request may have named it by uuid).
+    let id = pool.volume(&lvol).map(|(m, _)| m.id);
     pool.request_checkpoint();
     let deadline = std::time::Instant::now() + GROW_WAIT;
     ctx.deferred = Some(Box::new(move || {
+        if pool.volume(&lvol).map(|(m, _)| m.id) != id {
+            pool.cancel_checkpoint_request();
+            return Some(Err(pool_err(PoolError::NoSuchVolume(lvol.clone()))));
+        }
         if pool.grow_waits_for_checkpoints(&lvol, blocks) {
             if std::time::Instant::now() < deadline {
                 // Two checkpoints are needed: ask again once the first has begun.
                 pool.request_checkpoint();
                 return None;
             }
+            pool.cancel_checkpoint_request();
             return Some(Err(pool_err(PoolError::Busy(lvol.clone()))));
         }
+        pool.cancel_checkpoint_request();
         Some(
             pool.resize_volume(&lvol, blocks)
                 .map(|_| json!(true))

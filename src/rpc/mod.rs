@@ -132,10 +132,10 @@ pub struct RpcServer {
     ctx: RpcContext,
     /// `framework_wait_init` calls waiting for `framework_start_init`: (connection, id).
     init_waiters: Vec<(usize, Value)>,
-    /// Answers handlers deferred: (connection, id, the answer's poll). At most one per
-    /// connection, so at most `MAX_CONNECTIONS` with a client; one whose client left (None)
-    /// is still polled to its end, so the work behind it finishes (a format loads its pool),
-    /// and its answer dropped. Those are bounded by what they hold (a format its base bdev).
+    /// Answers handlers deferred. At most one per connection: a connection keeps its slot
+    /// while it waits, even if its client left (out of the epoll set, `flush`), so at most
+    /// `MAX_CONNECTIONS`; one whose connection was closed for an error is still polled to its
+    /// end (the work behind it finishes: a format loads its pool), and its answer dropped.
     deferred: Vec<Deferred>,
     read_buf: Box<[u8]>,
     last_accept_warning: Option<std::time::Instant>,
@@ -247,16 +247,6 @@ impl RpcServer {
             let token = ev.u64;
             if token == LISTENER_TOKEN {
                 self.accept_all();
-            } else if ev.events & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
-                && self
-                    .conns
-                    .get(token as usize)
-                    .and_then(|c| c.as_ref())
-                    .is_some_and(|c| c.waiting_answer || c.waiting_init)
-            {
-                // Gone while its answer waits: nothing is read from it then, so the hang-up
-                // would be reported on every pass. Its answer is dropped when it comes.
-                self.close(token as usize);
             } else {
                 self.service(token as usize);
             }
@@ -735,10 +725,19 @@ impl RpcServer {
             interest |= libc::EPOLLIN as u32;
         }
         if interest != conn.interest {
+            // With no interest at all the connection leaves the epoll set: EPOLLHUP and
+            // EPOLLERR are reported whatever a registration asks for, and a client gone while
+            // its answer waits would wake the reactor on every pass. It comes back when the
+            // answer is sent (its requests read before it left still run then).
+            let op = match (conn.interest, interest) {
+                (0, _) => libc::EPOLL_CTL_ADD,
+                (_, 0) => libc::EPOLL_CTL_DEL,
+                _ => libc::EPOLL_CTL_MOD,
+            };
             conn.interest = interest;
             let _ = epoll_ctl(
                 self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_MOD,
+                op,
                 conn.stream.as_raw_fd(),
                 interest,
                 slot as u64,

@@ -4,7 +4,8 @@
 //! answer (`methods::DeferredAnswer`) once the job is done.
 //!
 //! - At most `MAX_POOL_JOBS` run at once; each holds its base bdev's claim.
-//! - A job's thread may run on any core: reactor 0's pinning is not inherited.
+//! - A job's thread runs on the process's CPUs (as it started), not pinned to reactor 0's
+//!   core as the thread that starts it is.
 //! - When a job ends it wakes reactor 0, so its answer goes out without waiting for a
 //!   sleeping reactor's next timer.
 //! - A clean shutdown waits for running jobs (`wait_for_pool_jobs`), so a format is never
@@ -107,23 +108,35 @@ pub fn wait_for_pool_jobs(limit: Duration) -> usize {
     }
 }
 
-/// Lets the calling thread run on every online CPU: a thread started by a reactor inherits
-/// the reactor's pinning, and would take its core's time from it.
+/// The CPUs the process may run on, as it started (before reactors pinned their threads).
+static PROCESS_CPUS: std::sync::OnceLock<libc::cpu_set_t> = std::sync::OnceLock::new();
+
+/// Notes the CPUs the calling thread may run on as the process's own: call it from the main
+/// thread before reactors start. Jobs then run on those CPUs, not on the core of the
+/// reactor that started them.
+pub fn remember_process_cpus() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity writes at most `size_of` bytes into `set`.
+    let got =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if got == 0 {
+        let _ = PROCESS_CPUS.set(set);
+    }
+}
+
+/// Lets the calling thread run on the process's CPUs (`remember_process_cpus`): a thread
+/// started by a reactor inherits the reactor's pinning, and would take its core's time from
+/// it. Nothing changes if they were not noted.
 fn unpin_current_thread() {
-    // SAFETY: sysconf has no preconditions.
-    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.clamp(1, 1024) as usize;
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it (below
-    // CPU_SETSIZE, 1024); sched_setaffinity reads `size_of` bytes of it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..cpus.min(libc::CPU_SETSIZE as usize) {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::debug!(
-                "pool job: sched_setaffinity: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    let Some(set) = PROCESS_CPUS.get() else {
+        return;
+    };
+    // SAFETY: `set` is a valid cpu_set_t; sched_setaffinity reads `size_of` bytes of it.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) } != 0 {
+        tracing::debug!(
+            "pool job: sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

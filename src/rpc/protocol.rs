@@ -62,6 +62,7 @@ impl From<BdevError> for RpcError {
             BdevError::Unsupported(_) => libc::EOPNOTSUPP,
             BdevError::Channel(_) => libc::EIO,
             BdevError::Claimed { .. } => libc::EBUSY,
+            BdevError::SameFile { .. } => libc::EEXIST,
             BdevError::BadBlockSize(_)
             | BdevError::SizeNotMultiple { .. }
             | BdevError::ZeroSize
