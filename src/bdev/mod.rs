@@ -279,7 +279,8 @@ pub trait Bdev: Send + Sync {
     /// The file or block device the bdev's data lives in, if any, as (device, inode) of a
     /// file or (`BLOCK_DEVICE`, device number) of a block device. The registry takes no
     /// second bdev on the same one: two bdevs on one file write each other's data, and a
-    /// pool loaded through one would be loaded again, stale, through the other.
+    /// pool loaded through one would be loaded again, stale, through the other. Overlap it
+    /// does not see: a partition and its whole disk, a loop device and its file.
     fn backing_file(&self) -> Option<(u64, u64)> {
         None
     }

@@ -1644,6 +1644,17 @@ fn the_summary_tells_adjacent_writes_apart() {
     );
 }
 
+/// `image` with a bit of its first journal slot's segment number flipped (its checksum then
+/// fails): recovery must probe every segment's first block.
+fn damage_journal(mut image: Vec<u8>) -> Vec<u8> {
+    flip(
+        &mut image,
+        super::segment_journal::JOURNAL_OFFSET + 33,
+        0x02,
+    );
+    image
+}
+
 /// A crash kept a segment's first record but lost its journal entry: recovery leaves the
 /// chain unreplayed and the segment free. The appliance's load then writes a checkpoint
 /// (`checkpoint_after_recovery`, every load), so a later recovery that must probe every segment
@@ -1654,16 +1665,8 @@ fn a_chain_whose_entry_a_crash_lost_stays_out_after_a_later_crash() {
     let (image, _, _, _) = image_with_an_unjournaled_chain(false);
     // A journal slot damaged: the probe of every segment finds the chain and replays it (the
     // test's record is well made), as a recovery from the crash's checkpoint would.
-    let damage = |mut image: Vec<u8>| {
-        flip(
-            &mut image,
-            super::segment_journal::JOURNAL_OFFSET + 33,
-            0x02,
-        );
-        image
-    };
     let probed = |p: &LsvPool| p.stats()["recovery"]["segments_probed"].as_u64() > Some(0);
-    let pool = open_image(damage(image.clone())).unwrap();
+    let pool = open_image(damage_journal(image.clone())).unwrap();
     assert!(probed(&pool));
     assert_reads(&pool, &BTreeMap::from([(5, 2)]));
     drop(pool);
@@ -1678,7 +1681,7 @@ fn a_chain_whose_entry_a_crash_lost_stays_out_after_a_later_crash() {
     drop(pool);
     // Then a crash with a journal slot damaged: the probe finds the chain again, below the
     // checkpoint now, and leaves it.
-    let (disk3, pool) = open_image_on_disk(damage(image_of(&disk2)));
+    let (disk3, pool) = open_image_on_disk(damage_journal(image_of(&disk2)));
     let pool = pool.unwrap();
     assert!(probed(&pool));
     assert_reads(&pool, &BTreeMap::from([(5, 1)]));
@@ -1693,17 +1696,9 @@ fn a_chain_whose_entry_a_crash_lost_stays_out_after_a_later_crash() {
 #[test]
 fn a_chain_whose_entry_a_crash_lost_after_a_quiescent_checkpoint_stays_out() {
     let (image, _, _, _) = image_with_an_unjournaled_chain(true);
-    let damage = |mut image: Vec<u8>| {
-        flip(
-            &mut image,
-            super::segment_journal::JOURNAL_OFFSET + 33,
-            0x02,
-        );
-        image
-    };
     // The control: a probing recovery straight after the crash replays the chain (the test's
     // record is well made), as one after a load that wrote no checkpoint did.
-    let pool = open_image(damage(image.clone())).unwrap();
+    let pool = open_image(damage_journal(image.clone())).unwrap();
     assert_reads(&pool, &BTreeMap::from([(5, 2)]));
     drop(pool);
     let (disk, pool) = open_image_on_disk(image);
@@ -1713,7 +1708,7 @@ fn a_chain_whose_entry_a_crash_lost_after_a_quiescent_checkpoint_stays_out() {
     assert!(pool.checkpoint_after_recovery().unwrap());
     assert!(!pool.checkpoint_after_recovery().unwrap(), "one per load");
     drop(pool);
-    let pool = open_image(damage(image_of(&disk))).unwrap();
+    let pool = open_image(damage_journal(image_of(&disk))).unwrap();
     assert!(pool.stats()["recovery"]["segments_probed"].as_u64() > Some(0));
     assert_reads(&pool, &BTreeMap::from([(5, 1)]));
 }

@@ -1986,9 +1986,10 @@ impl LsvPool {
         // checkpoint's walk takes it when it begins. Never waits for the cleaner's checkpoint: this may
         // run on the cleaner's own reactor (the RPC poller), which would then never finish
         // it; the caller is told to retry instead.
+        // A size past what the volume can grow to is refused below, before any checkpoint.
         let grows = self
             .volume(name)
-            .is_some_and(|(m, _)| blocks > m.num_blocks);
+            .is_some_and(|(m, t)| blocks > m.num_blocks && blocks <= t.capacity_blocks());
         for _ in 0..2 {
             let standing = standing_fence(&self.volumes.read().unwrap_or_else(|e| e.into_inner()));
             match standing {

@@ -377,7 +377,7 @@ impl Pools {
                 continue;
             }
             if let Err(e) = self.examine(&entry) {
-                tracing::warn!(bdev = %entry.bdev.name(), "examine: pool found but not loaded: {e}");
+                tracing::warn!(bdev = %entry.bdev.name(), "examine: no pool loaded from it: {e}");
             }
         }
     }

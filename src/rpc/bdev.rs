@@ -30,7 +30,7 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     let ex = match ctx.registry.get(&name).map(|e| ctx.pools.examine_begin(&e)) {
         Some(Ok(Some(ex))) => ex,
         Some(Err(e)) => {
-            tracing::warn!(bdev = %name, "examine: pool found but not loaded: {e}");
+            tracing::warn!(bdev = %name, "examine: no pool loaded from it: {e}");
             return Ok(json!(name));
         }
         _ => return Ok(json!(name)),
@@ -38,7 +38,7 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     let (pools, reactors) = (ctx.pools.clone(), ctx.reactors.clone());
     let finish = move |ex: Examined, loaded| {
         if let Err(e) = pools.examine_finish(ex, loaded) {
-            tracing::warn!(bdev = %name, "examine: pool found but not loaded: {e}");
+            tracing::warn!(bdev = %name, "examine: no pool loaded from it: {e}");
         }
         name.clone()
     };

@@ -122,6 +122,8 @@ struct Conn {
     /// Whether it has a deferred answer pending: its later requests are not read until that
     /// answer is sent, so answers go out in the order asked.
     waiting_answer: bool,
+    /// Whether it is in the epoll set (it leaves it while it waits for a deferred answer).
+    registered: bool,
 }
 
 pub struct RpcServer {
@@ -143,8 +145,9 @@ pub struct RpcServer {
 
 /// A request whose answer a handler deferred.
 struct Deferred {
-    /// The connection it answers; None once the client has left (the answer is still
-    /// polled to its end, so the work behind it finishes, and then dropped).
+    /// The connection it answers; None once that connection was closed (for an error: one
+    /// that waits is not closed for a hang-up). The answer is still polled to its end, so
+    /// the work behind it finishes, and then dropped.
     slot: Option<usize>,
     id: Option<Value>,
     answer: methods::DeferredAnswer,
@@ -247,6 +250,16 @@ impl RpcServer {
             let token = ev.u64;
             if token == LISTENER_TOKEN {
                 self.accept_all();
+            } else if ev.events & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
+                && self
+                    .conns
+                    .get(token as usize)
+                    .and_then(|c| c.as_ref())
+                    .is_some_and(|c| c.closing && c.waiting_init && !c.waiting_answer)
+            {
+                // Gone while in `framework_wait_init`, its input used up: registered with no
+                // interest, so the hang-up would be reported on every pass.
+                self.close(token as usize);
             } else {
                 self.service(token as usize);
             }
@@ -300,6 +313,7 @@ impl RpcServer {
                         last_active: std::time::Instant::now(),
                         waiting_init: false,
                         waiting_answer: false,
+                        registered: true,
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -625,7 +639,7 @@ impl RpcServer {
             };
             let d = self.deferred.swap_remove(i);
             any = true;
-            // A client that left: its answer, and the rest of its batch, are dropped.
+            // A connection closed meanwhile: its answer, and the rest of its batch, are dropped.
             let Some(slot) = d.slot else {
                 continue;
             };
@@ -724,25 +738,28 @@ impl RpcServer {
         if !conn.closing && !conn.waiting_answer && backlog <= OUTPUT_HIGH_WATER_BYTES {
             interest |= libc::EPOLLIN as u32;
         }
-        if interest != conn.interest {
-            // With no interest at all the connection leaves the epoll set: EPOLLHUP and
-            // EPOLLERR are reported whatever a registration asks for, and a client gone while
-            // its answer waits would wake the reactor on every pass. It comes back when the
-            // answer is sent (its requests read before it left still run then).
-            let op = match (conn.interest, interest) {
-                (0, _) => libc::EPOLL_CTL_ADD,
-                (_, 0) => libc::EPOLL_CTL_DEL,
-                _ => libc::EPOLL_CTL_MOD,
-            };
-            conn.interest = interest;
-            let _ = epoll_ctl(
-                self.epoll.as_raw_fd(),
-                op,
-                conn.stream.as_raw_fd(),
-                interest,
-                slot as u64,
-            );
+        // While it waits for a deferred answer the connection leaves the epoll set: EPOLLHUP
+        // and EPOLLERR are reported whatever a registration asks for, and a client gone
+        // meanwhile would wake the reactor on every pass. It comes back when the answer is
+        // sent; the requests it had sent that were read already run then.
+        let fd = conn.stream.as_raw_fd();
+        let epfd = self.epoll.as_raw_fd();
+        if conn.waiting_answer && interest == 0 {
+            if conn.registered {
+                let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                conn.registered = false;
+            }
+        } else if !conn.registered {
+            if epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, interest, slot as u64).is_err() {
+                // No room in the epoll set (max_user_watches): it could never be served.
+                self.close(slot);
+                return;
+            }
+            conn.registered = true;
+        } else if interest != conn.interest {
+            let _ = epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, interest, slot as u64);
         }
+        conn.interest = interest;
     }
 
     fn close(&mut self, slot: usize) {
