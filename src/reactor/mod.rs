@@ -29,6 +29,18 @@ use wake::WakeFd;
 thread_local! {
     /// The eventfd that wakes the reactor running on this thread (-1 off a reactor thread).
     static CURRENT_WAKE_FD: std::cell::Cell<i32> = const { std::cell::Cell::new(-1) };
+    /// The earliest moment a module on this thread asked its reactor to look again by
+    /// (`wake_by`), since the reactor last slept.
+    static WAKE_BY: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Asks the calling thread's reactor not to sleep past `at`: for a module that holds work
+/// for a set time with nothing to wake the reactor when it is due (the delay bdev's held
+/// completions). A module asks again on each poll while it still holds work; the reactor
+/// forgets the asks each time it sleeps. Off a reactor thread nobody reads it.
+pub fn wake_by(at: std::time::Instant) {
+    WAKE_BY.with(|w| w.set(Some(w.get().map_or(at, |t| t.min(at)))));
 }
 
 /// The eventfd that wakes the calling thread's reactor from an adaptive sleep, if the caller
@@ -421,7 +433,15 @@ impl Reactor {
         // Pairs with the fence in `Reactors::send`.
         fence(Ordering::SeqCst);
         if mailbox.queue.is_empty() && !self.handle.is_stopping() {
-            let timeout_ms = match self.next_timer_ns() {
+            let asked_ns = WAKE_BY.with(|w| w.take()).map(|at| {
+                at.saturating_duration_since(std::time::Instant::now())
+                    .as_nanos() as u64
+            });
+            let due_ns = match (self.next_timer_ns(), asked_ns) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout_ms = match due_ns {
                 Some(ns) => (ns / 1_000_000).min(MAX_SLEEP_MS as u64) as i32,
                 None => MAX_SLEEP_MS,
             };
