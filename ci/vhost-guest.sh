@@ -151,8 +151,9 @@ cat >"$WORK/reconnect.sh" <<'EOF'
 set -euxo pipefail
 dev=/dev/vda
 # 64M, so the kill below (half a second after the guest's signal) falls among the writes
-# even when the signal comes late: with 16M one CI run's kill found no write in flight. It
-# costs time: this script took 143 s here against 53 s with 16M.
+# even when the signal comes late: with 16M one CI run's kill found no write in flight. The
+# whole script took 143 s here with 64M while the delay bdev's completions came late, in
+# bursts; 55 s since they come on time (e4f9262).
 fio --name=reconnect --filename=$dev --rw=randwrite --bs=4k --size=64M --direct=1 \
     --ioengine=libaio --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
     --group_reporting &
