@@ -129,6 +129,29 @@ fn read_answer(s: &UnixStream) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&line)))
 }
 
+/// Every lvstore named `name` (`bdev_lvol_get_lvstores`): none, or one.
+fn lvstores_named(c: &mut RpcClient, name: &str) -> Vec<Value> {
+    let listed = c.call("bdev_lvol_get_lvstores", None).unwrap();
+    let all = listed.as_array().unwrap().iter();
+    all.filter(|l| l["name"] == name).cloned().collect()
+}
+
+/// The code of an RPC that must fail.
+fn error_code(r: Result<Value, ClientError>) -> i64 {
+    match r {
+        Err(ClientError::Rpc { code, .. }) => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// `bdev_delay_create`'s parameters: bdev `name` on `base`, every read and write taking the
+/// latencies given (microseconds), the p99 ones too.
+fn delay_params(base: &str, name: &str, read_us: u64, write_us: u64) -> Value {
+    json!({"base_bdev_name": base, "name": name,
+        "avg_read_latency": read_us, "p99_read_latency": read_us,
+        "avg_write_latency": write_us, "p99_write_latency": write_us})
+}
+
 /// Polls `done` every 10 ms until it holds; fails with `what` after `limit`.
 fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -1036,9 +1059,7 @@ fn an_lvstore_is_formatted_off_reactor_0() {
         // Every write 20 ms: the format's 2,000-odd writes, 32 at a time, take over a second.
         c.call(
             "bdev_delay_create",
-            Some(json!({"base_bdev_name": malloc, "name": slow,
-                "avg_read_latency": 20000, "p99_read_latency": 20000,
-                "avg_write_latency": 20000, "p99_write_latency": 20000})),
+            Some(delay_params(malloc, slow, 20000, 20000)),
         )
         .unwrap();
     }
@@ -1058,33 +1079,20 @@ fn an_lvstore_is_formatted_off_reactor_0() {
         .unwrap();
     // Served meanwhile: the name and the base are taken.
     std::thread::sleep(Duration::from_millis(100));
-    let code = |r: Result<Value, ClientError>| match r {
-        Err(ClientError::Rpc { code, .. }) => code,
-        other => panic!("expected an error, got {other:?}"),
-    };
     assert_eq!(
-        code(c.call(
+        error_code(c.call(
             "bdev_lvol_create_lvstore",
             Some(json!({"bdev_name": "M2", "lvs_name": "ls0"}))
         )),
         -libc::EEXIST as i64
     );
     assert_eq!(
-        code(c.call("bdev_delay_delete", Some(json!({"name": "Slow0"})))),
+        error_code(c.call("bdev_delay_delete", Some(json!({"name": "Slow0"})))),
         -libc::EBUSY as i64
     );
-    let named = |c: &mut RpcClient, lvs: &str| {
-        let listed = c.call("bdev_lvol_get_lvstores", None).unwrap();
-        listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["name"] == lvs)
-            .cloned()
-    };
     assert_eq!(
-        named(&mut c, "ls0"),
-        None,
+        lvstores_named(&mut c, "ls0"),
+        [] as [Value; 0],
         "not loaded before it is formatted"
     );
     assert_no_answer_yet(&waiting, "the format is still running: the answer waits");
@@ -1092,7 +1100,7 @@ fn an_lvstore_is_formatted_off_reactor_0() {
     let uuid = answer["result"]
         .as_str()
         .unwrap_or_else(|| panic!("{answer}"));
-    assert_eq!(named(&mut c, "ls0").unwrap()["uuid"], uuid);
+    assert_eq!(lvstores_named(&mut c, "ls0")[0]["uuid"], uuid);
 
     // A client that leaves before the answer: the pool is loaded all the same.
     let mut gone = UnixStream::connect(&a.sock).unwrap();
@@ -1100,7 +1108,9 @@ fn an_lvstore_is_formatted_off_reactor_0() {
     std::thread::sleep(Duration::from_millis(100));
     drop(gone);
     wait_until(Duration::from_secs(30), "ls1 was never loaded", || {
-        named(&mut c, "ls1").is_some_and(|l| l["base_bdev"] == "Slow1")
+        lvstores_named(&mut c, "ls1")
+            .first()
+            .is_some_and(|l| l["base_bdev"] == "Slow1")
     });
     a.stop();
 }
@@ -1117,9 +1127,7 @@ fn a_pool_is_examined_off_reactor_0() {
         Some(json!({"name": "M0", "num_blocks": 262144, "block_size": 4096})),
     )
     .unwrap();
-    let slow = json!({"base_bdev_name": "M0", "name": "Slow0",
-        "avg_read_latency": 100000, "p99_read_latency": 100000,
-        "avg_write_latency": 1000, "p99_write_latency": 1000});
+    let slow = delay_params("M0", "Slow0", 100_000, 1000);
     c.call("bdev_delay_create", Some(slow.clone())).unwrap();
     c.call(
         "bdev_lvol_create_lvstore",
@@ -1135,30 +1143,23 @@ fn a_pool_is_examined_off_reactor_0() {
     let request = json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_delay_create", "params": slow});
     waiting.write_all(request.to_string().as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let listed = c.call("bdev_lvol_get_lvstores", None).unwrap();
-    assert!(
-        listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["name"] != "ls0"),
-        "not loaded yet: {listed}"
+    assert_eq!(
+        lvstores_named(&mut c, "ls0"),
+        [] as [Value; 0],
+        "not loaded yet"
     );
-    match c.call("bdev_delay_delete", Some(json!({"name": "Slow0"}))) {
-        Err(ClientError::Rpc { code, .. }) => assert_eq!(code, -libc::EBUSY as i64),
-        other => panic!("the base is claimed while its pool loads: {other:?}"),
-    }
+    assert_eq!(
+        error_code(c.call("bdev_delay_delete", Some(json!({"name": "Slow0"})))),
+        -libc::EBUSY as i64,
+        "the base is claimed while its pool loads"
+    );
     assert_no_answer_yet(&waiting, "the pool is still loading: the answer waits");
     let answer = read_answer(&waiting);
     assert_eq!(answer["result"], "Slow0", "{answer}");
-    let listed = c.call("bdev_lvol_get_lvstores", None).unwrap();
+    let ls0 = lvstores_named(&mut c, "ls0");
     assert!(
-        listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["name"] == "ls0" && l["base_bdev"] == "Slow0"),
-        "loaded when the create answers: {listed}"
+        ls0.iter().any(|l| l["base_bdev"] == "Slow0"),
+        "loaded when the create answers: {ls0:?}"
     );
     a.stop();
 }
@@ -1200,15 +1201,13 @@ fn a_second_bdev_on_a_live_pools_file_writes_nothing() {
         }
         other => panic!("a second bdev on the file: {other:?}"),
     }
-    let listed = c.call("bdev_lvol_get_lvstores", None).unwrap();
-    let ls: Vec<&Value> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["name"] == "ls")
-        .collect();
-    assert_eq!(ls.len(), 1, "{listed}");
-    assert_eq!(ls[0]["base_bdev"], "U1");
+    let bases = |c: &mut RpcClient| {
+        let ls = lvstores_named(c, "ls");
+        ls.iter()
+            .map(|l| l["base_bdev"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bases(&mut c), [json!("U1")]);
     assert!(
         std::fs::read(&file).unwrap() == before,
         "the pool's file changed"
@@ -1224,15 +1223,7 @@ fn a_second_bdev_on_a_live_pools_file_writes_nothing() {
         )
         .unwrap();
     assert_eq!(made, "U3");
-    let listed = c.call("bdev_lvol_get_lvstores", None).unwrap();
-    let bases: Vec<&Value> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["name"] == "ls")
-        .map(|l| &l["base_bdev"])
-        .collect();
-    assert_eq!(bases, [&json!("U1")], "{listed}");
+    assert_eq!(bases(&mut c), [json!("U1")]);
     assert!(
         std::fs::read(&copy).unwrap() == before,
         "the copy was written"
@@ -1325,9 +1316,7 @@ fn a_clean_stop_waits_for_a_running_format() {
     // Every write 20 ms: the format's 1,300-odd writes, 32 at a time, take about a second.
     c.call(
         "bdev_delay_create",
-        Some(json!({"base_bdev_name": "U0", "name": "Slow0",
-            "avg_read_latency": 1000, "p99_read_latency": 1000,
-            "avg_write_latency": 20000, "p99_write_latency": 20000})),
+        Some(delay_params("U0", "Slow0", 1000, 20000)),
     )
     .unwrap();
     let mut waiting = UnixStream::connect(&a.sock).unwrap();

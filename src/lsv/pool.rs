@@ -1982,25 +1982,17 @@ impl LsvPool {
         if blocks == 0 || blocks > MAX_VOLUME_BLOCKS {
             return Err(PoolError::BadSize(blocks));
         }
-        // Retire a standing fence before a grow sets its own. Outside the volumes' lock: a
-        // checkpoint's walk takes it when it begins. Never waits for the cleaner's checkpoint: this may
-        // run on the cleaner's own reactor (the RPC poller), which would then never finish
-        // it; the caller is told to retry instead.
-        // A size past what the volume can grow to is refused below, before any checkpoint.
-        let grows = self
-            .volume(name)
-            .is_some_and(|(m, t)| blocks > m.num_blocks && blocks <= t.capacity_blocks());
+        // Retire a standing fence before a grow sets its own (a size past what the volume
+        // can grow to is refused below, before any checkpoint). Outside the volumes' lock: a
+        // checkpoint's walk takes it when it begins. Never waits for the cleaner's
+        // checkpoint: this may run on the cleaner's own reactor, which would then never
+        // finish it; the caller is told to retry instead (the RPC lets the cleaner write
+        // them first: `grow_waits_for_checkpoints`).
         for _ in 0..2 {
-            let standing = standing_fence(&self.volumes.read().unwrap_or_else(|e| e.into_inner()));
-            match standing {
-                Some((_, f)) if grows && !self.fence_retired(f) => {
-                    if !self.begin_checkpoint() {
-                        break;
-                    }
-                    self.write_checkpoint_blocking()?;
-                }
-                _ => break,
+            if !self.grow_waits_for_checkpoints(name, blocks) || !self.begin_checkpoint() {
+                break;
             }
+            self.write_checkpoint_blocking()?;
         }
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
         let id = volume_id(&vols, name)?;
@@ -2521,13 +2513,7 @@ fn volume_id(
 /// superblock and the volume table). None if `base` holds no pool (no valid superblock); an
 /// error if it cannot be read, or its volume table is damaged (opening it would fail too).
 pub fn peek_pool(base: &BdevEntry) -> Result<Option<(Uuid, String)>, PoolError> {
-    if base.bdev.block_size() as usize != BLOCK_BYTES {
-        return Ok(None);
-    }
-    let bytes = base.bdev.num_blocks() * BLOCK_BYTES as u64;
-    let mut io = SyncIo::new(base, SUPERBLOCK_BYTES)?;
-    io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false)?;
-    let Ok(sb) = Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes) else {
+    let Some((sb, mut io)) = read_superblock(base)? else {
         return Ok(None);
     };
     io.run(IoType::Read, VOLUME_TABLE_OFFSET, BLOCK_BYTES, false)?;
@@ -2535,15 +2521,21 @@ pub fn peek_pool(base: &BdevEntry) -> Result<Option<(Uuid, String)>, PoolError> 
     Ok(Some((sb.uuid, vt.pool_name)))
 }
 
-/// True when `base` starts with an unblend pool superblock (a cheap check before `open`).
-pub fn holds_pool(base: &BdevEntry) -> bool {
+/// `base`'s superblock, if it holds a valid one, and the I/O it was read with; an error if it
+/// cannot be read.
+fn read_superblock(base: &BdevEntry) -> Result<Option<(Superblock, SyncIo)>, PoolError> {
     if base.bdev.block_size() as usize != BLOCK_BYTES {
-        return false;
+        return Ok(None);
     }
     let bytes = base.bdev.num_blocks() * BLOCK_BYTES as u64;
-    let Ok(mut io) = SyncIo::new(base, SUPERBLOCK_BYTES) else {
-        return false;
-    };
-    io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false).is_ok()
-        && Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes).is_ok()
+    let mut io = SyncIo::new(base, SUPERBLOCK_BYTES)?;
+    io.run(IoType::Read, 0, SUPERBLOCK_BYTES, false)?;
+    Ok(Superblock::decode(io.bytes(SUPERBLOCK_BYTES), bytes)
+        .ok()
+        .map(|sb| (sb, io)))
+}
+
+/// True when `base` starts with an unblend pool superblock (a cheap check before `open`).
+pub fn holds_pool(base: &BdevEntry) -> bool {
+    matches!(read_superblock(base), Ok(Some(_)))
 }

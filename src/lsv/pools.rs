@@ -119,11 +119,6 @@ impl Examined {
         pool.checkpoint_after_recovery()?;
         Ok(pool)
     }
-
-    /// The base bdev's name.
-    pub fn base_name(&self) -> &str {
-        self.base.bdev.name()
-    }
 }
 
 impl Pools {
@@ -181,11 +176,6 @@ impl Pools {
             .cloned()
     }
 
-    /// The pool on base bdev `base`, if one is loaded.
-    pub fn get_by_base(&self, base: &str) -> Option<Arc<LsvPool>> {
-        self.list().into_iter().find(|p| p.base_name() == base)
-    }
-
     pub fn list(&self) -> Vec<Arc<LsvPool>> {
         self.by_name
             .read()
@@ -227,11 +217,10 @@ impl Pools {
         self.registry.claim(base, &claim_holder(name))
     }
 
-    /// Whether a pool named `name` is being formatted or loaded (its base is claimed in its
-    /// name, `claim_for_format` or `examine_begin`, and it is not loaded yet): the name is
-    /// taken.
-    pub fn name_reserved(&self, name: &str) -> bool {
-        self.get(name).is_none() && self.registry.held_by(&claim_holder(name)).is_some()
+    /// Whether a pool named `name` is loaded, or being formatted or loaded (its base is
+    /// claimed in its name: `claim_for_format`, `examine_begin`): no other may take the name.
+    pub fn name_taken(&self, name: &str) -> bool {
+        self.get(name).is_some() || self.registry.held_by(&claim_holder(name)).is_some()
     }
 
     /// Lets go of a claim `claim_for_format` took for a pool that was not loaded.
@@ -325,7 +314,7 @@ impl Pools {
                 other.base_name()
             )));
         }
-        if self.get(&name).is_some() || self.name_reserved(&name) {
+        if self.name_taken(&name) {
             return Err(PoolError::Base(format!(
                 "a pool named {name:?} is already loaded, or being loaded or formatted"
             )));
@@ -358,7 +347,7 @@ impl Pools {
         }
         .inspect_err(|_| self.registry.release(base, &holder))?;
         if let Err(e) = self.insert(pool.clone()) {
-            self.registry.release(base, &claim_holder(&pool.name));
+            self.registry.release(base, &holder);
             return Err(e);
         }
         if let Err(e) = Self::register_volumes(&pool, &self.registry) {
@@ -372,10 +361,8 @@ impl Pools {
 
     /// Examines every bdev no pool sits on yet (after a config made them).
     pub fn examine_all(&self) {
+        // A pool's base is claimed: `examine` passes over it without reading it.
         for entry in self.registry.list() {
-            if self.get_by_base(entry.bdev.name()).is_some() {
-                continue;
-            }
             if let Err(e) = self.examine(&entry) {
                 tracing::warn!(bdev = %entry.bdev.name(), "examine: no pool loaded from it: {e}");
             }

@@ -59,7 +59,7 @@ pub fn bdev_lvol_create_lvstore(
         .registry
         .get(&p.bdev_name)
         .ok_or(BdevError::NotFound(p.bdev_name.clone()))?;
-    if ctx.pools.get(&p.lvs_name).is_some() || ctx.pools.name_reserved(&p.lvs_name) {
+    if ctx.pools.name_taken(&p.lvs_name) {
         return Err(RpcError::new(
             -libc::EEXIST,
             format!("lvstore {:?} already exists", p.lvs_name),

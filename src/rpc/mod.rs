@@ -155,10 +155,10 @@ struct Deferred {
     batch: Option<PendingBatch>,
 }
 
-/// A batch being answered: its answer so far, and its requests not run yet.
+/// A batch being answered: its answer so far (from its opening `[`), and its requests not
+/// run yet.
 struct PendingBatch {
     out: Vec<u8>,
-    any: bool,
     rest: std::vec::IntoIter<Value>,
 }
 
@@ -485,7 +485,6 @@ impl RpcServer {
                     slot,
                     PendingBatch {
                         out: vec![b'['],
-                        any: false,
                         rest: items.into_iter(),
                     },
                 );
@@ -515,7 +514,8 @@ impl RpcServer {
                 }
             }
         }
-        if batch.any {
+        // Notifications alone are answered with nothing.
+        if batch.out.len() > 1 {
             batch.out.extend_from_slice(b"]\n");
             self.send_bytes(slot, &batch.out);
         }
@@ -530,11 +530,10 @@ impl RpcServer {
         id: &Value,
         outcome: &Result<methods::RpcResult, RpcError>,
     ) -> bool {
-        if batch.any {
+        if batch.out.len() > 1 {
             batch.out.push(b',');
         }
         write_response(&mut batch.out, id, outcome);
-        batch.any = true;
         if batch.out.len() > MAX_PENDING_OUTPUT_BYTES {
             tracing::warn!(
                 slot,
