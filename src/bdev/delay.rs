@@ -6,7 +6,7 @@
 //! While it holds completions it asks its reactor not to sleep past the first one due
 //! (`reactor::wake_by`), so an adaptive reactor releases them on time. (Until the fifteenth
 //! session they waited for the reactor's next wake-up, up to `reactor::MAX_SLEEP_MS` later:
-//! 16 requests of 20 ms each ran at about 155 a second, not 800.)
+//! 16 writes of 20 ms each ran at 155 a second; now at 697.)
 
 use std::collections::VecDeque;
 use std::time::Instant;

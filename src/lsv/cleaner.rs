@@ -265,7 +265,6 @@ pub struct Cleaner {
     /// Running average age (in sequence numbers) of moved blocks: the lifespan classes' cut.
     average_age: f64,
     check_every: Duration,
-    checkpoint_requested: bool,
     /// The newest relocation record known durable (flushed before its victim was freed).
     last_moved_seq: u64,
     /// The record in flight.
@@ -357,7 +356,6 @@ impl Cleaner {
             last_checkpoint: now,
             average_age: 0.0,
             check_every: CHECK_EVERY,
-            checkpoint_requested: false,
             last_moved_seq: 0,
             moving_seq: 0,
             awaiting_flush,
@@ -464,11 +462,6 @@ impl Cleaner {
     #[cfg(test)]
     pub fn moving(&self) -> bool {
         matches!(self.state, State::Moving { .. })
-    }
-
-    /// Takes a checkpoint at the next chance.
-    pub fn request_checkpoint(&mut self) {
-        self.checkpoint_requested = true;
     }
 
     fn seg_blocks(&self) -> u64 {
@@ -651,8 +644,7 @@ impl Cleaner {
         let cleaned = self.pool.usage.count_in(SegmentState::Cleaned) as u64;
         let log_since = self.pool.log_blocks_since_checkpoint() * BLOCK_BYTES as u64;
         let due = checkpoint_due(&SinceCheckpoint {
-            requested: self.checkpoint_requested
-                || self.pool.checkpoint_wanted.load(Ordering::Acquire),
+            requested: self.pool.checkpoint_wanted.load(Ordering::Acquire),
             journal_pressure: self.pool.journal_pressure(),
             written: self.pool.next_seq_now() > self.seq_at_checkpoint,
             elapsed: now - self.last_checkpoint,
@@ -663,7 +655,6 @@ impl Cleaner {
         if let Some(reason) = due {
             if !self.checkpoint.busy() && self.checkpoint.start() {
                 self.pool.checkpoints_begun_for[reason as usize].fetch_add(1, Ordering::Relaxed);
-                self.checkpoint_requested = false;
                 self.pool.checkpoint_wanted.store(false, Ordering::Release);
                 return CleanerPoll::Busy;
             }

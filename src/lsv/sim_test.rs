@@ -291,7 +291,7 @@ fn run_until_crash(
             }
         }
         if rng.below(200) == 0 {
-            cleaner.request_checkpoint();
+            pool.request_checkpoint();
         }
         if model.resizes && rng.below(100) == 0 {
             resize(rng, pool, model, &busy, &mut flush)?;
