@@ -1134,8 +1134,12 @@ fn a_pool_is_examined_off_reactor_0() {
         Some(json!({"bdev_name": "Slow0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
     )
     .unwrap();
-    c.call("bdev_lvol_delete_lvstore", Some(json!({"lvs_name": "ls0"})))
-        .unwrap();
+    // Unloaded, not destroyed (`bdev_lvol_delete_lvstore` would erase it).
+    c.call(
+        "unblend_test_unload_lvstore",
+        Some(json!({"lvs_name": "ls0"})),
+    )
+    .unwrap();
     c.call("bdev_delay_delete", Some(json!({"name": "Slow0"})))
         .unwrap();
     // Every read 100 ms: the recovery's reads, one after another, take about a second.
@@ -1292,6 +1296,86 @@ fn a_batch_deletes_an_lvstore_and_its_base_on_one_reactor() {
         t0.elapsed() < Duration::from_secs(1),
         "the batch waited out the bound"
     );
+    a.stop();
+}
+
+/// `bdev_lvol_delete_lvstore` destroys the pool, as SPDK's does: its superblock is erased
+/// before the answer, so a bdev made again over the same file finds no lvstore, and a new
+/// one can be made there under the same name. (Until the sixteenth session the pool was only
+/// unloaded, and came back with its volumes whenever its base was examined again: after a
+/// restart, too.) The control: a pool unloaded by the test method does come back.
+#[test]
+fn a_deleted_lvstore_does_not_come_back() {
+    let a = Appliance::start("rpc_destroy", &[]);
+    let mut c = a.client();
+    let file = a._dir.join("pool.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let uring = json!({"name": "U0", "filename": file, "block_size": 4096});
+    let lvstore = json!({"bdev_name": "U0", "lvs_name": "ls0", "cluster_sz": 1 << 20});
+    let lvol =
+        json!({"lvol_name": "v0", "size_in_mib": 8, "lvs_name": "ls0", "thin_provision": true});
+    // The control: unloaded, the pool and its volume come back with the bdev.
+    c.call("bdev_uring_create", Some(uring.clone())).unwrap();
+    c.call("bdev_lvol_create_lvstore", Some(lvstore.clone()))
+        .unwrap();
+    c.call("bdev_lvol_create", Some(lvol.clone())).unwrap();
+    let volume_bdevs = |c: &mut RpcClient| {
+        c.call("bdev_get_bdevs", None)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["name"] == "ls0/v0")
+            .count()
+    };
+    assert_eq!(volume_bdevs(&mut c), 1);
+    c.call("bdev_lvol_delete", Some(json!({"name": "ls0/v0"})))
+        .unwrap();
+    c.call(
+        "unblend_test_unload_lvstore",
+        Some(json!({"lvs_name": "ls0"})),
+    )
+    .unwrap();
+    c.call("bdev_uring_delete", Some(json!({"name": "U0"})))
+        .unwrap();
+    c.call("bdev_uring_create", Some(uring.clone())).unwrap();
+    assert_eq!(
+        lvstores_named(&mut c, "ls0").len(),
+        1,
+        "the unloaded pool is back"
+    );
+    // Destroyed, it is not, nor is its volume (made again first).
+    c.call("bdev_lvol_create", Some(lvol.clone())).unwrap();
+    assert_eq!(volume_bdevs(&mut c), 1);
+    c.call("bdev_lvol_delete", Some(json!({"name": "ls0/v0"})))
+        .unwrap();
+    c.call("bdev_lvol_delete_lvstore", Some(json!({"lvs_name": "ls0"})))
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&file).unwrap()[..4096],
+        [0u8; 4096],
+        "the superblock is erased when the RPC answers"
+    );
+    c.call("bdev_uring_delete", Some(json!({"name": "U0"})))
+        .unwrap();
+    c.call("bdev_uring_create", Some(uring.clone())).unwrap();
+    assert!(
+        lvstores_named(&mut c, "ls0").is_empty(),
+        "the deleted pool came back"
+    );
+    assert_eq!(volume_bdevs(&mut c), 0);
+    // The offline tool finds no pool either.
+    let inspect = Command::new(env!("CARGO_BIN_EXE_unblend"))
+        .args(["pool", "inspect", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "inspect found a pool");
+    // The bdev is free: a new lvstore takes the name and the file.
+    c.call("bdev_lvol_create_lvstore", Some(lvstore)).unwrap();
+    assert_eq!(lvstores_named(&mut c, "ls0").len(), 1);
     a.stop();
 }
 

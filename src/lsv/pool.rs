@@ -2535,6 +2535,25 @@ fn read_superblock(base: &BdevEntry) -> Result<Option<(Superblock, SyncIo)>, Poo
         .map(|sb| (sb, io)))
 }
 
+/// Destroys pool `uuid` on `base` (`bdev_lvol_delete_lvstore`): zeroes its superblock, with
+/// FUA and then a flush, so that examine and the offline tools find no pool there any more.
+/// Call it only once nothing of the pool writes the base (its cleaner has stopped). The rest
+/// of the pool stays on the device, unread: a pool formatted there later numbers its records
+/// from another start (`first_seq`), so none of the old records joins its log. Returns false,
+/// writing nothing, if `base` no longer starts with that pool's superblock.
+pub fn erase_superblock(base: &BdevEntry, uuid: Uuid) -> Result<bool, PoolError> {
+    let Some((sb, mut io)) = read_superblock(base)? else {
+        return Ok(false);
+    };
+    if sb.uuid != uuid {
+        return Ok(false);
+    }
+    io.bytes_mut(SUPERBLOCK_BYTES).fill(0);
+    io.run(IoType::Write, 0, SUPERBLOCK_BYTES, true)?;
+    io.run(IoType::Flush, 0, 0, false)?;
+    Ok(true)
+}
+
 /// True when `base` starts with an unblend pool superblock (a cheap check before `open`).
 pub fn holds_pool(base: &BdevEntry) -> bool {
     matches!(read_superblock(base), Ok(Some(_)))

@@ -6,17 +6,22 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use super::cleaner::{Cleaner, CleanerPoll};
-use super::pool::{peek_pool, LsvPool, PoolError};
+use super::pool::{erase_superblock, peek_pool, LsvPool, PoolError};
 use super::volume::LsvVolume;
 use crate::bdev::{BdevEntry, BdevRegistry};
 use crate::reactor::{PollStatus, PollerKind, Reactors};
 
 /// How often an idle cleaner poller runs (while it works, it runs every reactor pass).
 pub const CLEANER_PERIOD_US: u64 = 10_000;
-/// How long `bdev_lvol_delete_lvstore` holds its answer back for a removed pool's cleaner to
-/// stop (`Pools::is_unloading`): its next poll, or the end of a checkpoint write. Past it, the
-/// RPC answers and the base stays claimed until the cleaner stops.
+/// How long an unload (`Pools::remove`: the test method `unblend_test_unload_lvstore`)
+/// holds its answer back for the pool's cleaner to stop (`Pools::is_unloading`): its next
+/// poll, or the end of a checkpoint write. Past it, the RPC answers and the base stays
+/// claimed until the cleaner stops.
 pub const UNLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long `bdev_lvol_delete_lvstore` waits for a destroyed pool's cleaner to stop, so that
+/// it can erase the superblock (a checkpoint being written is finished first: seconds for a
+/// large pool). Past it, the pool stays unloaded but not erased (`Pools::abandon_destroy`).
+pub const DESTROY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct Pools {
     by_name: RwLock<BTreeMap<String, Arc<LsvPool>>>,
@@ -97,6 +102,14 @@ fn claim_holder(pool_name: &str) -> String {
 fn unloading_holder(pool: &LsvPool) -> String {
     format!(
         "lvstore {} (unloading: its last writes are finishing)",
+        pool.name
+    )
+}
+
+/// The same for a pool being destroyed (`remove_to_destroy`), until its superblock is erased.
+fn destroying_holder(pool: &LsvPool) -> String {
+    format!(
+        "lvstore {} (being destroyed: its superblock is being erased)",
         pool.name
     )
 }
@@ -233,24 +246,79 @@ impl Pools {
     /// Unloads a pool: its cleaner stops, and its base bdev is let go once the cleaner has
     /// (at once if no cleaner runs). Returns at once: `is_unloading` says when the base is
     /// free (the cleaner stops on its own reactor, at its next poll or after the checkpoint
-    /// it is writing; this one may be it).
+    /// it is writing; this one may be it). The pool stays on its base, and loads again if the
+    /// base is examined: `remove_to_destroy` is `bdev_lvol_delete_lvstore`'s.
     pub fn remove(&self, name: &str) -> Option<Arc<LsvPool>> {
+        let p = self.take(name)?;
+        let unloading = unloading_holder(&p);
+        self.registry
+            .rename_claim(p.base_name(), &claim_holder(&p.name), &unloading);
+        // After the rename: a cleaner stopping from now on lets the claim go itself.
+        if !self.cleaner_running(&p) {
+            self.registry.release(p.base_name(), &unloading);
+        }
+        Some(p)
+    }
+
+    /// Unloads a pool to destroy it: as `remove`, but its base stays claimed after its
+    /// cleaner has stopped, until `erase_destroyed` (or `abandon_destroy`) lets it go.
+    pub fn remove_to_destroy(&self, name: &str) -> Option<Arc<LsvPool>> {
+        let p = self.take(name)?;
+        self.registry.rename_claim(
+            p.base_name(),
+            &claim_holder(&p.name),
+            &destroying_holder(&p),
+        );
+        Some(p)
+    }
+
+    /// Takes pool `name` out of the map and closes it (its cleaner stops at its next poll).
+    fn take(&self, name: &str) -> Option<Arc<LsvPool>> {
         let p = self
             .by_name
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-        if let Some(p) = &p {
-            p.close();
-            let unloading = unloading_holder(p);
-            self.registry
-                .rename_claim(p.base_name(), &claim_holder(&p.name), &unloading);
-            // After the rename: a cleaner stopping from now on lets the claim go itself.
-            if self.reactors.get().is_none() || p.cleaner_stopped.load(Ordering::SeqCst) {
-                self.registry.release(p.base_name(), &unloading);
-            }
+            .remove(name)?;
+        p.close();
+        Some(p)
+    }
+
+    /// Whether `p`'s cleaner may still write its base: it was started and has not stopped.
+    pub fn cleaner_running(&self, p: &LsvPool) -> bool {
+        self.reactors.get().is_some() && !p.cleaner_stopped.load(Ordering::SeqCst)
+    }
+
+    /// Erases the superblock of `p`, removed by `remove_to_destroy` and whose cleaner has
+    /// stopped (`cleaner_running`), then lets its base go, also if the erase failed. Blocking
+    /// I/O: run it off reactor 0.
+    pub fn erase_destroyed(&self, p: &LsvPool) -> Result<(), PoolError> {
+        assert!(
+            !self.cleaner_running(p),
+            "pool {} erased while its cleaner runs",
+            p.name
+        );
+        let erased = erase_superblock(&p.base, p.sb.uuid);
+        self.registry.release(p.base_name(), &destroying_holder(p));
+        match erased? {
+            true => Ok(()),
+            false => Err(PoolError::Base(format!(
+                "bdev {:?} no longer starts with lvstore {:?}'s superblock; nothing was erased",
+                p.base_name(),
+                p.name
+            ))),
         }
-        p
+    }
+
+    /// Gives up destroying `p` (its cleaner did not stop in time): it stays unloaded, not
+    /// erased, and its base is let go once its cleaner stops, as after `remove`.
+    pub fn abandon_destroy(&self, p: &LsvPool) {
+        let unloading = unloading_holder(p);
+        self.registry
+            .rename_claim(p.base_name(), &destroying_holder(p), &unloading);
+        // A cleaner that stopped before the rename found no claim of its own to let go.
+        if !self.cleaner_running(p) {
+            self.registry.release(p.base_name(), &unloading);
+        }
     }
 
     /// Whether removed pool `p` still claims its base: its cleaner has not stopped yet.

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::methods::RpcContext;
-use super::pool_jobs::{pool_job_result, spawn_pool_job, NotStarted};
+use super::pool_jobs::{pool_job_result, spawn_pool_job, NotStarted, PoolJob};
 use super::protocol::{params, RpcError, INVALID_STATE};
 use crate::bdev::BdevError;
 use crate::lsv::extent_table::MAX_VOLUME_BLOCKS;
@@ -186,31 +186,74 @@ pub fn bdev_lvol_delete_lvstore(
             format!("lvstore {:?} still has lvols; delete them first", pool.name),
         ));
     }
-    let Some(removed) = ctx.pools.remove(&pool.name) else {
+    let Some(removed) = ctx.pools.remove_to_destroy(&pool.name) else {
         return Ok(json!(true));
     };
-    // Answered once the pool's cleaner has stopped and let the base go (its next poll, on
-    // whichever reactor runs it), so that the base can be deleted or exported as soon as the
-    // client has the answer; reactor 0 keeps polling meanwhile. At most `UNLOAD_WAIT`: past
-    // it the answer goes out and the base stays claimed until the cleaner stops.
-    if ctx.pools.is_unloading(&removed) {
-        let pools = ctx.pools.clone();
-        let deadline = std::time::Instant::now() + crate::lsv::pools::UNLOAD_WAIT;
-        ctx.deferred = Some(Box::new(move || {
-            if !pools.is_unloading(&removed) {
-                return Some(Ok(json!(true)));
+    // Destroyed as SPDK's is: once the pool's cleaner has stopped writing (its next poll, on
+    // whichever reactor runs it, or the end of a checkpoint it is writing), a pool job erases
+    // the superblock and lets the base go, so that the pool never loads again and the base
+    // can be deleted, exported or formatted as soon as the client has the answer. Reactor 0
+    // keeps polling meanwhile; past `DESTROY_WAIT` the pool stays unloaded, not erased.
+    let (pools, reactors) = (ctx.pools.clone(), ctx.reactors.clone());
+    let deadline = std::time::Instant::now() + crate::lsv::pools::DESTROY_WAIT;
+    let mut erasing: Option<PoolJob<()>> = None;
+    ctx.deferred = Some(Box::new(move || {
+        if let Some(job) = &erasing {
+            return Some(match pool_job_result(job)? {
+                Ok(()) => Ok(json!(true)),
+                Err(e) => Err(RpcError::new(
+                    -libc::EIO,
+                    format!(
+                        "lvstore {:?} is unloaded, but its superblock was not erased ({e}): \
+                         it loads again if its base is examined",
+                        removed.name
+                    ),
+                )),
+            });
+        }
+        let timed_out = std::time::Instant::now() >= deadline;
+        if !pools.cleaner_running(&removed) {
+            let (job_pools, pool) = (pools.clone(), removed.clone());
+            match spawn_pool_job("lvstore-erase", &reactors, move || {
+                job_pools.erase_destroyed(&pool)
+            }) {
+                Ok(job) => {
+                    erasing = Some(job);
+                    return None;
+                }
+                // Formats and loads take the job slots: their turn ends within the wait.
+                Err(NotStarted::Busy) if !timed_out => return None,
+                Err(e) => {
+                    pools.abandon_destroy(&removed);
+                    return Some(Err(RpcError::new(
+                        -libc::EAGAIN,
+                        format!(
+                            "lvstore {:?} is unloaded, but its superblock was not erased ({e})",
+                            removed.name
+                        ),
+                    )));
+                }
             }
-            if std::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    pool = %removed.name,
-                    "lvstore deleted; its cleaner is still finishing, and its base stays \
-                     claimed until it stops"
-                );
-                return Some(Ok(json!(true)));
-            }
-            None
-        }));
-    }
+        }
+        if !timed_out {
+            return None;
+        }
+        pools.abandon_destroy(&removed);
+        tracing::warn!(
+            pool = %removed.name,
+            "lvstore deleted, but its cleaner did not stop in time: not erased, and its \
+             base stays claimed until the cleaner stops"
+        );
+        Some(Err(RpcError::new(
+            -libc::EBUSY,
+            format!(
+                "lvstore {:?} is unloaded, but its cleaner did not stop within {} s, so its \
+                 superblock was not erased: it loads again if its base is examined",
+                removed.name,
+                crate::lsv::pools::DESTROY_WAIT.as_secs()
+            ),
+        )))
+    }));
     Ok(json!(true))
 }
 

@@ -305,6 +305,26 @@ static TEST_DEFER: Method = m("unblend_test_defer", Allowed::Both, |ctx, p| {
     Ok(Value::Null)
 });
 
+/// A method for tests only, live when `UNBLEND_TEST_METHODS=1`: it unloads lvstore
+/// `lvs_name` (which must have no lvols left) without destroying it, so that a test can
+/// examine the pool again on a new bdev over the same data. It answers once the base is let
+/// go, or after `UNLOAD_WAIT`.
+static TEST_UNLOAD: Method = m("unblend_test_unload_lvstore", Allowed::Runtime, |ctx, p| {
+    let name = p
+        .and_then(|p| p.get("lvs_name"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid_params("lvs_name: the lvstore to unload"))?;
+    let Some(removed) = ctx.pools.remove(name) else {
+        return Err(RpcError::new(-libc::ENODEV, format!("no lvstore {name:?}")));
+    };
+    let pools = ctx.pools.clone();
+    let deadline = Instant::now() + crate::lsv::pools::UNLOAD_WAIT;
+    ctx.deferred = Some(Box::new(move || {
+        (!pools.is_unloading(&removed) || Instant::now() >= deadline).then(|| Ok(Value::Bool(true)))
+    }));
+    Ok(Value::Null)
+});
+
 fn test_methods_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("UNBLEND_TEST_METHODS").as_deref() == Ok("1"))
@@ -321,6 +341,7 @@ pub fn call(
         Some(m) => m,
         None if method == TEST_PANIC.name && test_methods_enabled() => &TEST_PANIC,
         None if method == TEST_DEFER.name && test_methods_enabled() => &TEST_DEFER,
+        None if method == TEST_UNLOAD.name && test_methods_enabled() => &TEST_UNLOAD,
         None => return Err(RpcError::method_not_found()),
     };
     if !m.allowed.permits(ctx.state) {
