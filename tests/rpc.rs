@@ -1115,6 +1115,61 @@ fn an_lvstore_is_formatted_off_reactor_0() {
     a.stop();
 }
 
+/// `bdev_lvol_delete` writes the volume table and walks the volume's map on a thread of its
+/// own, and answers once the volume is gone: meanwhile reactor 0 serves other clients, and
+/// the lvol is claimed by the delete (a second delete is refused). (Until the sixteenth
+/// session both ran on reactor 0: here, the 200 ms write held every other client back.)
+#[test]
+fn an_lvol_is_deleted_off_reactor_0() {
+    let a = Appliance::start("rpc_lvol_delete", &[]);
+    let mut c = a.client();
+    c.call(
+        "bdev_malloc_create",
+        Some(json!({"name": "M0", "num_blocks": 16384, "block_size": 4096})),
+    )
+    .unwrap();
+    c.call(
+        "bdev_delay_create",
+        Some(delay_params("M0", "Slow0", 1000, 200_000)),
+    )
+    .unwrap();
+    c.call(
+        "bdev_lvol_create_lvstore",
+        Some(json!({"bdev_name": "Slow0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
+    )
+    .unwrap();
+    c.call(
+        "bdev_lvol_create",
+        Some(json!({"lvol_name": "v0", "size_in_mib": 8, "lvs_name": "ls0"})),
+    )
+    .unwrap();
+    let mut waiting = UnixStream::connect(&a.sock).unwrap();
+    waiting
+        .write_all(
+            br#"{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_delete","params":{"name":"ls0/v0"}}"#,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // Served while the volume table is written: the lvol is still there, claimed.
+    let listed = c
+        .call("bdev_get_bdevs", Some(json!({"name": "ls0/v0"})))
+        .unwrap();
+    assert_eq!(listed[0]["claimed"], true, "{listed}");
+    assert_eq!(
+        error_code(c.call("bdev_lvol_delete", Some(json!({"name": "ls0/v0"})))),
+        -libc::EBUSY as i64
+    );
+    assert_no_answer_yet(&waiting, "the volume table's write is still running");
+    let answer = read_answer(&waiting);
+    assert_eq!(answer["result"], true, "{answer}");
+    assert!(
+        c.call("bdev_get_bdevs", Some(json!({"name": "ls0/v0"})))
+            .is_err(),
+        "the lvol is still listed after its delete answered"
+    );
+    a.stop();
+}
+
 /// A bdev created over a pool brings it back (examine) on a thread of its own: the create
 /// answers once the pool is loaded, and meanwhile reactor 0 serves other clients and the
 /// base is claimed. (Until the fifteenth session the pool's recovery ran on reactor 0.)
