@@ -1115,12 +1115,13 @@ fn an_lvstore_is_formatted_off_reactor_0() {
     a.stop();
 }
 
-/// `bdev_lvol_delete` writes the volume table and walks the volume's map on a thread of its
-/// own, and answers once the volume is gone: meanwhile reactor 0 serves other clients, and
-/// the lvol is claimed by the delete (a second delete is refused). (Until the sixteenth
-/// session both ran on reactor 0: here, the 200 ms write held every other client back.)
+/// `bdev_lvol_create`, `bdev_lvol_resize` and `bdev_lvol_delete` write the volume table (and
+/// walk the volume's map) on a thread of their own, and answer once done: meanwhile reactor 0 serves other
+/// clients, and the lvol is claimed by the delete (a second delete is refused). (Until the
+/// sixteenth session both ran on reactor 0: here, the 200 ms write held every other client
+/// back.)
 #[test]
-fn an_lvol_is_deleted_off_reactor_0() {
+fn an_lvol_is_created_resized_and_deleted_off_reactor_0() {
     let a = Appliance::start("rpc_lvol_delete", &[]);
     let mut c = a.client();
     c.call(
@@ -1138,15 +1139,38 @@ fn an_lvol_is_deleted_off_reactor_0() {
         Some(json!({"bdev_name": "Slow0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
     )
     .unwrap();
-    c.call(
-        "bdev_lvol_create",
-        Some(json!({"lvol_name": "v0", "size_in_mib": 8, "lvs_name": "ls0"})),
-    )
-    .unwrap();
     let mut waiting = UnixStream::connect(&a.sock).unwrap();
+    // Sends `request` on `waiting`, checks that another client is served while its volume
+    // table write runs, and returns its answer.
+    let answered_later = |waiting: &mut UnixStream, c: &mut RpcClient, request: &str| {
+        waiting.write_all(request.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        c.call("spdk_get_version", None).unwrap();
+        assert_no_answer_yet(
+            waiting,
+            &format!("still writing the volume table: {request}"),
+        );
+        read_answer(waiting)
+    };
+    let answer = answered_later(
+        &mut waiting,
+        &mut c,
+        r#"{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_create","params":{"lvol_name":"v0","size_in_mib":8,"lvs_name":"ls0"}}"#,
+    );
+    assert_eq!(answer["result"], "ls0/v0", "{answer}");
+    let answer = answered_later(
+        &mut waiting,
+        &mut c,
+        r#"{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_resize","params":{"name":"ls0/v0","size_in_mib":4}}"#,
+    );
+    assert_eq!(answer["result"], true, "{answer}");
+    let listed = c
+        .call("bdev_get_bdevs", Some(json!({"name": "ls0/v0"})))
+        .unwrap();
+    assert_eq!(listed[0]["num_blocks"], 1024, "{listed}");
     waiting
         .write_all(
-            br#"{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_delete","params":{"name":"ls0/v0"}}"#,
+            br#"{"jsonrpc":"2.0","id":2,"method":"bdev_lvol_delete","params":{"name":"ls0/v0"}}"#,
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(50));

@@ -1979,6 +1979,19 @@ impl LsvPool {
     /// Channels check every request against the size now; a write that passed the check
     /// before a shrink cut its block off maps nothing (`ExtentTable::update`).
     pub fn resize_volume(&self, name: &str, blocks: u64) -> Result<VolumeMeta, PoolError> {
+        self.resize_volume_with_id(name, None, blocks)
+    }
+
+    /// `resize_volume`, refused (`NoSuchVolume`) unless the volume named `name` is still
+    /// volume `id` when its size changes: the one a request named (perhaps by uuid), not one
+    /// that took its name meanwhile.
+    pub fn resize_volume_with_id(
+        &self,
+        name: &str,
+        id: Option<u32>,
+        blocks: u64,
+    ) -> Result<VolumeMeta, PoolError> {
+        let expected_id = id;
         if blocks == 0 || blocks > MAX_VOLUME_BLOCKS {
             return Err(PoolError::BadSize(blocks));
         }
@@ -1996,6 +2009,9 @@ impl LsvPool {
         }
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
         let id = volume_id(&vols, name)?;
+        if expected_id.is_some_and(|e| e != id) {
+            return Err(PoolError::NoSuchVolume(name.to_string()));
+        }
         let (meta, table) = vols.get(&id).cloned().expect("found above");
         if blocks > table.capacity_blocks() {
             return Err(PoolError::BadSize(blocks));

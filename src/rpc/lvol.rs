@@ -6,11 +6,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::methods::RpcContext;
-use super::pool_jobs::{pool_job_result, spawn_pool_job, NotStarted, PoolJob};
+use super::pool_jobs::{
+    pool_job_result, run_off_reactor, spawn_pool_job, NotStarted, PoolJob, Ran,
+};
 use super::protocol::{params, RpcError, INVALID_STATE};
 use crate::bdev::BdevError;
-use crate::lsv::extent_table::MAX_VOLUME_BLOCKS;
-use crate::lsv::pool::{LsvPool, PoolError};
+use crate::lsv::extent_table::{ExtentTable, MAX_VOLUME_BLOCKS};
+use crate::lsv::pool::{LsvPool, PoolError, VolumeMeta};
 use crate::lsv::pools::Pools;
 use crate::lsv::volume::LsvVolume;
 
@@ -283,16 +285,30 @@ pub fn bdev_lvol_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         },
     )?;
     let blocks = volume_blocks(p.size_in_mib)?;
-    let (meta, table) = pool.create_volume(&p.lvol_name, blocks).map_err(pool_err)?;
-    let vol = LsvVolume::new(pool.clone(), meta.clone(), table);
-    let entry = match ctx.registry.register(Arc::new(vol)) {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = pool.delete_volume(&meta.name);
-            return Err(e.into());
+    // The volume table's write runs on a pool job, as a delete's; the bdev is registered
+    // here once it is done.
+    let create = {
+        let pool = pool.clone();
+        move || pool.create_volume(&p.lvol_name, blocks)
+    };
+    let registry = ctx.registry.clone();
+    let finish = move |created: Result<(VolumeMeta, Arc<ExtentTable>), PoolError>| {
+        let (meta, table) = created.map_err(pool_err)?;
+        let name = meta.name.clone();
+        let vol = LsvVolume::new(pool.clone(), meta, table);
+        match registry.register(Arc::new(vol)) {
+            Ok(entry) => Ok(json!(entry.bdev.name())),
+            Err(e) => {
+                let _ = pool.delete_volume(&name);
+                Err(e.into())
+            }
         }
     };
-    Ok(json!(entry.bdev.name()))
+    answer_when_done(
+        ctx,
+        run_off_reactor("lvol-create", &ctx.reactors, create),
+        finish,
+    )
 }
 
 #[derive(Deserialize)]
@@ -322,31 +338,42 @@ pub fn bdev_lvol_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
     // run on a pool job: reactor 0 goes on polling I/O and serving other clients, and the
     // answer comes once the volume is gone. Meanwhile the bdev is claimed in the delete's
     // name, so that no front end exports it and no other delete takes it; its I/O goes on
-    // until the volume is retired, as after SPDK's hot remove. With every job slot taken
-    // (formats and loads), the delete runs here, as it did before.
+    // until the volume is retired, as after SPDK's hot remove.
     let holder = format!("lvol delete of {}", p.name);
     ctx.registry.claim(&p.name, &holder)?;
-    let volume = lvol.to_string();
-    let (job_pool, registry, name) = (pool.clone(), ctx.registry.clone(), p.name.clone());
-    let job = spawn_pool_job("lvol-delete", &ctx.reactors, move || {
-        job_pool.delete_volume(&volume)
-    });
+    let (registry, name, volume) = (ctx.registry.clone(), p.name.clone(), lvol.to_string());
     let finish = move |deleted: Result<(), PoolError>| {
         registry.release(&name, &holder);
         deleted.map_err(pool_err)?;
         let _ = registry.remove(&name);
         Ok(json!(true))
     };
-    match job {
-        Ok(job) => {
+    answer_when_done(
+        ctx,
+        run_off_reactor("lvol-delete", &ctx.reactors, move || {
+            pool.delete_volume(&volume)
+        }),
+        finish,
+    )
+}
+
+/// Answers with `finish(result)` of a job `run_off_reactor` ran: now, or deferred until the
+/// job is done.
+fn answer_when_done<T: Send + 'static>(
+    ctx: &mut RpcContext,
+    ran: Ran<T>,
+    finish: impl FnOnce(Result<T, PoolError>) -> Result<Value, RpcError> + Send + 'static,
+) -> Result<Value, RpcError> {
+    match ran {
+        Ran::Now(r) => finish(r),
+        Ran::Later(job) => {
             let mut finish = Some(finish);
             ctx.deferred = Some(Box::new(move || {
-                let deleted = pool_job_result(&job)?;
-                Some(finish.take().expect("answered once")(deleted))
+                let r = pool_job_result(&job)?;
+                Some(finish.take().expect("answered once")(r))
             }));
             Ok(Value::Null)
         }
-        Err(_) => finish(pool.delete_volume(lvol)),
     }
 }
 
@@ -391,19 +418,34 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
             (pool, lvol.to_string())
         }
     };
-    // A grow that must first retire another grow's fence would write two checkpoints here,
-    // on reactor 0: the cleaner writes them instead, and the answer waits (at most
-    // `GROW_WAIT`; EBUSY past it).
-    if !pool.grow_waits_for_checkpoints(&lvol, blocks) || !pool.has_cleaner() {
-        pool.resize_volume(&lvol, blocks).map_err(pool_err)?;
-        return Ok(json!(true));
-    }
     // The volume the request named, even if another of the same name takes its place
     // meanwhile (the request may have named it by uuid).
     let id = pool.volume(&lvol).map(|(m, _)| m.id);
+    // The resize writes the volume table, and a shrink walks the map past the new end: on a
+    // pool job, as a delete. A grow that must first retire another grow's fence would write
+    // two checkpoints too: the cleaner writes them instead, and the resize waits for them
+    // (at most `GROW_WAIT`; EBUSY past it).
+    let resize = {
+        let (pool, lvol) = (pool.clone(), lvol.clone());
+        move || pool.resize_volume_with_id(&lvol, id, blocks)
+    };
+    let finish = |r: Result<VolumeMeta, PoolError>| r.map(|_| json!(true)).map_err(pool_err);
+    if !pool.grow_waits_for_checkpoints(&lvol, blocks) || !pool.has_cleaner() {
+        return answer_when_done(
+            ctx,
+            run_off_reactor("lvol-resize", &ctx.reactors, resize),
+            finish,
+        );
+    }
     pool.request_checkpoint();
     let deadline = std::time::Instant::now() + GROW_WAIT;
+    let reactors = ctx.reactors.clone();
+    let mut resize = Some(resize);
+    let mut resizing: Option<PoolJob<VolumeMeta>> = None;
     ctx.deferred = Some(Box::new(move || {
+        if let Some(job) = &resizing {
+            return Some(finish(pool_job_result(job)?));
+        }
         if pool.volume(&lvol).map(|(m, _)| m.id) != id {
             pool.cancel_checkpoint_request();
             return Some(Err(pool_err(PoolError::NoSuchVolume(lvol.clone()))));
@@ -418,11 +460,14 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
             return Some(Err(pool_err(PoolError::Busy(lvol.clone()))));
         }
         pool.cancel_checkpoint_request();
-        Some(
-            pool.resize_volume(&lvol, blocks)
-                .map(|_| json!(true))
-                .map_err(pool_err),
-        )
+        let resize = resize.take().expect("started once");
+        match run_off_reactor("lvol-resize", &reactors, resize) {
+            Ran::Now(r) => Some(finish(r)),
+            Ran::Later(job) => {
+                resizing = Some(job);
+                None
+            }
+        }
     }));
     Ok(Value::Null)
 }

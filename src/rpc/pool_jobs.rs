@@ -84,6 +84,39 @@ pub fn spawn_pool_job<T: Send + 'static>(
     Ok(done_rx)
 }
 
+/// Where `run_off_reactor` ran its job.
+pub enum Ran<T> {
+    /// On a job thread: its result comes on this channel.
+    Later(PoolJob<T>),
+    /// Here, at once: every job slot was taken (formats and loads), or no thread started.
+    Now(Result<T, PoolError>),
+}
+
+/// Runs `job` on a job thread as `spawn_pool_job` does, or, if none can start, on the
+/// calling thread (for short control-path work that is better late on reactor 0 than
+/// refused: a volume table's write, a walk of one volume's map).
+pub fn run_off_reactor<T: Send + 'static>(
+    name: &str,
+    reactors: &Reactors,
+    job: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
+) -> Ran<T> {
+    // Taken back if no thread takes it.
+    let job = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
+    let taken = job.clone();
+    let started = spawn_pool_job(name, reactors, move || {
+        let job = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
+        job.expect("a job runs once")()
+    });
+    match started {
+        Ok(rx) => Ran::Later(rx),
+        Err(e) => {
+            tracing::debug!("{name} runs on the RPC's reactor: {e}");
+            let job = job.lock().unwrap_or_else(|e| e.into_inner()).take();
+            Ran::Now(job.expect("no thread took it")())
+        }
+    }
+}
+
 /// What a job's channel gave, if it is done: its result, or an error if its thread ended
 /// without one (it panicked: a bug).
 pub fn pool_job_result<T>(rx: &PoolJob<T>) -> Option<Result<T, PoolError>> {
