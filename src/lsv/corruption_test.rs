@@ -604,6 +604,35 @@ fn a_volume_deleted_while_open_fails_its_requests_and_leaves_nothing_live() {
     );
 }
 
+/// A pool being destroyed (`bdev_lvol_delete_lvstore`) retires its volumes: a write in
+/// flight lands, every later request fails with ENODEV, and then no record is in flight, so
+/// the base can be let go with nothing of the pool still to land on it.
+#[test]
+fn a_destroyed_pools_volumes_fail_their_requests_and_leave_nothing_in_flight() {
+    let (_disk, pool, _cleaner, mut h) = pool_with_cleaner(0);
+    h.write(0, 1);
+    let mut in_flight = pattern(20, 2);
+    // SAFETY: `in_flight` lives until `finish` below.
+    unsafe { h.start(IoType::Write, 20, &mut in_flight) };
+    pool.close();
+    pool.retire_volumes();
+    assert_eq!(h.finish(), IoStatus::Success);
+    for io_type in [IoType::Write, IoType::Read, IoType::Unmap, IoType::Flush] {
+        let mut buf = pattern(3, 3);
+        assert_eq!(
+            h.try_run(io_type, 3, &mut buf),
+            IoStatus::Failed(libc::ENODEV),
+            "{io_type:?} on a destroyed pool's volume"
+        );
+    }
+    assert!(pool.wait_for_records(std::time::Duration::from_secs(1)));
+    assert_eq!(
+        pool.volume("v").unwrap().1.lookup(3),
+        Mapping::Zero,
+        "a write after the retire was mapped"
+    );
+}
+
 /// The first segment filled with 128 one-block records at even blocks (tag 1): 128 live
 /// blocks, no two adjacent, so moving them takes one entry each (a header of 2 blocks).
 /// Returns the segment and where block 0 lives in it.

@@ -259,7 +259,14 @@ impl ExtentTable {
         self.num_blocks.load(Ordering::Acquire)
     }
 
-    /// Whether the volume was deleted (`drain` ran): its channels fail their I/O.
+    /// Retires the volume without emptying its map, for a pool being destroyed (nothing
+    /// reads its maps again): from now on its channels fail every request, and an update
+    /// maps nothing (as after `drain`).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the volume was deleted (`drain` or `retire` ran): its channels fail their I/O.
     pub fn retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
     }

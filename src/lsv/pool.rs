@@ -1954,6 +1954,39 @@ impl LsvPool {
             .cloned()
     }
 
+    /// Retires every volume (`ExtentTable::retire`): the pool is being destroyed, and from
+    /// now on their channels fail every request and write nothing more.
+    pub fn retire_volumes(&self) {
+        for (_, table) in self
+            .volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            table.retire();
+        }
+    }
+
+    /// Waits until no record is in flight, seen twice `RECORDS_SETTLE` apart (a write taken
+    /// into a channel's record just before its volume was retired is submitted by the end of
+    /// that reactor pass), at most `limit`. False if records were still in flight then.
+    pub fn wait_for_records(&self, limit: std::time::Duration) -> bool {
+        const RECORDS_SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
+        let deadline = std::time::Instant::now() + limit;
+        let mut quiet = 0;
+        while quiet < 2 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            quiet = match self.records_in_flight.load(Ordering::Acquire) {
+                0 => quiet + 1,
+                _ => 0,
+            };
+            std::thread::sleep(RECORDS_SETTLE);
+        }
+        true
+    }
+
     pub fn volumes(&self) -> Vec<VolumeMeta> {
         self.volumes
             .read()

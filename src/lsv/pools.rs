@@ -18,6 +18,8 @@ pub const CLEANER_PERIOD_US: u64 = 10_000;
 /// poll, or the end of a checkpoint write. Past it, the RPC answers and the base stays
 /// claimed until the cleaner stops.
 pub const UNLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a destroyed pool's erase waits for the records still in flight to land.
+const RECORDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long `bdev_lvol_delete_lvstore` waits for a destroyed pool's cleaner to stop, so that
 /// it can erase the superblock (a checkpoint being written is finished first: seconds for a
 /// large pool). Past it, the pool stays unloaded but not erased (`Pools::abandon_destroy`).
@@ -297,6 +299,11 @@ impl Pools {
             "pool {} erased while its cleaner runs",
             p.name
         );
+        // Its volumes are retired (`LsvPool::retire_volumes`): writes of theirs still in
+        // flight land before the base is let go, or another pool made there could take them.
+        if !p.wait_for_records(RECORDS_WAIT) {
+            tracing::warn!(pool = %p.name, "records still in flight after {RECORDS_WAIT:?}");
+        }
         let erased = erase_superblock(&p.base, p.sb.uuid);
         self.registry.release(p.base_name(), &destroying_holder(p));
         match erased? {

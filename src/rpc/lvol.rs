@@ -9,7 +9,7 @@ use super::methods::RpcContext;
 use super::pool_jobs::{
     pool_job_result, run_off_reactor, spawn_pool_job, NotStarted, PoolJob, Ran,
 };
-use super::protocol::{params, RpcError, INVALID_STATE};
+use super::protocol::{params, RpcError};
 use crate::bdev::BdevError;
 use crate::lsv::extent_table::{ExtentTable, MAX_VOLUME_BLOCKS};
 use crate::lsv::pool::{LsvPool, PoolError, VolumeMeta};
@@ -176,21 +176,39 @@ pub fn bdev_lvol_delete_lvstore(
 ) -> Result<Value, RpcError> {
     let w: WhichLvstore = params(p)?;
     let pool = find_pool(&ctx.pools, &w)?;
+    // Its lvols go with it, as SPDK's do; but not one that something holds (an lvstore
+    // nested on it, or another delete of it running).
     let prefix = format!("{}/", pool.name);
-    if ctx
+    let lvols: Vec<String> = ctx
         .registry
         .list()
         .iter()
-        .any(|e| e.bdev.name().starts_with(&prefix))
-    {
-        return Err(RpcError::new(
-            INVALID_STATE,
-            format!("lvstore {:?} still has lvols; delete them first", pool.name),
-        ));
+        .map(|e| e.bdev.name().to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    for lvol in &lvols {
+        if let Some(by) = ctx.registry.claimed_by(lvol) {
+            return Err(BdevError::Claimed {
+                bdev: lvol.clone(),
+                by,
+            }
+            .into());
+        }
     }
     let Some(removed) = ctx.pools.remove_to_destroy(&pool.name) else {
         return Ok(json!(true));
     };
+    // Its volumes' channels fail every request from now on (a guest sees its disk go, as
+    // after `bdev_lvol_delete`), and their bdevs go.
+    removed.retire_volumes();
+    for lvol in &lvols {
+        if let Err(e) = ctx.registry.remove(lvol) {
+            tracing::warn!(
+                "lvstore {} deleted, but not its lvol {lvol}: {e}",
+                removed.name
+            );
+        }
+    }
     // Destroyed as SPDK's is: once the pool's cleaner has stopped writing (its next poll, on
     // whichever reactor runs it, or the end of a checkpoint it is writing), a pool job erases
     // the superblock and lets the base go, so that the pool never loads again and the base
