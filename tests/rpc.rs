@@ -1201,6 +1201,50 @@ fn an_lvol_is_created_resized_and_deleted_off_reactor_0() {
     a.stop();
 }
 
+/// An lvstore deleted while an lvol's create is still writing the volume table: the delete
+/// waits for that write (nothing of the pool writes the base once it goes), the create
+/// answers ENODEV, and no bdev is left for a volume of the destroyed pool.
+#[test]
+fn an_lvstore_deleted_during_an_lvol_create_leaves_no_lvol() {
+    let a = Appliance::start("rpc_create_destroy", &[]);
+    let mut c = a.client();
+    c.call(
+        "bdev_malloc_create",
+        Some(json!({"name": "M0", "num_blocks": 16384, "block_size": 4096})),
+    )
+    .unwrap();
+    c.call(
+        "bdev_delay_create",
+        Some(delay_params("M0", "Slow0", 1000, 200_000)),
+    )
+    .unwrap();
+    c.call(
+        "bdev_lvol_create_lvstore",
+        Some(json!({"bdev_name": "Slow0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
+    )
+    .unwrap();
+    let creating = UnixStream::connect(&a.sock).unwrap();
+    (&creating)
+        .write_all(
+            br#"{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_create","params":{"lvol_name":"v0","size_in_mib":8,"lvs_name":"ls0"}}"#,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.call("bdev_lvol_delete_lvstore", Some(json!({"lvs_name": "ls0"})))
+        .unwrap();
+    let answer = read_answer(&creating);
+    assert_eq!(answer["error"]["code"], -libc::ENODEV, "{answer}");
+    assert!(
+        c.call("bdev_get_bdevs", Some(json!({"name": "ls0/v0"})))
+            .is_err(),
+        "an lvol of the deleted lvstore is registered"
+    );
+    // The base is free: deleted at once.
+    c.call("bdev_delay_delete", Some(json!({"name": "Slow0"})))
+        .unwrap();
+    a.stop();
+}
+
 /// A bdev created over a pool brings it back (examine) on a thread of its own: the create
 /// answers once the pool is loaded, and meanwhile reactor 0 serves other clients and the
 /// base is claimed. (Until the fifteenth session the pool's recovery ran on reactor 0.)

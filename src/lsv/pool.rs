@@ -568,6 +568,9 @@ pub struct LsvPool {
     pub(super) checkpoint_wanted: AtomicBool,
     /// The pool's cleaner poller has stopped (closed), or could not start.
     pub(super) cleaner_stopped: AtomicBool,
+    /// Volume operations (create, resize, delete) under way off the caller's thread
+    /// (`begin_volume_op`): a pool being destroyed waits for them before its base goes.
+    volume_ops: std::sync::atomic::AtomicU32,
     /// Blocks user records may take while throttled (earned by the cleaner; see
     /// `admit_user_record`). Never above two segments.
     throttle_credit_blocks: std::sync::atomic::AtomicI64,
@@ -859,6 +862,7 @@ impl LsvPool {
             closing: AtomicBool::new(false),
             checkpoint_wanted: AtomicBool::new(false),
             cleaner_stopped: AtomicBool::new(false),
+            volume_ops: std::sync::atomic::AtomicU32::new(0),
             throttle_credit_blocks: std::sync::atomic::AtomicI64::new(0),
             nothing_to_clean: AtomicBool::new(false),
             throttled_records: AtomicU64::new(0),
@@ -2450,6 +2454,23 @@ impl LsvPool {
         self.closing.store(true, Ordering::Release);
     }
 
+    /// Whether the pool was closed (unloaded, destroyed, or at shutdown).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Counts a volume operation as under way until the guard drops (on whichever thread
+    /// does the work): `volume_ops_running` says when none is.
+    pub fn begin_volume_op(self: &Arc<Self>) -> VolumeOp {
+        self.volume_ops.fetch_add(1, Ordering::AcqRel);
+        VolumeOp(self.clone())
+    }
+
+    /// Volume operations under way (`begin_volume_op`).
+    pub fn volume_ops_running(&self) -> u32 {
+        self.volume_ops.load(Ordering::Acquire)
+    }
+
     /// The base bdev's name.
     pub fn base_name(&self) -> &str {
         self.base.bdev.name()
@@ -2458,6 +2479,16 @@ impl LsvPool {
     /// Free segments (SPDK's `free_clusters`).
     pub fn free_segments(&self) -> u64 {
         self.usage.free_count() as u64
+    }
+}
+
+/// A volume operation under way (`LsvPool::begin_volume_op`), until dropped.
+pub struct VolumeOp(Arc<LsvPool>);
+
+impl Drop for VolumeOp {
+    fn drop(&mut self) {
+        let was = self.0.volume_ops.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(was > 0, "volume operations miscounted");
     }
 }
 

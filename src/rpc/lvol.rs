@@ -232,7 +232,9 @@ pub fn bdev_lvol_delete_lvstore(
             });
         }
         let timed_out = std::time::Instant::now() >= deadline;
-        if !pools.cleaner_running(&removed) {
+        // An lvol's create or resize still under way (its volume table write, a grow's
+        // checkpoints) finishes first: nothing of the pool may write the base once it goes.
+        if !pools.cleaner_running(&removed) && removed.volume_ops_running() == 0 {
             let (job_pools, pool) = (pools.clone(), removed.clone());
             match spawn_pool_job("lvstore-erase", &reactors, move || {
                 job_pools.erase_destroyed(&pool)
@@ -261,14 +263,15 @@ pub fn bdev_lvol_delete_lvstore(
         pools.abandon_destroy(&removed);
         tracing::warn!(
             pool = %removed.name,
-            "lvstore deleted, but its cleaner did not stop in time: not erased, and its \
-             base stays claimed until the cleaner stops"
+            "lvstore deleted, but its cleaner or an lvol operation did not stop in time: not \
+             erased, and its base stays claimed until the cleaner stops"
         );
         Some(Err(RpcError::new(
             -libc::EBUSY,
             format!(
-                "lvstore {:?} is unloaded, but its cleaner did not stop within {} s, so its \
-                 superblock was not erased: it loads again if its base is examined",
+                "lvstore {:?} is unloaded, but its cleaner or an lvol operation on it did not \
+                 stop within {} s, so its superblock was not erased: it loads again if its \
+                 base is examined",
                 removed.name,
                 crate::lsv::pools::DESTROY_WAIT.as_secs()
             ),
@@ -306,12 +309,26 @@ pub fn bdev_lvol_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
     // The volume table's write runs on a pool job, as a delete's; the bdev is registered
     // here once it is done.
     let create = {
+        let op = pool.begin_volume_op();
         let pool = pool.clone();
-        move || pool.create_volume(&p.lvol_name, blocks)
+        move || {
+            let _op = op;
+            pool.create_volume(&p.lvol_name, blocks)
+        }
     };
-    let registry = ctx.registry.clone();
+    let (registry, pools) = (ctx.registry.clone(), ctx.pools.clone());
     let finish = move |created: Result<(VolumeMeta, Arc<ExtentTable>), PoolError>| {
         let (meta, table) = created.map_err(pool_err)?;
+        // Its lvstore deleted meanwhile: no bdev for a volume of a destroyed pool.
+        if !pools
+            .get(&pool.name)
+            .is_some_and(|p| Arc::ptr_eq(&p, &pool))
+        {
+            return Err(RpcError::new(
+                -libc::ENODEV,
+                format!("lvstore {:?} was deleted meanwhile", pool.name),
+            ));
+        }
         let name = meta.name.clone();
         let vol = LsvVolume::new(pool.clone(), meta, table);
         match registry.register(Arc::new(vol)) {
@@ -444,8 +461,12 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
     // two checkpoints too: the cleaner writes them instead, and the resize waits for them
     // (at most `GROW_WAIT`; EBUSY past it).
     let resize = {
+        let op = pool.begin_volume_op();
         let (pool, lvol) = (pool.clone(), lvol.clone());
-        move || pool.resize_volume_with_id(&lvol, id, blocks)
+        move || {
+            let _op = op;
+            pool.resize_volume_with_id(&lvol, id, blocks)
+        }
     };
     let finish = |r: Result<VolumeMeta, PoolError>| r.map(|_| json!(true)).map_err(pool_err);
     if !pool.grow_waits_for_checkpoints(&lvol, blocks) || !pool.has_cleaner() {
@@ -464,7 +485,8 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         if let Some(job) = &resizing {
             return Some(finish(pool_job_result(job)?));
         }
-        if pool.volume(&lvol).map(|(m, _)| m.id) != id {
+        // Replaced, or its lvstore deleted (whose cleaner writes no more checkpoints).
+        if pool.volume(&lvol).map(|(m, _)| m.id) != id || pool.is_closing() {
             pool.cancel_checkpoint_request();
             return Some(Err(pool_err(PoolError::NoSuchVolume(lvol.clone()))));
         }
