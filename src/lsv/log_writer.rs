@@ -445,8 +445,25 @@ impl LogWriter {
             || self.pool.full.load(Ordering::Acquire)
     }
 
-    /// Turns the writes gathered since the last poll into records and submits them.
+    /// Turns the writes gathered since the last poll into records and submits them; fails
+    /// them (ENODEV) once the pool is closing, so that nothing more of it lands on its base.
+    /// `LsvPool::writes_stopped` pairs with this: the count goes up before `closing` is read,
+    /// and `close` sets `closing` before the count is read there (both SeqCst), so either
+    /// this pass sees the pool closing or the closer sees the pass (and then its records).
     fn commit(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pool.committing.fetch_add(1, Ordering::SeqCst);
+        if self.pool.closing.load(Ordering::SeqCst) {
+            self.fail_pending(self.pending.len(), libc::ENODEV);
+        } else {
+            self.commit_pending();
+        }
+        self.pool.committing.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn commit_pending(&mut self) {
         while !self.pending.is_empty() {
             // Group commit: while the device already has records of ours to work on, let
             // small batches grow into large records (the device's large-write speed is the

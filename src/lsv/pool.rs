@@ -477,6 +477,8 @@ pub struct LsvPool {
     pub(super) seg_blocks: usize,
     /// Records submitted and not yet applied, over all channels.
     records_in_flight: AtomicU64,
+    /// Log writers inside `LogWriter::commit` (see there, and `writes_stopped`).
+    pub(super) committing: std::sync::atomic::AtomicU32,
     /// Since the pool was opened: blocks of user data written, blocks the log took for them
     /// (data plus record headers), blocks the cleaner moved (with their headers), and blocks
     /// of checkpoints. (log + cleaner + checkpoint) / user is the write amplification.
@@ -805,6 +807,7 @@ impl LsvPool {
                 .collect(),
             seg_blocks,
             records_in_flight: AtomicU64::new(0),
+            committing: std::sync::atomic::AtomicU32::new(0),
             user_blocks_written: AtomicU64::new(0),
             log_blocks_written: AtomicU64::new(0),
             records_written: AtomicU64::new(0),
@@ -1971,24 +1974,16 @@ impl LsvPool {
         }
     }
 
-    /// Waits until no record is in flight, seen twice `RECORDS_SETTLE` apart (a write taken
-    /// into a channel's record just before its volume was retired is submitted by the end of
-    /// that reactor pass), at most `limit`. False if records were still in flight then.
-    pub fn wait_for_records(&self, limit: std::time::Duration) -> bool {
-        const RECORDS_SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
-        let deadline = std::time::Instant::now() + limit;
-        let mut quiet = 0;
-        while quiet < 2 {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            quiet = match self.records_in_flight.load(Ordering::Acquire) {
-                0 => quiet + 1,
-                _ => 0,
-            };
-            std::thread::sleep(RECORDS_SETTLE);
-        }
-        true
+    /// Whether nothing of a closing pool can land on its base any more from its log
+    /// writers: none is committing (from now on each fails what it is given: see
+    /// `LogWriter::commit`) and no record is in flight. Its cleaner, and volume operations,
+    /// are the caller's to wait for (`Pools::cleaner_running`, `volume_ops_running`).
+    pub fn writes_stopped(&self) -> bool {
+        debug_assert!(self.is_closing());
+        // The count first: a commit that ended before it was read numbered its records
+        // before, and the in-flight count then shows them.
+        self.committing.load(Ordering::SeqCst) == 0
+            && self.records_in_flight.load(Ordering::SeqCst) == 0
     }
 
     pub fn volumes(&self) -> Vec<VolumeMeta> {
@@ -2451,7 +2446,8 @@ impl LsvPool {
 
     /// Stops the pool's cleaner (the pool is being deleted or the appliance stops).
     pub fn close(&self) {
-        self.closing.store(true, Ordering::Release);
+        // SeqCst: see `LogWriter::commit`.
+        self.closing.store(true, Ordering::SeqCst);
     }
 
     /// Whether the pool was closed (unloaded, destroyed, or at shutdown).

@@ -18,11 +18,14 @@ pub const CLEANER_PERIOD_US: u64 = 10_000;
 /// poll, or the end of a checkpoint write. Past it, the RPC answers and the base stays
 /// claimed until the cleaner stops.
 pub const UNLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-/// How long a destroyed pool's erase waits for the records still in flight to land.
-const RECORDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long `bdev_lvol_delete_lvstore` waits for a destroyed pool's cleaner to stop, so that
-/// it can erase the superblock (a checkpoint being written is finished first: seconds for a
-/// large pool). Past it, the pool stays unloaded but not erased (`Pools::abandon_destroy`).
+/// How long a destroyed pool's erase waits for nothing of it to write its base any more
+/// (`Pools::quiet`): a cleaner's checkpoint, an lvol's operation, records in flight, all
+/// usually done within milliseconds; only a hung base takes this long.
+const QUIET_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often the erase looks.
+const QUIET_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long `bdev_lvol_delete_lvstore` holds its answer back for the erase (`Pools::
+/// erase_destroyed`). Past it the RPC answers EBUSY, and the erase goes on.
 pub const DESTROY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct Pools {
@@ -290,41 +293,48 @@ impl Pools {
         self.reactors.get().is_some() && !p.cleaner_stopped.load(Ordering::SeqCst)
     }
 
-    /// Erases the superblock of `p`, removed by `remove_to_destroy` and whose cleaner has
-    /// stopped (`cleaner_running`), then lets its base go, also if the erase failed. Blocking
-    /// I/O: run it off reactor 0.
+    /// Whether nothing of pool `p`, closed, can write its base any more: its cleaner has
+    /// stopped, no volume operation is under way, and its log writers have stopped.
+    pub fn quiet(&self, p: &LsvPool) -> bool {
+        !self.cleaner_running(p) && p.volume_ops_running() == 0 && p.writes_stopped()
+    }
+
+    /// Destroys `p`, removed by `remove_to_destroy`: waits until nothing of it can write its
+    /// base (`quiet`: its cleaner's last checkpoint, an lvol operation, records in flight),
+    /// at most `QUIET_LIMIT`, then erases its superblock and lets the base go, also if the
+    /// erase failed. If it never gets quiet, the base stays claimed ("being destroyed")
+    /// until the process ends: no other bdev or pool may take a base that can still be
+    /// written under it. Blocking: run it on a thread of its own.
     pub fn erase_destroyed(&self, p: &LsvPool) -> Result<(), PoolError> {
-        assert!(
-            !self.cleaner_running(p),
-            "pool {} erased while its cleaner runs",
-            p.name
-        );
-        // Its volumes are retired (`LsvPool::retire_volumes`): writes of theirs still in
-        // flight land before the base is let go, or another pool made there could take them.
-        if !p.wait_for_records(RECORDS_WAIT) {
-            tracing::warn!(pool = %p.name, "records still in flight after {RECORDS_WAIT:?}");
+        let deadline = std::time::Instant::now() + QUIET_LIMIT;
+        while !self.quiet(p) {
+            if std::time::Instant::now() >= deadline {
+                tracing::error!(
+                    pool = %p.name,
+                    "deleted lvstore still writing after {QUIET_LIMIT:?}: not erased; its \
+                     base stays claimed until the appliance restarts"
+                );
+                return Err(PoolError::Busy(p.name.clone()));
+            }
+            std::thread::sleep(QUIET_POLL);
         }
-        let erased = erase_superblock(&p.base, p.sb.uuid);
-        self.registry.release(p.base_name(), &destroying_holder(p));
-        match erased? {
+        // Let go once quiet, whatever comes of the erase (a panic in it too).
+        struct Release<'a>(&'a Pools, &'a LsvPool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .registry
+                    .release(self.1.base_name(), &destroying_holder(self.1));
+            }
+        }
+        let _release = Release(self, p);
+        match erase_superblock(&p.base, p.sb.uuid)? {
             true => Ok(()),
             false => Err(PoolError::Base(format!(
                 "bdev {:?} no longer starts with lvstore {:?}'s superblock; nothing was erased",
                 p.base_name(),
                 p.name
             ))),
-        }
-    }
-
-    /// Gives up destroying `p` (its cleaner did not stop in time): it stays unloaded, not
-    /// erased, and its base is let go once its cleaner stops, as after `remove`.
-    pub fn abandon_destroy(&self, p: &LsvPool) {
-        let unloading = unloading_holder(p);
-        self.registry
-            .rename_claim(p.base_name(), &destroying_holder(p), &unloading);
-        // A cleaner that stopped before the rename found no claim of its own to let go.
-        if !self.cleaner_running(p) {
-            self.registry.release(p.base_name(), &unloading);
         }
     }
 

@@ -11,7 +11,7 @@ use crate::bdev::{BdevError, BdevInfo, IoType};
 use crate::config;
 use std::sync::Arc;
 
-use super::pool_jobs::{pool_job_result, spawn_pool_job, NotStarted, PoolJob};
+use super::pool_jobs::{pool_job_result, spawn_pool_job, JobKind, NotStarted, PoolJob};
 use crate::lsv::pool::LsvPool;
 use crate::lsv::pools::Examined;
 
@@ -46,10 +46,10 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     ctx.deferred = Some(Box::new(move || match load.take()? {
         Load::Queued(ex) => {
             let job = ex.clone();
-            match spawn_pool_job("lvstore-load", &reactors, move || job.load()) {
+            match spawn_pool_job(JobKind::Pool, "lvstore-load", &reactors, move || job.load()) {
                 Ok(rx) => load = Some(Load::Running(ex, rx)),
                 // Its turn comes when a running job ends.
-                Err(NotStarted::Busy) => load = Some(Load::Queued(ex)),
+                Err(NotStarted::Busy(_)) => load = Some(Load::Queued(ex)),
                 // No thread for it: loaded here.
                 Err(NotStarted::Thread(e)) => {
                     tracing::warn!("examine on reactor 0: no thread: {e}");

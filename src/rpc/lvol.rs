@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::methods::RpcContext;
 use super::pool_jobs::{
-    pool_job_result, run_off_reactor, spawn_pool_job, NotStarted, PoolJob, Ran,
+    pool_job_result, run_off_reactor, spawn_pool_job, JobKind, NotStarted, PoolJob, Ran,
 };
 use super::protocol::{params, RpcError};
 use crate::bdev::BdevError;
@@ -97,12 +97,12 @@ pub fn bdev_lvol_create_lvstore(
     // other clients; the answer comes once the pool is loaded.
     let name = p.lvs_name.clone();
     let format = move || LsvPool::create(&name, base, seg);
-    let done_rx = match spawn_pool_job("lvstore-format", &ctx.reactors, format) {
+    let done_rx = match spawn_pool_job(JobKind::Pool, "lvstore-format", &ctx.reactors, format) {
         Ok(rx) => rx,
         Err(e) => {
             ctx.pools.release_unformatted(&p.bdev_name, &p.lvs_name);
             let errno = match e {
-                NotStarted::Busy => libc::EBUSY,
+                NotStarted::Busy(_) => libc::EBUSY,
                 NotStarted::Thread(_) => libc::EAGAIN,
             };
             return Err(RpcError::new(-errno, e.to_string()));
@@ -177,14 +177,18 @@ pub fn bdev_lvol_delete_lvstore(
     let w: WhichLvstore = params(p)?;
     let pool = find_pool(&ctx.pools, &w)?;
     // Its lvols go with it, as SPDK's do; but not one that something holds (an lvstore
-    // nested on it, or another delete of it running).
-    let prefix = format!("{}/", pool.name);
-    let lvols: Vec<String> = ctx
-        .registry
-        .list()
+    // nested on it, or another delete of it running). Its lvols are its volumes' bdevs
+    // (`pool/volume`, with the volume's uuid), not just any bdev of a name like theirs.
+    let lvols: Vec<String> = pool
+        .volumes()
         .iter()
-        .map(|e| e.bdev.name().to_string())
-        .filter(|n| n.starts_with(&prefix))
+        .map(|v| (format!("{}/{}", pool.name, v.name), v.uuid))
+        .filter(|(name, uuid)| {
+            ctx.registry
+                .get(name)
+                .is_some_and(|e| e.bdev.uuid() == *uuid)
+        })
+        .map(|(name, _)| name)
         .collect();
     for lvol in &lvols {
         if let Some(by) = ctx.registry.claimed_by(lvol) {
@@ -209,73 +213,62 @@ pub fn bdev_lvol_delete_lvstore(
             );
         }
     }
-    // Destroyed as SPDK's is: once the pool's cleaner has stopped writing (its next poll, on
-    // whichever reactor runs it, or the end of a checkpoint it is writing), a pool job erases
-    // the superblock and lets the base go, so that the pool never loads again and the base
-    // can be deleted, exported or formatted as soon as the client has the answer. Reactor 0
-    // keeps polling meanwhile; past `DESTROY_WAIT` the pool stays unloaded, not erased.
+    // Destroyed as SPDK's is: a pool job waits until nothing of the pool writes its base
+    // any more (its cleaner's next poll, or the end of a checkpoint it is writing; an lvol
+    // create or resize under way; its records in flight), then erases the superblock and
+    // lets the base go, so that the pool never loads again and the base can be deleted,
+    // exported or formatted as soon as the client has the answer. Reactor 0 keeps polling
+    // meanwhile. Past `DESTROY_WAIT` the RPC answers EBUSY and the job goes on; with no job
+    // slot free until then, the base stays claimed (the pool is not erased) until restart.
     let (pools, reactors) = (ctx.pools.clone(), ctx.reactors.clone());
     let deadline = std::time::Instant::now() + crate::lsv::pools::DESTROY_WAIT;
     let mut erasing: Option<PoolJob<()>> = None;
+    let not_erased = move |name: &str, why: String| {
+        RpcError::new(
+            -libc::EBUSY,
+            format!(
+                "lvstore {name:?} and its lvols are deleted, but its superblock is not erased \
+                 yet: {why}"
+            ),
+        )
+    };
     ctx.deferred = Some(Box::new(move || {
-        if let Some(job) = &erasing {
-            return Some(match pool_job_result(job)? {
-                Ok(()) => Ok(json!(true)),
-                Err(e) => Err(RpcError::new(
-                    -libc::EIO,
-                    format!(
-                        "lvstore {:?} is unloaded, but its superblock was not erased ({e}): \
-                         it loads again if its base is examined",
-                        removed.name
-                    ),
-                )),
-            });
-        }
         let timed_out = std::time::Instant::now() >= deadline;
-        // An lvol's create or resize still under way (its volume table write, a grow's
-        // checkpoints) finishes first: nothing of the pool may write the base once it goes.
-        if !pools.cleaner_running(&removed) && removed.volume_ops_running() == 0 {
+        if erasing.is_none() {
             let (job_pools, pool) = (pools.clone(), removed.clone());
-            match spawn_pool_job("lvstore-erase", &reactors, move || {
+            match spawn_pool_job(JobKind::Pool, "lvstore-erase", &reactors, move || {
                 job_pools.erase_destroyed(&pool)
             }) {
-                Ok(job) => {
-                    erasing = Some(job);
-                    return None;
-                }
-                // Formats and loads take the job slots: their turn ends within the wait.
-                Err(NotStarted::Busy) if !timed_out => return None,
+                Ok(job) => erasing = Some(job),
+                // Formats and loads take the slots: their turn ends within the wait.
+                Err(NotStarted::Busy(_)) if !timed_out => return None,
                 Err(e) => {
-                    pools.abandon_destroy(&removed);
-                    return Some(Err(RpcError::new(
-                        -libc::EAGAIN,
-                        format!(
-                            "lvstore {:?} is unloaded, but its superblock was not erased ({e})",
-                            removed.name
-                        ),
-                    )));
+                    return Some(Err(not_erased(
+                        &removed.name,
+                        format!("{e}; its base stays claimed until the appliance restarts"),
+                    )))
                 }
             }
         }
-        if !timed_out {
-            return None;
+        let job = erasing.as_ref().expect("started above");
+        match pool_job_result(job) {
+            Some(Ok(())) => Some(Ok(json!(true))),
+            Some(Err(e)) => Some(Err(RpcError::new(
+                -libc::EIO,
+                format!(
+                    "lvstore {:?} and its lvols are deleted, but its superblock was not \
+                     erased ({e}): it loads again if its base is examined",
+                    removed.name
+                ),
+            ))),
+            None if timed_out => Some(Err(not_erased(
+                &removed.name,
+                "its last writes are still under way; the superblock is erased and the base \
+                 let go once they are done"
+                    .into(),
+            ))),
+            None => None,
         }
-        pools.abandon_destroy(&removed);
-        tracing::warn!(
-            pool = %removed.name,
-            "lvstore deleted, but its cleaner or an lvol operation did not stop in time: not \
-             erased, and its base stays claimed until the cleaner stops"
-        );
-        Some(Err(RpcError::new(
-            -libc::EBUSY,
-            format!(
-                "lvstore {:?} is unloaded, but its cleaner or an lvol operation on it did not \
-                 stop within {} s, so its superblock was not erased: it loads again if its \
-                 base is examined",
-                removed.name,
-                crate::lsv::pools::DESTROY_WAIT.as_secs()
-            ),
-        )))
     }));
     Ok(json!(true))
 }
@@ -455,7 +448,12 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
     };
     // The volume the request named, even if another of the same name takes its place
     // meanwhile (the request may have named it by uuid).
-    let id = pool.volume(&lvol).map(|(m, _)| m.id);
+    let id = Some(
+        pool.volume(&lvol)
+            .ok_or_else(|| pool_err(PoolError::NoSuchVolume(lvol.clone())))?
+            .0
+            .id,
+    );
     // The resize writes the volume table, and a shrink walks the map past the new end: on a
     // pool job, as a delete. A grow that must first retire another grow's fence would write
     // two checkpoints too: the cleaner writes them instead, and the resize waits for them

@@ -314,6 +314,14 @@ static TEST_UNLOAD: Method = m("unblend_test_unload_lvstore", Allowed::Runtime, 
         .and_then(|p| p.get("lvs_name"))
         .and_then(Value::as_str)
         .ok_or_else(|| RpcError::invalid_params("lvs_name: the lvstore to unload"))?;
+    if let Some(pool) = ctx.pools.get(name) {
+        if !pool.volumes().is_empty() {
+            return Err(RpcError::new(
+                -libc::EBUSY,
+                format!("lvstore {name:?} still has lvols"),
+            ));
+        }
+    }
     let Some(removed) = ctx.pools.remove(name) else {
         return Err(RpcError::new(-libc::ENODEV, format!("no lvstore {name:?}")));
     };

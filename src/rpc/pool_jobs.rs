@@ -18,9 +18,21 @@ use std::time::{Duration, Instant};
 use crate::lsv::pool::PoolError;
 use crate::reactor::Reactors;
 
-/// Pool formats and loads running at once.
+/// Jobs of each kind running at once.
 pub const MAX_POOL_JOBS: usize = 4;
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// Running jobs, by kind (`JobKind as usize`).
+static RUNNING: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// What a job does; each kind has its own `MAX_POOL_JOBS` slots, so that slow lvol work
+/// (a TiB volume's delete) never keeps an lvstore from being made or loaded, nor the
+/// other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// An lvstore's format, load (examine) or erase.
+    Pool = 0,
+    /// An lvol's create, resize or delete.
+    Volume = 1,
+}
 
 /// A running job's result, when it comes.
 pub type PoolJob<T> = Receiver<Result<T, PoolError>>;
@@ -28,8 +40,8 @@ pub type PoolJob<T> = Receiver<Result<T, PoolError>>;
 /// Why a job did not start.
 #[derive(Debug)]
 pub enum NotStarted {
-    /// `MAX_POOL_JOBS` run already.
-    Busy,
+    /// `MAX_POOL_JOBS` of this kind run already.
+    Busy(JobKind),
     /// No thread could be made.
     Thread(std::io::Error),
 }
@@ -37,36 +49,44 @@ pub enum NotStarted {
 impl std::fmt::Display for NotStarted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotStarted::Busy => write!(
+            NotStarted::Busy(JobKind::Pool) => write!(
                 f,
-                "{MAX_POOL_JOBS} lvstores are being formatted or loaded; retry when one is done"
+                "{MAX_POOL_JOBS} lvstores are being formatted, loaded or erased; retry when \
+                 one is done"
+            ),
+            NotStarted::Busy(JobKind::Volume) => write!(
+                f,
+                "{MAX_POOL_JOBS} lvols are being created, resized or deleted; retry when one \
+                 is done"
             ),
             NotStarted::Thread(e) => write!(f, "cannot start a thread for the job: {e}"),
         }
     }
 }
 
-/// Counts a job as running until dropped (also when the job panics).
-struct Running;
+/// Counts a job of a kind as running until dropped (also when the job panics).
+struct Running(JobKind);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        RUNNING.fetch_sub(1, Ordering::AcqRel);
+        RUNNING[self.0 as usize].fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Runs `job` on a thread named `name`; its result comes on the channel returned, and then
 /// reactor 0 is woken (through `reactors`).
 pub fn spawn_pool_job<T: Send + 'static>(
+    kind: JobKind,
     name: &str,
     reactors: &Reactors,
     job: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
 ) -> Result<PoolJob<T>, NotStarted> {
-    if RUNNING.fetch_add(1, Ordering::AcqRel) >= MAX_POOL_JOBS {
-        RUNNING.fetch_sub(1, Ordering::AcqRel);
-        return Err(NotStarted::Busy);
+    let running = &RUNNING[kind as usize];
+    if running.fetch_add(1, Ordering::AcqRel) >= MAX_POOL_JOBS {
+        running.fetch_sub(1, Ordering::AcqRel);
+        return Err(NotStarted::Busy(kind));
     }
-    let counted = Running;
+    let counted = Running(kind);
     let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
     let reactors = reactors.clone();
     std::thread::Builder::new()
@@ -92,8 +112,8 @@ pub enum Ran<T> {
     Now(Result<T, PoolError>),
 }
 
-/// Runs `job` on a job thread as `spawn_pool_job` does, or, if none can start, on the
-/// calling thread (for short control-path work that is better late on reactor 0 than
+/// Runs `job` (an lvol's: `JobKind::Volume`) on a job thread as `spawn_pool_job` does, or,
+/// if none can start, on the calling thread (for short control-path work that is better late on reactor 0 than
 /// refused: a volume table's write, a walk of one volume's map).
 pub fn run_off_reactor<T: Send + 'static>(
     name: &str,
@@ -103,7 +123,7 @@ pub fn run_off_reactor<T: Send + 'static>(
     // Taken back if no thread takes it.
     let job = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
     let taken = job.clone();
-    let started = spawn_pool_job(name, reactors, move || {
+    let started = spawn_pool_job(JobKind::Volume, name, reactors, move || {
         let job = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
         job.expect("a job runs once")()
     });
@@ -133,7 +153,7 @@ pub fn pool_job_result<T>(rx: &PoolJob<T>) -> Option<Result<T, PoolError>> {
 pub fn wait_for_pool_jobs(limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
     loop {
-        let n = RUNNING.load(Ordering::Acquire);
+        let n: usize = RUNNING.iter().map(|r| r.load(Ordering::Acquire)).sum();
         if n == 0 || Instant::now() >= deadline {
             return n;
         }
