@@ -333,14 +333,14 @@ impl ExtentTable {
         Ok(())
     }
 
-    /// Shrinks the volume to `blocks`: clears the entries past the new end and returns the
-    /// pool blocks they mapped (the caller frees them).
-    pub fn shrink(&self, blocks: u64) -> Vec<u64> {
+    /// Shrinks the volume to `blocks`: clears the entries past the new end and calls
+    /// `freed` with each pool block they mapped (the caller frees them; no list is built,
+    /// since a shrink may cut off millions).
+    pub fn shrink(&self, blocks: u64, mut freed: impl FnMut(u64)) {
         // SeqCst, as `drain`'s: an update that installs past the new end after this either
         // sees the new size and takes its mapping back, or is found by the walk below.
         let old = self.num_blocks.swap(blocks, Ordering::SeqCst);
         assert!(blocks <= old, "shrink from {old} to {blocks} blocks");
-        let mut freed = Vec::new();
         // Only installed leaves: a walk of every LBA cut off would take hours for a volume
         // shrunk from petabytes, on the reactor that serves the RPC.
         self.for_each_installed(blocks, |lba, leaf, i| {
@@ -357,10 +357,9 @@ impl ExtentTable {
             let v = leaf.entries[i].swap(0, Ordering::SeqCst);
             if let Mapping::At(p) = decode(v) {
                 self.mapped.fetch_sub(1, Ordering::Relaxed);
-                freed.push(p);
+                freed(p);
             }
         });
-        freed
     }
 
     #[inline]
@@ -955,7 +954,7 @@ mod tests {
         let freed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = freed.clone();
         between_check_and_swap_run(move || {
-            *seen.lock().unwrap() = d.shrink(4);
+            d.shrink(4, |p| seen.lock().unwrap().push(p));
         });
         let r = t.update(8, Some(addr(3)), 3, &seq_of, true);
         assert_eq!(
@@ -977,7 +976,7 @@ mod tests {
         // The write of block 8 (number 3) has passed its checks; the volume shrinks past
         // the block and grows back (taking number 10) before its swap.
         between_check_and_swap_run(move || {
-            d.shrink(4);
+            d.shrink(4, |_| {});
             d.grow(1024, 10).unwrap();
         });
         let r = t.update(8, Some(addr(3)), 3, &seq_of, true);
@@ -1004,7 +1003,8 @@ mod tests {
         }
         // A tombstone past the new end goes too.
         t.update(end - 1, None, 70, &seq_of, false);
-        let mut freed = t.shrink(1000);
+        let mut freed = Vec::new();
+        t.shrink(1000, |p| freed.push(p));
         freed.sort_unstable();
         assert_eq!(freed, vec![addr(40), addr(50), addr(60)]);
         assert_eq!(t.mapped_blocks(), 1);
@@ -1018,7 +1018,7 @@ mod tests {
     #[test]
     fn a_write_numbered_before_a_grow_never_maps_a_block_the_grow_gave_back() {
         let t = ExtentTable::new(1024);
-        assert_eq!(t.shrink(4), Vec::<u64>::new());
+        t.shrink(4, |p| panic!("block {p} freed from an empty table"));
         t.grow(1024, 10).unwrap();
         assert_eq!(
             t.fence(),

@@ -570,6 +570,11 @@ pub struct LsvPool {
     pub(super) checkpoint_wanted: AtomicBool,
     /// The pool's cleaner poller has stopped (closed), or could not start.
     pub(super) cleaner_stopped: AtomicBool,
+    /// Serializes volume operations (create, resize, delete): held across their blocking
+    /// work (the volume table's write, a shrink's or a delete's walk of the map), while
+    /// `volumes` is held only for the map and the table's write, so the cleaner and
+    /// checkpoints are not kept from the volumes by a walk.
+    volume_ops_lock: std::sync::Mutex<()>,
     /// Volume operations (create, resize, delete) under way off the caller's thread
     /// (`begin_volume_op`): a pool being destroyed waits for them before its base goes.
     volume_ops: std::sync::atomic::AtomicU32,
@@ -866,6 +871,7 @@ impl LsvPool {
             checkpoint_wanted: AtomicBool::new(false),
             cleaner_stopped: AtomicBool::new(false),
             volume_ops: std::sync::atomic::AtomicU32::new(0),
+            volume_ops_lock: std::sync::Mutex::new(()),
             throttle_credit_blocks: std::sync::atomic::AtomicI64::new(0),
             nothing_to_clean: AtomicBool::new(false),
             throttled_records: AtomicU64::new(0),
@@ -1923,6 +1929,10 @@ impl LsvPool {
         if num_blocks == 0 || num_blocks > MAX_VOLUME_BLOCKS {
             return Err(PoolError::BadSize(num_blocks));
         }
+        let _serial = self
+            .volume_ops_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
         if vols.values().any(|v| v.0.name == name) {
             return Err(PoolError::VolumeExists(name.to_string()));
@@ -2039,6 +2049,10 @@ impl LsvPool {
             }
             self.write_checkpoint_blocking()?;
         }
+        let _serial = self
+            .volume_ops_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
         let id = volume_id(&vols, name)?;
         if expected_id.is_some_and(|e| e != id) {
@@ -2079,15 +2093,19 @@ impl LsvPool {
                 vols.get(&was).expect("standing in vols").1.set_fence(None);
             }
             table.grow(blocks, f.seq).map_err(PoolError::BadSize)?;
-        } else if blocks < old {
+        }
+        let resized = vols.get(&id).expect("found above").0.clone();
+        // The walk of the blocks cut off (seconds for a TiB) holds only the volume-operation
+        // lock: the cleaner and checkpoints read the volumes meanwhile, and no other resize
+        // runs until it is done.
+        drop(vols);
+        if blocks < old {
             let mut dead = self.dead_counts();
-            for pba in table.shrink(blocks) {
-                self.count_dead(&mut dead, pba);
-            }
+            table.shrink(blocks, |pba| self.count_dead(&mut dead, pba));
             // Dead now; off the live counts between the cleaner's victims (see `delete_volume`).
             self.note_dead_blocks(&dead);
         }
-        Ok(vols.get(&id).expect("found above").0.clone())
+        Ok(resized)
     }
 
     /// Whether a cleaner runs for the pool (it writes the checkpoints `request_checkpoint`
@@ -2146,6 +2164,10 @@ impl LsvPool {
     /// cleaner. Channels still open on it fail every request from then on with ENODEV (as
     /// SPDK's bdevs do once hot-removed), and its writes in flight are not mapped.
     pub fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
+        let _serial = self
+            .volume_ops_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
         let id = volume_id(&vols, name)?;
         let removed = vols.remove(&id).expect("found above");
