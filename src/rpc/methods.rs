@@ -328,7 +328,8 @@ static TEST_UNLOAD: Method = m("unblend_test_unload_lvstore", Allowed::Runtime, 
     let pools = ctx.pools.clone();
     let deadline = Instant::now() + crate::lsv::pools::UNLOAD_WAIT;
     ctx.deferred = Some(Box::new(move || {
-        (!pools.is_unloading(&removed) || Instant::now() >= deadline).then(|| Ok(Value::Bool(true)))
+        (!pools.is_unloading(&removed) || Instant::now() >= deadline)
+            .then_some(Ok(Value::Bool(true)))
     }));
     Ok(Value::Null)
 });
