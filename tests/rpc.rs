@@ -152,6 +152,44 @@ fn delay_params(base: &str, name: &str, read_us: u64, write_us: u64) -> Value {
         "avg_write_latency": write_us, "p99_write_latency": write_us})
 }
 
+/// Makes `path` a sparse file of `bytes`.
+fn sparse_file(path: &Path, bytes: u64) {
+    std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
+}
+
+/// Waits (at most 30 s) for the bench `unblend_bench_start` began, and returns its report.
+fn bench_report(c: &mut RpcClient) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.call("unblend_bench_results", None).unwrap();
+        if r["running"] == json!(false) {
+            return r["report"].clone();
+        }
+        assert!(Instant::now() < deadline, "bench never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Lvstore `ls0` (1 MiB segments) on `Slow0`, a delay bdev on a 64 MiB malloc `M0` whose
+/// every write takes 200 ms (each volume table write, then).
+fn slow_lvstore(c: &mut RpcClient) {
+    c.call(
+        "bdev_malloc_create",
+        Some(json!({"name": "M0", "num_blocks": 16384, "block_size": 4096})),
+    )
+    .unwrap();
+    c.call(
+        "bdev_delay_create",
+        Some(delay_params("M0", "Slow0", 1000, 200_000)),
+    )
+    .unwrap();
+    c.call(
+        "bdev_lvol_create_lvstore",
+        Some(json!({"bdev_name": "Slow0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
+    )
+    .unwrap();
+}
+
 /// Polls `done` every 10 ms until it holds; fails with `what` after `limit`.
 fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -756,10 +794,7 @@ fn a_failed_framework_start_init_keeps_the_config_for_a_retry() {
         }
         other => panic!("start_init with a missing file: {other:?}"),
     }
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    sparse_file(&img, 1 << 20);
     assert_eq!(c.call("framework_start_init", None).unwrap(), json!(true));
     let b = c
         .call("bdev_get_bdevs", Some(json!({"name": "U0"})))
@@ -773,10 +808,7 @@ fn lvol_volume_takes_io_and_reports_its_stats() {
     let a = Appliance::start("rpc_lvol", &[]);
     let img = a.sock.parent().unwrap().join("pool.img");
     // Room (sparse) for the log of a 1 s sequential-write run: there is no cleaner yet.
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
+    sparse_file(&img, 1 << 30);
     let mut c = a.client();
     c.call(
         "bdev_uring_create",
@@ -801,15 +833,7 @@ fn lvol_volume_takes_io_and_reports_its_stats() {
         Some(json!({"bdev_name": "lvsT/v", "workload": "write", "queue_depth": 4, "io_size": 4096, "seconds": 1})),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let report = loop {
-        let r = c.call("unblend_bench_results", None).unwrap();
-        if r["running"] == json!(false) {
-            break r["report"].clone();
-        }
-        assert!(Instant::now() < deadline, "bench never finished");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let report = bench_report(&mut c);
     assert_eq!(report["total"]["errors"], 0, "{report}");
     assert!(report["total"]["ios"].as_u64().unwrap() >= 1024, "{report}");
     let stats = c
@@ -1123,29 +1147,15 @@ fn an_lvstore_is_formatted_off_reactor_0() {
 }
 
 /// `bdev_lvol_create`, `bdev_lvol_resize` and `bdev_lvol_delete` write the volume table (and
-/// walk the volume's map) on a thread of their own, and answer once done: meanwhile reactor 0 serves other
-/// clients, and the lvol is claimed by the delete (a second delete is refused). (Until the
-/// sixteenth session both ran on reactor 0: here, the 200 ms write held every other client
-/// back.)
+/// walk the volume's map) on a thread of their own, and answer once done: meanwhile reactor
+/// 0 serves other clients, and the lvol is claimed by the delete (a second delete is
+/// refused). (Until the sixteenth session they ran on reactor 0: here, the 200 ms write held
+/// every other client back.)
 #[test]
 fn an_lvol_is_created_resized_and_deleted_off_reactor_0() {
     let a = Appliance::start("rpc_lvol_delete", &[]);
     let mut c = a.client();
-    c.call(
-        "bdev_malloc_create",
-        Some(json!({"name": "M0", "num_blocks": 16384, "block_size": 4096})),
-    )
-    .unwrap();
-    c.call(
-        "bdev_delay_create",
-        Some(delay_params("M0", "Slow0", 1000, 200_000)),
-    )
-    .unwrap();
-    c.call(
-        "bdev_lvol_create_lvstore",
-        Some(json!({"bdev_name": "Slow0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
-    )
-    .unwrap();
+    slow_lvstore(&mut c);
     let mut waiting = UnixStream::connect(&a.sock).unwrap();
     // Sends `request` on `waiting`, checks that another client is served while its volume
     // table write runs, and returns its answer.
@@ -1208,21 +1218,7 @@ fn an_lvol_is_created_resized_and_deleted_off_reactor_0() {
 fn an_lvstore_deleted_during_an_lvol_create_leaves_no_lvol() {
     let a = Appliance::start("rpc_create_destroy", &[]);
     let mut c = a.client();
-    c.call(
-        "bdev_malloc_create",
-        Some(json!({"name": "M0", "num_blocks": 16384, "block_size": 4096})),
-    )
-    .unwrap();
-    c.call(
-        "bdev_delay_create",
-        Some(delay_params("M0", "Slow0", 1000, 200_000)),
-    )
-    .unwrap();
-    c.call(
-        "bdev_lvol_create_lvstore",
-        Some(json!({"bdev_name": "Slow0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
-    )
-    .unwrap();
+    slow_lvstore(&mut c);
     let creating = UnixStream::connect(&a.sock).unwrap();
     (&creating)
         .write_all(
@@ -1308,10 +1304,7 @@ fn a_second_bdev_on_a_live_pools_file_writes_nothing() {
     let a = Appliance::start("rpc_alias", &[]);
     let mut c = a.client();
     let file = a._dir.join("pool.img");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    sparse_file(&file, 64 << 20);
     c.call(
         "bdev_uring_create",
         Some(json!({"name": "U1", "filename": file, "block_size": 4096})),
@@ -1439,10 +1432,7 @@ fn a_deleted_lvstore_does_not_come_back() {
     let a = Appliance::start("rpc_destroy", &[]);
     let mut c = a.client();
     let file = a._dir.join("pool.img");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    sparse_file(&file, 64 << 20);
     let uring = json!({"name": "U0", "filename": file, "block_size": 4096});
     let lvstore = json!({"bdev_name": "U0", "lvs_name": "ls0", "cluster_sz": 1 << 20});
     let lvol =
@@ -1522,10 +1512,7 @@ fn an_lvstore_deleted_under_running_writes_ends_them_cleanly() {
     // Outside the appliance's directory, which goes with it.
     let dir = common::TestDir::new("rpc_destroy_busy_file");
     let file = dir.join("pool.img");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    sparse_file(&file, 64 << 20);
     let uring = json!({"name": "U0", "filename": file, "block_size": 4096});
     let lvstore = json!({"bdev_name": "U0", "lvs_name": "ls0", "cluster_sz": 1 << 20});
     let lvol = json!({"lvol_name": "v0", "size_in_mib": 16, "lvs_name": "ls0"});
@@ -1540,17 +1527,6 @@ fn an_lvstore_deleted_under_running_writes_ends_them_cleanly() {
         )
         .unwrap();
     };
-    let report = |c: &mut RpcClient| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = c.call("unblend_bench_results", None).unwrap();
-            if r["running"] == json!(false) {
-                break r["report"].clone();
-            }
-            assert!(Instant::now() < deadline, "bench never finished");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     c.call("bdev_lvol_create_lvstore", Some(lvstore.clone()))
         .unwrap();
     c.call("bdev_lvol_create", Some(lvol.clone())).unwrap();
@@ -1559,7 +1535,7 @@ fn an_lvstore_deleted_under_running_writes_ends_them_cleanly() {
     c.call("bdev_lvol_delete_lvstore", Some(json!({"lvs_name": "ls0"})))
         .unwrap();
     let done_at_delete = c.call("unblend_bench_results", None).unwrap()["ios_so_far"].clone();
-    let r = report(&mut c);
+    let r = bench_report(&mut c);
     assert!(r["total"]["ios"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(
         r["total"]["ios"], done_at_delete,
@@ -1574,7 +1550,7 @@ fn an_lvstore_deleted_under_running_writes_ends_them_cleanly() {
     c.call("bdev_lvol_create_lvstore", Some(lvstore)).unwrap();
     c.call("bdev_lvol_create", Some(lvol)).unwrap();
     bench(&mut c, 1);
-    let r = report(&mut c);
+    let r = bench_report(&mut c);
     assert_eq!(r["total"]["errors"], 0, "{r}");
     let mapped = |c: &mut RpcClient| {
         c.call("unblend_lsv_get_stats", Some(json!({"lvs_name": "ls0"})))
@@ -1601,10 +1577,7 @@ fn a_clean_stop_waits_for_a_running_format() {
     // Outside the appliance's directory, which goes with it.
     let dir = common::TestDir::new("rpc_stop_format_file");
     let file = dir.join("pool.img");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(256 << 20)
-        .unwrap();
+    sparse_file(&file, 256 << 20);
     c.call(
         "bdev_uring_create",
         Some(json!({"name": "U0", "filename": file, "block_size": 4096})),
