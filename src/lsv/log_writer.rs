@@ -123,6 +123,9 @@ pub(super) struct LogWriter {
     journal_claim: Option<u64>,
     /// The buffer of the journal write in flight.
     journal_buf: Option<DmaBuf>,
+    /// Records that failed to submit while `journal_buf`'s write was in flight: they count as
+    /// in flight (`LsvPool::record_done` not yet called) until it lands.
+    records_awaiting_journal: u32,
     pending: Vec<PendingWrite>,
     records: Vec<Option<InFlightRecord>>,
     /// Record slots (and `JOURNAL_SLOT`) in log order, and each one's outcome once its write
@@ -212,6 +215,7 @@ impl LogWriter {
             head: None,
             journal_claim: None,
             journal_buf: None,
+            records_awaiting_journal: 0,
             pending: Vec::new(),
             records: (0..RECORDS_IN_FLIGHT).map(|_| None).collect(),
             outcome: vec![None; RECORDS_IN_FLIGHT + 1],
@@ -447,23 +451,13 @@ impl LogWriter {
 
     /// Turns the writes gathered since the last poll into records and submits them; fails
     /// them (ENODEV) once the pool is closing, so that nothing more of it lands on its base.
-    /// `LsvPool::writes_stopped` pairs with this: the count goes up before `closing` is read,
-    /// and `close` sets `closing` before the count is read there (both SeqCst), so either
-    /// this pass sees the pool closing or the closer sees the pass (and then its records).
     fn commit(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        self.pool.committing.fetch_add(1, Ordering::SeqCst);
-        if self.pool.closing.load(Ordering::SeqCst) {
+        // A plain load first, so that writes given to a closing pool fail at once (and do
+        // not wait for throttle credit that no cleaner will grant); the exact check is made
+        // as each record is numbered, below.
+        if !self.pending.is_empty() && self.pool.closing.load(Ordering::Relaxed) {
             self.fail_pending(self.pending.len(), libc::ENODEV);
-        } else {
-            self.commit_pending();
         }
-        self.pool.committing.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    fn commit_pending(&mut self) {
         while !self.pending.is_empty() {
             // Group commit: while the device already has records of ours to work on, let
             // small batches grow into large records (the device's large-write speed is the
@@ -537,7 +531,22 @@ impl LogWriter {
                     continue;
                 }
             };
+            // A closing pool numbers no new record. `LsvPool::writes_stopped` pairs with
+            // this: the count goes up before `closing` is read, and `close` sets `closing`
+            // before the count is read there (all SeqCst), so either this sees the pool
+            // closing, or the closer sees the count and then the record it numbered (in
+            // flight from `next_seq` on). One pair of RMWs per record, as `next_seq` and
+            // `record_done` already are.
+            self.pool.committing.fetch_add(1, Ordering::SeqCst);
+            if self.pool.closing.load(Ordering::SeqCst) {
+                self.pool.committing.fetch_sub(1, Ordering::SeqCst);
+                self.headers.put(header_buf);
+                self.pool.grant_credit(charged);
+                self.fail_pending(self.pending.len(), libc::ENODEV);
+                return;
+            }
             let seq = self.pool.next_seq(self.log_head);
+            self.pool.committing.fetch_sub(1, Ordering::SeqCst);
             let head = self.head.as_mut().expect("reserved above");
             if at == 0 {
                 head.epoch = seq;
@@ -627,7 +636,13 @@ impl LogWriter {
                     }
                     self.pool.usage.note_failed_record(seg);
                     self.pool.usage.record_finished(seg);
-                    self.pool.record_done();
+                    // A journal entry still in flight (this segment's, just submitted)
+                    // keeps the record counted until it lands (`LsvPool::writes_stopped`).
+                    if self.journal_buf.is_some() {
+                        self.records_awaiting_journal += 1;
+                    } else {
+                        self.pool.record_done();
+                    }
                     self.publish_oldest();
                     self.headers.put(header_buf);
                     for &(chan, slot) in &slots {
@@ -679,6 +694,7 @@ impl LogWriter {
                     .take()
                     .expect("a journal write was in flight");
                 self.headers.put(buf);
+                self.release_records_awaiting_journal();
                 continue;
             }
             self.finish_record(front, status);
@@ -691,6 +707,14 @@ impl LogWriter {
             }
         }
         self.publish_oldest();
+    }
+
+    /// Counts as done the records that failed to submit while a journal entry was in flight
+    /// (it has landed now).
+    fn release_records_awaiting_journal(&mut self) {
+        for _ in 0..std::mem::take(&mut self.records_awaiting_journal) {
+            self.pool.record_done();
+        }
     }
 
     /// Tells the pool the oldest record this writer still has in flight (for checkpoints).
@@ -747,6 +771,7 @@ impl Drop for LogWriter {
         // its writes at once): wait it out, its buffer is ours. Not the I/O path.
         let mut done = Vec::new();
         self.base.drain(&mut done);
+        self.release_records_awaiting_journal();
         if let Some(h) = self.head.take() {
             self.pool
                 .usage

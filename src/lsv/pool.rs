@@ -572,8 +572,8 @@ pub struct LsvPool {
     pub(super) cleaner_stopped: AtomicBool,
     /// Serializes volume operations (create, resize, delete): held across their blocking
     /// work (the volume table's write, a shrink's or a delete's walk of the map), while
-    /// `volumes` is held only for the map and the table's write, so the cleaner and
-    /// checkpoints are not kept from the volumes by a walk.
+    /// `volumes` is held only to read or change the map itself (`volumes_now`), so that the
+    /// cleaner, checkpoints and RPCs on reactor 0 never wait for that work.
     volume_ops_lock: std::sync::Mutex<()>,
     /// Volume operations (create, resize, delete) under way off the caller's thread
     /// (`begin_volume_op`): a pool being destroyed waits for them before its base goes.
@@ -1933,7 +1933,9 @@ impl LsvPool {
             .volume_ops_lock
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
+        // The map as it will be, written to the volume table before it is the map: only
+        // volume operations change it, and they wait for this one.
+        let mut vols = self.volumes_now();
         if vols.values().any(|v| v.0.name == name) {
             return Err(PoolError::VolumeExists(name.to_string()));
         }
@@ -1954,12 +1956,24 @@ impl LsvPool {
         };
         let table = Arc::new(ExtentTable::new(num_blocks));
         vols.insert(id, (meta.clone(), table.clone()));
-        if let Err(e) = self.write_volume_table(&vols, next_id, None) {
-            vols.remove(&id);
-            return Err(e);
-        }
+        self.write_volume_table(&vols, next_id, None)?;
+        self.volumes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (meta.clone(), table.clone()));
         self.next_volume_id.store(next_id, Ordering::Relaxed);
         Ok((meta, table))
+    }
+
+    /// A copy of the volumes' map (the tables shared), for a volume operation to change and
+    /// write to the volume table before it takes the map's lock to apply the change: no
+    /// reader of the map (the cleaner, a checkpoint, an RPC on reactor 0) waits for that
+    /// write. Call it holding `volume_ops_lock`.
+    fn volumes_now(&self) -> BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)> {
+        self.volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn volume(&self, name: &str) -> Option<(VolumeMeta, Arc<ExtentTable>)> {
@@ -2053,7 +2067,7 @@ impl LsvPool {
             .volume_ops_lock
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
+        let mut vols = self.volumes_now();
         let id = volume_id(&vols, name)?;
         if expected_id.is_some_and(|e| e != id) {
             return Err(PoolError::NoSuchVolume(name.to_string()));
@@ -2080,25 +2094,25 @@ impl LsvPool {
             None
         };
         vols.get_mut(&id).expect("found above").0.num_blocks = blocks;
-        if let Err(e) =
-            self.write_volume_table(&vols, self.next_volume_id.load(Ordering::Relaxed), fence)
-        {
-            vols.get_mut(&id).expect("found above").0.num_blocks = old;
-            return Err(e);
-        }
+        self.write_volume_table(&vols, self.next_volume_id.load(Ordering::Relaxed), fence)?;
         // The table on the media says the new size (and fence) first: a write the new size
         // lets in is never acknowledged for a volume that would reopen smaller.
+        let mut live = self.volumes.write().unwrap_or_else(|e| e.into_inner());
+        let entry = live
+            .get_mut(&id)
+            .expect("only volume operations remove volumes, and they wait for this one");
+        entry.0.num_blocks = blocks;
+        let resized = entry.0.clone();
         if let Some((_, f)) = fence {
             if let Some((was, _)) = standing {
-                vols.get(&was).expect("standing in vols").1.set_fence(None);
+                live.get(&was).expect("standing in vols").1.set_fence(None);
             }
             table.grow(blocks, f.seq).map_err(PoolError::BadSize)?;
         }
-        let resized = vols.get(&id).expect("found above").0.clone();
         // The walk of the blocks cut off (seconds for a TiB) holds only the volume-operation
         // lock: the cleaner and checkpoints read the volumes meanwhile, and no other resize
         // runs until it is done.
-        drop(vols);
+        drop(live);
         if blocks < old {
             let mut dead = self.dead_counts();
             table.shrink(blocks, |pba| self.count_dead(&mut dead, pba));
@@ -2168,16 +2182,16 @@ impl LsvPool {
             .volume_ops_lock
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut vols = self.volumes.write().unwrap_or_else(|e| e.into_inner());
+        let mut vols = self.volumes_now();
         let id = volume_id(&vols, name)?;
-        let removed = vols.remove(&id).expect("found above");
-        if let Err(e) =
-            self.write_volume_table(&vols, self.next_volume_id.load(Ordering::Relaxed), None)
-        {
-            vols.insert(id, removed);
-            return Err(e);
-        }
-        drop(vols);
+        vols.remove(&id);
+        self.write_volume_table(&vols, self.next_volume_id.load(Ordering::Relaxed), None)?;
+        let removed = self
+            .volumes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+            .expect("only volume operations remove volumes, and they wait for this one");
         // Its blocks are dead now: they come off the segments' live counts, or the cleaner
         // would find victims with live blocks nobody maps and go round them for good. The
         // cleaner applies the counts itself, between victims: a block it is moving right now

@@ -62,11 +62,14 @@ pub fn start_cleaner(
         let name = format!("lsv_cleaner:{}", pool.name);
         match Cleaner::new(pool.clone()) {
             Ok(cleaner) => {
-                let mut cleaner = Some(cleaner);
-                let (polled, on_done) = (pool.clone(), on_stopped.clone());
+                let mut slot = CleanerSlot {
+                    cleaner: Some(cleaner),
+                    pool: pool.clone(),
+                    on_stopped: on_stopped.clone(),
+                };
                 let ok =
                     r.register_poller(name, PollerKind::Service, CLEANER_PERIOD_US, move |_| {
-                        let Some(c) = cleaner.as_mut() else {
+                        let Some(c) = slot.cleaner.as_mut() else {
                             return PollStatus::Done;
                         };
                         match c.poll() {
@@ -74,9 +77,7 @@ pub fn start_cleaner(
                             CleanerPoll::Busy => PollStatus::Busy,
                             CleanerPoll::Waiting => PollStatus::Waiting,
                             CleanerPoll::Done => {
-                                // Its drop writes what it still owes the base; then it is done.
-                                drop(cleaner.take());
-                                stopped(&polled, &on_done);
+                                slot.stop();
                                 PollStatus::Done
                             }
                         }
@@ -95,6 +96,34 @@ pub fn start_cleaner(
     if let Err(e) = sent {
         tracing::error!("cleaner not started: {e}");
         stopped(pool, &on_send_failure);
+    }
+}
+
+/// A pool's cleaner as its poller owns it. When the cleaner is done, or its poller is
+/// dropped (the reactor stopping drops its service pollers), the cleaner is dropped first
+/// (writing what it still owes the base), then `pool.cleaner_stopped` is set and
+/// `on_stopped` runs: once, either way.
+struct CleanerSlot {
+    cleaner: Option<Cleaner>,
+    pool: Arc<LsvPool>,
+    on_stopped: Option<OnCleanerStopped>,
+}
+
+impl CleanerSlot {
+    fn stop(&mut self) {
+        if let Some(c) = self.cleaner.take() {
+            drop(c);
+            self.pool.cleaner_stopped.store(true, Ordering::SeqCst);
+            if let Some(f) = &self.on_stopped {
+                f();
+            }
+        }
+    }
+}
+
+impl Drop for CleanerSlot {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -266,7 +295,7 @@ impl Pools {
     }
 
     /// Unloads a pool to destroy it: as `remove`, but its base stays claimed after its
-    /// cleaner has stopped, until `erase_destroyed` (or `abandon_destroy`) lets it go.
+    /// cleaner has stopped, until `erase_destroyed` lets it go.
     pub fn remove_to_destroy(&self, name: &str) -> Option<Arc<LsvPool>> {
         let p = self.take(name)?;
         self.registry.rename_claim(

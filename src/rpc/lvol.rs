@@ -6,9 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::methods::RpcContext;
-use super::pool_jobs::{
-    pool_job_result, run_off_reactor, spawn_pool_job, JobKind, NotStarted, PoolJob, Ran,
-};
+use super::pool_jobs::{pool_job_result, spawn_pool_job, JobKind, NotStarted, PoolJob, VolumeJob};
 use super::protocol::{params, RpcError};
 use crate::bdev::BdevError;
 use crate::lsv::extent_table::{ExtentTable, MAX_VOLUME_BLOCKS};
@@ -332,11 +330,7 @@ pub fn bdev_lvol_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
             }
         }
     };
-    answer_when_done(
-        ctx,
-        run_off_reactor("lvol-create", &ctx.reactors, create),
-        finish,
-    )
+    answer_when_done(ctx, VolumeJob::new("lvol-create", create), finish)
 }
 
 #[derive(Deserialize)]
@@ -357,6 +351,18 @@ pub fn bdev_lvol_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         .pools
         .get(lvs)
         .ok_or_else(|| RpcError::new(-libc::ENODEV, format!("no lvstore {lvs:?}")))?;
+    // The volume's own bdev: not another of a name like its.
+    let is_volume = pool.volume(lvol).is_some_and(|(meta, _)| {
+        ctx.registry
+            .get(&p.name)
+            .is_some_and(|e| e.bdev.uuid() == meta.uuid)
+    });
+    if !is_volume {
+        return Err(RpcError::new(
+            -libc::ENODEV,
+            format!("no lvol named {:?}", p.name),
+        ));
+    }
     // An lvstore on this lvol holds it: the lvol goes only after that lvstore.
     if let Some(by) = ctx.registry.claimed_by(&p.name) {
         return Err(BdevError::Claimed { bdev: p.name, by }.into());
@@ -376,33 +382,28 @@ pub fn bdev_lvol_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         let _ = registry.remove(&name);
         Ok(json!(true))
     };
-    answer_when_done(
-        ctx,
-        run_off_reactor("lvol-delete", &ctx.reactors, move || {
-            pool.delete_volume(&volume)
-        }),
-        finish,
-    )
+    let op = pool.begin_volume_op();
+    let delete = move || {
+        let _op = op;
+        pool.delete_volume(&volume)
+    };
+    answer_when_done(ctx, VolumeJob::new("lvol-delete", delete), finish)
 }
 
-/// Answers with `finish(result)` of a job `run_off_reactor` ran: now, or deferred until the
-/// job is done.
+/// Answers, deferred, with `finish(result)` of `job` once it has run (on a thread of its
+/// own, as soon as a slot is free).
 fn answer_when_done<T: Send + 'static>(
     ctx: &mut RpcContext,
-    ran: Ran<T>,
+    mut job: VolumeJob<T>,
     finish: impl FnOnce(Result<T, PoolError>) -> Result<Value, RpcError> + Send + 'static,
 ) -> Result<Value, RpcError> {
-    match ran {
-        Ran::Now(r) => finish(r),
-        Ran::Later(job) => {
-            let mut finish = Some(finish);
-            ctx.deferred = Some(Box::new(move || {
-                let r = pool_job_result(&job)?;
-                Some(finish.take().expect("answered once")(r))
-            }));
-            Ok(Value::Null)
-        }
-    }
+    let reactors = ctx.reactors.clone();
+    let mut finish = Some(finish);
+    ctx.deferred = Some(Box::new(move || {
+        let r = job.poll(&reactors)?;
+        Some(finish.take().expect("answered once")(r))
+    }));
+    Ok(Value::Null)
 }
 
 #[derive(Deserialize)]
@@ -467,21 +468,17 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         }
     };
     let finish = |r: Result<VolumeMeta, PoolError>| r.map(|_| json!(true)).map_err(pool_err);
+    let mut resize = VolumeJob::new("lvol-resize", resize);
     if !pool.grow_waits_for_checkpoints(&lvol, blocks) || !pool.has_cleaner() {
-        return answer_when_done(
-            ctx,
-            run_off_reactor("lvol-resize", &ctx.reactors, resize),
-            finish,
-        );
+        return answer_when_done(ctx, resize, finish);
     }
     pool.request_checkpoint();
     let deadline = std::time::Instant::now() + GROW_WAIT;
     let reactors = ctx.reactors.clone();
-    let mut resize = Some(resize);
-    let mut resizing: Option<PoolJob<VolumeMeta>> = None;
+    let mut resizing = false;
     ctx.deferred = Some(Box::new(move || {
-        if let Some(job) = &resizing {
-            return Some(finish(pool_job_result(job)?));
+        if resizing {
+            return Some(finish(resize.poll(&reactors)?));
         }
         // Replaced, or its lvstore deleted (whose cleaner writes no more checkpoints).
         if pool.volume(&lvol).map(|(m, _)| m.id) != id || pool.is_closing() {
@@ -498,14 +495,8 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
             return Some(Err(pool_err(PoolError::Busy(lvol.clone()))));
         }
         pool.cancel_checkpoint_request();
-        let resize = resize.take().expect("started once");
-        match run_off_reactor("lvol-resize", &reactors, resize) {
-            Ran::Now(r) => Some(finish(r)),
-            Ran::Later(job) => {
-                resizing = Some(job);
-                None
-            }
-        }
+        resizing = true;
+        resize.poll(&reactors).map(finish)
     }));
     Ok(Value::Null)
 }

@@ -64,75 +64,97 @@ impl std::fmt::Display for NotStarted {
     }
 }
 
-/// Counts a job of a kind as running until dropped (also when the job panics).
-struct Running(JobKind);
+/// A job slot of a kind, taken until dropped (also when the job panics).
+pub struct Slot(JobKind);
 
-impl Drop for Running {
+impl Drop for Slot {
     fn drop(&mut self) {
         RUNNING[self.0 as usize].fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Runs `job` on a thread named `name`; its result comes on the channel returned, and then
-/// reactor 0 is woken (through `reactors`).
+/// Takes a slot of `kind`, if one of its `MAX_POOL_JOBS` is free.
+pub fn take_slot(kind: JobKind) -> Option<Slot> {
+    let running = &RUNNING[kind as usize];
+    if running.fetch_add(1, Ordering::AcqRel) >= MAX_POOL_JOBS {
+        running.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    Some(Slot(kind))
+}
+
+/// Runs `job` on a thread named `name`, in `slot` (given back when the job ends); its result
+/// comes on the channel returned, and then reactor 0 is woken (through `reactors`).
+pub fn spawn_in_slot<T: Send + 'static>(
+    slot: Slot,
+    name: &str,
+    reactors: &Reactors,
+    job: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
+) -> std::io::Result<PoolJob<T>> {
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    let reactors = reactors.clone();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let slot = slot;
+            unpin_current_thread();
+            let r = job();
+            let _ = done_tx.send(r);
+            drop(slot);
+            // An empty message: reactor 0 wakes and polls the answer.
+            let _ = reactors.send(0, |_| {});
+        })?;
+    Ok(done_rx)
+}
+
+/// `take_slot` and `spawn_in_slot` in one.
 pub fn spawn_pool_job<T: Send + 'static>(
     kind: JobKind,
     name: &str,
     reactors: &Reactors,
     job: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
 ) -> Result<PoolJob<T>, NotStarted> {
-    let running = &RUNNING[kind as usize];
-    if running.fetch_add(1, Ordering::AcqRel) >= MAX_POOL_JOBS {
-        running.fetch_sub(1, Ordering::AcqRel);
-        return Err(NotStarted::Busy(kind));
+    let slot = take_slot(kind).ok_or(NotStarted::Busy(kind))?;
+    spawn_in_slot(slot, name, reactors, job).map_err(NotStarted::Thread)
+}
+
+/// An lvol's job (`JobKind::Volume`: a create, resize or delete), started on a thread of its
+/// own as soon as a slot is free. Never run on reactor 0: it may wait for another volume
+/// operation of its pool (`LsvPool::volume_ops_lock`), which may take seconds.
+pub struct VolumeJob<T> {
+    name: &'static str,
+    job: Option<Box<dyn FnOnce() -> Result<T, PoolError> + Send>>,
+    running: Option<PoolJob<T>>,
+}
+
+impl<T: Send + 'static> VolumeJob<T> {
+    pub fn new(
+        name: &'static str,
+        job: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
+    ) -> VolumeJob<T> {
+        VolumeJob {
+            name,
+            job: Some(Box::new(job)),
+            running: None,
+        }
     }
-    let counted = Running(kind);
-    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
-    let reactors = reactors.clone();
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let counted = counted;
-            unpin_current_thread();
-            let r = job();
-            let _ = done_tx.send(r);
-            drop(counted);
-            // An empty message: reactor 0 wakes and polls the answer.
-            let _ = reactors.send(0, |_| {});
-        })
-        .map_err(NotStarted::Thread)?;
-    Ok(done_rx)
-}
 
-/// Where `run_off_reactor` ran its job.
-pub enum Ran<T> {
-    /// On a job thread: its result comes on this channel.
-    Later(PoolJob<T>),
-    /// Here, at once: every job slot was taken (formats and loads), or no thread started.
-    Now(Result<T, PoolError>),
-}
-
-/// Runs `job` (an lvol's: `JobKind::Volume`) on a job thread as `spawn_pool_job` does, or,
-/// if none can start, on the calling thread (for short control-path work that is better late on reactor 0 than
-/// refused: a volume table's write, a walk of one volume's map).
-pub fn run_off_reactor<T: Send + 'static>(
-    name: &str,
-    reactors: &Reactors,
-    job: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
-) -> Ran<T> {
-    // Taken back if no thread takes it.
-    let job = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
-    let taken = job.clone();
-    let started = spawn_pool_job(JobKind::Volume, name, reactors, move || {
-        let job = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
-        job.expect("a job runs once")()
-    });
-    match started {
-        Ok(rx) => Ran::Later(rx),
-        Err(e) => {
-            tracing::debug!("{name} runs on the RPC's reactor: {e}");
-            let job = job.lock().unwrap_or_else(|e| e.into_inner()).take();
-            Ran::Now(job.expect("no thread took it")())
+    /// Starts the job if it waits and a slot is free; its result once it is done.
+    pub fn poll(&mut self, reactors: &Reactors) -> Option<Result<T, PoolError>> {
+        if let Some(rx) = &self.running {
+            return pool_job_result(rx);
+        }
+        let slot = take_slot(JobKind::Volume)?;
+        let job = self.job.take().expect("a job starts once");
+        match spawn_in_slot(slot, self.name, reactors, job) {
+            Ok(rx) => {
+                self.running = Some(rx);
+                None
+            }
+            Err(e) => Some(Err(PoolError::Base(format!(
+                "cannot start a thread for {}: {e}",
+                self.name
+            )))),
         }
     }
 }
