@@ -1211,6 +1211,54 @@ fn an_lvol_is_created_resized_and_deleted_off_reactor_0() {
     a.stop();
 }
 
+/// One lvstore's lvol operations, queued behind a slow one, hold one job thread, not all of
+/// them: another lvstore's create is served before any of the first one's. (With the job
+/// slots shared by every lvstore, 4 of the slow one's jobs took all 4, waiting on its lock,
+/// and the other waited for one of them to finish.)
+#[test]
+fn a_slow_lvstores_lvol_jobs_leave_others_served() {
+    let a = Appliance::start("rpc_lvol_turns", &[]);
+    let mut c = a.client();
+    slow_lvstore(&mut c);
+    c.call(
+        "bdev_malloc_create",
+        Some(json!({"name": "M1", "num_blocks": 16384, "block_size": 4096})),
+    )
+    .unwrap();
+    c.call(
+        "bdev_lvol_create_lvstore",
+        Some(json!({"bdev_name": "M1", "lvs_name": "ls1", "cluster_sz": 1 << 20})),
+    )
+    .unwrap();
+    let slow: Vec<UnixStream> = (0..5)
+        .map(|i| {
+            let s = UnixStream::connect(&a.sock).unwrap();
+            (&s).write_all(
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_create","params":{{"lvol_name":"v{i}","size_in_mib":8,"lvs_name":"ls0"}}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    c.call(
+        "bdev_lvol_create",
+        Some(json!({"lvol_name": "w", "size_in_mib": 8, "lvs_name": "ls1"})),
+    )
+    .unwrap();
+    for s in &slow {
+        assert_no_answer_yet(s, "a slow lvstore's create answered before the other's");
+    }
+    for s in &slow {
+        let answer = read_answer(s);
+        assert!(answer["result"].is_string(), "{answer}");
+    }
+    a.stop();
+}
+
 /// An lvstore deleted while an lvol's create is still writing the volume table: the delete
 /// waits for that write (nothing of the pool writes the base once it goes), the create
 /// answers ENODEV, and no bdev is left for a volume of the destroyed pool.

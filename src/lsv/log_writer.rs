@@ -772,6 +772,13 @@ impl Drop for LogWriter {
         let mut done = Vec::new();
         self.base.drain(&mut done);
         self.release_records_awaiting_journal();
+        // Records still here (a stop that gave up on its drain, or completions not reaped)
+        // are in flight no more: the pool's count must say so (`LsvPool::writes_stopped`).
+        for r in self.records.iter_mut() {
+            if r.take().is_some() {
+                self.pool.record_done();
+            }
+        }
         if let Some(h) = self.head.take() {
             self.pool
                 .usage

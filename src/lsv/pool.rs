@@ -498,7 +498,7 @@ pub struct LsvPool {
     pub(super) segments_read_from_summary: AtomicU64,
     next_seq: AtomicU64,
     volumes: RwLock<BTreeMap<u32, (VolumeMeta, Arc<ExtentTable>)>>,
-    /// The id the next volume gets (ids are never reused; changed under `volumes`' lock).
+    /// The id the next volume gets (ids are never reused; changed under `volume_ops_lock`).
     next_volume_id: AtomicU32,
     /// Blocks of deleted volumes per segment, for the cleaner to take off the live counts
     /// (at most one entry per segment).
@@ -575,6 +575,8 @@ pub struct LsvPool {
     /// `volumes` is held only to read or change the map itself (`volumes_now`), so that the
     /// cleaner, checkpoints and RPCs on reactor 0 never wait for that work.
     volume_ops_lock: std::sync::Mutex<()>,
+    /// A volume operation of this pool runs on a job thread (`try_volume_job_turn`).
+    volume_job_running: AtomicBool,
     /// Volume operations (create, resize, delete) under way off the caller's thread
     /// (`begin_volume_op`): a pool being destroyed waits for them before its base goes.
     volume_ops: std::sync::atomic::AtomicU32,
@@ -872,6 +874,7 @@ impl LsvPool {
             cleaner_stopped: AtomicBool::new(false),
             volume_ops: std::sync::atomic::AtomicU32::new(0),
             volume_ops_lock: std::sync::Mutex::new(()),
+            volume_job_running: AtomicBool::new(false),
             throttle_credit_blocks: std::sync::atomic::AtomicI64::new(0),
             nothing_to_clean: AtomicBool::new(false),
             throttled_records: AtomicU64::new(0),
@@ -2107,7 +2110,9 @@ impl LsvPool {
             if let Some((was, _)) = standing {
                 live.get(&was).expect("standing in vols").1.set_fence(None);
             }
-            table.grow(blocks, f.seq).map_err(PoolError::BadSize)?;
+            table
+                .grow(blocks, f.seq)
+                .expect("the size was checked against the table's capacity above");
         }
         // The walk of the blocks cut off (seconds for a TiB) holds only the volume-operation
         // lock: the cleaner and checkpoints read the volumes meanwhile, and no other resize
@@ -2503,6 +2508,16 @@ impl LsvPool {
         self.volume_ops.load(Ordering::Acquire)
     }
 
+    /// The pool's turn to run a volume operation on a job thread, if no other of its own
+    /// runs (they wait for each other on `volume_ops_lock` anyway): so that one pool's long
+    /// walks hold one job thread, not all of them. Held until the guard drops.
+    pub fn try_volume_job_turn(self: &Arc<Self>) -> Option<VolumeJobTurn> {
+        self.volume_job_running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| VolumeJobTurn(self.clone()))
+    }
+
     /// The base bdev's name.
     pub fn base_name(&self) -> &str {
         self.base.bdev.name()
@@ -2511,6 +2526,16 @@ impl LsvPool {
     /// Free segments (SPDK's `free_clusters`).
     pub fn free_segments(&self) -> u64 {
         self.usage.free_count() as u64
+    }
+}
+
+/// A pool's turn to run a volume operation on a job thread (`LsvPool::try_volume_job_turn`),
+/// until dropped.
+pub struct VolumeJobTurn(Arc<LsvPool>);
+
+impl Drop for VolumeJobTurn {
+    fn drop(&mut self) {
+        self.0.volume_job_running.store(false, Ordering::Release);
     }
 }
 

@@ -83,8 +83,8 @@ pub fn start_cleaner(
                         }
                     });
                 if !ok {
+                    // The poller was dropped, and with it its `CleanerSlot`: the pool knows.
                     tracing::error!(pool = %pool.name, "no poller slot for the cleaner");
-                    stopped(&pool, &on_stopped);
                 }
             }
             Err(e) => {

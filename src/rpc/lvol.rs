@@ -297,8 +297,17 @@ pub fn bdev_lvol_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         },
     )?;
     let blocks = volume_blocks(p.size_in_mib)?;
+    // Its bdev's name must be free (checked again when it is registered, after the job).
+    let bdev_name = format!("{}/{}", pool.name, p.lvol_name);
+    if ctx.registry.get(&bdev_name).is_some() {
+        return Err(RpcError::new(
+            -libc::EEXIST,
+            format!("a bdev named {bdev_name:?} exists already"),
+        ));
+    }
     // The volume table's write runs on a pool job, as a delete's; the bdev is registered
     // here once it is done.
+    let job_pool = pool.clone();
     let create = {
         let op = pool.begin_volume_op();
         let pool = pool.clone();
@@ -324,13 +333,20 @@ pub fn bdev_lvol_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         let vol = LsvVolume::new(pool.clone(), meta, table);
         match registry.register(Arc::new(vol)) {
             Ok(entry) => Ok(json!(entry.bdev.name())),
+            // Only if a bdev of its name was made while the job ran (checked before it):
+            // undone here, on reactor 0, which may wait for another volume operation of
+            // this pool. Rare enough not to need a job of its own.
             Err(e) => {
                 let _ = pool.delete_volume(&name);
                 Err(e.into())
             }
         }
     };
-    answer_when_done(ctx, VolumeJob::new("lvol-create", create), finish)
+    answer_when_done(
+        ctx,
+        VolumeJob::new("lvol-create", &job_pool, create),
+        finish,
+    )
 }
 
 #[derive(Deserialize)]
@@ -383,11 +399,16 @@ pub fn bdev_lvol_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         Ok(json!(true))
     };
     let op = pool.begin_volume_op();
+    let job_pool = pool.clone();
     let delete = move || {
         let _op = op;
         pool.delete_volume(&volume)
     };
-    answer_when_done(ctx, VolumeJob::new("lvol-delete", delete), finish)
+    answer_when_done(
+        ctx,
+        VolumeJob::new("lvol-delete", &job_pool, delete),
+        finish,
+    )
 }
 
 /// Answers, deferred, with `finish(result)` of `job` once it has run (on a thread of its
@@ -468,7 +489,7 @@ pub fn bdev_lvol_resize(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         }
     };
     let finish = |r: Result<VolumeMeta, PoolError>| r.map(|_| json!(true)).map_err(pool_err);
-    let mut resize = VolumeJob::new("lvol-resize", resize);
+    let mut resize = VolumeJob::new("lvol-resize", &pool, resize);
     if !pool.grow_waits_for_checkpoints(&lvol, blocks) || !pool.has_cleaner() {
         return answer_when_done(ctx, resize, finish);
     }

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use crate::lsv::pool::PoolError;
+use std::sync::Arc;
+
+use crate::lsv::pool::{LsvPool, PoolError};
 use crate::reactor::Reactors;
 
 /// Jobs of each kind running at once.
@@ -96,15 +98,25 @@ pub fn spawn_in_slot<T: Send + 'static>(
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
+            // Dropped last, also when the job panics: reactor 0 wakes (an empty message) and
+            // polls the answer, or starts a job that waited for this slot.
+            let _wake = WakeReactor0(reactors);
             let slot = slot;
             unpin_current_thread();
             let r = job();
             let _ = done_tx.send(r);
             drop(slot);
-            // An empty message: reactor 0 wakes and polls the answer.
-            let _ = reactors.send(0, |_| {});
         })?;
     Ok(done_rx)
+}
+
+/// Wakes reactor 0 when dropped.
+struct WakeReactor0(Reactors);
+
+impl Drop for WakeReactor0 {
+    fn drop(&mut self) {
+        let _ = self.0.send(0, |_| {});
+    }
 }
 
 /// `take_slot` and `spawn_in_slot` in one.
@@ -123,6 +135,7 @@ pub fn spawn_pool_job<T: Send + 'static>(
 /// operation of its pool (`LsvPool::volume_ops_lock`), which may take seconds.
 pub struct VolumeJob<T> {
     name: &'static str,
+    pool: Arc<LsvPool>,
     job: Option<Box<dyn FnOnce() -> Result<T, PoolError> + Send>>,
     running: Option<PoolJob<T>>,
 }
@@ -130,22 +143,31 @@ pub struct VolumeJob<T> {
 impl<T: Send + 'static> VolumeJob<T> {
     pub fn new(
         name: &'static str,
+        pool: &Arc<LsvPool>,
         job: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
     ) -> VolumeJob<T> {
         VolumeJob {
             name,
+            pool: pool.clone(),
             job: Some(Box::new(job)),
             running: None,
         }
     }
 
-    /// Starts the job if it waits and a slot is free; its result once it is done.
+    /// Starts the job if it waits, its pool has no other volume job running (one pool's
+    /// slow walks hold one thread, not every slot) and a slot is free; its result once it is
+    /// done.
     pub fn poll(&mut self, reactors: &Reactors) -> Option<Result<T, PoolError>> {
         if let Some(rx) = &self.running {
             return pool_job_result(rx);
         }
+        let turn = self.pool.try_volume_job_turn()?;
         let slot = take_slot(JobKind::Volume)?;
         let job = self.job.take().expect("a job starts once");
+        let job = move || {
+            let _turn = turn;
+            job()
+        };
         match spawn_in_slot(slot, self.name, reactors, job) {
             Ok(rx) => {
                 self.running = Some(rx);
