@@ -575,6 +575,18 @@ fn a_deleted_volumes_blocks_stop_counting_as_live() {
     );
 }
 
+/// Every kind of request on `h`'s volume fails with ENODEV (`what` names the volume).
+fn assert_every_request_fails_with_enodev(h: &mut Harness, what: &str) {
+    for io_type in [IoType::Write, IoType::Read, IoType::Unmap, IoType::Flush] {
+        let mut buf = pattern(3, 3);
+        assert_eq!(
+            h.try_run(io_type, 3, &mut buf),
+            IoStatus::Failed(libc::ENODEV),
+            "{io_type:?} on {what}"
+        );
+    }
+}
+
 /// A volume deleted while a channel has it open (SPDK's hot remove): the write in flight
 /// completes but is not mapped, later requests fail with ENODEV, and nothing of the volume
 /// counts as live (before, its writes went on and counted live with nobody mapping them).
@@ -589,14 +601,7 @@ fn a_volume_deleted_while_open_fails_its_requests_and_leaves_nothing_live() {
     unsafe { h.start(IoType::Write, 20, &mut in_flight) };
     pool.delete_volume("v").unwrap();
     assert_eq!(h.finish(), IoStatus::Success);
-    for io_type in [IoType::Write, IoType::Read, IoType::Unmap, IoType::Flush] {
-        let mut buf = pattern(3, 3);
-        assert_eq!(
-            h.try_run(io_type, 3, &mut buf),
-            IoStatus::Failed(libc::ENODEV),
-            "{io_type:?} on a deleted volume"
-        );
-    }
+    assert_every_request_fails_with_enodev(&mut h, "a deleted volume");
     cleaner.poll();
     assert_eq!(
         live_blocks(&pool),
@@ -623,14 +628,7 @@ fn a_destroyed_pools_volumes_fail_their_requests_and_leave_nothing_in_flight() {
     pool.retire_volumes();
     assert!(!pool.writes_stopped(), "a record in flight went unseen");
     assert_eq!(h.finish(), IoStatus::Success);
-    for io_type in [IoType::Write, IoType::Read, IoType::Unmap, IoType::Flush] {
-        let mut buf = pattern(3, 3);
-        assert_eq!(
-            h.try_run(io_type, 3, &mut buf),
-            IoStatus::Failed(libc::ENODEV),
-            "{io_type:?} on a destroyed pool's volume"
-        );
-    }
+    assert_every_request_fails_with_enodev(&mut h, "a destroyed pool's volume");
     assert!(
         pool.writes_stopped(),
         "records in flight after every write completed"
