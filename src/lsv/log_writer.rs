@@ -774,8 +774,12 @@ impl Drop for LogWriter {
         self.release_records_awaiting_journal();
         // Records still here (a stop that gave up on its drain, or completions not reaped)
         // are in flight no more: the pool's count must say so (`LsvPool::writes_stopped`).
+        // Their writes were never acknowledged nor mapped: their blocks are garbage, as a
+        // failed record's (and their segments may be cleaned again).
         for r in self.records.iter_mut() {
-            if r.take().is_some() {
+            if let Some(rec) = r.take() {
+                self.pool.usage.note_failed_record(rec.header.segment);
+                self.pool.usage.record_finished(rec.header.segment);
                 self.pool.record_done();
             }
         }

@@ -636,7 +636,9 @@ impl RpcServer {
                 i += 1;
                 continue;
             };
-            let d = self.deferred.swap_remove(i);
+            // In arrival order still (not `swap_remove`): jobs that wait for a turn (an
+            // lvstore's one lvol job) are polled oldest first, so none is passed for ever.
+            let d = self.deferred.remove(i);
             any = true;
             // A connection closed meanwhile: its answer, and the rest of its batch, are dropped.
             let Some(slot) = d.slot else {

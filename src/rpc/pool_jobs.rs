@@ -101,6 +101,8 @@ pub fn spawn_in_slot<T: Send + 'static>(
             // Dropped last, also when the job panics: reactor 0 wakes (an empty message) and
             // polls the answer, or starts a job that waited for this slot.
             let _wake = WakeReactor0(reactors);
+            // Dropped before the wake, also on a panic: reactor 0 then finds the job ended.
+            let done_tx = done_tx;
             let slot = slot;
             unpin_current_thread();
             let r = job();
