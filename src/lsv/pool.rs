@@ -2042,15 +2042,14 @@ impl LsvPool {
     }
 
     /// `resize_volume`, refused (`NoSuchVolume`) unless the volume named `name` is still
-    /// volume `id` when its size changes: the one a request named (perhaps by uuid), not one
-    /// that took its name meanwhile.
+    /// volume `expected_id` when its size changes: the one a request named (perhaps by
+    /// uuid), not one that took its name meanwhile.
     pub fn resize_volume_with_id(
         &self,
         name: &str,
-        id: Option<u32>,
+        expected_id: Option<u32>,
         blocks: u64,
     ) -> Result<VolumeMeta, PoolError> {
-        let expected_id = id;
         if blocks == 0 || blocks > MAX_VOLUME_BLOCKS {
             return Err(PoolError::BadSize(blocks));
         }

@@ -44,9 +44,14 @@ pub struct LsvVolume {
     own_log: bool,
 }
 
+/// The bdev name of volume `volume` of pool `pool` (SPDK's lvol alias): `pool/volume`.
+pub fn volume_bdev_name(pool: &str, volume: &str) -> String {
+    format!("{pool}/{volume}")
+}
+
 impl LsvVolume {
     pub fn new(pool: Arc<LsvPool>, meta: VolumeMeta, table: Arc<ExtentTable>) -> LsvVolume {
-        let bdev_name = format!("{}/{}", pool.name, meta.name);
+        let bdev_name = volume_bdev_name(&pool.name, &meta.name);
         LsvVolume {
             pool,
             meta,

@@ -12,7 +12,7 @@ use crate::bdev::BdevError;
 use crate::lsv::extent_table::{ExtentTable, MAX_VOLUME_BLOCKS};
 use crate::lsv::pool::{LsvPool, PoolError, VolumeMeta};
 use crate::lsv::pools::Pools;
-use crate::lsv::volume::LsvVolume;
+use crate::lsv::volume::{volume_bdev_name, LsvVolume};
 
 fn pool_err(e: PoolError) -> RpcError {
     let errno = match e {
@@ -180,13 +180,8 @@ pub fn bdev_lvol_delete_lvstore(
     let lvols: Vec<String> = pool
         .volumes()
         .iter()
-        .map(|v| (format!("{}/{}", pool.name, v.name), v.uuid))
-        .filter(|(name, uuid)| {
-            ctx.registry
-                .get(name)
-                .is_some_and(|e| e.bdev.uuid() == *uuid)
-        })
-        .map(|(name, _)| name)
+        .map(|v| volume_bdev_name(&pool.name, &v.name))
+        .filter(|name| is_volume_bdev(ctx, &pool, name))
         .collect();
     for lvol in &lvols {
         if let Some(by) = ctx.registry.claimed_by(lvol) {
@@ -271,6 +266,21 @@ pub fn bdev_lvol_delete_lvstore(
     Ok(json!(true))
 }
 
+/// Whether bdev `name` is the bdev of a volume of `pool` (`pool/volume`, with the volume's
+/// uuid), not another of a name like it.
+fn is_volume_bdev(ctx: &RpcContext, pool: &LsvPool, name: &str) -> bool {
+    let volume = name
+        .strip_prefix(pool.name.as_str())
+        .and_then(|rest| rest.strip_prefix('/'));
+    volume
+        .and_then(|v| pool.volume(v))
+        .is_some_and(|(meta, _)| {
+            ctx.registry
+                .get(name)
+                .is_some_and(|e| e.bdev.uuid() == meta.uuid)
+        })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateLvol {
@@ -298,7 +308,7 @@ pub fn bdev_lvol_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
     )?;
     let blocks = volume_blocks(p.size_in_mib)?;
     // Its bdev's name must be free (checked again when it is registered, after the job).
-    let bdev_name = format!("{}/{}", pool.name, p.lvol_name);
+    let bdev_name = volume_bdev_name(&pool.name, &p.lvol_name);
     if ctx.registry.get(&bdev_name).is_some() {
         return Err(RpcError::new(
             -libc::EEXIST,
@@ -368,12 +378,7 @@ pub fn bdev_lvol_delete(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value
         .get(lvs)
         .ok_or_else(|| RpcError::new(-libc::ENODEV, format!("no lvstore {lvs:?}")))?;
     // The volume's own bdev: not another of a name like its.
-    let is_volume = pool.volume(lvol).is_some_and(|(meta, _)| {
-        ctx.registry
-            .get(&p.name)
-            .is_some_and(|e| e.bdev.uuid() == meta.uuid)
-    });
-    if !is_volume {
+    if !is_volume_bdev(ctx, &pool, &p.name) {
         return Err(RpcError::new(
             -libc::ENODEV,
             format!("no lvol named {:?}", p.name),
@@ -547,7 +552,7 @@ pub fn bdev_lvol_get_lvols(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Va
         }
         for v in pool.volumes() {
             out.push(json!({
-                "alias": format!("{}/{}", pool.name, v.name),
+                "alias": volume_bdev_name(&pool.name, &v.name),
                 "uuid": v.uuid.to_string(),
                 "name": v.name,
                 "is_thin_provisioned": true,

@@ -1,9 +1,11 @@
-//! Pool jobs: a pool's format or load (blocking I/O on its base bdev, up to seconds for a
-//! large pool) run on a thread of their own, so that reactor 0, which serves the RPC socket
-//! and polls I/O, never waits for them. The RPC that started one answers through a deferred
-//! answer (`methods::DeferredAnswer`) once the job is done.
+//! Pool jobs: a pool's format, load or erase, and an lvol's create, resize or delete
+//! (blocking I/O on the base bdev, and walks of a volume's map: up to seconds) run on a
+//! thread of their own, so that reactor 0, which serves the RPC socket and polls I/O, never
+//! waits for them. The RPC that started one answers through a deferred answer
+//! (`methods::DeferredAnswer`) once the job is done.
 //!
-//! - At most `MAX_POOL_JOBS` run at once; each holds its base bdev's claim.
+//! - At most `MAX_POOL_JOBS` of each kind (`JobKind`) run at once, and one lvol job per
+//!   lvstore (`VolumeJob`).
 //! - A job's thread runs on the process's CPUs (as it started), not pinned to reactor 0's
 //!   core as the thread that starts it is.
 //! - When a job ends it wakes reactor 0, so its answer goes out without waiting for a
@@ -13,9 +15,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::lsv::pool::{LsvPool, PoolError};
 use crate::reactor::Reactors;
@@ -67,7 +68,7 @@ impl std::fmt::Display for NotStarted {
 }
 
 /// A job slot of a kind, taken until dropped (also when the job panics).
-pub struct Slot(JobKind);
+struct Slot(JobKind);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -76,7 +77,7 @@ impl Drop for Slot {
 }
 
 /// Takes a slot of `kind`, if one of its `MAX_POOL_JOBS` is free.
-pub fn take_slot(kind: JobKind) -> Option<Slot> {
+fn take_slot(kind: JobKind) -> Option<Slot> {
     let running = &RUNNING[kind as usize];
     if running.fetch_add(1, Ordering::AcqRel) >= MAX_POOL_JOBS {
         running.fetch_sub(1, Ordering::AcqRel);
@@ -87,7 +88,7 @@ pub fn take_slot(kind: JobKind) -> Option<Slot> {
 
 /// Runs `job` on a thread named `name`, in `slot` (given back when the job ends); its result
 /// comes on the channel returned, and then reactor 0 is woken (through `reactors`).
-pub fn spawn_in_slot<T: Send + 'static>(
+fn spawn_in_slot<T: Send + 'static>(
     slot: Slot,
     name: &str,
     reactors: &Reactors,
