@@ -157,6 +157,24 @@ fn sparse_file(path: &Path, bytes: u64) {
     std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
 }
 
+/// A sparse pool file of `bytes` in a directory of its own (`name`), outside an appliance's
+/// (which goes with the appliance): it outlives a restart. Keep the directory while it is used.
+fn pool_file_outside(name: &str, bytes: u64) -> (common::TestDir, PathBuf) {
+    let dir = common::TestDir::new(name);
+    let file = dir.join("pool.img");
+    sparse_file(&file, bytes);
+    (dir, file)
+}
+
+/// The parameters of `bdev_uring_create` (bdev `U0` on `file`) and of
+/// `bdev_lvol_create_lvstore` (lvstore `ls0` on it, 1 MiB segments).
+fn uring_lvstore_params(file: &Path) -> (Value, Value) {
+    (
+        json!({"name": "U0", "filename": file, "block_size": 4096}),
+        json!({"bdev_name": "U0", "lvs_name": "ls0", "cluster_sz": 1 << 20}),
+    )
+}
+
 /// Waits (at most 30 s) for the bench `unblend_bench_start` began, and returns its report.
 fn bench_report(c: &mut RpcClient) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1472,17 +1490,17 @@ fn a_batch_deletes_an_lvstore_and_its_base_on_one_reactor() {
 
 /// `bdev_lvol_delete_lvstore` destroys the pool and its lvols, as SPDK's does: its
 /// superblock is erased before the answer, so a bdev made again over the same file finds no
-/// lvstore, and a new one can be made there under the same name. (Until the sixteenth session the pool was only
-/// unloaded, and came back with its volumes whenever its base was examined again: after a
-/// restart, too.) The control: a pool unloaded by the test method does come back.
+/// lvstore, and a new one can be made there under the same name. (Until the sixteenth
+/// session the pool was only unloaded, and came back with its volumes whenever its base was
+/// examined again: after a restart, too.) The control: a pool unloaded by the test method
+/// does come back.
 #[test]
 fn a_deleted_lvstore_does_not_come_back() {
     let a = Appliance::start("rpc_destroy", &[]);
     let mut c = a.client();
     let file = a._dir.join("pool.img");
     sparse_file(&file, 64 << 20);
-    let uring = json!({"name": "U0", "filename": file, "block_size": 4096});
-    let lvstore = json!({"bdev_name": "U0", "lvs_name": "ls0", "cluster_sz": 1 << 20});
+    let (uring, lvstore) = uring_lvstore_params(&file);
     let lvol =
         json!({"lvol_name": "v0", "size_in_mib": 8, "lvs_name": "ls0", "thin_provision": true});
     // The control: unloaded, the pool and its volume come back with the bdev.
@@ -1557,12 +1575,8 @@ fn a_deleted_lvstore_does_not_come_back() {
 fn an_lvstore_deleted_under_running_writes_ends_them_cleanly() {
     let a = Appliance::start("rpc_destroy_busy", &[]);
     let mut c = a.client();
-    // Outside the appliance's directory, which goes with it.
-    let dir = common::TestDir::new("rpc_destroy_busy_file");
-    let file = dir.join("pool.img");
-    sparse_file(&file, 64 << 20);
-    let uring = json!({"name": "U0", "filename": file, "block_size": 4096});
-    let lvstore = json!({"bdev_name": "U0", "lvs_name": "ls0", "cluster_sz": 1 << 20});
+    let (_dir, file) = pool_file_outside("rpc_destroy_busy_file", 64 << 20);
+    let (uring, lvstore) = uring_lvstore_params(&file);
     let lvol = json!({"lvol_name": "v0", "size_in_mib": 16, "lvs_name": "ls0"});
     c.call("bdev_uring_create", Some(uring.clone())).unwrap();
     let bench = |c: &mut RpcClient, seconds: u64| {
@@ -1622,10 +1636,7 @@ fn an_lvstore_deleted_under_running_writes_ends_them_cleanly() {
 fn a_clean_stop_waits_for_a_running_format() {
     let a = Appliance::start("rpc_stop_format", &[]);
     let mut c = a.client();
-    // Outside the appliance's directory, which goes with it.
-    let dir = common::TestDir::new("rpc_stop_format_file");
-    let file = dir.join("pool.img");
-    sparse_file(&file, 256 << 20);
+    let (_dir, file) = pool_file_outside("rpc_stop_format_file", 256 << 20);
     c.call(
         "bdev_uring_create",
         Some(json!({"name": "U0", "filename": file, "block_size": 4096})),
