@@ -1360,6 +1360,58 @@ fn a_pool_is_examined_off_reactor_0() {
     a.stop();
 }
 
+/// A new bdev's first reads (is there a pool on it?) wait for its device on a job thread,
+/// not on reactor 0: while a bdev whose every read takes a second is created, other clients
+/// are served, the bdev is claimed (nothing formats it meanwhile), and the create answers
+/// once the reads are done. With the reads on reactor 0, the second client waited the
+/// second out.
+#[test]
+fn a_new_bdevs_examine_reads_do_not_hold_reactor_0() {
+    let a = Appliance::start("rpc_examine_reads", &[]);
+    let mut c = a.client();
+    c.call(
+        "bdev_malloc_create",
+        Some(json!({"name": "M0", "num_blocks": 16384, "block_size": 4096})),
+    )
+    .unwrap();
+    let mut waiting = UnixStream::connect(&a.sock).unwrap();
+    let slow = delay_params("M0", "Slow0", 1_000_000, 1000);
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_delay_create", "params": slow});
+    let asked = Instant::now();
+    waiting.write_all(request.to_string().as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let served = Instant::now();
+    let bdevs = c.call("bdev_get_bdevs", None).unwrap();
+    assert!(
+        served.elapsed() < Duration::from_millis(500),
+        "another client waited {:?} for the examine's reads",
+        served.elapsed()
+    );
+    assert!(bdevs.to_string().contains("Slow0"), "{bdevs}");
+    assert_eq!(
+        error_code(c.call(
+            "bdev_lvol_create_lvstore",
+            Some(json!({"bdev_name": "Slow0", "lvs_name": "ls0"})),
+        )),
+        -libc::EBUSY as i64,
+        "the bdev is claimed while examine reads it"
+    );
+    assert_no_answer_yet(&waiting, "the examine still reads: the answer waits");
+    let answer = read_answer(&waiting);
+    assert_eq!(answer["result"], "Slow0", "{answer}");
+    assert!(
+        asked.elapsed() >= Duration::from_secs(1),
+        "it read the superblock"
+    );
+    // No pool there: the claim is let go, and the bdev can be formatted.
+    c.call(
+        "bdev_lvol_create_lvstore",
+        Some(json!({"bdev_name": "Slow0", "lvs_name": "ls0", "cluster_sz": 1 << 20})),
+    )
+    .unwrap();
+    a.stop();
+}
+
 /// A second bdev on the file of a loaded pool is refused (the registry takes no two bdevs
 /// on one file or device), and nothing is written to the live pool through it. In the
 /// first version of the off-reactor examine its examine recovered a stale copy of the live

@@ -10,6 +10,7 @@ use super::pool::{erase_superblock, peek_pool, LsvPool, PoolError};
 use super::volume::LsvVolume;
 use crate::bdev::{BdevEntry, BdevRegistry};
 use crate::reactor::{PollStatus, PollerKind, Reactors};
+use uuid::Uuid;
 
 /// How often an idle cleaner poller runs (while it works, it runs every reactor pass).
 pub const CLEANER_PERIOD_US: u64 = 10_000;
@@ -146,6 +147,23 @@ fn destroying_holder(pool: &LsvPool) -> String {
         "lvstore {} (being destroyed: its superblock is being erased)",
         pool.name
     )
+}
+
+/// A base bdev claimed for examine's first reads (`Pools::begin_peek`); `peek` reads them, on
+/// any thread (a clone may go there), and `Pools::peeked` takes what it found.
+#[derive(Clone)]
+pub struct Peeking {
+    base: BdevEntry,
+    /// The claim's holder while the reads run.
+    holder: String,
+}
+
+impl Peeking {
+    /// What pool the base holds, if any: its uuid and name (two 4 KiB reads, which wait for
+    /// the device).
+    pub fn peek(&self) -> Result<Option<(Uuid, String)>, PoolError> {
+        peek_pool(&self.base)
+    }
 }
 
 /// A base bdev that holds a pool, claimed by examine (`Pools::examine_begin`); `load` runs
@@ -410,36 +428,73 @@ impl Pools {
     /// The first step of examine: if `base` holds a pool and nothing claims it, claims it in
     /// the pool's name (so that nothing writes or takes it, and no other pool takes the name,
     /// while it is loaded) and returns what `Examined::load` loads. Reads the base's
-    /// superblock and volume table. A pool whose name or uuid is already loaded, being
-    /// loaded or being formatted is refused before anything is written: another bdev on the
-    /// same device (a second uring bdev on the same file) would otherwise write a stale
-    /// checkpoint into the live pool.
+    /// superblock and volume table on the caller's thread (`begin_peek`, `Peeking::peek` and
+    /// `peeked` split it for a caller that reads elsewhere).
     pub fn examine_begin(&self, base: &BdevEntry) -> Result<Option<Examined>, PoolError> {
-        if self.registry.claimed_by(base.bdev.name()).is_some() {
-            return Ok(None);
-        }
-        let Some((uuid, name)) = peek_pool(base)? else {
+        let Some(peeking) = self.begin_peek(base) else {
             return Ok(None);
         };
+        let found = peeking.peek();
+        self.peeked(peeking, found)
+    }
+
+    /// Claims `base` for examine's first reads (`Peeking::peek`), so that nothing formats,
+    /// exports or deletes it meanwhile. None if something holds it already: its holder (a
+    /// pool, or a bdev layered on it) reads it.
+    pub fn begin_peek(&self, base: &BdevEntry) -> Option<Peeking> {
+        let holder = format!("examine of bdev {}", base.bdev.name());
+        self.registry.claim(base.bdev.name(), &holder).ok()?;
+        Some(Peeking {
+            base: base.clone(),
+            holder,
+        })
+    }
+
+    /// After `Peeking::peek`: if it found a pool, claims the base in the pool's name and
+    /// returns what `Examined::load` loads; otherwise lets the base go. A pool whose name or
+    /// uuid is already loaded, being loaded or being formatted is refused before anything is
+    /// written: another bdev on the same device (a second uring bdev on the same file) would
+    /// otherwise write a stale checkpoint into the live pool. Call it where pools are
+    /// formatted and examined (reactor 0), so that no other takes the name between the check
+    /// and the claim.
+    pub fn peeked(
+        &self,
+        peeking: Peeking,
+        found: Result<Option<(Uuid, String)>, PoolError>,
+    ) -> Result<Option<Examined>, PoolError> {
+        let Peeking { base, holder } = peeking;
+        let base_name = base.bdev.name();
+        let refused = |e: PoolError| {
+            self.registry.release(base_name, &holder);
+            Err(e)
+        };
+        let (uuid, name) = match found {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                self.registry.release(base_name, &holder);
+                return Ok(None);
+            }
+            Err(e) => return refused(e),
+        };
         if let Some(other) = self.list().into_iter().find(|p| p.sb.uuid == uuid) {
-            return Err(PoolError::Base(format!(
+            return refused(PoolError::Base(format!(
                 "it is pool {:?}, already loaded on bdev {:?} (the same device twice?)",
                 other.name,
                 other.base_name()
             )));
         }
         if self.name_taken(&name) {
-            return Err(PoolError::Base(format!(
+            return refused(PoolError::Base(format!(
                 "a pool named {name:?} is already loaded, or being loaded or formatted"
             )));
         }
         self.registry
-            .claim(base.bdev.name(), &claim_holder(&name))
-            .map_err(|e| PoolError::Base(e.to_string()))?;
-        Ok(Some(Examined {
-            base: base.clone(),
-            name,
-        }))
+            .rename_claim(base_name, &holder, &claim_holder(&name));
+        debug_assert_eq!(
+            self.registry.claimed_by(base_name),
+            Some(claim_holder(&name))
+        );
+        Ok(Some(Examined { base, name }))
     }
 
     /// The last step of examine, with what `Examined::load` gave: loads the pool and

@@ -12,8 +12,9 @@ use crate::config;
 use std::sync::Arc;
 
 use super::pool_jobs::{pool_job_result, spawn_pool_job, JobKind, NotStarted, PoolJob};
-use crate::lsv::pool::LsvPool;
-use crate::lsv::pools::Examined;
+use crate::lsv::pool::{LsvPool, PoolError};
+use crate::lsv::pools::{Examined, Peeking};
+use uuid::Uuid;
 
 fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value, RpcError> {
     let empty = Value::Object(Default::default());
@@ -24,56 +25,85 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     let name = config::create_bdev(&ctx.registry, method, p)?
         .ok_or_else(|| RpcError::internal(format!("{method} created nothing")))?;
     tracing::info!(bdev = %name, "{method}");
-    // Examine, as SPDK does: a bdev that holds a pool brings its volumes back. Its recovery
-    // runs on a thread of its own (`pool_jobs`), not on reactor 0, and the answer comes once
-    // the pool is loaded (or not: the bdev is made either way, and the log says why).
-    let ex = match ctx.registry.get(&name).map(|e| ctx.pools.examine_begin(&e)) {
-        Some(Ok(Some(ex))) => ex,
-        Some(Err(e)) => {
-            tracing::warn!(bdev = %name, "examine: no pool loaded from it: {e}");
-            return Ok(json!(name));
-        }
-        _ => return Ok(json!(name)),
+    // Examine, as SPDK does: a bdev that holds a pool brings its volumes back. Its reads
+    // (the superblock and volume table, then the recovery) run on threads of their own
+    // (`pool_jobs`), not on reactor 0, which would wait out a slow or hung device; the answer
+    // comes once the pool is loaded (or not: the bdev is made either way, and the log says
+    // why). The bdev is claimed from now on, so nothing formats or takes it meanwhile.
+    let Some(peeking) = ctx
+        .registry
+        .get(&name)
+        .and_then(|e| ctx.pools.begin_peek(&e))
+    else {
+        return Ok(json!(name));
     };
     let (pools, reactors) = (ctx.pools.clone(), ctx.reactors.clone());
-    let finish = move |ex: Examined, loaded| {
-        if let Err(e) = pools.examine_finish(ex, loaded) {
+    let mut step = Examine::Peek(peeking, None);
+    ctx.deferred = Some(Box::new(move || loop {
+        let not_loaded = |e: PoolError| {
             tracing::warn!(bdev = %name, "examine: no pool loaded from it: {e}");
-        }
-        name.clone()
-    };
-    let mut load = Some(Load::Queued(ex));
-    ctx.deferred = Some(Box::new(move || match load.take()? {
-        Load::Queued(ex) => {
-            let job = ex.clone();
-            match spawn_pool_job(JobKind::Pool, "lvstore-load", &reactors, move || job.load()) {
-                Ok(rx) => load = Some(Load::Running(ex, rx)),
-                // Its turn comes when a running job ends.
-                Err(NotStarted::Busy(_)) => load = Some(Load::Queued(ex)),
-                // No thread for it: loaded here.
-                Err(NotStarted::Thread(e)) => {
-                    tracing::warn!("examine on reactor 0: no thread: {e}");
-                    let loaded = ex.load();
-                    return Some(Ok(json!(finish(ex, loaded))));
+            Some(Ok(json!(name)))
+        };
+        match &mut step {
+            Examine::Peek(peeking, running) => {
+                let job = || {
+                    let peeking = peeking.clone();
+                    move || peeking.peek()
+                };
+                let found = run_job(running, "lvstore-examine", &reactors, job)?;
+                let peeking = peeking.clone();
+                // Here, on reactor 0, where lvstores are formatted: no other takes the
+                // pool's name between the check and the claim.
+                match pools.peeked(peeking, found) {
+                    Ok(Some(ex)) => step = Examine::Load(ex, None),
+                    Ok(None) => return Some(Ok(json!(name))),
+                    Err(e) => return not_loaded(e),
                 }
             }
-            None
-        }
-        Load::Running(ex, rx) => match pool_job_result(&rx) {
-            Some(loaded) => Some(Ok(json!(finish(ex, loaded)))),
-            None => {
-                load = Some(Load::Running(ex, rx));
-                None
+            Examine::Load(ex, running) => {
+                let job = || {
+                    let ex = ex.clone();
+                    move || ex.load()
+                };
+                let loaded = run_job(running, "lvstore-load", &reactors, job)?;
+                return match pools.examine_finish(ex.clone(), loaded) {
+                    Ok(_) => Some(Ok(json!(name))),
+                    Err(e) => not_loaded(e),
+                };
             }
-        },
+        }
     }));
     Ok(Value::Null)
 }
 
-/// Where a bdev create's examine stands: waiting for a job slot, or loading.
-enum Load {
-    Queued(Examined),
-    Running(Examined, PoolJob<Arc<LsvPool>>),
+/// Where a bdev create's examine stands: its first reads, then the pool's load; each waits
+/// for a job slot (None) and then runs.
+enum Examine {
+    Peek(Peeking, Option<PoolJob<Option<(Uuid, String)>>>),
+    Load(Examined, Option<PoolJob<Arc<LsvPool>>>),
+}
+
+/// Starts the job `make_job` makes as a pool job if it has not started (`running` is None)
+/// and a slot is free; its result once it is done. With no thread to be had, it runs here,
+/// on reactor 0.
+fn run_job<T: Send + 'static, J: FnOnce() -> Result<T, PoolError> + Send + 'static>(
+    running: &mut Option<PoolJob<T>>,
+    name: &str,
+    reactors: &crate::reactor::Reactors,
+    make_job: impl Fn() -> J,
+) -> Option<Result<T, PoolError>> {
+    if running.is_none() {
+        match spawn_pool_job(JobKind::Pool, name, reactors, make_job()) {
+            Ok(rx) => *running = Some(rx),
+            // Its turn comes when a running job ends.
+            Err(NotStarted::Busy(_)) => return None,
+            Err(NotStarted::Thread(e)) => {
+                tracing::warn!("{name} on reactor 0: no thread: {e}");
+                return Some(make_job()());
+            }
+        }
+    }
+    pool_job_result(running.as_ref().expect("started above"))
 }
 
 pub fn bdev_malloc_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
