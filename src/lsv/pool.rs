@@ -108,6 +108,8 @@ pub enum PoolError {
     BadSize(u64),
     #[error("volume {0:?} cannot grow until a checkpoint covers the pool's last grow (one is being written, or writes from before that grow are in flight); retry the resize")]
     Busy(String),
+    #[error("an lvol operation on lvstore {pool:?} did not start within {waited_s} s: those ahead of it (on this lvstore, or in every job slot) still run (is a base bdev slow, or hung?); it did nothing, retry it")]
+    JobsAhead { pool: String, waited_s: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

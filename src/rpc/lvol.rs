@@ -23,7 +23,7 @@ fn pool_err(e: PoolError) -> RpcError {
         | PoolError::BlockSize(_)
         | PoolError::BadSize(_) => libc::EINVAL,
         PoolError::TooManyVolumes => libc::ENOSPC,
-        PoolError::Busy(_) => libc::EBUSY,
+        PoolError::Busy(_) | PoolError::JobsAhead { .. } => libc::EBUSY,
         _ => libc::EIO,
     };
     RpcError::new(-errno, e.to_string())

@@ -133,14 +133,23 @@ pub fn spawn_pool_job<T: Send + 'static>(
     spawn_in_slot(slot, name, reactors, job).map_err(NotStarted::Thread)
 }
 
+/// How long an lvol job waits for its lvstore's turn and a slot before it gives up, unrun:
+/// a job ahead of it on a slow or hung base may never end, and its client should hear so.
+pub const VOLUME_JOB_WAIT: Duration = Duration::from_secs(30);
+
 /// An lvol's job (`JobKind::Volume`: a create, resize or delete), started on a thread of its
 /// own as soon as a slot is free. Never run on reactor 0: it may wait for another volume
-/// operation of its pool (`LsvPool::volume_ops_lock`), which may take seconds.
+/// operation of its pool (`LsvPool::volume_ops_lock`), which may take seconds. If it has
+/// not started `VOLUME_JOB_WAIT` after its first poll, it ends unrun, with
+/// `PoolError::JobsAhead`.
 pub struct VolumeJob<T> {
     name: &'static str,
     pool: Arc<LsvPool>,
     job: Option<Box<dyn FnOnce() -> Result<T, PoolError> + Send>>,
     running: Option<PoolJob<T>>,
+    /// How long it may wait to start, from its first poll.
+    wait: Duration,
+    first_polled: Option<Instant>,
 }
 
 impl<T: Send + 'static> VolumeJob<T> {
@@ -154,15 +163,33 @@ impl<T: Send + 'static> VolumeJob<T> {
             pool: pool.clone(),
             job: Some(Box::new(job)),
             running: None,
+            wait: VOLUME_JOB_WAIT,
+            first_polled: None,
         }
+    }
+
+    /// The same job, giving up if it has not started within `wait` (tests).
+    #[cfg(test)]
+    fn waiting_at_most(mut self, wait: Duration) -> VolumeJob<T> {
+        self.wait = wait;
+        self
     }
 
     /// Starts the job if it waits, its pool has no other volume job running (one pool's
     /// slow walks hold one thread, not every slot) and a slot is free; its result once it is
-    /// done.
+    /// done, or `PoolError::JobsAhead` (the job dropped unrun) once it has waited too long.
     pub fn poll(&mut self, reactors: &Reactors) -> Option<Result<T, PoolError>> {
         if let Some(rx) = &self.running {
             return pool_job_result(rx);
+        }
+        if self.first_polled.get_or_insert_with(Instant::now).elapsed() >= self.wait {
+            // Dropped unrun: what it holds (its volume operation's count, a claim's
+            // release in its answer) goes now.
+            self.job = None;
+            return Some(Err(PoolError::JobsAhead {
+                pool: self.pool.name.clone(),
+                waited_s: self.wait.as_secs(),
+            }));
         }
         let turn = self.pool.try_volume_job_turn()?;
         let slot = take_slot(JobKind::Volume)?;
@@ -238,5 +265,65 @@ fn unpin_current_thread() {
             "pool job: sched_setaffinity: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bdev::malloc::MallocBdev;
+    use crate::bdev::BdevRegistry;
+    use crate::reactor::{available_cores, CpuMask, IdlePolicy, ReactorConfig, ReactorSet};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    /// An lvol job whose lvstore's turn does not come in time (a job ahead of it waits on a
+    /// hung base) gives up unrun, and what it held goes with it; with its turn free, the
+    /// same kind of job runs.
+    #[test]
+    fn an_lvol_job_that_cannot_start_in_time_gives_up_unrun() {
+        let disk = MallocBdev::with_size("m", 64 << 20, 4096).unwrap();
+        let base = BdevRegistry::new().register(Arc::new(disk)).unwrap();
+        let pool = LsvPool::create("p", base, 1 << 20).unwrap();
+        let set = ReactorSet::start(ReactorConfig {
+            cpumask: CpuMask::single(available_cores()[0]),
+            idle: IdlePolicy::Adaptive,
+            idle_spin_passes: crate::reactor::IDLE_PASSES_BEFORE_SLEEP,
+            thread_init: None,
+        })
+        .unwrap();
+        let reactors = set.handle();
+        let ahead = pool.try_volume_job_turn().expect("no other job runs");
+        let (ran, held) = (Arc::new(AtomicBool::new(false)), Arc::new(()));
+        let mut job = {
+            let (ran, held) = (ran.clone(), held.clone());
+            VolumeJob::new("test-job", &pool, move || {
+                let _held = held;
+                ran.store(true, SeqCst);
+                Ok(())
+            })
+            .waiting_at_most(Duration::from_millis(100))
+        };
+        assert!(job.poll(&reactors).is_none(), "it waits for its turn");
+        std::thread::sleep(Duration::from_millis(150));
+        match job.poll(&reactors) {
+            Some(Err(PoolError::JobsAhead { pool, .. })) => assert_eq!(pool, "p"),
+            other => panic!("gave no JobsAhead: {:?}", other.map(|r| r.err())),
+        }
+        assert!(!ran.load(SeqCst), "it never ran");
+        assert_eq!(Arc::strong_count(&held), 1, "what it held is let go");
+        // Control: once the job ahead ends, one runs.
+        drop(ahead);
+        let mut job =
+            VolumeJob::new("test-job", &pool, || Ok(7)).waiting_at_most(Duration::from_secs(10));
+        let got = loop {
+            if let Some(r) = job.poll(&reactors) {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(got.unwrap(), 7);
+        reactors.request_stop();
+        set.join();
     }
 }
