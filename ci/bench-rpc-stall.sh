@@ -8,6 +8,8 @@
 #                     changed: the load writes a checkpoint)
 #   lvol-delete IMG   bdev_lvol_delete of bench_pool/vol on a sparse copy of IMG (a pool made by
 #                     `unblend bench --bdev lsv:path=IMG,...`)
+#   slow-examine US   bdev_delay_create over a blank 64 MiB malloc bdev, every read taking US µs
+#                     (examine's first read, of the superblock, waits that long)
 set -u
 MODE=$1; BIN=$2; ARG=$3; DELAY_MS=${DELAY_MS:-100}
 D=${D:-/var/tmp/unblend-bench-rpc-stall}; rm -rf "$D"; mkdir -p "$D"
@@ -27,7 +29,11 @@ case $MODE in
     cp --sparse=always "$ARG" "$D/pool.img"
     $R bdev_uring_create name=U filename="$D/pool.img" block_size=4096 >/dev/null
     slow=(bdev_lvol_delete name=bench_pool/vol) ;;
-  *) echo "mode: format, examine or lvol-delete" >&2; kill $PID; exit 2 ;;
+  slow-examine)
+    $R bdev_malloc_create name=M0 num_blocks=16384 block_size=4096 >/dev/null
+    slow=(bdev_delay_create base_bdev_name=M0 name=Slow0 avg_read_latency="$ARG" \
+      p99_read_latency="$ARG" avg_write_latency=1000 p99_write_latency=1000) ;;
+  *) echo "mode: format, examine, lvol-delete or slow-examine" >&2; kill $PID; exit 2 ;;
 esac
 t0=$(date +%s.%N)
 ( $R "${slow[@]}" >/dev/null; echo "${slow[0]} $(ms_since "$t0") ms" ) &
