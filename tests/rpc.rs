@@ -1277,6 +1277,53 @@ fn a_slow_lvstores_lvol_jobs_leave_others_served() {
     a.stop();
 }
 
+/// Lvol operations that wait for their lvstore's turn are answered in the order they came:
+/// none is passed by a later one. Until 02ae547 the RPC server dropped a finished deferred
+/// answer with `swap_remove`, which moved the newest waiter to the front, so the last
+/// create ran second.
+#[test]
+fn lvol_operations_waiting_for_their_lvstore_run_in_the_order_they_came() {
+    let a = Appliance::start("rpc_lvol_order", &[]);
+    let mut c = a.client();
+    slow_lvstore(&mut c);
+    let waiting: Vec<UnixStream> = (0..4)
+        .map(|i| {
+            let s = UnixStream::connect(&a.sock).unwrap();
+            (&s).write_all(
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_create","params":{{"lvol_name":"v{i}","size_in_mib":8,"lvs_name":"ls0"}}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            // Read in its own pass: the order they came is the order sent.
+            std::thread::sleep(Duration::from_millis(20));
+            s
+        })
+        .collect();
+    let answered: Vec<Instant> = std::thread::scope(|scope| {
+        let readers: Vec<_> = waiting
+            .iter()
+            .map(|s| {
+                scope.spawn(move || {
+                    let answer = read_answer(s);
+                    assert!(answer["result"].is_string(), "{answer}");
+                    Instant::now()
+                })
+            })
+            .collect();
+        readers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut order: Vec<usize> = (0..answered.len()).collect();
+    order.sort_by_key(|&i| answered[i]);
+    assert_eq!(
+        order,
+        [0, 1, 2, 3],
+        "the creates were answered out of order"
+    );
+    a.stop();
+}
+
 /// An lvstore deleted while an lvol's create is still writing the volume table: the delete
 /// waits for that write (nothing of the pool writes the base once it goes), the create
 /// answers ENODEV, and no bdev is left for a volume of the destroyed pool.
