@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! offset 0                      superblock (4 KiB), below
-//! offset 4 KiB                  volume table (4 KiB, see `pool.rs`)
+//! offset 4 KiB                  volume table (4 KiB, see `pool/volumes.rs`)
 //! offset 8 KiB                  segment journal: `journal_slots` 4 KiB blocks
 //!                               (`segment_journal.rs`), then zero up to segment_bytes
 //! metadata_offset               two checkpoint slots of metadata_slot_bytes each (A, B)
