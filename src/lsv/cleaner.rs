@@ -45,6 +45,7 @@ use super::pool::{LsvPool, CLEANER_RESERVE_SEGMENTS};
 use super::record::{
     header_blocks_for, Entry, EntryOp, RecordHeader, BLOCK_BYTES, MAX_DATA_BLOCKS,
 };
+use super::segment_summary::{SummaryBuilder, SummaryView};
 use super::usage::{CleanerPolicy, SegmentState, UsageDeltas};
 use super::victim_read::{PartialRead, Phase};
 use crate::bdev::{ChannelContext, IoChannel, IoCompletion, IoRequest, IoStatus, IoType, IoVec};
@@ -153,6 +154,8 @@ const TAG_FLUSH: u64 = 1;
 const TAG_FREE_MARK: u64 = 2;
 /// The write of a segment-journal entry.
 const TAG_JOURNAL: u64 = 3;
+/// The read of a victim's summary, and the write of a relocation segment's.
+const TAG_SUMMARY: u64 = 4;
 /// Cleaned victims freed by one flush at most (`LsvPool::clean_target` leaves room for one).
 pub(super) const FLUSH_BATCH: usize = 8;
 
@@ -181,11 +184,20 @@ struct Stream {
     head: usize,
     /// Open segment, next free block in it, and its epoch.
     open: Option<(u64, u64, u64)>,
+    /// The open segment's summary (pools of format version 4).
+    summary: Option<SummaryBuilder>,
+    /// The summary of the segment it sealed last, until it is written with the stream's
+    /// next record: (segment, buffer, bytes).
+    summary_to_write: Option<(u64, *mut u8, usize)>,
 }
 
 enum State {
     Idle,
     Reading {
+        seg: u64,
+    },
+    /// Reading the victim's summary (`segment_summary`), to read only its live writes.
+    ReadingSummary {
         seg: u64,
     },
     /// Reading the victim in parts (`victim_read`): its headers, then its live writes.
@@ -233,6 +245,8 @@ pub struct Cleaner {
     pool: Arc<LsvPool>,
     ch: IoChannel,
     seg_buf: DmaRegion,
+    /// A victim's summary, read from disk (pools of format version 4).
+    summary_buf: Option<DmaRegion>,
     staging: DmaRegion,
     /// One zero block: what `mark_free` writes over a cleaned victim's first block.
     free_mark: DmaRegion,
@@ -307,6 +321,22 @@ impl Cleaner {
         let free_mark = DmaRegion::new(BLOCK_BYTES, false).map_err(|e| e.to_string())?;
         let checkpoint = CheckpointWriter::new(pool.clone())?;
         let journal_block = DmaRegion::new(BLOCK_BYTES, false).map_err(|e| e.to_string())?;
+        let summary_bytes = pool
+            .summary_on_disk(0)
+            .map(|(_, blocks)| blocks as usize * BLOCK_BYTES);
+        let summary_buf = summary_bytes
+            .map(|b| DmaRegion::new(b, false))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let mut summaries = [None, None];
+        if summary_bytes.is_some() {
+            for s in &mut summaries {
+                *s = Some(
+                    SummaryBuilder::new(pool.sb.segment_bytes, pool.sb.uuid)
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+        }
         // One cleaner per pool: two would free (and mark) each other's segments.
         if pool.cleaner_attached.swap(true, Ordering::AcqRel) {
             return Err(format!("pool {} already has a cleaner", pool.name));
@@ -336,13 +366,23 @@ impl Cleaner {
             pool,
             ch,
             seg_buf,
+            summary_buf,
             staging,
             free_mark,
             journal_block,
             journal_claim: None,
             checkpoint,
             journal_full: false,
-            streams: heads.map(|head| Stream { head, open: None }),
+            streams: {
+                let [a, b] = summaries;
+                let stream = |head, summary| Stream {
+                    head,
+                    open: None,
+                    summary,
+                    summary_to_write: None,
+                };
+                [stream(heads[0], a), stream(heads[1], b)]
+            },
             state: State::Idle,
             live: Vec::with_capacity(seg_blocks),
             cursor: 0,
@@ -512,9 +552,20 @@ impl Cleaner {
         if let State::Writing {
             outstanding,
             failed,
+            stream,
             ..
         } = &mut self.state
         {
+            // A segment summary written with the record: its buffer is free again, and its
+            // failure fails nothing (it is a hint).
+            for c in done.iter().filter(|c| c.tag == TAG_SUMMARY) {
+                if c.status != IoStatus::Success {
+                    tracing::debug!(pool = %self.pool.name, "cleaner: segment summary write failed: {:?}", c.status);
+                }
+                if let Some(summary) = &mut self.streams[*stream].summary {
+                    summary.written();
+                }
+            }
             count_done(done, outstanding, failed);
             if *outstanding > 0 {
                 return if done.is_empty() {
@@ -537,6 +588,13 @@ impl Cleaner {
                 Some(_) => {
                     self.collect_live(seg);
                     (State::Moving { seg }, CleanerPoll::Busy)
+                }
+            },
+            State::ReadingSummary { seg } => match done.first() {
+                None => (State::ReadingSummary { seg }, CleanerPoll::Waiting),
+                Some(c) => {
+                    let read = c.status == IoStatus::Success;
+                    self.plan_parts(seg, read)
                 }
             },
             State::ReadingParts { seg } => self.read_parts(seg, done),
@@ -740,29 +798,94 @@ impl Cleaner {
         if self.pool.usage.live(seg) as u64 * 2 <= self.seg_blocks()
             && !self.pool.usage.had_failed_record(seg)
         {
-            // Best: the summary in memory says which blocks are live, and only those are
-            // read. Each read is a request the device serves among the user's writes: a
-            // victim's ~120 header reads cost one reactor's random writes about a fifth.
-            let mut p = self
-                .partial
-                .take()
-                .expect("the part reader is home when idle");
-            self.tables.clear();
-            let pool = self.pool.clone();
-            let planned = p.plan_from_summary(&pool, seg, |volume, lba, pba| {
-                self.table(volume)
-                    .is_some_and(|t| lba < t.num_blocks() && t.lookup(lba) == Mapping::At(pba))
-            }) || p.plan_headers(&pool, seg);
-            self.partial = Some(p);
-            if planned {
-                let (state, poll) = self.read_parts(seg, &[]);
+            // Best: its summary on disk says which blocks are live, and only those are read.
+            // Each read is a request the device serves among the user's writes: a victim's
+            // ~120 header reads cost one reactor's random writes about a fifth.
+            if let Some(state) = self.read_summary(seg) {
                 self.state = state;
-                return poll;
+                return CleanerPoll::Busy;
             }
+            let (state, poll) = self.plan_parts(seg, false);
+            self.state = state;
+            return poll;
         }
         let (state, poll) = self.read_whole(seg);
         self.state = state;
         poll
+    }
+
+    /// Submits the read of victim `seg`'s summary: the state that waits for it, or None if
+    /// the pool keeps no summaries or the read could not be submitted.
+    fn read_summary(&mut self, seg: u64) -> Option<State> {
+        let (block, blocks) = self.pool.summary_on_disk(seg)?;
+        let buf = self.summary_buf.as_ref()?;
+        // SAFETY: our summary buffer, untouched until the read completes.
+        let iov = unsafe { IoVec::from_raw(buf.as_ptr(), buf.len()) };
+        let r = self.ch.submit(
+            &IoRequest {
+                io_type: IoType::Read,
+                offset_blocks: block,
+                num_blocks: blocks,
+                iovs: &[iov],
+                fua: false,
+                tag: TAG_SUMMARY,
+            },
+            0,
+        );
+        if let Err(e) = r {
+            tracing::debug!(pool = %self.pool.name, seg, "cleaner: summary read submit failed: {e}");
+            return None;
+        }
+        self.pool
+            .cleaner_blocks_read
+            .fetch_add(blocks, Ordering::Relaxed);
+        Some(State::ReadingSummary { seg })
+    }
+
+    /// Victim `seg`'s summary, as read into the summary buffer `buf`, if it checks out: the
+    /// summary of the use the segment holds now.
+    fn summary_in<'a>(&self, buf: &'a DmaRegion, seg: u64) -> Option<SummaryView<'a>> {
+        // SAFETY: the read into the buffer has completed, and nothing writes it until the
+        // next victim's summary read.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr(), buf.len()) };
+        SummaryView::check(
+            bytes,
+            self.pool.sb.uuid,
+            seg,
+            self.pool.usage.last_seq(seg),
+            self.pool.seg_blocks,
+        )
+    }
+
+    /// Plans victim `seg`'s part reads: through its summary, if it was read (`summary_read`)
+    /// and checks out; else through its record headers; with neither, it is read whole.
+    fn plan_parts(&mut self, seg: u64, summary_read: bool) -> (State, CleanerPoll) {
+        let mut p = self
+            .partial
+            .take()
+            .expect("the part reader is home when idle");
+        // Out while the plan consults the extent tables (`table` borrows the cleaner).
+        let buf = self.summary_buf.take();
+        self.tables.clear();
+        let pool = self.pool.clone();
+        let planned_from_summary = summary_read
+            && buf
+                .as_ref()
+                .and_then(|b| self.summary_in(b, seg).map(|v| (b, v)))
+                .is_some_and(|(_, view)| {
+                    p.plan_from_summary(&pool, seg, &view, |volume, lba, pba| {
+                        self.table(volume).is_some_and(|t| {
+                            lba < t.num_blocks() && t.lookup(lba) == Mapping::At(pba)
+                        })
+                    })
+                });
+        self.summary_buf = buf;
+        let planned = planned_from_summary || p.plan_headers(&pool, seg);
+        self.partial = Some(p);
+        if planned {
+            return self.read_parts(seg, &[]);
+        }
+        self.read_whole(seg)
     }
 
     /// Reads victim `seg` whole into the segment buffer.
@@ -977,8 +1100,8 @@ impl Cleaner {
     }
 
     /// Keeps the blocks of victim `seg` that the extent tables still point at, found through
-    /// the pool's summary of each block's owner (`LsvPool::for_each_owner`: it has no unmap
-    /// to log again). False if the summary cannot tell (nothing kept).
+    /// its summary (read for its plan, still in the summary buffer). False if the summary no
+    /// longer checks out (nothing kept).
     fn collect_summarized(&mut self, seg: u64) -> bool {
         self.live.clear();
         self.cursor = 0;
@@ -987,17 +1110,27 @@ impl Cleaner {
         let seg_start = self.pool.segment_first_block(seg);
         let now_seq = self.pool.complete_seq_now() + 1;
         let lifespan = self.pool.usage.policy() == CleanerPolicy::Lifespan;
-        let pool = self.pool.clone();
-        let known = pool.for_each_owner(seg, |at, volume, lba| {
-            self.keep_if_live(
-                volume,
-                lba,
-                seg_start + at as u64,
-                seg_start,
-                now_seq,
-                lifespan,
-            );
-        });
+        // Out while the blocks are kept (`keep_if_live` borrows the cleaner).
+        let Some(buf) = self.summary_buf.take() else {
+            return false;
+        };
+        let known = match self.summary_in(&buf, seg) {
+            Some(view) => {
+                view.for_each_owner(|at, volume, lba| {
+                    self.keep_if_live(
+                        volume,
+                        lba,
+                        seg_start + at as u64,
+                        seg_start,
+                        now_seq,
+                        lifespan,
+                    );
+                });
+                true
+            }
+            None => false,
+        };
+        self.summary_buf = Some(buf);
         if !known {
             self.live.clear();
             return false;
@@ -1058,6 +1191,15 @@ impl Cleaner {
                 .usage
                 .transition(seg, SegmentState::Open, SegmentState::Sealed);
             self.streams[s].open = None;
+            let stream = &mut self.streams[s];
+            if let Some(summary) = &mut stream.summary {
+                // One not written yet (the record it went with failed to submit first):
+                // never written, its buffer is free again.
+                if stream.summary_to_write.take().is_some() {
+                    summary.written();
+                }
+                stream.summary_to_write = summary.seal();
+            }
         }
         debug_assert!(self.journal_claim.is_none());
         let seg = self.pool.usage.open_free(0)?;
@@ -1071,6 +1213,9 @@ impl Cleaner {
         };
         self.journal_claim = claim;
         self.streams[s].open = Some((seg, blocks, 0));
+        if let Some(summary) = &mut self.streams[s].summary {
+            summary.begin(seg);
+        }
         Some((seg, 0, 0))
     }
 
@@ -1220,7 +1365,7 @@ impl Cleaner {
             }
         }
         let total = hb + count as u64;
-        let (start_pba, outstanding, failed) = self.write_record(&h, to_seg, at, total);
+        let (start_pba, outstanding, failed) = self.write_record(stream, &h, to_seg, at, total);
         if outstanding == 0 {
             return self.moved(seg, stream, to_seg, start_pba + hb, count, total, false);
         }
@@ -1271,6 +1416,7 @@ impl Cleaner {
     /// entry could not be.
     fn write_record(
         &mut self,
+        stream: usize,
         h: &RecordHeader,
         to_seg: u64,
         at: u64,
@@ -1305,12 +1451,47 @@ impl Cleaner {
             }
             outstanding += 1;
         }
+        // The summary of the segment the stream sealed last goes with it: a hint, whose
+        // failure fails nothing (`count_done`).
+        if let Some((sealed, ptr, len)) = self.streams[stream].summary_to_write.take() {
+            let (block, blocks) = self
+                .pool
+                .summary_on_disk(sealed)
+                .expect("a pool with summaries");
+            debug_assert_eq!(blocks as usize * BLOCK_BYTES, len);
+            // SAFETY: the stream's builder's buffer, lent to this write until it completes
+            // (`step` gives it back).
+            let iov = unsafe { IoVec::from_raw(ptr, len) };
+            let r = self.ch.submit(
+                &IoRequest {
+                    io_type: IoType::Write,
+                    offset_blocks: block,
+                    num_blocks: blocks,
+                    iovs: &[iov],
+                    fua: false,
+                    tag: TAG_SUMMARY,
+                },
+                0,
+            );
+            match r {
+                Ok(()) => outstanding += 1,
+                Err(e) => {
+                    tracing::debug!(pool = %self.pool.name, "cleaner: segment summary not written: {e}");
+                    if let Some(summary) = &mut self.streams[stream].summary {
+                        summary.written();
+                    }
+                }
+            }
+        }
         let hb = h.header_blocks as usize;
         // SAFETY: the staging buffer is ours; its first `hb` blocks hold the header.
         let head =
             unsafe { std::slice::from_raw_parts_mut(self.staging.as_ptr(), hb * BLOCK_BYTES) };
         h.encode(head);
         self.pool.summarize(h, start_pba + hb as u64);
+        if let Some(summary) = &mut self.streams[stream].summary {
+            summary.note(h, at as usize + hb);
+        }
         self.pool.usage.record_started(to_seg);
         // SAFETY: header plus data, contiguous in the staging buffer, ours until completion.
         let iov = unsafe { IoVec::from_raw(self.staging.as_ptr(), total as usize * BLOCK_BYTES) };
@@ -1347,7 +1528,7 @@ impl Cleaner {
         for e in &self.unmaps[self.unmap_cursor..self.unmap_cursor + n] {
             h.push(*e).expect("sized to fit");
         }
-        let (start_pba, outstanding, failed) = self.write_record(&h, to_seg, at, hb);
+        let (start_pba, outstanding, failed) = self.write_record(0, &h, to_seg, at, hb);
         if outstanding == 0 {
             return self.moved(seg, 0, to_seg, start_pba + hb, 0, hb, false);
         }
@@ -1426,14 +1607,17 @@ impl Cleaner {
     }
 }
 
-/// Counts `done` off `outstanding` requests, noting in `failed` whether any failed.
+/// Counts `done` off `outstanding` requests, noting in `failed` whether any failed (a segment
+/// summary's write fails nothing: it is a hint).
 fn count_done(done: &[IoCompletion], outstanding: &mut u32, failed: &mut bool) {
     debug_assert!(
         done.len() <= *outstanding as usize,
         "more completions than requests"
     );
     *outstanding -= done.len() as u32;
-    *failed |= done.iter().any(|c| c.status != IoStatus::Success);
+    *failed |= done
+        .iter()
+        .any(|c| c.status != IoStatus::Success && c.tag != TAG_SUMMARY);
 }
 
 impl Drop for Cleaner {
@@ -1463,6 +1647,7 @@ impl Drop for Cleaner {
             self.pool.head_oldest(self.streams[stream].head, None);
         }
         if let State::Reading { seg }
+        | State::ReadingSummary { seg }
         | State::ReadingParts { seg }
         | State::Moving { seg }
         | State::Writing { seg, .. } = self.state

@@ -1603,8 +1603,8 @@ fn the_log_since_the_last_checkpoint_counts_the_replay_and_outlives_a_failed_che
     assert_eq!(since(&pool), 0);
 }
 
-/// A mostly dead victim is cleaned through its summary in memory: only its live blocks are
-/// read (no record header), and they read back after a crash.
+/// A mostly dead victim is cleaned through its summary on disk: only the summary and its live
+/// blocks are read (no record header), and they read back after a crash.
 #[test]
 fn a_mostly_dead_victim_is_cleaned_reading_only_its_live_blocks() {
     use std::sync::atomic::Ordering::SeqCst;
@@ -1624,11 +1624,77 @@ fn a_mostly_dead_victim_is_cleaned_reading_only_its_live_blocks() {
     assert_eq!(pool.segments_read_from_summary.load(SeqCst), 1);
     assert_eq!(
         pool.cleaner_blocks_read.load(SeqCst) - read_before,
-        8,
-        "only the two writes that hold the live blocks are read (4 blocks each)"
+        pool.summary_on_disk(victim).unwrap().1 + 8,
+        "only its summary and the two writes that hold the live blocks are read (4 blocks each)"
     );
     assert_ne!(pool.segment_of(pba_of(&pool, 0)), victim);
     assert_ne!(pool.segment_of(pba_of(&pool, 101)), victim);
+    let pool = crash_and_reopen(&disk, pool, h, cleaner);
+    assert_reads(&pool, &model);
+}
+
+/// A victim whose summary on disk is damaged is cleaned from its record headers instead
+/// (the summary's checksum fails), and its live blocks read back after a crash.
+#[test]
+fn a_victim_with_a_damaged_summary_is_cleaned_from_its_headers() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
+    let mut model = BTreeMap::new();
+    let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
+    for (lba, n) in [(1, 100), (102, 106)] {
+        h.write_run(lba, n, 2);
+        for b in lba..lba + n {
+            model.insert(b, 2);
+        }
+    }
+    assert_eq!(pool.usage.live(victim), 2);
+    let (summary_block, _) = pool.summary_on_disk(victim).unwrap();
+    // An owner's byte: the victim's block 1 (block 0 is its first record's header).
+    disk.rot(summary_block * BLOCK as u64 + 64 + 8 + 3, 0x01);
+    clean(&pool, &mut cleaner, victim);
+    assert_eq!(pool.segments_read_from_summary.load(SeqCst), 0);
+    assert_eq!(
+        pool.segments_read_in_parts.load(SeqCst),
+        1,
+        "headers, then live writes"
+    );
+    assert_ne!(pool.segment_of(pba_of(&pool, 0)), victim);
+    assert_ne!(pool.segment_of(pba_of(&pool, 101)), victim);
+    let pool = crash_and_reopen(&disk, pool, h, cleaner);
+    assert_reads(&pool, &model);
+}
+
+/// After a restart, a victim whose records are all older than the checkpoint recovery
+/// loaded (so no record of it was replayed, and its record headers are marked nowhere in
+/// memory) is still cleaned reading only its summary and live blocks: its summary on disk
+/// names its use by its newest record, which the checkpoint's segment row keeps. Before
+/// format version 4 such a victim was read whole.
+#[test]
+fn a_victim_sealed_before_a_restart_is_cleaned_through_its_summary_on_disk() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (disk, pool, cleaner, mut h) = pool_with_cleaner(0);
+    let mut model = BTreeMap::new();
+    let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
+    for (lba, n) in [(1, 100), (102, 106)] {
+        h.write_run(lba, n, 2);
+        for b in lba..lba + n {
+            model.insert(b, 2);
+        }
+    }
+    pool.checkpoint_sync().unwrap();
+    let pool = crash_and_reopen(&disk, pool, h, cleaner);
+    assert_eq!(pool.usage.live(victim), 2);
+    let mut cleaner = super::cleaner::Cleaner::new(pool.clone()).unwrap();
+    cleaner.check_every_poll();
+    let read_before = pool.cleaner_blocks_read.load(SeqCst);
+    clean(&pool, &mut cleaner, victim);
+    assert_eq!(pool.segments_read_from_summary.load(SeqCst), 1);
+    assert_eq!(
+        pool.cleaner_blocks_read.load(SeqCst) - read_before,
+        pool.summary_on_disk(victim).unwrap().1 + 8,
+        "its summary and the two writes that hold the live blocks"
+    );
+    let h = Harness::open(&pool);
     let pool = crash_and_reopen(&disk, pool, h, cleaner);
     assert_reads(&pool, &model);
 }
@@ -1688,51 +1754,6 @@ fn a_rotten_live_block_is_not_moved_under_a_fresh_checksum() {
     assert_eq!(pool.usage.state(victim), SegmentState::Sealed);
     assert_eq!(pba_of(&pool, 101), rotten, "the rotten block was not moved");
     assert_eq!(pool.segment_of(pba_of(&pool, 0)), victim);
-}
-
-/// The summary tells one write from the next by its first-block mark, not by LBAs that
-/// follow on: adjacent writes of one record (the same sequence number, LBAs one apart) and a
-/// moved write that follows on in LBA are each their own, with their own checksum; a header
-/// block is none. A segment holding an unmap no checkpoint covers is not cleaned from it.
-#[test]
-fn the_summary_tells_adjacent_writes_apart() {
-    use super::record::{Entry, EntryOp, RecordHeader};
-    let (_disk, pool) = new_pool();
-    let seg = 5;
-    let write = |lba, num_blocks, data_crc, data_seq| Entry {
-        volume: 1,
-        lba,
-        num_blocks,
-        op: EntryOp::Write,
-        data_crc,
-        data_seq,
-    };
-    let mut h = RecordHeader::new(1000, seg, 1000);
-    h.push(write(10, 4, 0xA, 0)).unwrap();
-    h.push(write(14, 2, 0xB, 0)).unwrap();
-    h.push(Entry {
-        op: EntryOp::Unmap,
-        ..write(30, 1, 0, 0)
-    })
-    .unwrap();
-    h.push(write(16, 1, 0xC, 7)).unwrap();
-    assert_eq!(h.header_blocks, 1);
-    pool.summarize(&h, pool.segment_first_block(seg) + 1);
-    assert_eq!(pool.summarized_write(seg, 0), None, "the header block");
-    for (at, want) in [
-        (1, (1, 4, 0xA)),
-        (4, (1, 4, 0xA)),
-        (5, (5, 2, 0xB)),
-        (6, (5, 2, 0xB)),
-        (7, (7, 1, 0xC)),
-    ] {
-        assert_eq!(pool.summarized_write(seg, at), Some(want), "block {at}");
-    }
-    assert_eq!(pool.summarized_write(seg, 8), None, "never written");
-    assert!(
-        !pool.for_each_owner(seg, |_, _, _| panic!("no owner may be named")),
-        "the unmap is not covered by a checkpoint"
-    );
 }
 
 /// `image` with a bit of its first journal slot's segment number flipped (its checksum then

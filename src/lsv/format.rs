@@ -1,6 +1,6 @@
 //! The pool's on-disk layout and its superblock.
 //!
-//! ## Layout (format version 3)
+//! ## Layout (format version 4)
 //!
 //! ```text
 //! offset 0                      superblock (4 KiB), below
@@ -8,6 +8,9 @@
 //! offset 8 KiB                  segment journal: `journal_slots` 4 KiB blocks
 //!                               (`segment_journal.rs`), then zero up to segment_bytes
 //! metadata_offset               two checkpoint slots of metadata_slot_bytes each (A, B)
+//! summary_offset                segment summaries: `summary_blocks` 4 KiB blocks per
+//!                               segment (`segment_summary.rs`), then zero up to a
+//!                               segment boundary
 //! first_segment_offset          segment 0, segment 1, ... (segment_bytes each)
 //! ```
 //!
@@ -15,6 +18,8 @@
 //! writes. A checkpoint slot (format in `checkpoint.rs`) holds a 4 KiB header, 16 bytes per
 //! segment, 16 bytes per volume and 24 bytes per pool block (an entry takes 24 in version 1
 //! of the checkpoint format, at most 22 in version 2), so a full pool's map always fits.
+//! Version 3 is version 4 without the summary region (`summary_offset` 0): it is still read,
+//! and its cleaner finds a victim's live blocks through its record headers instead.
 //! Version 2 is version 3 without the segment journal (its region is zero): it is still
 //! read, and its recovery reads the first block of every segment instead.
 //! Version 1 (no checkpoints, volume table in slot A) is not read.
@@ -23,7 +28,7 @@
 //!
 //! ```text
 //!  0  magic            8 bytes  "UNBLEND\0"
-//!  8  version          u32      3 (2 still read)
+//!  8  version          u32      4 (2 and 3 still read)
 //! 12  block_size       u32      4096
 //! 16  uuid             16 bytes
 //! 32  segment_bytes    u64      1 MiB ..= 256 MiB, a power of two
@@ -32,7 +37,8 @@
 //! 56  metadata_slot_bytes u64
 //! 64  first_segment_offset u64
 //! 72  pool_bytes       u64      size of the base bdev when formatted
-//! 80  reserved         zero up to byte 4092
+//! 80  summary_offset   u64      version 4; zero in versions 2 and 3
+//! 88  reserved         zero up to byte 4092
 //! 4092 crc32c          u32      of bytes 0..4092
 //! ```
 
@@ -40,7 +46,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 pub const MAGIC: &[u8; 8] = b"UNBLEND\0";
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest version this build reads (no segment journal).
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 pub const SUPERBLOCK_BYTES: usize = 4096;
@@ -94,6 +100,8 @@ pub struct Superblock {
     pub metadata_slot_bytes: u64,
     pub first_segment_offset: u64,
     pub pool_bytes: u64,
+    /// Where the segment summaries begin (0: none, before version 4).
+    pub summary_offset: u64,
 }
 
 fn align_up(x: u64, to: u64) -> u64 {
@@ -106,6 +114,16 @@ impl Superblock {
         pool_bytes: u64,
         segment_bytes: u64,
         uuid: Uuid,
+    ) -> Result<Superblock, FormatError> {
+        Superblock::plan_for_version(pool_bytes, segment_bytes, uuid, FORMAT_VERSION)
+    }
+
+    /// The same in format `version` (an older one's layout: a pool it made, or tests).
+    pub fn plan_for_version(
+        pool_bytes: u64,
+        segment_bytes: u64,
+        uuid: Uuid,
+        version: u32,
     ) -> Result<Superblock, FormatError> {
         if !segment_bytes.is_power_of_two()
             || !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&segment_bytes)
@@ -130,7 +148,18 @@ impl Superblock {
                 + max_blocks * CHECKPOINT_ENTRY_BYTES,
             segment_bytes,
         );
-        let first_segment_offset = metadata_offset + 2 * slot;
+        // Room for a summary of every segment the pool could hold.
+        let (summary_offset, summary_bytes) = if version >= 4 {
+            let per_segment =
+                super::segment_summary::summary_blocks(segment_bytes) * POOL_BLOCK_BYTES as u64;
+            (
+                metadata_offset + 2 * slot,
+                align_up(pool_bytes / segment_bytes * per_segment, segment_bytes),
+            )
+        } else {
+            (0, 0)
+        };
+        let first_segment_offset = metadata_offset + 2 * slot + summary_bytes;
         let segment_count = pool_bytes
             .checked_sub(first_segment_offset)
             .ok_or(too_small.clone())?
@@ -139,7 +168,7 @@ impl Superblock {
             return Err(too_small);
         }
         Ok(Superblock {
-            version: FORMAT_VERSION,
+            version,
             uuid,
             block_size: POOL_BLOCK_BYTES,
             segment_bytes,
@@ -148,6 +177,7 @@ impl Superblock {
             metadata_slot_bytes: slot,
             first_segment_offset,
             pool_bytes,
+            summary_offset,
         })
     }
 
@@ -160,6 +190,17 @@ impl Superblock {
         }
         ((self.metadata_offset - super::segment_journal::JOURNAL_OFFSET) / POOL_BLOCK_BYTES as u64)
             .min(super::segment_journal::MAX_JOURNAL_SLOTS)
+    }
+
+    /// Where segment `n`'s summary lives (byte offset), if the pool keeps summaries
+    /// (version 4).
+    pub fn summary_offset_of(&self, n: u64) -> Option<u64> {
+        debug_assert!(n < self.segment_count);
+        (self.summary_offset != 0).then(|| {
+            self.summary_offset
+                + n * super::segment_summary::summary_blocks(self.segment_bytes)
+                    * POOL_BLOCK_BYTES as u64
+        })
     }
 
     /// Byte offset of segment `n` in the pool.
@@ -181,6 +222,7 @@ impl Superblock {
             self.metadata_slot_bytes,
             self.first_segment_offset,
             self.pool_bytes,
+            self.summary_offset,
         ];
         for (i, f) in fields.iter().enumerate() {
             b[32 + 8 * i..40 + 8 * i].copy_from_slice(&f.to_le_bytes());
@@ -220,16 +262,15 @@ impl Superblock {
             metadata_slot_bytes: u64_at(56),
             first_segment_offset: u64_at(64),
             pool_bytes: u64_at(72),
+            summary_offset: u64_at(80),
         };
         let bad = |why: &str| Err(FormatError::Inconsistent(why.to_string()));
         if sb.block_size != POOL_BLOCK_BYTES {
             return bad("block size is not 4096");
         }
-        let planned = Superblock {
-            version,
-            ..Superblock::plan(sb.pool_bytes, sb.segment_bytes, sb.uuid)
-                .map_err(|e| FormatError::Inconsistent(e.to_string()))?
-        };
+        let planned =
+            Superblock::plan_for_version(sb.pool_bytes, sb.segment_bytes, sb.uuid, version)
+                .map_err(|e| FormatError::Inconsistent(e.to_string()))?;
         if planned != sb {
             return bad("layout does not match its own pool size and segment size");
         }
@@ -276,8 +317,8 @@ mod tests {
     fn every_flipped_bit_is_caught() {
         let s = sb();
         let good = s.encode();
-        // Flip one bit in each of the first 80 bytes and a few reserved and checksum bytes.
-        for byte in (0..80).chain([100, 2000, 4091, 4092, 4095]) {
+        // Flip one bit in each of the first 88 bytes and a few reserved and checksum bytes.
+        for byte in (0..88).chain([100, 2000, 4091, 4092, 4095]) {
             let mut b = good;
             b[byte] ^= 0x04;
             assert!(
@@ -294,18 +335,38 @@ mod tests {
         b[0] = b'X';
         assert_eq!(Superblock::decode(&b, 1 << 30), Err(FormatError::BadMagic));
         let mut b = s.encode();
-        b[8] = 4;
+        b[8] = 5;
         let crc = crc32c::crc32c(&b[..SUPERBLOCK_BYTES - 4]);
         b[SUPERBLOCK_BYTES - 4..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             Superblock::decode(&b, 1 << 30),
-            Err(FormatError::UnsupportedVersion(4))
+            Err(FormatError::UnsupportedVersion(5))
         );
-        // A version 2 pool (no journal) is still read.
-        let v2 = Superblock { version: 2, ..s };
+        // A version 2 pool (no journal) and a version 3 one (no summaries) are still read.
+        let v2 = Superblock::plan_for_version(1 << 30, DEFAULT_SEGMENT_BYTES, s.uuid, 2).unwrap();
         let back = Superblock::decode(&v2.encode(), 1 << 30).unwrap();
         assert_eq!(back, v2);
         assert_eq!(back.journal_slots(), 0);
+        let v3 = Superblock::plan_for_version(1 << 30, DEFAULT_SEGMENT_BYTES, s.uuid, 3).unwrap();
+        let back = Superblock::decode(&v3.encode(), 1 << 30).unwrap();
+        assert_eq!((back, back.summary_offset_of(0)), (v3, None));
+        // Version 4's summaries lie between the checkpoint slots and the first segment.
+        let (first, last) = (
+            s.summary_offset_of(0).unwrap(),
+            s.summary_offset_of(s.segment_count - 1).unwrap(),
+        );
+        assert_eq!(first, s.metadata_offset + 2 * s.metadata_slot_bytes);
+        assert!(
+            last + super::super::segment_summary::summary_blocks(s.segment_bytes) * 4096
+                <= s.first_segment_offset
+        );
+        assert_eq!(
+            v3.first_segment_offset,
+            s.first_segment_offset - s.segment_bytes
+        );
+        // A version 3 superblock that names a summary region is damage.
+        let forged = Superblock { version: 3, ..s };
+        assert!(Superblock::decode(&forged.encode(), 1 << 30).is_err());
         assert_eq!(
             s.journal_slots(),
             super::super::segment_journal::MAX_JOURNAL_SLOTS.min((8 << 20) / 4096 - 2)

@@ -29,6 +29,7 @@ use super::pool::{Applying, LsvPool, CLEANER_RESERVE_SEGMENTS, MAX_LOG_HEADS};
 use super::record::{
     header_blocks_for, Entry, EntryOp, RecordHeader, BLOCK_BYTES, MAX_DATA_BLOCKS,
 };
+use super::segment_summary::SummaryBuilder;
 use super::usage::{SegmentState, UsageDeltas};
 use crate::bdev::{
     BdevError, ChannelContext, IoChannel, IoCompletion, IoRequest, IoStatus, IoType, IoVec,
@@ -48,6 +49,9 @@ pub const RECORDS_IN_FLIGHT: usize = 8;
 /// In the log order (and as a base request's tag), the writer's segment-journal write: at
 /// most one in flight, queued ahead of the first record of the segment it names.
 const JOURNAL_SLOT: usize = RECORDS_IN_FLIGHT;
+/// As a base request's tag, the writer's segment-summary write (at most one in flight, outside
+/// the log order: nothing waits for it).
+const SUMMARY_TAG: u64 = RECORDS_IN_FLIGHT as u64 + 1;
 /// Iovecs one write may carry.
 pub const MAX_WRITE_IOVS: usize = 8;
 /// Volume channels one writer serves at once.
@@ -143,6 +147,8 @@ pub(super) struct LogWriter {
     /// The extent tables of the volumes whose channels use this writer, sorted by volume id
     /// (`apply_record` finds each entry's table by binary search).
     tables: Vec<(u64, Arc<ExtentTable>)>,
+    /// The open segment's summary, written when it is sealed (pools of format version 4).
+    summary: Option<SummaryBuilder>,
 }
 
 impl LogWriter {
@@ -194,10 +200,19 @@ impl LogWriter {
             try_hugepages: false,
         })
         .map_err(|e| BdevError::Channel(e.to_string()))?;
+        // Its records, a journal entry and a segment summary.
         let base = pool.base.open_channel(&ChannelContext {
-            queue_depth: RECORDS_IN_FLIGHT as u32 + 1,
+            queue_depth: RECORDS_IN_FLIGHT as u32 + 2,
             buffers: ctx.buffers.clone(),
         })?;
+        let summary = if pool.sb.summary_offset != 0 {
+            Some(
+                SummaryBuilder::new(pool.sb.segment_bytes, pool.sb.uuid)
+                    .map_err(|e| BdevError::Channel(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let log_head = pool.claim_head().ok_or_else(|| {
             BdevError::Channel(format!(
                 "pool {:?} has no free log head (at most {MAX_LOG_HEADS} reactors)",
@@ -233,6 +248,7 @@ impl LogWriter {
                 .collect(),
             doomed: vec![false; RECORDS_IN_FLIGHT + 1],
             tables: Vec::new(),
+            summary,
         })
     }
 
@@ -318,7 +334,11 @@ impl LogWriter {
             let mut base_done = std::mem::take(&mut self.base_done);
             self.base.poll(0, &mut base_done);
             for c in base_done.drain(..) {
-                self.record_completed(c.tag as usize, c.status);
+                if c.tag == SUMMARY_TAG {
+                    self.summary_written(c.status);
+                } else {
+                    self.record_completed(c.tag as usize, c.status);
+                }
             }
             self.base_done = base_done;
         }
@@ -359,6 +379,7 @@ impl LogWriter {
                     .transition(h.seg, SegmentState::Open, SegmentState::Sealed);
             debug_assert!(sealed);
             self.head = None;
+            self.write_summary();
         }
         let cleaner = self.pool.cleaner_attached.load(Ordering::Relaxed);
         if self.journal_buf.is_some() {
@@ -393,7 +414,51 @@ impl LogWriter {
             next_block: blocks,
             epoch: 0,
         });
+        if let Some(summary) = &mut self.summary {
+            summary.begin(seg);
+        }
         Ok((seg, 0))
+    }
+
+    /// Submits the summary of the segment just sealed, if it has one. Nothing waits for it:
+    /// a summary that is not written (or not yet) only sends the cleaner to the segment's
+    /// record headers.
+    fn write_summary(&mut self) {
+        let Some(summary) = &mut self.summary else {
+            return;
+        };
+        let Some((seg, ptr, len)) = summary.seal() else {
+            return;
+        };
+        let (block, _) = self
+            .pool
+            .summary_on_disk(seg)
+            .expect("a pool with summaries");
+        // SAFETY: the builder's buffer, lent to this write until `summary_written`.
+        let iov = unsafe { IoVec::from_raw(ptr, len) };
+        let req = IoRequest {
+            io_type: IoType::Write,
+            offset_blocks: block,
+            num_blocks: (len / BLOCK_BYTES) as u64,
+            iovs: &[iov],
+            // Durable as the records are: no write is left behind a pool's last flush.
+            fua: self.pool.fua_records(),
+            tag: SUMMARY_TAG,
+        };
+        if let Err(e) = self.base.submit(&req, 0) {
+            tracing::debug!(pool = %self.pool.name, seg, "segment summary not written: {e}");
+            summary.written();
+        }
+    }
+
+    /// The summary write is over: its buffer is free again.
+    fn summary_written(&mut self, status: IoStatus) {
+        if status != IoStatus::Success {
+            tracing::debug!(pool = %self.pool.name, "segment summary write failed: {status:?}");
+        }
+        if let Some(summary) = &mut self.summary {
+            summary.written();
+        }
     }
 
     /// Submits the journal entry of the segment just opened (`journal_claim`), ahead of its
@@ -605,6 +670,9 @@ impl LogWriter {
             let start_pba = self.pool.segment_first_block(seg) + at;
             self.pool
                 .summarize(&header, start_pba + header.header_blocks as u64);
+            if let Some(summary) = &mut self.summary {
+                summary.note(&header, (at + header.header_blocks as u64) as usize);
+            }
             let req = IoRequest {
                 io_type: IoType::Write,
                 offset_blocks: start_pba,

@@ -21,6 +21,7 @@ pub mod pool;
 pub mod pools;
 pub mod record;
 pub mod segment_journal;
+pub mod segment_summary;
 pub mod tools;
 pub mod usage;
 mod victim_read;

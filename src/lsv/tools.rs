@@ -278,6 +278,13 @@ pub fn inspect(path: &Path) -> Result<String, ToolError> {
         sb.metadata_slot_bytes,
         sb.first_segment_offset
     );
+    match sb.summary_offset_of(0) {
+        Some(at) => out.push_str(&format!(
+            "  segment summaries at {at} ({} blocks each)\n",
+            super::segment_summary::summary_blocks(sb.segment_bytes)
+        )),
+        None => out.push_str("  no segment summaries (format version 3 or older)\n"),
+    }
     let entry = open_bdev(path)?;
     match read_volume_table(&entry) {
         Ok((name, vols, fence)) => {
@@ -518,7 +525,8 @@ mod tests {
         // with numbers above it.
         let base = crate::lsv::pool::first_seq(&sb.uuid) - 1;
         let report = inspect(&p).unwrap();
-        assert_has(&report, "format version 3\n");
+        assert_has(&report, "format version 4\n");
+        assert_has(&report, "(1 blocks each)\n");
         assert_has(&report, "volume table: pool name tpool, 0 volume(s)\n");
         assert_has(
             &report,

@@ -1,15 +1,16 @@
-//! Reading a cleaner's victim in parts instead of whole: where the pool's summary in memory
-//! can tell each block's owner (volume and LBA), only the live blocks; else first its record
-//! headers, then only the writes that still hold live blocks.
+//! Reading a cleaner's victim in parts instead of whole: where its summary on disk
+//! (`segment_summary.rs`) can tell each block's owner (volume and LBA), only the live blocks;
+//! else first its record headers, then only the writes that still hold live blocks.
 //!
 //! Each read is a request the device serves among the user's writes, and their number, not
 //! their bytes, is what costs: on this VM's virtio disk, 17 k 4 KiB reads a second (a victim's
 //! ~120 header reads, at the rate one reactor's random writes make victims) took 32% off a
 //! 68 KiB sequential writer's bandwidth, and 4 k a second 5% (fio, see the README). Read
-//! through the summary, a victim costs one read per run of live blocks.
+//! through the summary, a victim costs one read for the summary and one per run of live
+//! blocks.
 //!
 //! The summary path is taken only while both checkpoints cover every unmap in the victim
-//! (`LsvPool::for_each_owner`): an uncovered unmap must be logged again by the cleaner, and
+//! (`SummaryView::unmaps_after`): an uncovered unmap must be logged again by the cleaner, and
 //! only its record header has it. It reads each write that holds a live block whole and
 //! checks it against the write's data checksum, which the summary keeps too, as the header
 //! way does: a write that fails sends the cleaner to read the victim whole, whose chain walk
@@ -24,7 +25,8 @@
 //! one epoch, rising sequence numbers), the extent tables tell which writes still hold live
 //! blocks, and those writes are read whole, each checked against its entry's data checksum.
 //!
-//! A victim's summary is complete for its current use when its first block is marked: a
+//! The header marks in memory are complete for a victim's current use when its first block is
+//! marked: a
 //! segment reused in this process summarizes every record it takes, and after a restart only
 //! replayed records are summarized, all of a segment's or none (its chain's sequence numbers
 //! rise, so once one record is past the checkpoint, all later ones are). Anything else (no
@@ -36,6 +38,7 @@
 
 use super::pool::LsvPool;
 use super::record::{EntryOp, RecordHeader, BLOCK_BYTES};
+use super::segment_summary::SummaryView;
 use crate::bdev::{IoChannel, IoCompletion, IoRequest, IoStatus, IoType, IoVec};
 use crate::mem::DmaRegion;
 
@@ -100,27 +103,32 @@ impl PartialRead {
     }
 
     /// Plans reads of only the writes that hold live blocks of victim `seg` (`is_live(volume,
-    /// lba, pba)`), found through the pool's summary of each block's owner, with no header
-    /// read; false if the summary cannot tell (`LsvPool::for_each_owner`,
-    /// `LsvPool::summarized_write`) or the reads would be too many. Each write is read whole,
-    /// to be checked against its data checksum (`verify`), as the header way does. The
-    /// cleaner then moves what `LsvPool::for_each_owner` still finds live.
+    /// lba, pba)`), found through its summary read from disk, with no header read; false if
+    /// the summary cannot tell alone (an unmap in it that both checkpoints do not cover yet
+    /// must be logged again, and only its header has it) or the reads would be too many.
+    /// Each write is read whole, to be checked against its data checksum (`verify`), as the
+    /// header way does. The cleaner then moves what the summary names and the extent tables
+    /// still map there.
     pub fn plan_from_summary(
         &mut self,
         pool: &LsvPool,
         seg: u64,
+        summary: &SummaryView,
         mut is_live: impl FnMut(u32, u64, u64) -> bool,
     ) -> bool {
         self.start(Phase::Live, true);
+        if summary.unmaps_after() > pool.reusable_seq() {
+            return false;
+        }
         let seg_start = pool.segment_first_block(seg);
         let (reads, writes) = (&mut self.reads, &mut self.summary_writes);
         let mut whole = true;
-        let known = pool.for_each_owner(seg, |at, volume, lba| {
+        summary.for_each_owner(|at, volume, lba| {
             let seen = writes.last().is_some_and(|&(s, n, _)| at < s + n);
             if seen || !whole || !is_live(volume, lba, seg_start + at as u64) {
                 return;
             }
-            match pool.summarized_write(seg, at) {
+            match summary.write_at(at) {
                 Some(w) => {
                     debug_assert!(w.0 <= at && at < w.0 + w.1);
                     plan_read(reads, w.0, w.1);
@@ -129,7 +137,7 @@ impl PartialRead {
                 None => whole = false,
             }
         });
-        known && whole && self.reads.len() <= MAX_READS
+        whole && self.reads.len() <= MAX_READS
     }
 
     /// Plans the header reads of victim `seg`; false if its summary cannot say where its

@@ -318,11 +318,13 @@ impl LsvPool {
         }
         let bytes = base.bdev.num_blocks() * bs as u64;
         #[allow(unused_mut)]
-        let mut sb = Superblock::plan(bytes, segment_bytes, new_pool_uuid(&base)?)?;
+        let mut version = super::format::FORMAT_VERSION;
         #[cfg(test)]
         if TEST_JOURNAL_SLOTS.with(|t| t.get()) == Some(0) {
-            sb.version = super::format::OLDEST_FORMAT_VERSION;
+            version = super::format::OLDEST_FORMAT_VERSION;
         }
+        let sb =
+            Superblock::plan_for_version(bytes, segment_bytes, new_pool_uuid(&base)?, version)?;
         let mut io = SyncIo::new(&base, BLOCK_BYTES)?;
         io.zero_blocks(sb.segment_count, |s| sb.segment_offset(s))?;
         // Nor may the journal hold entries of one (they carry the pool's uuid as well).
