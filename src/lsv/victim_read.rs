@@ -26,9 +26,8 @@
 //! blocks, and those writes are read whole, each checked against its entry's data checksum.
 //!
 //! The header marks in memory are complete for a victim's current use when its first block is
-//! marked: a
-//! segment reused in this process summarizes every record it takes, and after a restart only
-//! replayed records are summarized, all of a segment's or none (its chain's sequence numbers
+//! marked: a segment reused in this process marks every record it takes, and after a restart
+//! only replayed records are marked, all of a segment's or none (its chain's sequence numbers
 //! rise, so once one record is past the checkpoint, all later ones are). Anything else (no
 //! mark at block 0, a header that does not check out, a data checksum that fails, more reads
 //! than the plan's bound) sends the cleaner back to reading the victim whole.
