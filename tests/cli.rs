@@ -447,7 +447,7 @@ fn pool_format_inspect_check() {
         "already holds an unblend pool",
     );
     // 256 MiB of 4 MiB segments: the header takes one segment, each checkpoint slot one
-    // (64 Ki blocks of 24 bytes fit in 4 MiB).
+    // (64 Ki blocks of 24 bytes fit in 4 MiB), and the segment summaries one (4 blocks each).
     let (slot_a, slot_b) = (4u64 << 20, 8u64 << 20);
     let out = unblend(&["pool", "inspect", p]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -460,13 +460,14 @@ fn pool_format_inspect_check() {
     let low = u64::from_str_radix(&uuid.replace('-', "")[16..], 16).unwrap();
     let complete = low & ((1 << 47) - 1);
     for want in [
-        "  format version 3\n".to_string(),
-        "  segments 61\n".to_string(),
+        "  format version 4\n".to_string(),
+        "  segments 60\n".to_string(),
+        "  segment summaries at 12582912 (4 blocks each)\n".to_string(),
         "volume table: pool name tank, 0 volume(s)\n".to_string(),
         format!("checkpoint slot A at offset {slot_a}: valid, version 2, generation 1, complete_seq {complete}, next_seq {}, body ", complete + 1),
         format!("checkpoint slot B at offset {slot_b}: empty"),
         format!("recovery: ok, from checkpoint generation 1 (complete_seq {complete})\n"),
-        "  segments free 61, used 0\n".to_string(),
+        "  segments free 60, used 0\n".to_string(),
         "  mapped blocks 0\n".to_string(),
         // 4 MiB segments: the journal fills the header segment after its first 8 KiB.
         "  segment journal: 1022 slot(s), 0 entr(ies) no checkpoint covers; recovery read 0 segment(s) whole and probed the first block of 0\n".to_string(),
