@@ -154,8 +154,10 @@ const TAG_FLUSH: u64 = 1;
 const TAG_FREE_MARK: u64 = 2;
 /// The write of a segment-journal entry.
 const TAG_JOURNAL: u64 = 3;
-/// The read of a victim's summary, and the write of a relocation segment's.
-const TAG_SUMMARY: u64 = 4;
+/// The read of a victim's summary, and the write of a relocation segment's: never a record's
+/// (a relocation record's tag is its sequence number, always below `MAX_SEQ`).
+const TAG_SUMMARY: u64 = u64::MAX - 1;
+const _: () = assert!(TAG_SUMMARY >= super::record::MAX_SEQ);
 /// Cleaned victims freed by one flush at most (`LsvPool::clean_target` leaves room for one).
 pub(super) const FLUSH_BATCH: usize = 8;
 
@@ -1192,23 +1194,26 @@ impl Cleaner {
                 .transition(seg, SegmentState::Open, SegmentState::Sealed);
             self.streams[s].open = None;
             let stream = &mut self.streams[s];
-            if let Some(summary) = &mut stream.summary {
-                // One not written yet (the record it went with failed to submit first):
-                // never written, its buffer is free again.
-                if stream.summary_to_write.take().is_some() {
-                    summary.written();
-                }
-                stream.summary_to_write = summary.seal();
-            }
+            debug_assert!(
+                stream.summary_to_write.is_none(),
+                "taken by the last record"
+            );
+            stream.summary_to_write = stream.summary.as_mut().and_then(|b| b.seal());
         }
         debug_assert!(self.journal_claim.is_none());
-        let seg = self.pool.usage.open_free(0)?;
+        // The summary sealed above goes with this record, or, if it finds no room, not at
+        // all (never later, over a newer use's).
+        let Some(seg) = self.pool.usage.open_free(0) else {
+            self.drop_summary_to_write(s);
+            return None;
+        };
         // A full journal waits for a checkpoint, as a pool with no free segment does.
         let Ok(claim) = self.pool.claim_journal() else {
             self.pool
                 .usage
                 .transition(seg, SegmentState::Open, SegmentState::Free);
             self.journal_full = true;
+            self.drop_summary_to_write(s);
             return None;
         };
         self.journal_claim = claim;
@@ -1217,6 +1222,21 @@ impl Cleaner {
             summary.begin(seg);
         }
         Some((seg, 0, 0))
+    }
+
+    /// Stream `s`'s sealed summary, if one waits, is not written: its buffer is free again.
+    fn drop_summary_to_write(&mut self, s: usize) {
+        if self.streams[s].summary_to_write.take().is_some() {
+            self.summary_not_written(s);
+        }
+    }
+
+    /// A summary of stream `s`'s builder, handed out to be written, was not: its buffer is
+    /// free again.
+    fn summary_not_written(&mut self, s: usize) {
+        if let Some(summary) = &mut self.streams[s].summary {
+            summary.written();
+        }
     }
 
     /// Builds and submits the next relocation record, or finishes the victim.
@@ -1424,6 +1444,9 @@ impl Cleaner {
     ) -> (u64, u32, bool) {
         let start_pba = self.pool.segment_first_block(to_seg) + at;
         let mut outstanding = 0;
+        // The summary of the segment the stream sealed for this record goes with it, or not
+        // at all (never later, over a newer use's).
+        let summary_to_write = self.streams[stream].summary_to_write.take();
         if let Some(position) = self.journal_claim.take() {
             debug_assert_eq!(at, 0);
             // SAFETY: the journal block is ours, and no write of it is in flight (one
@@ -1447,13 +1470,15 @@ impl Cleaner {
             if let Err(e) = r {
                 tracing::error!(pool = %self.pool.name, "cleaner: journal entry submit failed: {e}");
                 self.pool.usage.record_started(to_seg);
+                if summary_to_write.is_some() {
+                    self.summary_not_written(stream);
+                }
                 return (start_pba, 0, true);
             }
             outstanding += 1;
         }
-        // The summary of the segment the stream sealed last goes with it: a hint, whose
-        // failure fails nothing (`count_done`).
-        if let Some((sealed, ptr, len)) = self.streams[stream].summary_to_write.take() {
+        // A hint, whose failure fails nothing (`count_done`).
+        if let Some((sealed, ptr, len)) = summary_to_write {
             let (block, blocks) = self
                 .pool
                 .summary_on_disk(sealed)
@@ -1477,9 +1502,7 @@ impl Cleaner {
                 Ok(()) => outstanding += 1,
                 Err(e) => {
                     tracing::debug!(pool = %self.pool.name, "cleaner: segment summary not written: {e}");
-                    if let Some(summary) = &mut self.streams[stream].summary {
-                        summary.written();
-                    }
+                    self.summary_not_written(stream);
                 }
             }
         }

@@ -657,6 +657,23 @@ fn a_closing_pools_log_writers_take_no_new_record() {
     assert!(pool.writes_stopped());
 }
 
+/// A log writer's segment-summary write counts as a write of the pool until it is over, so a
+/// destroy waits for it before it lets the base go; once the pool is closing, none starts.
+#[test]
+fn a_closing_pool_waits_for_its_summary_writes_and_starts_none() {
+    let (_disk, pool) = new_pool();
+    assert!(
+        pool.begin_summary_write(),
+        "an open pool's summary is written"
+    );
+    pool.close();
+    assert!(!pool.writes_stopped(), "a summary write is in flight");
+    pool.end_summary_write();
+    assert!(pool.writes_stopped());
+    assert!(!pool.begin_summary_write(), "a closing pool's is not");
+    assert!(pool.writes_stopped(), "and counts for nothing");
+}
+
 /// A reactor that stops drops its service pollers at once, the cleaner's among them: the
 /// pool is told its cleaner stopped all the same (and its stop callback runs), so that an
 /// lvstore's erase, waiting for that at shutdown, goes on (it waited out its hour before,

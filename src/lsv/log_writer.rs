@@ -236,7 +236,7 @@ impl LogWriter {
             outcome: vec![None; RECORDS_IN_FLIGHT + 1],
             order: VecDeque::with_capacity(RECORDS_IN_FLIGHT + 1),
             outboxes: Vec::new(),
-            base_done: Vec::with_capacity(RECORDS_IN_FLIGHT + 1),
+            base_done: Vec::with_capacity(RECORDS_IN_FLIGHT + 2),
             deltas: UsageDeltas::default(),
             spare: (0..RECORDS_IN_FLIGHT)
                 .map(|_| {
@@ -430,6 +430,11 @@ impl LogWriter {
         let Some((seg, ptr, len)) = summary.seal() else {
             return;
         };
+        // A closing pool's writers land nothing more on its base.
+        if !self.pool.begin_summary_write() {
+            summary.written();
+            return;
+        }
         let (block, _) = self
             .pool
             .summary_on_disk(seg)
@@ -448,6 +453,7 @@ impl LogWriter {
         if let Err(e) = self.base.submit(&req, 0) {
             tracing::debug!(pool = %self.pool.name, seg, "segment summary not written: {e}");
             summary.written();
+            self.pool.end_summary_write();
         }
     }
 
@@ -459,6 +465,7 @@ impl LogWriter {
         if let Some(summary) = &mut self.summary {
             summary.written();
         }
+        self.pool.end_summary_write();
     }
 
     /// Submits the journal entry of the segment just opened (`journal_claim`), ahead of its
@@ -839,6 +846,10 @@ impl Drop for LogWriter {
         // its writes at once): wait it out, its buffer is ours. Not the I/O path.
         let mut done = Vec::new();
         self.base.drain(&mut done);
+        // A segment summary's write too: it is counted until it is over.
+        for c in done.iter().filter(|c| c.tag == SUMMARY_TAG) {
+            self.summary_written(c.status);
+        }
         self.release_records_awaiting_journal();
         // Records still here (a stop that gave up on its drain, or completions not reaped)
         // are in flight no more: the pool's count must say so (`LsvPool::writes_stopped`).

@@ -21,7 +21,9 @@
 //!  8  pool uuid      16 bytes
 //! 24  segment        u64
 //! 32  last_seq       u64      the newest record of the use (the usage table's `last_seq`:
-//!                             record numbers are never reused, so it names the use)
+//!                             record numbers are never reused, so it names the use; a use
+//!                             that took no record keeps the last one's, but it has nothing
+//!                             live, and its last use was cleaned whole)
 //! 40  unmaps_after   u64      the newest unmap's sequence number in the use (0: none), or
 //!                             u64::MAX if a block's owner did not fit `pack_owner`
 //! 48  seg_blocks     u32      blocks per segment
@@ -35,8 +37,8 @@
 //! ```
 //!
 //! Bounds: a summary is `summary_blocks(segment_bytes)` blocks (7 for 8 MiB segments, 193 for
-//! 256 MiB); a builder holds two (one filling, one being written), and a use that begins
-//! while both are busy goes without a summary.
+//! 256 MiB); a builder holds two (one filling, one being written), and a use sealed while
+//! the last use's summary is still being written goes without one.
 
 use uuid::Uuid;
 
@@ -126,9 +128,8 @@ impl SummaryBuilder {
         unsafe { std::slice::from_raw_parts_mut(self.buffers[i].as_ptr(), self.bytes) }
     }
 
-    /// A new use of segment `seg` begins (its first record is next): it is summarized in a
-    /// free buffer, or, with none free, goes without a summary. The last use, if it was not
-    /// sealed, is dropped.
+    /// A new use of segment `seg` begins (its first record is next): it is summarized in the
+    /// buffer no write holds. The last use, if it was not sealed, is dropped.
     pub fn begin(&mut self, seg: u64) {
         let free = (0..2).find(|&i| self.writing != Some(i));
         self.building = free.map(|i| (i, seg));
@@ -432,6 +433,47 @@ mod tests {
         assert!(b.seal().is_some());
         b.begin(4);
         assert!(b.seal().is_none(), "no record");
+    }
+
+    /// A summary that checks out but holds anything at all (a hostile or buggy writer's:
+    /// random owners, checksums and unmap mark, with the header and checksum made right)
+    /// is walked without a panic, and every write it names lies inside the segment and
+    /// covers the block asked about.
+    #[test]
+    fn any_well_formed_summary_is_walked_safely() {
+        let mut rng = crate::bdev::sim::SimRng::new(17);
+        let seg_blocks = 256;
+        let mut bytes = built(&[(0, {
+            let mut h = RecordHeader::new(5, 5, 5);
+            h.push(write(0, 1, 1, 0)).unwrap();
+            h
+        })]);
+        for round in 0..200 {
+            for b in bytes[HEADER_BYTES..].chunks_mut(8) {
+                // Mostly owners of a few volumes and nearby LBAs, so that runs form.
+                let v = match rng.below(4) {
+                    0 => NO_OWNER,
+                    1 => rng.next_u64(),
+                    _ => pack_owner(rng.below(3), rng.below(16), rng.below(3) == 0).unwrap(),
+                };
+                let n = b.len();
+                b.copy_from_slice(&v.to_le_bytes()[..n]);
+            }
+            bytes[24..32].copy_from_slice(&5u64.to_le_bytes());
+            bytes[32..40].copy_from_slice(&(round + 1u64).to_le_bytes());
+            bytes[40..48].copy_from_slice(&rng.next_u64().to_le_bytes());
+            let crc = crc_of(&bytes);
+            bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+            let v = SummaryView::check(&bytes, Uuid::from_u128(9), 5, round + 1, seg_blocks)
+                .expect("well formed");
+            v.for_each_owner(|at, _, _| assert!((at as usize) < seg_blocks));
+            for at in 0..seg_blocks as u32 + 2 {
+                if let Some((first, n, _)) = v.write_at(at) {
+                    assert!(first <= at && at < first + n, "block {at}: {first}+{n}");
+                    assert!((first + n) as usize <= seg_blocks);
+                }
+            }
+        }
     }
 
     #[test]

@@ -106,16 +106,18 @@ pub(super) fn traced(lba: u64, n: u64) -> bool {
 }
 
 /// A new pool's uuid: random. Test builds derive it from the base bdev's (a simulated disk's
-/// is its seed) and from what the device's first block held (an earlier pool's superblock),
-/// so that a seed's run, whose checkpoints' sizes follow the sequence numbers (`first_seq`),
-/// is the same every time, and a pool formatted over another on the same disk still gets
-/// another uuid, as outside tests.
+/// is its seed) and from what the device's first two blocks held (an earlier pool's
+/// superblock and volume table, which a destroy leaves), so that a seed's run, whose
+/// checkpoints' sizes follow the sequence numbers (`first_seq`), is the same every time, and
+/// a pool formatted over another on the same disk, destroyed or not, still gets another
+/// uuid, as outside tests (an earlier pool's segment summaries, never erased, are told apart
+/// by it).
 fn new_pool_uuid(base: &BdevEntry) -> Result<Uuid, PoolError> {
     #[cfg(test)]
     {
-        let mut io = SyncIo::new(base, BLOCK_BYTES)?;
-        io.run(IoType::Read, 0, BLOCK_BYTES, false)?;
-        let before = crc32c::crc32c(io.bytes(BLOCK_BYTES)) as u128;
+        let mut io = SyncIo::new(base, 2 * BLOCK_BYTES)?;
+        io.run(IoType::Read, 0, 2 * BLOCK_BYTES, false)?;
+        let before = crc32c::crc32c(io.bytes(2 * BLOCK_BYTES)) as u128;
         let b = base.bdev.uuid().as_u128() ^ before << 64;
         Ok(Uuid::from_u128(
             b.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) ^ b >> 64,
@@ -187,6 +189,8 @@ pub struct LsvPool {
     records_in_flight: AtomicU64,
     /// Log writers inside `LogWriter::commit` (see there, and `writes_stopped`).
     pub(super) committing: std::sync::atomic::AtomicU32,
+    /// Log writers' segment-summary writes in flight (`begin_summary_write`).
+    summary_writes: AtomicU64,
     /// Since the pool was opened: blocks of user data written, blocks the log took for them
     /// (data plus record headers), blocks the cleaner moved (with their headers), and blocks
     /// of checkpoints. (log + cleaner + checkpoint) / user is the write amplification.
@@ -402,6 +406,7 @@ impl LsvPool {
             seg_blocks,
             records_in_flight: AtomicU64::new(0),
             committing: std::sync::atomic::AtomicU32::new(0),
+            summary_writes: AtomicU64::new(0),
             user_blocks_written: AtomicU64::new(0),
             log_blocks_written: AtomicU64::new(0),
             records_written: AtomicU64::new(0),
@@ -1096,6 +1101,25 @@ impl LsvPool {
     pub fn close(&self) {
         // SeqCst: see `LogWriter::commit`.
         self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// A log writer is about to submit a segment summary's write: counted until
+    /// `end_summary_write`, unless the pool is closing (false: nothing more of it may land
+    /// on its base). The count goes up before `closing` is read, and the closer reads the
+    /// count after setting it (`writes_stopped`): one of them sees the other.
+    pub(in crate::lsv) fn begin_summary_write(&self) -> bool {
+        self.summary_writes.fetch_add(1, Ordering::SeqCst);
+        if self.closing.load(Ordering::SeqCst) {
+            self.end_summary_write();
+            return false;
+        }
+        true
+    }
+
+    /// A write `begin_summary_write` counted is over (done, failed, or never submitted).
+    pub(in crate::lsv) fn end_summary_write(&self) {
+        let was = self.summary_writes.fetch_sub(1, Ordering::SeqCst);
+        debug_assert!(was > 0, "summary writes miscounted");
     }
 
     /// Whether the pool was closed (unloaded, destroyed, or at shutdown).

@@ -269,14 +269,16 @@ impl LsvPool {
 
     /// Whether nothing of a closing pool can land on its base any more from its log
     /// writers: none is committing (from now on each fails what it is given: see
-    /// `LogWriter::commit`) and no record is in flight. Its cleaner, and volume operations,
-    /// are the caller's to wait for (`Pools::cleaner_running`, `volume_ops_running`).
+    /// `LogWriter::commit`), no record is in flight, and no segment summary's write
+    /// (`begin_summary_write`). Its cleaner, and volume operations, are the caller's to wait
+    /// for (`Pools::cleaner_running`, `volume_ops_running`).
     pub fn writes_stopped(&self) -> bool {
         debug_assert!(self.is_closing());
         // The count first: a commit that ended before it was read numbered its records
         // before, and the in-flight count then shows them.
         self.committing.load(Ordering::SeqCst) == 0
             && self.records_in_flight.load(Ordering::SeqCst) == 0
+            && self.summary_writes.load(Ordering::SeqCst) == 0
     }
 
     pub fn volumes(&self) -> Vec<VolumeMeta> {
