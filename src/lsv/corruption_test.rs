@@ -680,15 +680,9 @@ fn a_closing_pool_waits_for_its_summary_writes_and_starts_none() {
 /// and shutdown its 300 s).
 #[test]
 fn a_cleaner_dropped_by_its_stopping_reactor_counts_as_stopped() {
-    use crate::reactor::{available_cores, CpuMask, IdlePolicy, ReactorConfig, ReactorSet};
+    use crate::reactor::ReactorSet;
     let (_disk, pool) = new_pool_with_delays(0);
-    let set = ReactorSet::start(ReactorConfig {
-        cpumask: CpuMask::single(available_cores()[0]),
-        idle: IdlePolicy::Adaptive,
-        idle_spin_passes: crate::reactor::IDLE_PASSES_BEFORE_SLEEP,
-        thread_init: None,
-    })
-    .unwrap();
+    let set = ReactorSet::start_one_for_tests();
     let called = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let seen = called.clone();
     super::pools::start_cleaner(
@@ -750,6 +744,20 @@ fn fill_with_runs_of_4(
         panic!("block 0 is not mapped")
     };
     (pool.segment_of(p0), p0)
+}
+
+/// `fill_with_runs_of_4`'s segment with all but blocks 0 and 101 written again elsewhere
+/// (tag 2): a mostly dead victim, its two live blocks far apart. Returns the segment.
+fn mostly_dead_victim(pool: &Arc<LsvPool>, h: &mut Harness, model: &mut BTreeMap<u64, u64>) -> u64 {
+    let (victim, _) = fill_with_runs_of_4(pool, h, model);
+    for (lba, n) in [(1, 100), (102, 106)] {
+        h.write_run(lba, n, 2);
+        for b in lba..lba + n {
+            model.insert(b, 2);
+        }
+    }
+    assert_eq!(pool.usage.live(victim), 2);
+    victim
 }
 
 /// The generation of the pool's newest checkpoint.
@@ -1627,15 +1635,7 @@ fn a_mostly_dead_victim_is_cleaned_reading_only_its_live_blocks() {
     use std::sync::atomic::Ordering::SeqCst;
     let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
     let mut model = BTreeMap::new();
-    let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
-    // All but blocks 0 and 101 written again elsewhere: two live blocks, far apart.
-    for (lba, n) in [(1, 100), (102, 106)] {
-        h.write_run(lba, n, 2);
-        for b in lba..lba + n {
-            model.insert(b, 2);
-        }
-    }
-    assert_eq!(pool.usage.live(victim), 2);
+    let victim = mostly_dead_victim(&pool, &mut h, &mut model);
     let read_before = pool.cleaner_blocks_read.load(SeqCst);
     clean(&pool, &mut cleaner, victim);
     assert_eq!(pool.segments_read_from_summary.load(SeqCst), 1);
@@ -1657,14 +1657,7 @@ fn a_victim_with_a_damaged_summary_is_cleaned_from_its_headers() {
     use std::sync::atomic::Ordering::SeqCst;
     let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
     let mut model = BTreeMap::new();
-    let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
-    for (lba, n) in [(1, 100), (102, 106)] {
-        h.write_run(lba, n, 2);
-        for b in lba..lba + n {
-            model.insert(b, 2);
-        }
-    }
-    assert_eq!(pool.usage.live(victim), 2);
+    let victim = mostly_dead_victim(&pool, &mut h, &mut model);
     let (summary_block, _) = pool.summary_on_disk(victim).unwrap();
     // An owner's byte: the victim's block 1 (block 0 is its first record's header).
     disk.rot(summary_block * BLOCK as u64 + 64 + 8 + 3, 0x01);
@@ -1691,13 +1684,7 @@ fn a_victim_sealed_before_a_restart_is_cleaned_through_its_summary_on_disk() {
     use std::sync::atomic::Ordering::SeqCst;
     let (disk, pool, cleaner, mut h) = pool_with_cleaner(0);
     let mut model = BTreeMap::new();
-    let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
-    for (lba, n) in [(1, 100), (102, 106)] {
-        h.write_run(lba, n, 2);
-        for b in lba..lba + n {
-            model.insert(b, 2);
-        }
-    }
+    let victim = mostly_dead_victim(&pool, &mut h, &mut model);
     pool.checkpoint_sync().unwrap();
     let pool = crash_and_reopen(&disk, pool, h, cleaner);
     assert_eq!(pool.usage.live(victim), 2);

@@ -217,6 +217,18 @@ pub struct ReactorSet {
 }
 
 impl ReactorSet {
+    /// Tests: one adaptive reactor on the first core this process may use.
+    #[cfg(test)]
+    pub fn start_one_for_tests() -> ReactorSet {
+        ReactorSet::start(ReactorConfig {
+            cpumask: CpuMask::single(available_cores()[0]),
+            idle: IdlePolicy::Adaptive,
+            idle_spin_passes: IDLE_PASSES_BEFORE_SLEEP,
+            thread_init: None,
+        })
+        .expect("one reactor starts")
+    }
+
     /// Starts one pinned thread per core in the mask. Reactor 0 is the main reactor.
     pub fn start(config: ReactorConfig) -> Result<ReactorSet, ReactorError> {
         let cores = config.cpumask.cores().to_vec();

@@ -273,7 +273,7 @@ mod tests {
     use super::*;
     use crate::bdev::malloc::MallocBdev;
     use crate::bdev::BdevRegistry;
-    use crate::reactor::{available_cores, CpuMask, IdlePolicy, ReactorConfig, ReactorSet};
+    use crate::reactor::ReactorSet;
     use std::sync::atomic::AtomicBool;
     use std::sync::atomic::Ordering::SeqCst;
 
@@ -285,13 +285,7 @@ mod tests {
         let disk = MallocBdev::with_size("m", 64 << 20, 4096).unwrap();
         let base = BdevRegistry::new().register(Arc::new(disk)).unwrap();
         let pool = LsvPool::create("p", base, 1 << 20).unwrap();
-        let set = ReactorSet::start(ReactorConfig {
-            cpumask: CpuMask::single(available_cores()[0]),
-            idle: IdlePolicy::Adaptive,
-            idle_spin_passes: crate::reactor::IDLE_PASSES_BEFORE_SLEEP,
-            thread_init: None,
-        })
-        .unwrap();
+        let set = ReactorSet::start_one_for_tests();
         let reactors = set.handle();
         let ahead = pool.try_volume_job_turn().expect("no other job runs");
         let (ran, held) = (Arc::new(AtomicBool::new(false)), Arc::new(()));
