@@ -208,6 +208,19 @@ fn slow_lvstore(c: &mut RpcClient) {
     .unwrap();
 }
 
+/// A new connection that asks for lvol `v{i}` (8 MiB) on lvstore `ls0`, its answer not read.
+fn ask_lvol_create(a: &Appliance, i: usize) -> UnixStream {
+    let s = UnixStream::connect(&a.sock).unwrap();
+    (&s).write_all(
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_create","params":{{"lvol_name":"v{i}","size_in_mib":8,"lvs_name":"ls0"}}}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s
+}
+
 /// Polls `done` every 10 ms until it holds; fails with `what` after `limit`.
 fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -1249,19 +1262,7 @@ fn a_slow_lvstores_lvol_jobs_leave_others_served() {
         Some(json!({"bdev_name": "M1", "lvs_name": "ls1", "cluster_sz": 1 << 20})),
     )
     .unwrap();
-    let slow: Vec<UnixStream> = (0..5)
-        .map(|i| {
-            let s = UnixStream::connect(&a.sock).unwrap();
-            (&s).write_all(
-                format!(
-                    r#"{{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_create","params":{{"lvol_name":"v{i}","size_in_mib":8,"lvs_name":"ls0"}}}}"#
-                )
-                .as_bytes(),
-            )
-            .unwrap();
-            s
-        })
-        .collect();
+    let slow: Vec<UnixStream> = (0..5).map(|i| ask_lvol_create(&a, i)).collect();
     std::thread::sleep(Duration::from_millis(50));
     c.call(
         "bdev_lvol_create",
@@ -1289,14 +1290,7 @@ fn lvol_operations_waiting_for_their_lvstore_run_in_the_order_they_came() {
     slow_lvstore(&mut c);
     let waiting: Vec<UnixStream> = (0..4)
         .map(|i| {
-            let s = UnixStream::connect(&a.sock).unwrap();
-            (&s).write_all(
-                format!(
-                    r#"{{"jsonrpc":"2.0","id":1,"method":"bdev_lvol_create","params":{{"lvol_name":"v{i}","size_in_mib":8,"lvs_name":"ls0"}}}}"#
-                )
-                .as_bytes(),
-            )
-            .unwrap();
+            let s = ask_lvol_create(&a, i);
             // Read in its own pass: the order they came is the order sent.
             std::thread::sleep(Duration::from_millis(20));
             s
