@@ -962,8 +962,8 @@ impl Cleaner {
         if p.from_summary {
             self.partial = Some(p);
             if !self.collect_summarized(seg) {
-                // The summary stopped telling (an unmap since became uncovered cannot
-                // happen to a sealed segment; this is belt and braces).
+                // The summary no longer checks out (nothing writes the buffer between the
+                // plan and here; this is belt and braces).
                 return self.read_whole(seg);
             }
             self.pool

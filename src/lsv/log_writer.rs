@@ -49,9 +49,10 @@ pub const RECORDS_IN_FLIGHT: usize = 8;
 /// In the log order (and as a base request's tag), the writer's segment-journal write: at
 /// most one in flight, queued ahead of the first record of the segment it names.
 const JOURNAL_SLOT: usize = RECORDS_IN_FLIGHT;
-/// As a base request's tag, the writer's segment-summary write (at most one in flight, outside
-/// the log order: nothing waits for it).
-const SUMMARY_TAG: u64 = RECORDS_IN_FLIGHT as u64 + 1;
+/// In the log order (and as a base request's tag), the writer's segment-summary write: at most
+/// one in flight, queued ahead of the first record of the next segment, so that a front end
+/// waiting for that record also reaps the summary's completion. Its failure fails nothing.
+const SUMMARY_SLOT: usize = RECORDS_IN_FLIGHT + 1;
 /// Iovecs one write may carry.
 pub const MAX_WRITE_IOVS: usize = 8;
 /// Volume channels one writer serves at once.
@@ -132,8 +133,8 @@ pub(super) struct LogWriter {
     records_awaiting_journal: u32,
     pending: Vec<PendingWrite>,
     records: Vec<Option<InFlightRecord>>,
-    /// Record slots (and `JOURNAL_SLOT`) in log order, and each one's outcome once its write
-    /// completes.
+    /// Record slots (and `JOURNAL_SLOT`, `SUMMARY_SLOT`) in log order, and each one's outcome
+    /// once its write completes.
     order: VecDeque<usize>,
     outcome: Vec<Option<IoStatus>>,
     outboxes: Vec<Option<Outbox>>,
@@ -149,6 +150,8 @@ pub(super) struct LogWriter {
     tables: Vec<(u64, Arc<ExtentTable>)>,
     /// The open segment's summary, written when it is sealed (pools of format version 4).
     summary: Option<SummaryBuilder>,
+    /// Its write is in the log order (`SUMMARY_SLOT`).
+    summary_in_flight: bool,
 }
 
 impl LogWriter {
@@ -233,8 +236,8 @@ impl LogWriter {
             records_awaiting_journal: 0,
             pending: Vec::new(),
             records: (0..RECORDS_IN_FLIGHT).map(|_| None).collect(),
-            outcome: vec![None; RECORDS_IN_FLIGHT + 1],
-            order: VecDeque::with_capacity(RECORDS_IN_FLIGHT + 1),
+            outcome: vec![None; RECORDS_IN_FLIGHT + 2],
+            order: VecDeque::with_capacity(RECORDS_IN_FLIGHT + 2),
             outboxes: Vec::new(),
             base_done: Vec::with_capacity(RECORDS_IN_FLIGHT + 2),
             deltas: UsageDeltas::default(),
@@ -246,9 +249,10 @@ impl LogWriter {
                     )
                 })
                 .collect(),
-            doomed: vec![false; RECORDS_IN_FLIGHT + 1],
+            doomed: vec![false; RECORDS_IN_FLIGHT + 2],
             tables: Vec::new(),
             summary,
+            summary_in_flight: false,
         })
     }
 
@@ -334,11 +338,7 @@ impl LogWriter {
             let mut base_done = std::mem::take(&mut self.base_done);
             self.base.poll(0, &mut base_done);
             for c in base_done.drain(..) {
-                if c.tag == SUMMARY_TAG {
-                    self.summary_written(c.status);
-                } else {
-                    self.record_completed(c.tag as usize, c.status);
-                }
+                self.record_completed(c.tag as usize, c.status);
             }
             self.base_done = base_done;
         }
@@ -420,9 +420,10 @@ impl LogWriter {
         Ok((seg, 0))
     }
 
-    /// Submits the summary of the segment just sealed, if it has one. Nothing waits for it:
-    /// a summary that is not written (or not yet) only sends the cleaner to the segment's
-    /// record headers.
+    /// Submits the summary of the segment just sealed, if it has one, in the log order ahead
+    /// of the next segment's records (they are acknowledged after it, so a front end that
+    /// waits for them reaps it too). Nothing depends on it: a summary that is not written,
+    /// or fails, only sends the cleaner to the segment's record headers.
     fn write_summary(&mut self) {
         let Some(summary) = &mut self.summary else {
             return;
@@ -448,17 +449,25 @@ impl LogWriter {
             iovs: &[iov],
             // Durable as the records are: no write is left behind a pool's last flush.
             fua: self.pool.fua_records(),
-            tag: SUMMARY_TAG,
+            tag: SUMMARY_SLOT as u64,
         };
-        if let Err(e) = self.base.submit(&req, 0) {
-            tracing::debug!(pool = %self.pool.name, seg, "segment summary not written: {e}");
-            summary.written();
-            self.pool.end_summary_write();
+        match self.base.submit(&req, 0) {
+            Ok(()) => {
+                self.order.push_back(SUMMARY_SLOT);
+                self.outcome[SUMMARY_SLOT] = None;
+                self.summary_in_flight = true;
+            }
+            Err(e) => {
+                tracing::debug!(pool = %self.pool.name, seg, "segment summary not written: {e}");
+                summary.written();
+                self.pool.end_summary_write();
+            }
         }
     }
 
     /// The summary write is over: its buffer is free again.
     fn summary_written(&mut self, status: IoStatus) {
+        self.summary_in_flight = false;
         if status != IoStatus::Success {
             tracing::debug!(pool = %self.pool.name, "segment summary write failed: {status:?}");
         }
@@ -534,7 +543,9 @@ impl LogWriter {
             // Group commit: while the device already has records of ours to work on, let
             // small batches grow into large records (the device's large-write speed is the
             // point of the log); an idle device gets whatever is pending at once.
-            let records_in_flight = self.order.len() - self.journal_buf.is_some() as usize;
+            let records_in_flight = self.order.len()
+                - self.journal_buf.is_some() as usize
+                - self.summary_in_flight as usize;
             if records_in_flight >= BATCH_WHEN_IN_FLIGHT
                 && self.pending.len() < self.record_writes
                 && self.pending_blocks() < BATCH_TARGET_BLOCKS
@@ -743,6 +754,12 @@ impl LogWriter {
             };
             self.order.pop_front();
             self.outcome[front] = None;
+            if front == SUMMARY_SLOT {
+                // A hint: it fails no record, whatever became of it or of those before it.
+                self.doomed[front] = false;
+                self.summary_written(status);
+                continue;
+            }
             // Doomed: behind a record that failed earlier; it fails, but opens no new hole
             // (what lies behind it was doomed with it, and the segment is sealed already).
             let doomed = std::mem::take(&mut self.doomed[front]);
@@ -797,7 +814,7 @@ impl LogWriter {
         let oldest = self
             .order
             .iter()
-            .find(|&&i| i != JOURNAL_SLOT)
+            .find(|&&i| i < RECORDS_IN_FLIGHT)
             .and_then(|&i| self.records[i].as_ref())
             .map(|r| r.header.seq);
         self.pool.head_oldest(self.log_head, oldest);
@@ -847,7 +864,7 @@ impl Drop for LogWriter {
         let mut done = Vec::new();
         self.base.drain(&mut done);
         // A segment summary's write too: it is counted until it is over.
-        for c in done.iter().filter(|c| c.tag == SUMMARY_TAG) {
+        for c in done.iter().filter(|c| c.tag == SUMMARY_SLOT as u64) {
             self.summary_written(c.status);
         }
         self.release_records_awaiting_journal();

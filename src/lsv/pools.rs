@@ -166,13 +166,13 @@ impl Peeking {
     }
 }
 
-/// A base bdev that holds a pool, claimed by examine (`Pools::examine_begin`); `load` runs
+/// A base bdev that holds a pool, claimed by examine in its name (`Pools::peeked`); `load` runs
 /// the pool's recovery and its load checkpoint, on any thread (a clone may go there), before
 /// it takes I/O.
 #[derive(Clone)]
 pub struct Examined {
     base: BdevEntry,
-    /// The pool's name, as `examine_begin` read it (reserved: its claim holds it).
+    /// The pool's name, as `Peeking::peek` read it (reserved: its claim holds it).
     name: String,
 }
 
@@ -283,7 +283,7 @@ impl Pools {
     }
 
     /// Whether a pool named `name` is loaded, or being formatted or loaded (its base is
-    /// claimed in its name: `claim_for_format`, `examine_begin`): no other may take the name.
+    /// claimed in its name: `claim_for_format`, `peeked`): no other may take the name.
     pub fn name_taken(&self, name: &str) -> bool {
         self.get(name).is_some() || self.registry.held_by(&claim_holder(name)).is_some()
     }
@@ -507,7 +507,7 @@ impl Pools {
         let base = ex.base.bdev.name();
         let holder = claim_holder(&ex.name);
         let pool = match loaded {
-            // Renamed on the media since `examine_begin` read it: not the name reserved.
+            // Renamed on the media since `Peeking::peek` read it: not the name reserved.
             Ok(pool) if pool.name != ex.name => Err(PoolError::Base(format!(
                 "its name changed while it was loaded ({:?}, then {:?})",
                 ex.name, pool.name

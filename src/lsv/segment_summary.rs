@@ -187,8 +187,8 @@ impl SummaryBuilder {
     }
 
     /// The use being summarized is sealed: its summary, ready to write (segment, buffer,
-    /// bytes), lent to that write until `written`. None if the use has none (its buffer was
-    /// busy when it began, or it holds no record).
+    /// bytes), lent to that write until `written`. None if it goes without one: the last
+    /// summary's write is still in flight, or the use holds no record.
     pub fn seal(&mut self) -> Option<(u64, *mut u8, usize)> {
         let (i, seg) = self.building.take()?;
         if self.last_seq == 0 || self.writing.is_some() {

@@ -11,9 +11,12 @@ use crate::bdev::{BdevError, BdevInfo, IoType};
 use crate::config;
 use std::sync::Arc;
 
-use super::pool_jobs::{pool_job_result, spawn_pool_job, JobKind, NotStarted, PoolJob};
+use super::pool_jobs::{
+    job_slot_free, pool_job_result, spawn_pool_job, JobKind, NotStarted, PoolJob,
+};
 use crate::lsv::pool::{LsvPool, PoolError};
 use crate::lsv::pools::{Examined, Peeking};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value, RpcError> {
@@ -39,6 +42,9 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     };
     let (pools, reactors) = (ctx.pools.clone(), ctx.reactors.clone());
     let mut step = Examine::Peek(peeking, None);
+    // Each job waits for a slot at most `EXAMINE_WAIT` from when it is first tried: jobs
+    // ahead of it on hung devices may never end, and the bdev must not stay claimed for ever.
+    let mut waiting_since = None;
     ctx.deferred = Some(Box::new(move || loop {
         let not_loaded = |e: PoolError| {
             tracing::warn!(bdev = %name, "examine: no pool loaded from it: {e}");
@@ -50,7 +56,15 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
                     let peeking = peeking.clone();
                     move || peeking.peek()
                 };
-                let found = run_job(running, "lvstore-examine", &reactors, job)?;
+                let kind = JobKind::Examine;
+                let found = run_job(
+                    running,
+                    kind,
+                    &mut waiting_since,
+                    EXAMINE_WAIT,
+                    &reactors,
+                    job,
+                )?;
                 let peeking = peeking.clone();
                 // Here, on reactor 0, where lvstores are formatted: no other takes the
                 // pool's name between the check and the claim.
@@ -65,7 +79,15 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
                     let ex = ex.clone();
                     move || ex.load()
                 };
-                let loaded = run_job(running, "lvstore-load", &reactors, job)?;
+                let kind = JobKind::Pool;
+                let loaded = run_job(
+                    running,
+                    kind,
+                    &mut waiting_since,
+                    EXAMINE_WAIT,
+                    &reactors,
+                    job,
+                )?;
                 return match pools.examine_finish(ex.clone(), loaded) {
                     Ok(_) => Some(Ok(json!(name))),
                     Err(e) => not_loaded(e),
@@ -76,6 +98,10 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     Ok(Value::Null)
 }
 
+/// How long an examine's job waits for a slot before the examine gives up (the bdev is made,
+/// not examined: the log says why, and it can be deleted and made again).
+const EXAMINE_WAIT: Duration = Duration::from_secs(30);
+
 /// Where a bdev create's examine stands: its first reads, then the pool's load; each waits
 /// for a job slot (None) and then runs.
 enum Examine {
@@ -83,23 +109,45 @@ enum Examine {
     Load(Examined, Option<PoolJob<Arc<LsvPool>>>),
 }
 
-/// Starts the job `make_job` makes as a pool job if it has not started (`running` is None)
-/// and a slot is free; its result once it is done. With no thread to be had, it runs here,
-/// on reactor 0.
+/// Starts the job `make_job` makes as a pool job of `kind` if it has not started (`running`
+/// is None) and a slot is free; its result once it is done, or an error once it has waited
+/// `wait` for a slot (from `waiting_since`, set on its first try). With no thread to be had,
+/// it runs here, on reactor 0 (a panic there is an error too, as on a job thread).
 fn run_job<T: Send + 'static, J: FnOnce() -> Result<T, PoolError> + Send + 'static>(
     running: &mut Option<PoolJob<T>>,
-    name: &str,
+    kind: JobKind,
+    waiting_since: &mut Option<Instant>,
+    wait: Duration,
     reactors: &crate::reactor::Reactors,
     make_job: impl Fn() -> J,
 ) -> Option<Result<T, PoolError>> {
     if running.is_none() {
-        match spawn_pool_job(JobKind::Pool, name, reactors, make_job()) {
+        let name = match kind {
+            JobKind::Examine => "lvstore-examine",
+            _ => "lvstore-load",
+        };
+        if !job_slot_free(kind) {
+            if waiting_since.get_or_insert_with(Instant::now).elapsed() < wait {
+                return None; // its turn comes when a running job ends
+            }
+            return Some(Err(PoolError::Base(format!(
+                "no job slot for it in {} s: {}",
+                wait.as_secs(),
+                NotStarted::Busy(kind)
+            ))));
+        }
+        *waiting_since = None;
+        match spawn_pool_job(kind, name, reactors, make_job()) {
             Ok(rx) => *running = Some(rx),
-            // Its turn comes when a running job ends.
             Err(NotStarted::Busy(_)) => return None,
             Err(NotStarted::Thread(e)) => {
                 tracing::warn!("{name} on reactor 0: no thread: {e}");
-                return Some(make_job()());
+                let job = make_job();
+                return Some(
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).unwrap_or_else(
+                        |_| Err(PoolError::Base("the job stopped unexpectedly".into())),
+                    ),
+                );
             }
         }
     }
@@ -301,4 +349,68 @@ pub fn bdev_get_iostat(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value,
         "ticks": ctx.started.elapsed().as_nanos() as u64,
         "bdevs": bdevs,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::ReactorSet;
+    use std::cell::Cell;
+
+    /// An examine job that finds every slot of its kind taken (jobs ahead of it on hung
+    /// devices) gives up once its wait is over, never having run; with a slot free, it runs.
+    #[test]
+    fn an_examine_job_gives_up_when_no_slot_frees_in_time() {
+        let set = ReactorSet::start_one_for_tests();
+        let reactors = set.handle();
+        let made = Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            || Ok(5u32)
+        };
+        let held = super::super::pool_jobs::hold_every_slot(JobKind::Examine);
+        let (mut running, mut since) = (None, None);
+        let wait = Duration::from_millis(50);
+        assert!(run_job(
+            &mut running,
+            JobKind::Examine,
+            &mut since,
+            wait,
+            &reactors,
+            make
+        )
+        .is_none());
+        std::thread::sleep(Duration::from_millis(60));
+        match run_job(
+            &mut running,
+            JobKind::Examine,
+            &mut since,
+            wait,
+            &reactors,
+            make,
+        ) {
+            Some(Err(PoolError::Base(why))) => assert!(why.contains("no job slot"), "{why}"),
+            other => panic!("gave {:?}", other.map(|r| r.err())),
+        }
+        assert_eq!(made.get(), 0, "it never ran");
+        // Control: with the slots free, the same job runs.
+        drop(held);
+        let (mut running, mut since) = (None, None);
+        let got = loop {
+            if let Some(r) = run_job(
+                &mut running,
+                JobKind::Examine,
+                &mut since,
+                wait,
+                &reactors,
+                make,
+            ) {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(got.unwrap(), 5);
+        reactors.request_stop();
+        set.join();
+    }
 }

@@ -24,7 +24,11 @@ use crate::reactor::Reactors;
 /// Jobs of each kind running at once.
 pub const MAX_POOL_JOBS: usize = 4;
 /// Running jobs, by kind (`JobKind as usize`).
-static RUNNING: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+static RUNNING: [AtomicUsize; 3] = [
+    AtomicUsize::new(0),
+    AtomicUsize::new(0),
+    AtomicUsize::new(0),
+];
 
 /// What a job does; each kind has its own `MAX_POOL_JOBS` slots, so that slow lvol work
 /// (a TiB volume's delete) never keeps an lvstore from being made or loaded, nor the
@@ -35,6 +39,9 @@ pub enum JobKind {
     Pool = 0,
     /// An lvol's create, resize or delete.
     Volume = 1,
+    /// A new bdev's first reads (is there a pool on it?): a slow or hung device holds one
+    /// of these, not a slot that formats, loads or erases need.
+    Examine = 2,
 }
 
 /// A running job's result, when it comes.
@@ -61,6 +68,10 @@ impl std::fmt::Display for NotStarted {
                 f,
                 "{MAX_POOL_JOBS} lvols are being created, resized or deleted; retry when one \
                  is done"
+            ),
+            NotStarted::Busy(JobKind::Examine) => write!(
+                f,
+                "{MAX_POOL_JOBS} new bdevs are being examined; retry when one is done"
             ),
             NotStarted::Thread(e) => write!(f, "cannot start a thread for the job: {e}"),
         }
@@ -120,6 +131,21 @@ impl Drop for WakeReactor0 {
     fn drop(&mut self) {
         let _ = self.0.send(0, |_| {});
     }
+}
+
+/// Tests: every free slot of `kind`, held until dropped.
+#[cfg(test)]
+pub struct HeldSlots(#[allow(dead_code)] Vec<Slot>);
+
+#[cfg(test)]
+pub fn hold_every_slot(kind: JobKind) -> HeldSlots {
+    HeldSlots(std::iter::from_fn(|| take_slot(kind)).collect())
+}
+
+/// Whether a job of `kind` would find a free slot now (jobs are started only from reactor 0,
+/// so a true stays true until it starts one).
+pub fn job_slot_free(kind: JobKind) -> bool {
+    RUNNING[kind as usize].load(Ordering::Acquire) < MAX_POOL_JOBS
 }
 
 /// `take_slot` and `spawn_in_slot` in one.
