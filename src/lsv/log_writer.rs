@@ -863,9 +863,10 @@ impl Drop for LogWriter {
         // its writes at once): wait it out, its buffer is ours. Not the I/O path.
         let mut done = Vec::new();
         self.base.drain(&mut done);
-        // A segment summary's write too: it is counted until it is over.
-        for c in done.iter().filter(|c| c.tag == SUMMARY_SLOT as u64) {
-            self.summary_written(c.status);
+        // A segment summary's write is over too (its completion may have come earlier, while
+        // a record ahead of it in the order had not): it is counted until then.
+        if self.summary_in_flight {
+            self.summary_written(IoStatus::Success);
         }
         self.release_records_awaiting_journal();
         // Records still here (a stop that gave up on its drain, or completions not reaped)

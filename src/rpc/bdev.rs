@@ -40,10 +40,16 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     else {
         return Ok(json!(name));
     };
-    let (pools, reactors) = (ctx.pools.clone(), ctx.reactors.clone());
+    let (pools, reactors, registry) = (
+        ctx.pools.clone(),
+        ctx.reactors.clone(),
+        ctx.registry.clone(),
+    );
     let mut step = Examine::Peek(peeking, None);
-    // Each job waits for a slot at most `EXAMINE_WAIT` from when it is first tried: jobs
-    // ahead of it on hung devices may never end, and the bdev must not stay claimed for ever.
+    // The first reads wait for a slot at most `EXAMINE_WAIT` from the first try: examines
+    // ahead of them on hung devices may never end. Then the bdev is not made after all (it
+    // must not stay claimed for ever, nor go unexamined: it may hold a pool that a format
+    // would overwrite). A pool found waits for its load as long as it takes, claimed.
     let mut waiting_since = None;
     ctx.deferred = Some(Box::new(move || loop {
         let not_loaded = |e: PoolError| {
@@ -56,15 +62,27 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
                     let peeking = peeking.clone();
                     move || peeking.peek()
                 };
-                let kind = JobKind::Examine;
-                let found = run_job(
+                let wait = Some(EXAMINE_WAIT);
+                let found = match run_job(
                     running,
-                    kind,
+                    JobKind::Examine,
                     &mut waiting_since,
-                    EXAMINE_WAIT,
+                    wait,
                     &reactors,
                     job,
-                )?;
+                )? {
+                    Ok(found) => Ok(found),
+                    Err(JobError::NoSlot(why)) => {
+                        let _ = pools.peeked(peeking.clone(), Ok(None));
+                        let _ = registry.remove(&name);
+                        tracing::warn!(bdev = %name, "not made: it could not be examined: {why}");
+                        return Some(Err(RpcError::new(
+                            -libc::EBUSY,
+                            format!("bdev {name:?} not made: it could not be examined: {why}"),
+                        )));
+                    }
+                    Err(JobError::Failed(e)) => Err(e),
+                };
                 let peeking = peeking.clone();
                 // Here, on reactor 0, where lvstores are formatted: no other takes the
                 // pool's name between the check and the claim.
@@ -79,15 +97,17 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
                     let ex = ex.clone();
                     move || ex.load()
                 };
-                let kind = JobKind::Pool;
                 let loaded = run_job(
                     running,
-                    kind,
+                    JobKind::Pool,
                     &mut waiting_since,
-                    EXAMINE_WAIT,
+                    None,
                     &reactors,
                     job,
-                )?;
+                )?
+                .map_err(|e| match e {
+                    JobError::Failed(e) | JobError::NoSlot(e) => e,
+                });
                 return match pools.examine_finish(ex.clone(), loaded) {
                     Ok(_) => Some(Ok(json!(name))),
                     Err(e) => not_loaded(e),
@@ -98,8 +118,8 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     Ok(Value::Null)
 }
 
-/// How long an examine's job waits for a slot before the examine gives up (the bdev is made,
-/// not examined: the log says why, and it can be deleted and made again).
+/// How long a new bdev's first reads wait for a job slot before its create gives up (and
+/// the bdev is not made).
 const EXAMINE_WAIT: Duration = Duration::from_secs(30);
 
 /// Where a bdev create's examine stands: its first reads, then the pool's load; each waits
@@ -109,32 +129,42 @@ enum Examine {
     Load(Examined, Option<PoolJob<Arc<LsvPool>>>),
 }
 
+/// Why `run_job` gave no result.
+enum JobError {
+    /// The job ran and failed (or panicked).
+    Failed(PoolError),
+    /// It found no slot within its wait.
+    NoSlot(PoolError),
+}
+
 /// Starts the job `make_job` makes as a pool job of `kind` if it has not started (`running`
-/// is None) and a slot is free; its result once it is done, or an error once it has waited
-/// `wait` for a slot (from `waiting_since`, set on its first try). With no thread to be had,
-/// it runs here, on reactor 0 (a panic there is an error too, as on a job thread).
+/// is None) and a slot is free; its result once it is done, or `NoSlot` once it has waited
+/// `wait` for a slot (from `waiting_since`, set on its first try; None: no limit). With no
+/// thread to be had, it runs here, on reactor 0 (a panic there is an error too, as on a job
+/// thread).
 fn run_job<T: Send + 'static, J: FnOnce() -> Result<T, PoolError> + Send + 'static>(
     running: &mut Option<PoolJob<T>>,
     kind: JobKind,
     waiting_since: &mut Option<Instant>,
-    wait: Duration,
+    wait: Option<Duration>,
     reactors: &crate::reactor::Reactors,
     make_job: impl Fn() -> J,
-) -> Option<Result<T, PoolError>> {
+) -> Option<Result<T, JobError>> {
     if running.is_none() {
         let name = match kind {
             JobKind::Examine => "lvstore-examine",
             _ => "lvstore-load",
         };
         if !job_slot_free(kind) {
-            if waiting_since.get_or_insert_with(Instant::now).elapsed() < wait {
+            let since = waiting_since.get_or_insert_with(Instant::now);
+            if wait.is_none_or(|w| since.elapsed() < w) {
                 return None; // its turn comes when a running job ends
             }
-            return Some(Err(PoolError::Base(format!(
+            return Some(Err(JobError::NoSlot(PoolError::Base(format!(
                 "no job slot for it in {} s: {}",
-                wait.as_secs(),
+                wait.unwrap_or_default().as_secs(),
                 NotStarted::Busy(kind)
-            ))));
+            )))));
         }
         *waiting_since = None;
         match spawn_pool_job(kind, name, reactors, make_job()) {
@@ -143,15 +173,14 @@ fn run_job<T: Send + 'static, J: FnOnce() -> Result<T, PoolError> + Send + 'stat
             Err(NotStarted::Thread(e)) => {
                 tracing::warn!("{name} on reactor 0: no thread: {e}");
                 let job = make_job();
-                return Some(
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).unwrap_or_else(
-                        |_| Err(PoolError::Base("the job stopped unexpectedly".into())),
-                    ),
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).unwrap_or_else(
+                    |_| Err(PoolError::Base("the job stopped unexpectedly".into())),
                 );
+                return Some(r.map_err(JobError::Failed));
             }
         }
     }
-    pool_job_result(running.as_ref().expect("started above"))
+    pool_job_result(running.as_ref().expect("started above")).map(|r| r.map_err(JobError::Failed))
 }
 
 pub fn bdev_malloc_create(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Value, RpcError> {
@@ -357,8 +386,9 @@ mod tests {
     use crate::reactor::ReactorSet;
     use std::cell::Cell;
 
-    /// An examine job that finds every slot of its kind taken (jobs ahead of it on hung
-    /// devices) gives up once its wait is over, never having run; with a slot free, it runs.
+    /// A new bdev's first reads, finding every examine slot taken (examines ahead of them on
+    /// hung devices), give up once their wait is over, never having run; a job without a
+    /// limit (a found pool's load) waits on; with a slot free, the job runs.
     #[test]
     fn an_examine_job_gives_up_when_no_slot_frees_in_time() {
         let set = ReactorSet::start_one_for_tests();
@@ -368,48 +398,39 @@ mod tests {
             made.set(made.get() + 1);
             || Ok(5u32)
         };
+        let poll = |running: &mut Option<_>, since: &mut Option<_>, wait| {
+            run_job(running, JobKind::Examine, since, wait, &reactors, make)
+        };
         let held = super::super::pool_jobs::hold_every_slot(JobKind::Examine);
+        let wait = Some(Duration::from_millis(50));
         let (mut running, mut since) = (None, None);
-        let wait = Duration::from_millis(50);
-        assert!(run_job(
-            &mut running,
-            JobKind::Examine,
-            &mut since,
-            wait,
-            &reactors,
-            make
-        )
-        .is_none());
+        let (mut unlimited, mut since_unlimited) = (None, None);
+        assert!(poll(&mut running, &mut since, wait).is_none());
+        assert!(poll(&mut unlimited, &mut since_unlimited, None).is_none());
         std::thread::sleep(Duration::from_millis(60));
-        match run_job(
-            &mut running,
-            JobKind::Examine,
-            &mut since,
-            wait,
-            &reactors,
-            make,
-        ) {
-            Some(Err(PoolError::Base(why))) => assert!(why.contains("no job slot"), "{why}"),
-            other => panic!("gave {:?}", other.map(|r| r.err())),
+        match poll(&mut running, &mut since, wait) {
+            Some(Err(JobError::NoSlot(e))) => {
+                assert!(e.to_string().contains("no job slot"), "{e}")
+            }
+            Some(Err(JobError::Failed(e))) => panic!("failed: {e}"),
+            Some(Ok(_)) => panic!("it ran"),
+            None => panic!("it still waits"),
         }
-        assert_eq!(made.get(), 0, "it never ran");
+        assert!(
+            poll(&mut unlimited, &mut since_unlimited, None).is_none(),
+            "without a limit it waits on"
+        );
+        assert_eq!(made.get(), 0, "neither ran");
         // Control: with the slots free, the same job runs.
         drop(held);
         let (mut running, mut since) = (None, None);
         let got = loop {
-            if let Some(r) = run_job(
-                &mut running,
-                JobKind::Examine,
-                &mut since,
-                wait,
-                &reactors,
-                make,
-            ) {
+            if let Some(r) = poll(&mut running, &mut since, wait) {
                 break r;
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        assert_eq!(got.unwrap(), 5);
+        assert!(matches!(got, Ok(5)), "it ran");
         reactors.request_stop();
         set.join();
     }

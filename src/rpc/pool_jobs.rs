@@ -249,11 +249,15 @@ pub fn pool_job_result<T>(rx: &PoolJob<T>) -> Option<Result<T, PoolError>> {
     }
 }
 
-/// Waits until no job runs, at most `limit`; returns how many still run.
+/// Waits until no job that writes runs (examines only read: one on a hung device is not
+/// waited for), at most `limit`; returns how many still run.
 pub fn wait_for_pool_jobs(limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
     loop {
-        let n: usize = RUNNING.iter().map(|r| r.load(Ordering::Acquire)).sum();
+        let n: usize = [JobKind::Pool, JobKind::Volume]
+            .iter()
+            .map(|&k| RUNNING[k as usize].load(Ordering::Acquire))
+            .sum();
         if n == 0 || Instant::now() >= deadline {
             return n;
         }
