@@ -48,6 +48,8 @@ struct DiskState {
     /// Writes completed so far, and the number of the one to fail (EIO, nothing written).
     writes_completed: u64,
     fail_write: Option<u64>,
+    /// The next write to complete that covers this block fails (EIO, nothing written).
+    fail_write_at: Option<u64>,
 }
 
 pub struct SimDisk {
@@ -82,6 +84,7 @@ impl SimDisk {
                 volatile: BTreeMap::new(),
                 rng: SimRng::new(seed),
                 writes_completed: 0,
+                fail_write_at: None,
                 fail_write: None,
             })),
         }
@@ -111,6 +114,12 @@ impl SimDisk {
     pub fn fail_write_in(&self, n: u64) {
         let mut st = self.lock();
         st.fail_write = Some(st.writes_completed + n);
+    }
+
+    /// Fails the next write to complete that covers block `block` with EIO, writing nothing
+    /// of it.
+    pub fn fail_write_at(&self, block: u64) {
+        self.lock().fail_write_at = Some(block);
     }
 
     /// Bit rot: flips the bits of `mask` in durable byte `at` (written and flushed), for the
@@ -229,6 +238,12 @@ impl BdevChannel for SimChannel {
                 let n = st.writes_completed;
                 st.writes_completed += 1;
                 if st.fail_write == Some(n) {
+                    status = IoStatus::Failed(libc::EIO);
+                }
+                let covers =
+                    |b: u64| (io.offset_blocks..io.offset_blocks + io.num_blocks).contains(&b);
+                if st.fail_write_at.is_some_and(covers) {
+                    st.fail_write_at = None;
                     status = IoStatus::Failed(libc::EIO);
                 }
             }

@@ -1674,6 +1674,56 @@ fn a_victim_with_a_damaged_summary_is_cleaned_from_its_headers() {
     assert_reads(&pool, &model);
 }
 
+/// A log writer's segment-summary write that fails fails no record: the write that sealed
+/// the segment, whose record sits behind the summary in the log order, succeeds, and so do
+/// those after it. The segment, without a summary, is cleaned from its record headers.
+#[test]
+fn a_failed_summary_write_fails_no_record() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
+    let mut model = BTreeMap::new();
+    // 51 records of 4 blocks fill the first segment but one block (`fill_with_runs_of_4`).
+    for i in 0..51 {
+        h.write_run(4 * i, 4, 1);
+        for b in 4 * i..4 * i + 4 {
+            model.insert(b, 1);
+        }
+    }
+    let victim = pool.segment_of(pba_of(&pool, 0));
+    // The 52nd seals it, and its summary's write fails.
+    disk.fail_write_at(pool.summary_on_disk(victim).unwrap().0);
+    let mut buf: Vec<u8> = (204..208).flat_map(|b| pattern(b, 1)).collect();
+    assert_eq!(h.try_run(IoType::Write, 204, &mut buf), IoStatus::Success);
+    for b in 204..208 {
+        model.insert(b, 1);
+    }
+    assert_ne!(
+        pool.segment_of(pba_of(&pool, 204)),
+        victim,
+        "the 52nd opened another"
+    );
+    // All but blocks 0 and 101 written again elsewhere.
+    for (lba, n) in [(1, 100), (102, 106)] {
+        h.write_run(lba, n, 2);
+        for b in lba..lba + n {
+            model.insert(b, 2);
+        }
+    }
+    clean(&pool, &mut cleaner, victim);
+    assert_eq!(
+        pool.segments_read_from_summary.load(SeqCst),
+        0,
+        "it has no summary"
+    );
+    assert_eq!(
+        pool.segments_read_in_parts.load(SeqCst),
+        1,
+        "from its headers"
+    );
+    let pool = crash_and_reopen(&disk, pool, h, cleaner);
+    assert_reads(&pool, &model);
+}
+
 /// After a restart, a victim whose records are all older than the checkpoint recovery
 /// loaded (so no record of it was replayed, and its record headers are marked nowhere in
 /// memory) is still cleaned reading only its summary and live blocks: its summary on disk
