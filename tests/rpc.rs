@@ -1018,6 +1018,13 @@ fn an_lvstore_claims_its_base_bdev() {
         json!({"name": "M0"}),
         "lvstore ls0",
     );
+    // Nor does the appliance's bench write it (until it did, and overwrote the pool).
+    busy(
+        &mut c,
+        "unblend_bench_start",
+        json!({"bdev_name": "M0", "workload": "randwrite", "seconds": 1}),
+        "lvstore ls0",
+    );
     // Read-only, a controller may show the base.
     c.call(
         "vhost_create_blk_controller",

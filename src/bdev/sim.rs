@@ -122,6 +122,11 @@ impl SimDisk {
         self.lock().fail_write_at = Some(block);
     }
 
+    /// Whether a failure `fail_write_at` asked for is still to come.
+    pub fn write_failure_pending(&self) -> bool {
+        self.lock().fail_write_at.is_some()
+    }
+
     /// Bit rot: flips the bits of `mask` in durable byte `at` (written and flushed), for the
     /// next read of it to find.
     pub fn rot(&self, at: u64, mask: u8) {

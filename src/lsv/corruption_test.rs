@@ -1694,6 +1694,7 @@ fn a_failed_summary_write_fails_no_record() {
     disk.fail_write_at(pool.summary_on_disk(victim).unwrap().0);
     let mut buf: Vec<u8> = (204..208).flat_map(|b| pattern(b, 1)).collect();
     assert_eq!(h.try_run(IoType::Write, 204, &mut buf), IoStatus::Success);
+    assert!(!disk.write_failure_pending(), "the summary's write failed");
     for b in 204..208 {
         model.insert(b, 1);
     }

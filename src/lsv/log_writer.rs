@@ -866,7 +866,11 @@ impl Drop for LogWriter {
         // A segment summary's write is over too (its completion may have come earlier, while
         // a record ahead of it in the order had not): it is counted until then.
         if self.summary_in_flight {
-            self.summary_written(IoStatus::Success);
+            let status = done
+                .iter()
+                .find(|c| c.tag == SUMMARY_SLOT as u64)
+                .map_or(IoStatus::Success, |c| c.status);
+            self.summary_written(status);
         }
         self.release_records_awaiting_journal();
         // Records still here (a stop that gave up on its drain, or completions not reaped)

@@ -40,10 +40,11 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     else {
         return Ok(json!(name));
     };
-    let (pools, reactors, registry) = (
+    let (pools, reactors, registry, vhost) = (
         ctx.pools.clone(),
         ctx.reactors.clone(),
         ctx.registry.clone(),
+        ctx.vhost.clone(),
     );
     let mut step = Examine::Peek(peeking, None);
     // The first reads wait for a slot at most `EXAMINE_WAIT` from the first try: examines
@@ -73,7 +74,14 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
                 )? {
                     Ok(found) => Ok(found),
                     Err(JobError::NoSlot(why)) => {
+                        // Its claim goes (nothing of the examine ran).
                         let _ = pools.peeked(peeking.clone(), Ok(None));
+                        // Exported meanwhile (read-only, which the claim allows): it stays,
+                        // unexamined; no lvstore is formatted on a bdev a controller exports.
+                        if let Some(ctrlr) = vhost.controller_of(&name) {
+                            tracing::warn!(bdev = %name, controller = %ctrlr, "not examined: {why}");
+                            return Some(Ok(json!(name)));
+                        }
                         let _ = registry.remove(&name);
                         tracing::warn!(bdev = %name, "not made: it could not be examined: {why}");
                         return Some(Err(RpcError::new(

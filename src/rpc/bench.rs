@@ -57,6 +57,22 @@ pub fn unblend_bench_start(ctx: &mut RpcContext, p: Option<&Value>) -> Result<Va
         .registry
         .get(&p.bdev_name)
         .ok_or(BdevError::NotFound(p.bdev_name.clone()))?;
+    // A claimed bdev (a pool's base, a bdev being examined, a bdev another is layered on) is
+    // its holder's to write, as SPDK's exclusive-write claims have it: only read from here.
+    let reads_only = match workload {
+        Workload::RandRead | Workload::Read => true,
+        Workload::Rw | Workload::RandRw => p.read_percent >= 100,
+        _ => false,
+    };
+    if !reads_only {
+        if let Some(by) = ctx.registry.claimed_by(&p.bdev_name) {
+            return Err(BdevError::Claimed {
+                bdev: p.bdev_name,
+                by,
+            }
+            .into());
+        }
+    }
     let all: Vec<usize> = (0..ctx.reactors.count()).collect();
     let cores: Vec<usize> = all.iter().map(|&i| ctx.reactors.core(i)).collect();
     let list = cores

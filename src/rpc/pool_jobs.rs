@@ -1,4 +1,5 @@
-//! Pool jobs: a pool's format, load or erase, and an lvol's create, resize or delete
+//! Pool jobs: a pool's format, load or erase, an lvol's create, resize or delete, and a new
+//! bdev's first reads (is there a pool on it?)
 //! (blocking I/O on the base bdev, and walks of a volume's map: up to seconds) run on a
 //! thread of their own, so that reactor 0, which serves the RPC socket and polls I/O, never
 //! waits for them. The RPC that started one answers through a deferred answer
@@ -10,8 +11,9 @@
 //!   core as the thread that starts it is.
 //! - When a job ends it wakes reactor 0, so its answer goes out without waiting for a
 //!   sleeping reactor's next timer.
-//! - A clean shutdown waits for running jobs (`wait_for_pool_jobs`), so a format is never
-//!   cut off halfway by the process exiting.
+//! - A clean shutdown waits for running jobs that write (`wait_for_pool_jobs`), so a format
+//!   is never cut off halfway by the process exiting; a new bdev's first reads (examine) are
+//!   not waited for.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
