@@ -873,8 +873,8 @@ impl Cleaner {
         let planned_from_summary = summary_read
             && buf
                 .as_ref()
-                .and_then(|b| self.summary_in(b, seg).map(|v| (b, v)))
-                .is_some_and(|(_, view)| {
+                .and_then(|b| self.summary_in(b, seg))
+                .is_some_and(|view| {
                     p.plan_from_summary(&pool, seg, &view, |volume, lba, pba| {
                         self.table(volume).is_some_and(|t| {
                             lba < t.num_blocks() && t.lookup(lba) == Mapping::At(pba)

@@ -746,16 +746,24 @@ fn fill_with_runs_of_4(
     (pool.segment_of(p0), p0)
 }
 
-/// `fill_with_runs_of_4`'s segment with all but blocks 0 and 101 written again elsewhere
-/// (tag 2): a mostly dead victim, its two live blocks far apart. Returns the segment.
-fn mostly_dead_victim(pool: &Arc<LsvPool>, h: &mut Harness, model: &mut BTreeMap<u64, u64>) -> u64 {
-    let (victim, _) = fill_with_runs_of_4(pool, h, model);
-    for (lba, n) in [(1, 100), (102, 106)] {
+/// Writes each run `(lba, blocks)` with tag 2's pattern, and notes it in `model`.
+fn write_runs_again(h: &mut Harness, model: &mut BTreeMap<u64, u64>, runs: &[(u64, u64)]) {
+    for &(lba, n) in runs {
         h.write_run(lba, n, 2);
         for b in lba..lba + n {
             model.insert(b, 2);
         }
     }
+}
+
+/// The runs that leave `fill_with_runs_of_4`'s segment with only blocks 0 and 101 live.
+const ALL_BUT_0_AND_101: [(u64, u64); 2] = [(1, 100), (102, 106)];
+
+/// `fill_with_runs_of_4`'s segment with all but blocks 0 and 101 written again elsewhere
+/// (tag 2): a mostly dead victim, its two live blocks far apart. Returns the segment.
+fn mostly_dead_victim(pool: &Arc<LsvPool>, h: &mut Harness, model: &mut BTreeMap<u64, u64>) -> u64 {
+    let (victim, _) = fill_with_runs_of_4(pool, h, model);
+    write_runs_again(h, model, &ALL_BUT_0_AND_101);
     assert_eq!(pool.usage.live(victim), 2);
     victim
 }
@@ -1703,13 +1711,7 @@ fn a_failed_summary_write_fails_no_record() {
         victim,
         "the 52nd opened another"
     );
-    // All but blocks 0 and 101 written again elsewhere.
-    for (lba, n) in [(1, 100), (102, 106)] {
-        h.write_run(lba, n, 2);
-        for b in lba..lba + n {
-            model.insert(b, 2);
-        }
-    }
+    write_runs_again(&mut h, &mut model, &ALL_BUT_0_AND_101);
     clean(&pool, &mut cleaner, victim);
     assert_eq!(
         pool.segments_read_from_summary.load(SeqCst),
@@ -1766,12 +1768,7 @@ fn a_victim_holding_an_uncovered_unmap_is_cleaned_from_its_headers() {
     let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
     assert_eq!(pool.segment_of(pba_of(&pool, 0)), victim);
     // Everything in the victim written again elsewhere: nothing live, the unmap uncovered.
-    for (lba, n) in [(0, 104), (104, 104)] {
-        h.write_run(lba, n, 2);
-        for b in lba..lba + n {
-            model.insert(b, 2);
-        }
-    }
+    write_runs_again(&mut h, &mut model, &[(0, 104), (104, 104)]);
     assert_eq!(pool.usage.live(victim), 0);
     clean(&pool, &mut cleaner, victim);
     assert_eq!(pool.segments_read_in_parts.load(SeqCst), 1);
@@ -1795,7 +1792,7 @@ fn a_rotten_live_block_is_not_moved_under_a_fresh_checksum() {
     let (disk, pool, mut cleaner, mut h) = pool_with_cleaner(0);
     let mut model = BTreeMap::new();
     let (victim, _) = fill_with_runs_of_4(&pool, &mut h, &mut model);
-    for (lba, n) in [(1, 100), (102, 106)] {
+    for (lba, n) in ALL_BUT_0_AND_101 {
         h.write_run(lba, n, 2);
     }
     assert_eq!(pool.usage.live(victim), 2);

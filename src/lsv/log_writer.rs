@@ -148,10 +148,9 @@ pub(super) struct LogWriter {
     /// The extent tables of the volumes whose channels use this writer, sorted by volume id
     /// (`apply_record` finds each entry's table by binary search).
     tables: Vec<(u64, Arc<ExtentTable>)>,
-    /// The open segment's summary, written when it is sealed (pools of format version 4).
+    /// The open segment's summary, written when it is sealed (pools of format version 4);
+    /// while its write is in flight it is in the log order (`SUMMARY_SLOT`).
     summary: Option<SummaryBuilder>,
-    /// Its write is in the log order (`SUMMARY_SLOT`).
-    summary_in_flight: bool,
 }
 
 impl LogWriter {
@@ -252,7 +251,6 @@ impl LogWriter {
             doomed: vec![false; RECORDS_IN_FLIGHT + 2],
             tables: Vec::new(),
             summary,
-            summary_in_flight: false,
         })
     }
 
@@ -455,7 +453,6 @@ impl LogWriter {
             Ok(()) => {
                 self.order.push_back(SUMMARY_SLOT);
                 self.outcome[SUMMARY_SLOT] = None;
-                self.summary_in_flight = true;
             }
             Err(e) => {
                 tracing::debug!(pool = %self.pool.name, seg, "segment summary not written: {e}");
@@ -465,9 +462,13 @@ impl LogWriter {
         }
     }
 
+    /// Whether the summary's write is in flight.
+    fn summary_writing(&self) -> bool {
+        self.summary.as_ref().is_some_and(|s| s.is_writing())
+    }
+
     /// The summary write is over: its buffer is free again.
     fn summary_written(&mut self, status: IoStatus) {
-        self.summary_in_flight = false;
         if status != IoStatus::Success {
             tracing::debug!(pool = %self.pool.name, "segment summary write failed: {status:?}");
         }
@@ -545,7 +546,7 @@ impl LogWriter {
             // point of the log); an idle device gets whatever is pending at once.
             let records_in_flight = self.order.len()
                 - self.journal_buf.is_some() as usize
-                - self.summary_in_flight as usize;
+                - self.summary_writing() as usize;
             if records_in_flight >= BATCH_WHEN_IN_FLIGHT
                 && self.pending.len() < self.record_writes
                 && self.pending_blocks() < BATCH_TARGET_BLOCKS
@@ -865,7 +866,7 @@ impl Drop for LogWriter {
         self.base.drain(&mut done);
         // A segment summary's write is over too (its completion may have come earlier, while
         // a record ahead of it in the order had not): it is counted until then.
-        if self.summary_in_flight {
+        if self.summary_writing() {
             let status = done
                 .iter()
                 .find(|c| c.tag == SUMMARY_SLOT as u64)
@@ -873,8 +874,8 @@ impl Drop for LogWriter {
             self.summary_written(status);
         }
         self.release_records_awaiting_journal();
-        // Records still here (a stop that gave up on its drain, or completions not reaped)
-        // are in flight no more: the pool's count must say so (`LsvPool::writes_stopped`).
+        // Records still here (their completions came in the drain above, not applied) are
+        // in flight no more: the pool's count must say so (`LsvPool::writes_stopped`).
         // Their writes were never acknowledged nor mapped: their blocks are garbage, as a
         // failed record's (and their segments may be cleaned again).
         for r in self.records.iter_mut() {

@@ -210,6 +210,11 @@ impl SummaryBuilder {
         Some((seg, self.buffers[i].as_ptr(), self.bytes))
     }
 
+    /// Whether the summary `seal` handed out is still lent to its write.
+    pub fn is_writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
     /// The write `seal` handed out is over (done or failed): its buffer is free.
     pub fn written(&mut self) {
         debug_assert!(self.writing.is_some(), "no summary write was in flight");

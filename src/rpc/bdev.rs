@@ -31,8 +31,10 @@ fn create(ctx: &mut RpcContext, method: &str, p: Option<&Value>) -> Result<Value
     // Examine, as SPDK does: a bdev that holds a pool brings its volumes back. Its reads
     // (the superblock and volume table, then the recovery) run on threads of their own
     // (`pool_jobs`), not on reactor 0, which would wait out a slow or hung device; the answer
-    // comes once the pool is loaded (or not: the bdev is made either way, and the log says
-    // why). The bdev is claimed from now on, so nothing formats or takes it meanwhile.
+    // comes once the pool is loaded, or once none is found or it fails to load (the bdev is
+    // made, and the log says why); only first reads that find no job slot in time leave the
+    // bdev unmade (below). The bdev is claimed from now on, so nothing formats or takes it
+    // meanwhile.
     let Some(peeking) = ctx
         .registry
         .get(&name)
